@@ -1,0 +1,45 @@
+"""advjax: adversarial robustness research in JAX.
+
+Pure functional modules, batched by transforms:
+
+* ``advjax.attacks``   per-example adversarial searches (``jax.jit(jax.vmap(attack))`` just works)
+* ``advjax.lipschitz`` spectral-norm Lipschitz bounds, lower bounds and certified radii
+* ``advjax.models``    Flax model zoo and adapters to per-example ``logits_fn(x) -> logits``
+* ``advjax.data``      ``load(name, split)``: TFDS, IDX/NumPy readers, offline default data
+* ``advjax.train``     optax training steps, robust training, checkpoints
+* ``advjax.metrics``   accuracy, robust-accuracy curves, ARA, transfer matrices
+* ``advjax.explain``   adversarial explanations
+* ``advjax.parallel``  meshes and sharded batch attacks
+
+Sub-packages are imported on first access, so ``import advjax`` does no work.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_SUBMODULES = (
+        "attacks",
+        "data",
+        "explain",
+        "lipschitz",
+        "metrics",
+        "models",
+        "parallel",
+        "train",
+)
+
+__all__ = list(_SUBMODULES) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"advjax.{name}")
+    raise AttributeError(f"module 'advjax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,86 @@
+"""Atomic result files and run folders (resolved config, versions, metrics, report)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if hasattr(value, "__array__"):
+        arr = np.asarray(value)
+        return arr.item() if arr.ndim == 0 else arr.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Writes ``obj`` (dataclasses, numpy and jax arrays allowed) as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(_to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                                  timeout=5, check=True)
+        return out.stdout.strip() or None
+    except Exception:  # noqa: BLE001 - no git, not a repository: the revision is simply unknown
+        return None
+
+
+def versions() -> dict[str, Any]:
+    """Library versions, platform and devices, for the record of a run."""
+    import importlib.metadata as md
+
+    import jax
+
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("advjax", "jax", "jaxlib", "flax", "optax", "chex", "numpy", "orbax-checkpoint",
+                            "tensorflow-datasets"):
+        try:
+            info[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            info[pkg] = None
+    info["devices"] = [str(d) for d in jax.devices()]
+    info["git_revision"] = git_revision(Path(__file__).resolve().parent)
+    return info

@@ -1,0 +1,73 @@
+"""Adapters from models to per-example ``logits_fn(x) -> logits`` (no batch dimension).
+
+Attacks and bounds take a ``logits_fn`` of ONE example. These adapters wrap batched Flax models:
+the example gets a batch axis of 1, the model runs, the batch axis is removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+LogitsFn = Callable[[Array], Array]
+
+
+def linen_logits_fn(
+    module: nn.Module,
+    variables: Mapping[str, Any],
+    **apply_kwargs: Any,
+) -> LogitsFn:
+    """Per-example ``logits_fn`` of a Flax linen module in inference mode.
+
+    Arguments:
+      module: a linen module whose ``__call__`` maps a batch ``(B, ...)`` to logits ``(B, K)``.
+      variables: its variables (``{"params": ..., "batch_stats": ...}``).
+      **apply_kwargs: static keyword arguments of ``module.apply`` (e.g. ``train=False``).
+
+    Returns:
+      ``logits_fn(x)`` mapping one example ``x`` (the model's input shape without the batch axis)
+      to logits ``(K,)``. It is pure and composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+    """
+
+    def logits_fn(x: Array) -> Array:
+        return module.apply(variables, x[None], **apply_kwargs)[0]
+
+    return logits_fn
+
+
+def linen_logits_fn_batch_stats(
+    module: nn.Module,
+    variables: Mapping[str, Any],
+    *,
+    axis_name: str,
+    **apply_kwargs: Any,
+) -> LogitsFn:
+    """Per-example ``logits_fn`` of a module with BatchNorm in TRAINING mode under ``jax.vmap``.
+
+    The module's BatchNorm layers must be built with ``axis_name=axis_name``; call the returned
+    function inside ``jax.vmap(..., axis_name=axis_name)`` so batch statistics are taken over the
+    vmapped axis (the batch). Updated running statistics are discarded (attacks do not train).
+    """
+
+    def logits_fn(x: Array) -> Array:
+        out, _ = module.apply(variables, x[None], mutable=["batch_stats"], **apply_kwargs)
+        return out[0]
+
+    return logits_fn
+
+
+def batched(logits_fn: LogitsFn) -> LogitsFn:
+    """The batch version ``(B, ...) -> (B, K)`` of a per-example ``logits_fn``."""
+    return jax.vmap(logits_fn)
+
+
+def predict(logits_fn: LogitsFn, xs: Array, *, batch_size: int = 1024) -> Array:
+    """Predicted labels ``(N,)`` int32 for inputs ``xs`` ``(N, ...)``, in chunks of ``batch_size``."""
+    fn = jax.jit(jax.vmap(logits_fn))
+    preds = [jnp.argmax(fn(xs[i:i + batch_size]), -1) for i in range(0, xs.shape[0], batch_size)]
+    return jnp.concatenate(preds).astype(jnp.int32)

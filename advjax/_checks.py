@@ -1,9 +1,9 @@
 """Validation at public boundaries.
 
-Shape and dtype checks are static and always run (also under ``jit``/``vmap``). Value checks (ranges,
-NaN, label ranges) need concrete arrays; they run when the argument is concrete and are skipped for
-tracers, where results carry explicit flags instead. Every error names the argument and what was
-expected.
+Shape and dtype checks are static and always run (also under ``jit``/``vmap``). Value checks
+(ranges, NaN, label ranges) need concrete arrays; they run when the argument is concrete and are
+skipped for tracers, where results carry explicit flags instead. Every error names the argument and
+what was expected.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def check_rank(x, name: str, ranks: int | Sequence[int]) -> None:
 
 def check_shape(x, name: str, shape: Sequence[int | None]) -> None:
     actual = np.shape(x)
-    if len(actual) != len(shape) or any(e is not None and a != e for a, e in zip(actual, shape)):
+    mismatch = any(e is not None and a != e for a, e in zip(actual, shape, strict=False))
+    if len(actual) != len(shape) or mismatch:
         expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
         raise ValueError(f"`{name}` must have shape {expected}; got {actual}.")
 
@@ -50,11 +51,12 @@ def check_integer(x, name: str) -> None:
 def check_finite(x, name: str) -> None:
     if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
         n_bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
-        raise ValueError(f"`{name}` contains {n_bad} NaN or infinite value(s); expected finite values.")
+        raise ValueError(
+            f"`{name}` contains {n_bad} NaN or infinite value(s); expected finite values.")
 
 
 def check_in_range(x, name: str, lo: float, hi: float, *, atol: float = 1e-6) -> None:
-    """Checks ``lo <= x <= hi`` (with tolerance ``atol``) for concrete ``x``; NaN is reported too."""
+    """Checks ``lo <= x <= hi`` (tolerance ``atol``) for concrete ``x``; NaN is reported too."""
     check_finite(x, name)
     if is_concrete(x) and np.size(x):
         arr = np.asarray(x)
@@ -71,13 +73,14 @@ def check_nonnegative(x, name: str) -> None:
 
 
 def check_labels(labels, name: str, num_classes: int | None) -> None:
-    """Integer labels in ``[0, num_classes)`` (range checked when concrete and ``num_classes`` known)."""
+    """Integer labels in ``[0, num_classes)`` (range checked when concrete and known)."""
     check_integer(labels, name)
     if num_classes is not None and is_concrete(labels) and np.size(labels):
         arr = np.asarray(labels)
         if arr.min() < 0 or arr.max() >= num_classes:
             raise ValueError(
-                    f"`{name}` must lie in [0, {num_classes}); got values in [{arr.min()}, {arr.max()}].")
+                f"`{name}` must lie in [0, {num_classes}); "
+                f"got values in [{arr.min()}, {arr.max()}].")
 
 
 def check_box(lo: float, hi: float) -> None:

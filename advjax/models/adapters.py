@@ -67,7 +67,7 @@ def batched(logits_fn: LogitsFn) -> LogitsFn:
 
 
 def predict(logits_fn: LogitsFn, xs: Array, *, batch_size: int = 1024) -> Array:
-    """Predicted labels ``(N,)`` int32 for inputs ``xs`` ``(N, ...)``, in chunks of ``batch_size``."""
+    """Predicted labels ``(N,)`` int32 for inputs ``xs`` ``(N, ...)``, ``batch_size`` at a time."""
     fn = jax.jit(jax.vmap(logits_fn))
     preds = [jnp.argmax(fn(xs[i:i + batch_size]), -1) for i in range(0, xs.shape[0], batch_size)]
     return jnp.concatenate(preds).astype(jnp.int32)

@@ -1,0 +1,178 @@
+"""Data-parallel execution over every device: meshes, sharded batch attacks, streaming evaluation.
+
+Everything here is a thin layer over JAX's own machinery (``jax.sharding.Mesh``, ``NamedSharding``,
+``jax.jit`` sharding propagation, ``jax.distributed``): a per-example function is batched with
+``jax.vmap``, its batch axis is split over a 1-D ``"batch"`` mesh axis, and XLA runs one shard per
+device with no communication (attacks are independent per example). Uneven batch sizes are padded to
+a multiple of the device count by repeating the last example and unpadded afterwards, so results
+equal the unsharded ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+logger = logging.getLogger(__name__)
+
+BATCH_AXIS = "batch"
+
+
+def initialize_distributed(**kwargs: Any) -> bool:
+    """Starts multi-host JAX (``jax.distributed.initialize``) when the environment asks for it.
+
+    On TPU pods and SLURM/Open MPI clusters ``jax.distributed.initialize()`` discovers the
+    coordinator itself; elsewhere set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID`` (or pass them as keyword arguments). Returns True when initialised here; a
+    single-process run (no such settings) returns False and does nothing. Call it before any other
+    JAX call in the process.
+    """
+    wanted = kwargs or any(v in os.environ for v in (
+        "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"))
+    if not wanted:
+        return False
+    jax.distributed.initialize(**kwargs)
+    logger.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),
+                jax.process_count(), jax.device_count())
+    return True
+
+
+def make_mesh(devices: Any = None, axis_name: str = BATCH_AXIS) -> Mesh:
+    """A 1-D data-parallel mesh over ``devices`` (default: every device of every host)."""
+    devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
+    return Mesh(devices, (axis_name,))
+
+
+def batch_sharding(mesh: Mesh, axis_name: str = BATCH_AXIS) -> NamedSharding:
+    """Sharding that splits the leading (batch) axis over ``axis_name``, replicates the rest."""
+    return NamedSharding(mesh, PartitionSpec(axis_name))
+
+
+def _pad_leading(tree: Any, n: int, size: int) -> Any:
+    """Pads every leaf along axis 0 from ``n`` to ``size`` rows by repeating the last row."""
+    if size == n:
+        return tree
+    index = np.concatenate([np.arange(n), np.full(size - n, n - 1)])
+    return jax.tree.map(lambda a: a[index], tree)
+
+
+def _leading_size(tree: Any) -> int:
+    sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(tree) if np.ndim(leaf) > 0}
+    if len(sizes) != 1:
+        raise ValueError("all batched arguments must share the leading (batch) size; "
+                         f"got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _broadcast_scalars(tree: Any, n: int) -> Any:
+    def expand(leaf):
+        leaf = jnp.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
+        return jnp.broadcast_to(leaf, (n,)) if leaf.ndim == 0 else leaf
+    return jax.tree.map(expand, tree)
+
+
+def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
+                 axis_name: str = BATCH_AXIS) -> Callable[..., Any]:
+    """The batched ``attack`` sharded over ``mesh`` along the batch axis (contract).
+
+    Arguments:
+      attack: a per-example function ``attack(x, label, **per_example)`` (e.g. from
+        ``advjax.attacks``) — or any per-example function of arrays.
+      mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over all devices).
+
+    Returns:
+      ``run(xs, labels, **per_example)``: ``xs`` ``(N, ...)``, ``labels`` ``(N,)``; keyword arrays
+      with a leading axis of size N are per-example (keys from ``jax.random.split``, eps, targets),
+      scalars are broadcast to every example. N need not divide the device count: the batch is
+      padded and the result unpadded. The result is the attack's pytree with leading axis N, each
+      leaf sharded over the mesh. Equal to ``jax.jit(jax.vmap(attack))`` on one device.
+    """
+    mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
+    sharding = batch_sharding(mesh, axis_name)
+    n_dev = mesh.shape[axis_name]
+    compiled = jax.jit(jax.vmap(attack), out_shardings=sharding)
+
+    @functools.wraps(attack)
+    def run(xs, labels, **per_example):
+        args = (xs, labels, per_example)
+        n = _leading_size((xs, labels))
+        args = _broadcast_scalars(args, n)
+        if _leading_size(args) != n:
+            raise ValueError("per-example keyword arrays must have leading size "
+                             f"{n} (the batch size of `xs`)")
+        padded = -(-n // n_dev) * n_dev
+        args = _pad_leading(args, n, padded)
+        args = jax.device_put(args, sharding)
+        xs_p, labels_p, kw_p = args
+        out = compiled(xs_p, labels_p, **kw_p)
+        return out if padded == n else jax.tree.map(lambda a: a[:n], out)
+
+    return run
+
+
+def shard_map_batch(fn: Callable[..., Any], mesh: Mesh | None = None, *,
+                    axis_name: str = BATCH_AXIS) -> Callable[..., Any]:
+    """Like :func:`shard_attack` for any per-example function of positional arrays only."""
+    attack_like = lambda x, label, **kw: fn(x, label, **kw)
+    return shard_attack(attack_like, mesh, axis_name=axis_name)
+
+
+def iterate_chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, chunk_size):
+        yield start, min(start + chunk_size, n)
+
+
+def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress: bool = False,
+           mesh: Mesh | None = None, desc: str = "chunks", **per_example: Any) -> Any:
+    """Applies a per-example ``fn`` to large arrays in fixed-size chunks, results gathered on host.
+
+    Every chunk has exactly ``chunk_size`` rows (the last one is padded), so ``fn`` compiles once;
+    each chunk's result is copied to host memory (numpy) before the next starts, so device memory is
+    flat in the number of examples. With more than one device (or an explicit ``mesh``) each chunk
+    is sharded over the mesh (``chunk_size`` is rounded up to a multiple of the device count).
+
+    Arguments:
+      fn: per-example function ``fn(*rows, **per_example_rows)``.
+      *arrays: positional arrays with the same leading size N.
+      chunk_size: rows per compiled call.
+      progress: show a tqdm progress bar.
+      **per_example: keyword arrays with leading size N (or scalars, broadcast).
+
+    Returns:
+      The pytree of ``fn``'s outputs stacked over the N examples, as numpy arrays.
+    """
+    if not arrays:
+        raise ValueError("`arrays`: at least one positional array is required")
+    n = _leading_size(arrays)
+    if mesh is None and jax.device_count() > 1:
+        mesh = make_mesh()
+    if mesh is not None:
+        n_dev = mesh.shape[BATCH_AXIS]
+        chunk_size = -(-chunk_size // n_dev) * n_dev
+        sharding = batch_sharding(mesh)
+        compiled = jax.jit(jax.vmap(fn), out_shardings=sharding)
+    else:
+        sharding = None
+        compiled = jax.jit(jax.vmap(fn))
+    per_example = _broadcast_scalars(per_example, n)
+    chunks = list(iterate_chunks(n, chunk_size))
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc=desc, unit="chunk")
+    outputs = []
+    for start, stop in chunks:
+        rows = jax.tree.map(lambda a: a[start:stop], (arrays, per_example))  # noqa: B023
+        rows = _pad_leading(rows, stop - start, chunk_size)
+        if sharding is not None:
+            rows = jax.device_put(rows, sharding)
+        out = compiled(*rows[0], **rows[1])
+        outputs.append(jax.tree.map(lambda a: np.asarray(a)[: stop - start], out))  # noqa: B023
+    return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *outputs)

@@ -387,3 +387,55 @@ def default_step_size(eps: Array, steps: int, norm: str) -> Array:
     """``2.5 * eps / steps``: the relative default step of Madry et al. for PGD."""
     del norm
     return 2.5 * eps / steps
+
+
+def check_inputs(logits_fn: LogitsFn, x, label, lo: float | None,
+                 hi: float | None) -> tuple[Array, Array, int]:
+    """Call-time validation shared by the attacks: ``(x, label, num_classes)``.
+
+    ``x`` must be a floating example (rank >= 1, finite, inside ``[lo, hi]`` when concrete);
+    ``label`` a scalar integer in ``[0, K)`` (checked when concrete), where ``K`` is read from the
+    output shape of ``logits_fn``.
+    """
+    x = check_x(x, lo, hi)
+    k = num_classes(logits_fn, x)
+    label = check_label(label, "label", k)
+    return x, label, k
+
+
+def check_target(target, targeted: bool, k: int) -> Array | None:
+    """``target``: required (scalar int in ``[0, k)``) when targeted, refused otherwise."""
+    if not targeted:
+        if target is not None:
+            raise ValueError("`target` was given to an untargeted attack; construct it with "
+                             "targeted=True.")
+        return None
+    if target is None:
+        raise ValueError("`target` is required (scalar class index) for a targeted attack.")
+    return check_label(target, "target", k)
+
+
+def grad_and_aux(objective: Callable[[Array], tuple[Array, Array]], x: Array):
+    """``(value, aux, grad)`` of a scalar ``objective(x) -> (value, aux)``."""
+    (value, aux), grad = jax.value_and_grad(objective, has_aux=True)(x)
+    return value, aux, grad
+
+
+def make_module_callable(module_name: str, fn: Callable) -> None:
+    """Lets the module ``module_name`` be called as ``fn``.
+
+    ``advjax.attacks`` loads ``pgd`` from the module ``advjax.attacks.pgd``; once that submodule is
+    imported, Python binds the package attribute ``pgd`` to the MODULE, shadowing the function.
+    Making the module callable keeps ``advjax.attacks.pgd(logits_fn, ...)`` working whatever the
+    import order (``from advjax.attacks import pgd`` and ``from advjax.attacks.pgd import pgd``).
+    """
+    import sys
+    import types
+
+    module = sys.modules[module_name]
+
+    class _CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return fn(*args, **kwargs)
+
+    module.__class__ = _CallableModule

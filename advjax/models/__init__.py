@@ -1,5 +1,79 @@
-"""Flax model zoo and adapters to per-example ``logits_fn``."""
+"""Flax model zoo, checkpoint import and adapters to per-example ``logits_fn``.
 
+Models (linen; batched NHWC inputs in [0, 1] → logits ``(B, K)``):
+
+- Szegedy et al. (2014) MNIST nets: :class:`FC10`, :class:`MLP`, :class:`AutoencoderClassifier`,
+  :func:`szegedy_model` (Table-1 names), :data:`SZEGEDY_WEIGHT_DECAY`.
+- :class:`MnistCNN` and advertorch's :class:`LeNet5` (:func:`load_lenet5` imports its weights).
+- :class:`PreActResNet` (Woods et al. 2019 pre-activation ResNet-44) and :func:`load_woods2019`
+  (their released PyTorch checkpoints, read without torch and without executing pickled code).
+- Activations: :func:`half_huber_relu`, :func:`activation`; pooling: :func:`max_pool_2x2`.
+
+Adapters: :func:`linen_logits_fn` (``logits_fn(x)`` of one example), :func:`batched`,
+:func:`predict`.
+"""
+
+from advjax.models.activations import ACTIVATIONS, activation, half_huber_relu
 from advjax.models.adapters import batched, linen_logits_fn, linen_logits_fn_batch_stats, predict
+from advjax.models.advertorch import (
+    LENET5_VARIANTS,
+    lenet5_variables_from_torch,
+    load_lenet5,
+    load_lenet5_state,
+)
+from advjax.models.cnn import LeNet5, MnistCNN
+from advjax.models.pooling import max_pool_2x2
+from advjax.models.resnet import CIFAR10_MEAN, CIFAR10_STD, PreActBlock, PreActResNet
+from advjax.models.szegedy import (
+    FC10,
+    MLP,
+    SZEGEDY_MODELS,
+    SZEGEDY_WEIGHT_DECAY,
+    AutoencoderClassifier,
+    szegedy_model,
+)
+from advjax.models.torch_legacy import RestrictedUnpickler, StubGlobal, load_legacy_torch
+from advjax.models.woods2019 import (
+    WOODS2019_CHECKPOINTS,
+    Woods2019Checkpoint,
+    load_woods2019,
+    load_woods2019_checkpoint,
+    load_woods2019_metadata,
+    woods2019_variables_from_state,
+)
 
-__all__ = ["batched", "linen_logits_fn", "linen_logits_fn_batch_stats", "predict"]
+__all__ = [
+    "ACTIVATIONS",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "FC10",
+    "LENET5_VARIANTS",
+    "MLP",
+    "SZEGEDY_MODELS",
+    "SZEGEDY_WEIGHT_DECAY",
+    "WOODS2019_CHECKPOINTS",
+    "AutoencoderClassifier",
+    "LeNet5",
+    "MnistCNN",
+    "PreActBlock",
+    "PreActResNet",
+    "RestrictedUnpickler",
+    "StubGlobal",
+    "Woods2019Checkpoint",
+    "activation",
+    "batched",
+    "half_huber_relu",
+    "lenet5_variables_from_torch",
+    "linen_logits_fn",
+    "linen_logits_fn_batch_stats",
+    "load_legacy_torch",
+    "load_lenet5",
+    "load_lenet5_state",
+    "load_woods2019",
+    "load_woods2019_checkpoint",
+    "load_woods2019_metadata",
+    "max_pool_2x2",
+    "predict",
+    "szegedy_model",
+    "woods2019_variables_from_state",
+]

@@ -65,7 +65,7 @@ def transfer_matrix(
         for j, col in enumerate(cols):
             correct = np.asarray(correct_predictions(models[col], x_adv, labels,
                                                      batch_size=batch_size))
-            matrix[i, j] = 1.0 - np.count_nonzero(correct) / correct.shape[0]
+            matrix[i, j] = np.count_nonzero(~correct) / correct.shape[0]
     return matrix, rows, cols
 
 

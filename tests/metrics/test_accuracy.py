@@ -1,0 +1,131 @@
+"""Clean accuracy and robust-accuracy curves on a linear model with a closed-form minimal attack."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax.attacks.result import make_result
+from advjax.metrics import accuracy, ara, correct_predictions, robust_accuracy_curve
+
+D, K, N = 6, 4, 40
+
+
+def linear_model(seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(K, D)).astype(np.float32)
+    b = rng.normal(size=(K,)).astype(np.float32) * 0.1
+    xs = rng.normal(size=(N, D)).astype(np.float32)
+    labels = np.argmax(xs @ w.T + b, axis=1).astype(np.int32)
+    flip = rng.random(N) < 0.25  # a quarter get a random (mostly wrong) label
+    labels = np.where(flip, rng.integers(0, K, size=N), labels).astype(np.int32)
+    logits_fn = lambda x: jnp.asarray(w) @ x + jnp.asarray(b)
+    return w, b, xs, labels, logits_fn
+
+
+def min_distance_numpy(w, b, xs, labels):
+    """Closed form: L2 distance to the nearest decision boundary of the true class (unboxed)."""
+    z = xs @ w.T + b
+    out = np.empty(xs.shape[0])
+    for i, (zi, y) in enumerate(zip(z, labels, strict=True)):
+        others = [j for j in range(K) if j != y]
+        out[i] = min((zi[y] - zi[j]) / np.linalg.norm(w[y] - w[j]) for j in others)
+    return out  # negative when already misclassified
+
+
+def minimal_linear_attack(w, b):
+    """Moves ``min(eps, distance·1.001)`` toward the nearest boundary: monotone in eps."""
+    w, b = jnp.asarray(w), jnp.asarray(b)
+    logits_fn = lambda x: w @ x + b
+
+    def attack(x, label, *, eps, key=None):
+        del key
+        z = logits_fn(x)
+        diff = w[label][None, :] - w  # (K, D)
+        norms = jnp.linalg.norm(diff, axis=1)
+        dist = (z[label] - z) / jnp.where(norms > 0, norms, 1.0)
+        dist = jnp.where(jnp.arange(K) == label, jnp.inf, dist)
+        j = jnp.argmin(dist)
+        step = jnp.minimum(eps, dist[j] * 1.001)
+        x_adv = x - step * diff[j] / norms[j]
+        return make_result(logits_fn, x, x_adv, label)
+
+    return attack
+
+
+def test_accuracy_matches_numpy():
+    w, b, xs, labels, logits_fn = linear_model()
+    expected = np.mean(np.argmax(xs @ w.T + b, axis=1) == labels)
+    assert accuracy(logits_fn, xs, labels, batch_size=7) == pytest.approx(expected, abs=0)
+    np.testing.assert_array_equal(
+        correct_predictions(logits_fn, xs, labels, batch_size=64),
+        np.argmax(xs @ w.T + b, axis=1) == labels)
+
+
+def test_robust_curve_matches_closed_form_and_is_monotone():
+    w, b, xs, labels, _ = linear_model(1)
+    dist = min_distance_numpy(w, b, xs, labels)
+    correct = dist > 0
+    # Grid: 0, the midpoints between consecutive distances, and beyond the largest: every step
+    # of the curve is visited and no grid point ties with a distance.
+    s = np.sort(dist[correct])
+    grid = np.concatenate([[0.0], 0.5 * (s[1:] + s[:-1]), [s[-1] + 1.0]])
+    assert np.min(np.abs(dist[correct, None] - grid[None, :])) > 1e-5
+    eps, acc = robust_accuracy_curve(minimal_linear_attack(w, b), xs, labels, grid,
+                                     key=jax.random.key(0), batch_size=16)
+    expected = np.mean(correct[:, None] & (dist[:, None] > grid[None, :]), axis=0)
+    np.testing.assert_array_equal(eps, grid)
+    np.testing.assert_allclose(acc, expected, atol=0)
+    assert np.all(np.diff(acc) <= 0)
+    assert acc[0] == pytest.approx(correct.mean())
+    # Batch size does not change the result.
+    _, acc2 = robust_accuracy_curve(minimal_linear_attack(w, b), xs, labels, grid,
+                                    key=jax.random.key(0), batch_size=N)
+    np.testing.assert_array_equal(acc, acc2)
+    # The ARA of the closed-form distortions integrates this same curve (in these L2 units).
+    d = np.where(correct, dist, 0.0)
+    fine = np.linspace(0, d.max(), 2001)
+    _, acc_fine = robust_accuracy_curve(minimal_linear_attack(w, b), xs, labels, fine,
+                                        key=jax.random.key(0))
+    riemann_from_curve = np.sum(np.diff(fine) * np.maximum(0, acc_fine[1:] - 1 / K))
+    assert riemann_from_curve == pytest.approx(ara(d, None, K, bins=2000), abs=2 * d.max() / 2000)
+
+
+def test_robust_curve_passes_per_example_keys():
+    # A random attack that succeeds when its uniform draw is below eps: the curve is the
+    # empirical CDF of the draws, which must be fold_in(key, index)-based.
+    logits_fn = lambda x: jnp.stack([x[0], -x[0]])
+    xs = np.ones((12, 1), np.float32)
+    labels = np.zeros(12, np.int32)
+
+    def attack(x, label, *, eps, key):
+        u = jax.random.uniform(key)
+        x_adv = jnp.where(u < eps, -x, x)
+        return make_result(logits_fn, x, x_adv, label)
+
+    key = jax.random.key(5)
+    grid = np.linspace(0, 1, 11)
+    _, acc = robust_accuracy_curve(attack, xs, labels, grid, key=key, batch_size=5)
+    u = np.array([jax.random.uniform(jax.random.fold_in(key, i)) for i in range(12)])
+    expected = np.mean(u[:, None] >= grid[None, :].astype(np.float32), axis=0)
+    np.testing.assert_allclose(acc, expected, atol=0)
+
+
+@pytest.mark.parametrize(
+    "xs, labels, grid, match",
+    [
+        (np.zeros((3, 2), np.int32), np.zeros(3, np.int32), [0.1], "xs.*floating"),
+        (np.zeros((3, 2), np.float32), np.zeros(2, np.int32), [0.1], "labels.*shape"),
+        (np.zeros((3, 2), np.float32), np.zeros(3, np.float32), [0.1], "labels.*integer"),
+        (np.zeros((3, 2), np.float32), np.zeros(3, np.int32), [-0.1], "eps_grid.*>= 0"),
+        (np.zeros((3, 2), np.float32), np.zeros(3, np.int32), [], "eps_grid"),
+        (np.full((3, 2), np.nan, np.float32), np.zeros(3, np.int32), [0.1], "xs.*NaN"),
+    ],
+)
+def test_bad_inputs(xs, labels, grid, match):
+    w, b, *_ = linear_model()
+    with pytest.raises((ValueError, TypeError), match=match):
+        robust_accuracy_curve(minimal_linear_attack(w[:, :2], b), xs, labels, np.asarray(grid),
+                              key=jax.random.key(0))

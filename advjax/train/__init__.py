@@ -1,0 +1,117 @@
+"""Training: state, pure steps, composable robust-training transforms, loop and checkpoints.
+
+* State: :class:`TrainState` (params, optimiser, ``batch_stats``, key, ψ integrator, pool),
+  :func:`create_train_state`.
+* Losses: :func:`cross_entropy`, Szegedy's per-layer :func:`weight_decay_penalty` (papers.md §1.1).
+* Steps: :func:`train_step` (jitted, static :class:`TrainConfig`), :func:`eval_step`,
+  :func:`evaluate`, and the composable pieces :func:`make_train_step`, :func:`classification_loss`,
+  loss transforms :func:`with_weight_decay`, :func:`with_lipschitz_regularizer` and batch transforms
+  :func:`adversarial_examples`, :func:`adversarial_training`, :func:`adversarial_pool`.
+* Woods regulariser (papers.md §2.5–§2.6): :func:`input_gradient_penalty`, :func:`tandem_choice`,
+  :func:`psi_controller_init`, :func:`psi_controller_update`, :func:`psi`.
+* Loop: :func:`fit` (progress bar, evaluation, atomic metrics JSON, Orbax checkpoints that resume
+  exactly).
+* AE400-10 (papers.md §1.5): :func:`autoencoder_train_step`, :func:`freeze_except`,
+  :func:`classifier_state`.
+"""
+
+from advjax.train.adversarial import (
+    adversarial_examples,
+    adversarial_pool,
+    adversarial_training,
+    pgd_attack_factory,
+    pool_training,
+    woods_attack_factory,
+)
+from advjax.train.autoencoder import (
+    autoencoder_train_step,
+    classifier_state,
+    freeze_except,
+    kl_sparsity,
+    sparse_autoencoder_loss,
+)
+from advjax.train.checkpoint import checkpoint_manager, restore_checkpoint, save_checkpoint
+from advjax.train.config import (
+    LipschitzConfig,
+    PGDAdversarialConfig,
+    PoolConfig,
+    PsiConfig,
+    SparseAutoencoderConfig,
+    TrainConfig,
+    WoodsAdversarialConfig,
+)
+from advjax.train.loop import epoch_permutation, fit
+from advjax.train.losses import accuracy, cross_entropy, kernel_layers, weight_decay_penalty
+from advjax.train.psi import PsiState, psi, psi_controller_init, psi_controller_update
+from advjax.train.regularizer import input_gradient_penalty, selected_outputs, tandem_choice
+from advjax.train.state import (
+    Pool,
+    TrainState,
+    apply_model,
+    create_train_state,
+    empty_pool,
+    example_logits_fn,
+)
+from advjax.train.step import (
+    as_batch,
+    build_train_step,
+    classification_loss,
+    eval_step,
+    evaluate,
+    make_train_step,
+    train_step,
+    with_lipschitz_regularizer,
+    with_weight_decay,
+)
+
+__all__ = [
+        "LipschitzConfig",
+        "PGDAdversarialConfig",
+        "Pool",
+        "PoolConfig",
+        "PsiConfig",
+        "PsiState",
+        "SparseAutoencoderConfig",
+        "TrainConfig",
+        "TrainState",
+        "WoodsAdversarialConfig",
+        "accuracy",
+        "adversarial_examples",
+        "adversarial_pool",
+        "adversarial_training",
+        "apply_model",
+        "as_batch",
+        "autoencoder_train_step",
+        "build_train_step",
+        "checkpoint_manager",
+        "classification_loss",
+        "classifier_state",
+        "create_train_state",
+        "cross_entropy",
+        "empty_pool",
+        "epoch_permutation",
+        "eval_step",
+        "evaluate",
+        "example_logits_fn",
+        "fit",
+        "freeze_except",
+        "input_gradient_penalty",
+        "kernel_layers",
+        "kl_sparsity",
+        "make_train_step",
+        "pgd_attack_factory",
+        "pool_training",
+        "psi",
+        "psi_controller_init",
+        "psi_controller_update",
+        "restore_checkpoint",
+        "save_checkpoint",
+        "selected_outputs",
+        "sparse_autoencoder_loss",
+        "tandem_choice",
+        "train_step",
+        "weight_decay_penalty",
+        "with_lipschitz_regularizer",
+        "with_weight_decay",
+        "woods_attack_factory",
+]

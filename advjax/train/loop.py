@@ -1,0 +1,210 @@
+"""The training loop: epochs of jitted steps, evaluation, atomic metrics and resumable checkpoints.
+
+Exact resumption: the batches of epoch ``e`` are a permutation drawn from ``fold_in(key, e)``
+(drop-remainder, fixed batch size), the randomness of step ``t`` is ``fold_in(state.key, t)``, and
+a checkpoint stores the whole state plus the loop's metric sums. A run killed at any point and
+restarted with the same arguments restores the latest checkpoint, recomputes the position
+``(epoch, batch) = divmod(step, steps_per_epoch)`` and continues with the same batches, giving the
+same final parameters as an uninterrupted run (bitwise on the same machine and software).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advjax._checks import check_positive_int
+from advjax.io import atomic_write_json
+from advjax.train.checkpoint import checkpoint_manager, restore_checkpoint, save_checkpoint
+from advjax.train.config import TrainConfig
+from advjax.train.state import TrainState, _raw_key
+from advjax.train.step import evaluate, train_step
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[TrainState, dict], tuple[TrainState, dict]]
+
+
+def _as_arrays(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(data, Mapping):
+        images, labels = data["image"], data["label"]
+    elif isinstance(data, Sequence) and len(data) == 2:
+        images, labels = data
+    else:
+        raise TypeError(f"`{name}` must be an (images, labels) pair or a dict with "
+                        "'image'/'label'.")
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.shape[0] != labels.shape[0] or labels.ndim != 1:
+        raise ValueError(f"`{name}`: images {images.shape} and labels {labels.shape} must have the "
+                         "same number of examples, labels of rank 1.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"`{name}` labels must be integers; got dtype {labels.dtype}.")
+    return images, labels.astype(np.int32)
+
+
+def epoch_permutation(key: jax.Array, epoch: int, num_examples: int) -> np.ndarray:
+    """The example order of ``epoch``: ``permutation(fold_in(key, epoch), num_examples)``."""
+    return np.asarray(jax.random.permutation(jax.random.fold_in(_raw_key(key), epoch),
+                                             num_examples))
+
+
+def fit(
+    state: TrainState,
+    data: Any,
+    *,
+    key: jax.Array,
+    epochs: int,
+    batch_size: int = 128,
+    config: TrainConfig = TrainConfig(),
+    step_fn: StepFn | None = None,
+    eval_data: Any = None,
+    eval_every: int = 1,
+    eval_batch_size: int = 512,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    max_to_keep: int | None = 2,
+    metrics_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> tuple[TrainState, list[dict]]:
+    """Trains ``state`` for ``epochs`` epochs over ``data``, resuming from ``checkpoint_dir``.
+
+    Arguments:
+      state: the initial state (also the structure template for restoring).
+      data: training set, ``(images (N, ...), labels (N,) int)`` or a dict ``image``/``label``.
+      key: data-order key: epoch ``e`` visits ``epoch_permutation(key, e, N)`` in batches of
+        ``batch_size`` (the last partial batch is dropped).
+      epochs: total number of epochs (a resumed run stops at the same total).
+      batch_size: examples per step (<= N).
+      config: static :class:`TrainConfig` of :func:`advjax.train.train_step` (ignored when
+        ``step_fn`` is given).
+      step_fn: a custom ``step(state, batch) -> (state, metrics)`` (jitted here), e.g. the
+        autoencoder pretraining step.
+      eval_data: optional held-out set, evaluated every ``eval_every`` epochs and after the last.
+      eval_batch_size: evaluation batch size.
+      checkpoint_dir: Orbax checkpoint folder; the latest checkpoint there is restored first.
+      checkpoint_every: also checkpoint every this many steps (None: at the end of each epoch
+        only). The final state is always saved.
+      max_to_keep: checkpoints kept.
+      metrics_path: JSON file rewritten atomically after every epoch (default:
+        ``checkpoint_dir/metrics.json`` when ``checkpoint_dir`` is given).
+      progress: show a tqdm progress bar.
+      on_step: ``on_step(step, metrics)`` called after each step (step = new ``state.step``).
+
+    Returns:
+      ``(state, history)``; ``history`` holds one dict per epoch: ``epoch``, ``step``, ``train``
+      (means of the step metrics over the epoch), ``eval`` (``accuracy``, ``loss``; when evaluated).
+    """
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(eval_every, "eval_every")
+    if checkpoint_every is not None:
+        check_positive_int(checkpoint_every, "checkpoint_every")
+    images, labels = _as_arrays(data, "data")
+    n = images.shape[0]
+    if batch_size > n:
+        raise ValueError(f"`batch_size` ({batch_size}) must be <= the number of examples ({n}).")
+    eval_arrays = None if eval_data is None else _as_arrays(eval_data, "eval_data")
+    data_key = _raw_key(key)
+    steps_per_epoch = n // batch_size
+    total_steps = epochs * steps_per_epoch
+    if step_fn is None:
+        step = jax.jit(functools.partial(train_step, config=config))
+    else:
+        step = jax.jit(step_fn)
+    if metrics_path is None and checkpoint_dir is not None:
+        metrics_path = os.path.join(os.fspath(checkpoint_dir), "metrics.json")
+
+    history: list[dict] = []
+    sums: dict[str, jax.Array] = {}
+    manager = None
+    if checkpoint_dir is not None:
+        manager = checkpoint_manager(checkpoint_dir, max_to_keep=max_to_keep)
+        restored = restore_checkpoint(manager, state)
+        if restored is not None:
+            state, meta = restored
+            history = list(meta.get("history", []))
+            sums = {k: jnp.asarray(v, jnp.float32) for k, v in meta.get("sums", {}).items()}
+            saved_key = meta.get("data_key")
+            if saved_key is not None and list(saved_key) != [int(v) for v in np.asarray(data_key)]:
+                log.warning("resuming with a different data key than the checkpoint's; the batch "
+                            "order will differ from the interrupted run")
+
+    start = int(jax.device_get(state.step))
+    if start > total_steps:
+        raise ValueError(f"the restored state is at step {start}, beyond the {total_steps} "
+                         f"steps of {epochs} epochs.")
+
+    def meta() -> dict:
+        return {"history": history, "data_key": [int(v) for v in np.asarray(data_key)],
+                "sums": {k: float(v) for k, v in jax.device_get(sums).items()},
+                "steps_per_epoch": steps_per_epoch}
+
+    def write_metrics(finished: bool) -> None:
+        if metrics_path is not None:
+            atomic_write_json(metrics_path, {"history": history, "step": int(state.step),
+                                             "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+                                             "finished": finished})
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, desc="train", unit="step")
+    perm, perm_epoch = None, -1
+    t0 = time.perf_counter()
+    last_saved = start
+    try:
+        for global_step in range(start, total_steps):
+            epoch, index = divmod(global_step, steps_per_epoch)
+            if epoch != perm_epoch:
+                perm, perm_epoch = epoch_permutation(data_key, epoch, n), epoch
+            idx = perm[index * batch_size:(index + 1) * batch_size]
+            batch = {"image": jnp.asarray(images[idx]), "label": jnp.asarray(labels[idx])}
+            state, metrics = step(state, batch)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, jnp.zeros((), jnp.float32)) + jnp.asarray(v, jnp.float32)
+            if on_step is not None:
+                on_step(global_step + 1, metrics)
+            if bar is not None:
+                bar.update(1)
+            if index == steps_per_epoch - 1:
+                train_means = {k: float(v) / steps_per_epoch
+                               for k, v in jax.device_get(sums).items()}
+                sums = {}
+                entry = {"epoch": epoch + 1, "step": global_step + 1, "train": train_means,
+                         "seconds": time.perf_counter() - t0}
+                if eval_arrays is not None and ((epoch + 1) % eval_every == 0
+                                                or epoch + 1 == epochs):
+                    entry["eval"] = evaluate(state, *eval_arrays, batch_size=eval_batch_size)
+                history.append(entry)
+                log.info("epoch %d: %s", epoch + 1, entry)
+                if bar is not None:
+                    post = {"loss": f"{train_means.get('loss', float('nan')):.4f}"}
+                    if "eval" in entry:
+                        post["eval_acc"] = f"{entry['eval']['accuracy']:.4f}"
+                    bar.set_postfix(post)
+                write_metrics(finished=global_step + 1 == total_steps)
+            due = (checkpoint_every is not None and (global_step + 1) % checkpoint_every == 0) or (
+                    checkpoint_every is None and index == steps_per_epoch - 1)
+            if manager is not None and (due or global_step + 1 == total_steps):
+                save_checkpoint(manager, state, meta())
+                last_saved = global_step + 1
+        if manager is not None and last_saved != int(state.step):
+            save_checkpoint(manager, state, meta())
+        if start == total_steps:
+            write_metrics(finished=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        if manager is not None:
+            manager.close()
+    return state, history

@@ -115,7 +115,11 @@ def _woods_ara(
         raise ValueError(f"`momentum` must lie in [0, 1); got {momentum}.")
 
     settings = dict(steps=steps, criterion=criterion, momentum=float(momentum),
-                    eps_overshoot=float(eps_overshoot), track_best=True, sanity_check=True)
+                    eps_overshoot=float(eps_overshoot), track_best=True, sanity_check=False)
+    if criterion == "btr":
+        # The BTR boundary is the confidence, not the decision: misclassified examples with
+        # p(label) > 1/K are attacked too (as the reference does), not reset to x.
+        settings["reset_misclassified"] = False
     settings.update(attack_settings)
     attack = woods_l2(logits_fn, **settings)
 

@@ -27,7 +27,9 @@ def checkpoints(steps: int) -> np.ndarray:
     p = [0.0, 0.22]
     while p[-1] < 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    w = sorted({int(math.ceil(q * steps)) for q in p[1:] if 0 < math.ceil(q * steps) < steps})
+    # Round away float noise first (0.41 + 0.16 must give ceil(57.0) = 57, not 58).
+    w = sorted({int(math.ceil(round(q * steps, 9))) for q in p[1:]})
+    w = [v for v in w if 0 < v < steps]
     return np.asarray(w, np.int64)
 
 
@@ -181,7 +183,7 @@ def apgd(
             st = jax.lax.fori_loop(1, steps, lambda i, s: body(i, s), state)
             return st["x_best"], st["s_best"], st["f_best"], st["eta"]
 
-        keys = jax.random.split(key, n_restarts)
+        keys = key[None] if n_restarts == 1 else jax.random.split(key, n_restarts)
 
         def scan_body(carry, run_key):
             bz, bs, bl, be = carry

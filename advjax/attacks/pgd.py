@@ -153,7 +153,8 @@ def pgd(
                     jnp.where(take, value, best_l))
 
         if random_start:
-            keys = jax.random.split(key, restarts)
+            # One run uses `key` itself; run r of several uses split(key, restarts)[r].
+            keys = key[None] if restarts == 1 else jax.random.split(key, restarts)
         else:
             keys = jnp.zeros((restarts,), jnp.uint32)
 

@@ -50,14 +50,15 @@ def woods_attack_factory(config: WoodsAdversarialConfig) -> AttackFactory:
     """``make_attack`` building ``advjax.attacks.woods_l2`` (Algorithm 1, papers.md §2.9).
 
     Track-best is on for the ``"l2_min"`` and ``"btr"`` criteria (the smallest boundary-crossing δ,
-    or δ = 0 when none was found) and off for ``"l2"`` (the last iterate).
+    or δ = 0 when none was found) and off for ``"l2"`` (the last iterate). Already misclassified
+    examples are perturbed too, as in the reference adversarial training.
     """
     from advjax.attacks import woods_l2
 
     def make_attack(logits_fn):
         return woods_l2(logits_fn, steps=config.steps, criterion=config.criterion,
                         momentum=config.momentum, eps_overshoot=config.eps_overshoot,
-                        track_best=config.criterion != "l2")
+                        track_best=config.criterion != "l2", reset_misclassified=False)
 
     return make_attack
 

@@ -7,6 +7,8 @@ int32 labels) live here too, so every backend converts the same way.
 from __future__ import annotations
 
 import dataclasses
+import types
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -33,7 +35,7 @@ class DatasetInfo:
         shape: ``(H, W, C)`` of one image.
         num_classes: number of classes; labels lie in ``[0, num_classes)``.
         class_names: one name per class, index = label.
-        splits: ``{split: number of examples}`` (``None`` where the size is not known statically).
+        splits: read-only ``{split: number of examples}``.
         source: ``"sklearn"``, ``"local"`` (files under ``ADVJAX_DATA_DIR``) or ``"tfds"``.
         description: one line on what the data are and how the splits are made.
         licence: licence of the data and its holders.
@@ -43,10 +45,15 @@ class DatasetInfo:
     shape: tuple[int, int, int]
     num_classes: int
     class_names: tuple[str, ...]
-    splits: dict[str, int | None]
+    splits: Mapping[str, int | None]
     source: str
     description: str = ""
     licence: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "splits", types.MappingProxyType(dict(self.splits)))
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -23,6 +23,7 @@ def mnist_all():
     return root, data.load("mnist_local", "all", data_dir=root)
 
 
+@pytest.mark.data
 def test_mnist_local_all_against_raw_bytes(mnist_all):
     root, (images, labels) = mnist_all
     assert images.shape == (10000, 28, 28, 1) and images.dtype == np.float32
@@ -39,6 +40,7 @@ def test_mnist_local_all_against_raw_bytes(mnist_all):
     assert data.num_classes("mnist_local") == 10 == len(np.unique(labels))
 
 
+@pytest.mark.data
 def test_mnist_local_splits(mnist_all):
     root, (all_x, all_y) = mnist_all
     train = data.load("mnist_local", "train", data_dir=root)
@@ -55,6 +57,7 @@ def test_mnist_local_splits(mnist_all):
                                   test.labels)
 
 
+@pytest.mark.data
 def test_mnist_local_from_env(monkeypatch):
     root = require_data("mnist-test").parent
     monkeypatch.setenv(DATA_ENV, str(root))
@@ -62,6 +65,7 @@ def test_mnist_local_from_env(monkeypatch):
     assert images.shape == (5, 28, 28, 1) and labels.shape == (5,)
 
 
+@pytest.mark.data
 def test_cifar10_head(data_dir):
     path = require_data("cifar10-test-head", "cifar10_test_first846.npz")
     images, labels = data.load("cifar10_head", "test", data_dir=data_dir)
@@ -78,6 +82,7 @@ def test_cifar10_head(data_dir):
                                   labels)
 
 
+@pytest.mark.data
 def test_cifar10_head_matches_png_examples(data_dir):
     """Indices 2, 5, 8, 9 are the four PNG example images shipped with the ResNet-44 checkpoints."""
     require_data("woods2019-resnet44", "images", "test_image_0.png")

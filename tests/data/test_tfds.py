@@ -114,3 +114,22 @@ def test_unprepared_registered_builder(tmp_path):
 def test_missing_data_dir(tmp_path):
     with pytest.raises(data.DataNotFoundError, match="`data_dir`=.*does not exist"):
         data.load("cifar10", "test", data_dir=tmp_path / "absent")
+
+
+def test_download_true_prepares_missing_data(tmp_path):
+    """``download=True`` runs the builder's preparation (here it needs no network)."""
+    out = data.load(NAME, "test", data_dir=tmp_path, download=True)
+    ref_x, ref_y = _examples("test")
+    idx = _index_by_content(ref_x, np.round(out.images * 255).astype(np.uint8))
+    np.testing.assert_array_equal(out.labels, ref_y[idx])
+
+
+def test_failed_download_is_actionable(tmp_path, monkeypatch):
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("network is unreachable")
+
+    monkeypatch.setattr(AdvjaxTinyDigitsCheck, "download_and_prepare", offline)
+    with pytest.raises(data.DataNotFoundError, match="download failed: ConnectionError") as info:
+        data.load(NAME, "train", data_dir=tmp_path, download=True)
+    assert f"tfds build {NAME}" in str(info.value)
+    assert isinstance(info.value.__cause__, ConnectionError)

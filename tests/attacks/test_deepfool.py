@@ -1,0 +1,83 @@
+"""DeepFool against the closed-form minimal L2 perturbation of linear models."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax.attacks.deepfool import deepfool
+from tests.attacks.conftest import linear_min_l2, linear_min_l2_delta, make_linear_problem
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_linear_model_one_step_to_closed_form(linear_problem, use_jit):
+    # Affine classifier, box inactive: one step reaches (1 + overshoot) * the minimal perturbation
+    # (plus the 1e-4 logit margin), never less than the closed form.
+    p = linear_problem
+    attack = deepfool(p.logits_fn, overshoot=0.02)
+    attack = jax.jit(attack) if use_jit else attack
+    for i in range(3):
+        x, y = p.xs[i], p.labels[i]
+        res = attack(jnp.asarray(x), jnp.asarray(y))
+        d = linear_min_l2(p.W, p.b, x, y)
+        assert bool(res.success) and int(res.aux["steps"]) == 1
+        assert d <= float(res.l2) <= 1.03 * d + 1e-4
+        r = linear_min_l2_delta(p.W, p.b, x, y)
+        cos = np.dot(np.asarray(res.x_adv - x).reshape(-1), r) / (float(res.l2) * np.linalg.norm(r))
+        assert cos > 1 - 1e-4  # the same direction as the exact minimal perturbation
+
+
+def test_batched_within_percent_of_closed_form(linear_problem):
+    p = linear_problem
+    res = jax.jit(jax.vmap(deepfool(p.logits_fn)))(jnp.asarray(p.xs), jnp.asarray(p.labels))
+    d = np.array([linear_min_l2(p.W, p.b, x, y) for x, y in zip(p.xs, p.labels, strict=True)])
+    ratio = np.asarray(res.l2) / d
+    assert np.all(res.success)
+    assert np.all(ratio >= 1.0 - 1e-5) and np.all(ratio <= 1.03), ratio
+
+
+def test_candidate_classes_restricted(linear_problem):
+    # num_classes=2: only the runner-up class of the clean logits is a candidate.
+    p = linear_problem
+    x, y = p.xs[0], int(p.labels[0])
+    z = x.reshape(-1).astype(np.float64) @ p.W + p.b
+    j = int(np.argsort(-z)[1])
+    expected = (z[y] - z[j] + 1e-4) / np.linalg.norm(p.W[:, y] - p.W[:, j]) * 1.02
+    res = deepfool(p.logits_fn, num_classes=2)(jnp.asarray(x), jnp.asarray(y))
+    np.testing.assert_allclose(float(res.l2), expected, rtol=1e-3)
+
+
+def test_nonlinear_model_masked_stop_and_box(tiny_cnn):
+    p = tiny_cnn
+    attack = deepfool(p.logits_fn, steps=50)
+    res = jax.jit(jax.vmap(attack))(jnp.asarray(p.xs), jnp.asarray(p.labels))
+    assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+    pred = np.argmax(np.asarray(res.logits), -1)
+    np.testing.assert_array_equal(np.asarray(res.success), pred != p.labels)
+    assert np.mean(np.asarray(res.success)) >= 0.75
+    # Under vmap the loop runs until every example stops, but finished ones are frozen:
+    # per-example results equal the single-example runs.
+    single = jax.jit(attack)
+    for i in range(3):
+        r = single(jnp.asarray(p.xs[i]), jnp.asarray(p.labels[i]))
+        np.testing.assert_allclose(res.x_adv[i], r.x_adv, atol=1e-5)
+        assert int(res.aux["steps"][i]) == int(r.aux["steps"])
+
+
+def test_already_misclassified_and_errors():
+    p = make_linear_problem(seed=0)
+    attack = deepfool(p.logits_fn)
+    x, y = jnp.asarray(p.xs[0]), int(p.labels[0])
+    res = attack(x, jnp.asarray((y + 1) % 4))
+    assert not bool(res.clean_correct) and int(res.aux["steps"]) == 0
+    np.testing.assert_array_equal(res.x_adv, x)
+    with pytest.raises(ValueError, match="label"):
+        attack(x, jnp.asarray(9))
+    with pytest.raises(ValueError, match="`x`"):
+        attack(x.at[0, 0, 0].set(jnp.nan), jnp.asarray(y))
+    with pytest.raises(ValueError, match="overshoot"):
+        deepfool(p.logits_fn, overshoot=-1)
+    with pytest.raises(ValueError, match="num_classes"):
+        deepfool(p.logits_fn, num_classes=1)

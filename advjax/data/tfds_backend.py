@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from advjax._checks import check_positive_int
 from advjax.data._types import (
     DataFormatError,
     DataNotFoundError,
@@ -130,6 +131,12 @@ def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = Non
         DataNotFoundError: the data are not prepared in ``data_dir`` and cannot be downloaded; the
             message says how to prepare them offline.
     """
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"`split` must be a TFDS split string such as 'train', 'test' or "
+                         f"'train[:10%]'; got {split!r}.")
+    check_positive_int(batch_size, "batch_size")
+    if limit is not None:
+        check_positive_int(limit, "limit")
     if data_dir is not None and not download and not os.path.isdir(data_dir):
         raise DataNotFoundError(f"`data_dir`={os.fspath(data_dir)!r} does not exist or is not a "
                                 f"folder; it must be a TFDS data folder holding {name}/. "

@@ -95,6 +95,10 @@ def test_info_from_builder(prepared):
 def test_unknown_split(prepared):
     with pytest.raises(ValueError, match=r"unknown `split`='validation'.*\['test', 'train'\]"):
         data.load(NAME, "validation", data_dir=prepared)
+    with pytest.raises(ValueError, match="`split` must be a TFDS split string"):
+        data.load(NAME, None, data_dir=prepared)
+    with pytest.raises(ValueError, match="`batch_size`"):
+        data.load_tfds(NAME, "train", data_dir=prepared, batch_size=0)
 
 
 def test_missing_mnist_is_actionable(tmp_path):

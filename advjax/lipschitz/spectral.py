@@ -1,0 +1,357 @@
+"""Operator 2-norms (largest singular values) of dense and convolutional layers.
+
+Szegedy et al. (2013), §4.3 (papers.md §1.6): the upper Lipschitz constant of a fully connected or
+convolutional layer followed by a contractive nonlinearity is the operator norm ``‖W‖`` of its
+linear
+part. For a dense kernel that is the largest singular value of the matrix. For a convolution it is
+the
+largest singular value of the (huge, structured) matrix of the map ``x -> conv(x, kernel)``, which
+is
+computed here two ways:
+
+* ``method="fft"``: the Fourier formula (1) of §4.3 with the corrected stride factor ``1/Δ``
+  (``1/sqrt(Δh·Δw)`` for unequal strides). Exact for circular padding (when the strides divide the
+  input size), a sound upper bound for zero padding (see :func:`conv_norm` for the proof).
+* ``method="exact"``: power iteration on ``A^T A`` with the convolution and its transpose
+  (``jax.linear_transpose``) inside ``lax.while_loop``, until the relative change of the estimate
+  falls below ``tol``.
+
+Everything here is pure and traceable: ``jax.jit(functools.partial(conv_norm, input_shape=...,
+padding=...))(kernel)`` works; shapes, strides, padding and methods are static.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from advjax._checks import check_choice, check_floating, check_positive_int, check_rank
+
+Array = jax.Array
+Padding = str | Sequence[tuple[int, int]]
+
+_PAD_NAMES = ("SAME", "VALID", "CIRCULAR")
+
+
+# --------------------------------------------------------------------------------------------------
+# Power iteration
+# --------------------------------------------------------------------------------------------------
+
+
+def power_iteration(
+    op: Callable[[Array], Array],
+    op_t: Callable[[Array], Array],
+    v0: Array,
+    *,
+    iters: int = 2000,
+    tol: float = 1e-6,
+) -> tuple[Array, Array, Array]:
+    """Largest singular value of a linear map by power iteration on ``A^T A`` (``lax.while_loop``).
+
+    Arguments:
+      op: the linear map ``A``, array of ``v0``'s shape -> any shape.
+      op_t: its transpose ``A^T``.
+      v0: start vector (any shape, not orthogonal to the top right singular vector; a random normal
+        draw is fine).
+      iters: maximum number of iterations (static, >= 1).
+      tol: stop when ``|σ_k - σ_{k-1}| <= tol · σ_k`` (relative change of the estimate).
+
+    Returns:
+      ``(sigma, v, n)``: the estimate ``σ = ‖A v‖`` for the final unit vector ``v`` (always a lower
+      bound of the true norm, converging to it from below), ``v`` and the number of iterations run.
+    """
+    check_positive_int(iters, "iters")
+    if not tol >= 0:
+        raise ValueError(f"`tol` must be >= 0; got {tol!r}.")
+    tiny = jnp.finfo(jnp.result_type(v0)).tiny
+
+    def normalise(v):
+        return v / jnp.maximum(jnp.linalg.norm(v.ravel()), tiny)
+
+    def cond(carry):
+        i, _, prev, sigma = carry
+        return (i < iters) & ((i < 2) | (jnp.abs(sigma - prev) > tol * sigma))
+
+    def body(carry):
+        i, v, _, sigma = carry
+        w = op(v)
+        new_sigma = jnp.linalg.norm(w.ravel())
+        return i + 1, normalise(op_t(w)), sigma, new_sigma
+
+    v = normalise(v0)
+    zero = jnp.zeros((), jnp.result_type(v0))
+    n, v, _, _ = lax.while_loop(cond, body, (jnp.int32(0), v, zero, zero))
+    sigma = jnp.linalg.norm(op(v).ravel())
+    return sigma, v, n
+
+
+# --------------------------------------------------------------------------------------------------
+# Dense
+# --------------------------------------------------------------------------------------------------
+
+
+def dense_norm(
+    kernel: Array,
+    *,
+    method: str = "svd",
+    iters: int = 2000,
+    tol: float = 1e-6,
+    key: Array | None = None,
+) -> Array:
+    """Largest singular value of a dense kernel (Szegedy §4.3: ``‖W‖`` of a fully connected layer).
+
+    Arguments:
+      kernel: ``(d_in, d_out)`` float matrix (Flax ``Dense`` layout; the norm is that of ``x @ W``
+      and
+        equally of ``W^T x``).
+      method: ``"svd"`` (``jnp.linalg.svd(..., compute_uv=False)``, exact to float precision) or
+        ``"power"`` (power iteration, see :func:`power_iteration`; a lower estimate converging to
+        the
+        norm).
+      iters: maximum power iterations (``method="power"``).
+      tol: relative-change tolerance of the power iteration.
+      key: PRNG key of the power iteration's start vector (default ``PRNGKey(0)``).
+
+    Returns:
+      Scalar ``σ_max(kernel) >= 0`` (same float dtype as ``kernel``).
+    """
+    check_rank(kernel, "kernel", 2)
+    check_floating(kernel, "kernel")
+    check_choice(method, "method", ("svd", "power"))
+    kernel = jnp.asarray(kernel)
+    if kernel.size == 0:
+        return jnp.zeros((), kernel.dtype)
+    if method == "svd":
+        return jnp.linalg.svd(kernel, compute_uv=False)[0]
+    key = jax.random.PRNGKey(0) if key is None else key
+    v0 = jax.random.normal(key, (kernel.shape[1],), kernel.dtype)
+    sigma, _, _ = power_iteration(lambda v: kernel @ v, lambda u: kernel.T @ u, v0,
+                                  iters=iters, tol=tol)
+    return sigma
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------------------------------
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (int(value), int(value))
+    value = tuple(int(v) for v in value)
+    if len(value) != 2 or min(value) < 1:
+        raise ValueError(f"`{name}` must be a positive int or a pair of positive ints; "
+                         f"got {value}.")
+    return value  # type: ignore[return-value]
+
+
+def resolve_padding(
+    padding: Padding,
+    input_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    strides: tuple[int, int],
+) -> tuple[tuple[tuple[int, int], tuple[int, int]], bool]:
+    """Explicit ``((lo, hi), (lo, hi))`` pads for a padding spec, and whether it is circular.
+
+    ``"CIRCULAR"`` uses the pads of ``"SAME"`` (output size ``ceil(H / Δ)``) but fills them by
+    wrapping
+    the input around; ``"SAME"`` and ``"VALID"`` are those of ``lax.conv_general_dilated``; explicit
+    pairs (possibly negative, which crops) are zero padding.
+    """
+    if isinstance(padding, str):
+        check_choice(padding.upper(), "padding", _PAD_NAMES)
+        name = padding.upper()
+        lax_name = "SAME" if name == "CIRCULAR" else name
+        pads = lax.padtype_to_pads(input_hw, kernel_hw, strides, lax_name)
+        return tuple((int(lo), int(hi)) for lo, hi in pads), name == "CIRCULAR"  # type: ignore
+    try:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        raise ValueError("`padding` must be 'SAME', 'VALID', 'CIRCULAR' or a pair of (lo, hi) "
+                         f"pairs; got {padding!r}.") from None
+    if len(pads) != 2:
+        raise ValueError(f"`padding` must hold 2 (lo, hi) pairs (H and W); got {padding!r}.")
+    return pads, False  # type: ignore[return-value]
+
+
+def _conv_apply(x, kernel, strides, pads, circular):
+    """The convolution as a map on ONE input ``(H, W, C)`` -> ``(Ho, Wo, D)``."""
+    if circular:
+        x = jnp.pad(x, (pads[0], pads[1], (0, 0)), mode="wrap")
+        pads = ((0, 0), (0, 0))
+    y = lax.conv_general_dilated(x[None], kernel, strides, pads,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 precision=lax.Precision.HIGHEST)
+    return y[0]
+
+
+def _output_size(n: int, k: int, s: int, lo: int, hi: int) -> int:
+    return max((n + lo + hi - k) // s + 1, 0)
+
+
+def circular_size(n: int, k: int, s: int, lo: int, hi: int) -> int:
+    """Smallest torus length ``N`` (multiple of ``s``) whose circular conv dominates the padded one.
+
+    See :func:`conv_norm` (zero padding) for the proof: ``N >= max(min(lo + n, n + lo + hi),
+    (n_out - 1)·s + k)`` and ``s | N``.
+    """
+    n_out = _output_size(n, k, s, lo, hi)
+    need = max(min(lo + n, n + lo + hi), (n_out - 1) * s + k, k, 1)
+    return -(-need // s) * s
+
+
+def _fold(kernel: Array, nh: int, nw: int) -> Array:
+    """Kernel taps placed on an ``nh × nw`` torus (taps beyond the torus wrap around and add up)."""
+    kh, kw = kernel.shape[:2]
+    ph, pw = -(-kh // nh) * nh, -(-kw // nw) * nw
+    k = jnp.pad(kernel, ((0, ph - kh), (0, pw - kw), (0, 0), (0, 0)))
+    k = k.reshape(ph // nh, nh, pw // nw, nw, *kernel.shape[2:]).sum(axis=(0, 2))
+    return k
+
+
+def fourier_singular_values(kernel: Array, torus: tuple[int, int],
+                            strides: tuple[int, int]) -> Array:
+    """Singular values of the circular strided convolution on an ``Nh × Nw`` torus, per frequency.
+
+    Arguments:
+      kernel: ``(kh, kw, C, D)`` HWIO kernel (taps beyond the torus wrap around).
+      torus: ``(Nh, Nw)``, multiples of the strides.
+      strides: ``(Δh, Δw)``.
+
+    Returns:
+      ``(Nh/Δh · Nw/Δw, min(D, C·Δh·Δw))`` array: for each alias group ``ξ`` the singular values of
+      ``B(ξ) / sqrt(Δh Δw)``, where ``B(ξ)`` (``D × C·Δh·Δw``) stacks the DFT of the kernel at the
+      ``Δh·Δw`` frequencies ``ξ + l·N/Δ`` that the subsampling folds onto ``ξ`` (Szegedy eq. (1)
+      with the ``1/Δ`` factor of papers.md §1.6). Their maximum is the operator norm.
+    """
+    nh, nw = torus
+    sh, sw = strides
+    c, d = kernel.shape[2:]
+    k_hat = jnp.fft.fft2(_fold(kernel, nh, nw), axes=(0, 1))  # (Nh, Nw, C, D)
+    mh, mw = nh // sh, nw // sw
+    b = k_hat.reshape(sh, mh, sw, mw, c, d).transpose(1, 3, 5, 0, 2, 4)
+    b = b.reshape(mh * mw, d, sh * sw * c)
+    return jnp.linalg.svd(b, compute_uv=False) / math.sqrt(sh * sw)
+
+
+@functools.partial(jax.jit, static_argnames=("input_shape", "strides", "pads", "circular"))
+def _conv_norm_fft(kernel, input_shape, strides, pads, circular):
+    h, w, _ = input_shape
+    kh, kw = kernel.shape[:2]
+    if circular:
+        # Along an axis whose stride does not divide the input, the map selects rows of the stride-1
+        # circular convolution along that axis (a contraction), whose norm is then a sound bound.
+        eff = tuple(s if n % s == 0 else 1 for n, s in zip((h, w), strides, strict=True))
+        return fourier_singular_values(kernel, (h, w), eff).max()
+    nh = circular_size(h, kh, strides[0], *pads[0])
+    nw = circular_size(w, kw, strides[1], *pads[1])
+    return fourier_singular_values(kernel, (nh, nw), strides).max()
+
+
+@functools.partial(jax.jit, static_argnames=("input_shape", "strides", "pads", "circular",
+                                             "iters", "tol"))
+def _conv_norm_exact(kernel, key, input_shape, strides, pads, circular, iters, tol):
+    op = lambda x: _conv_apply(x, kernel, strides, pads, circular)
+    x0 = jax.random.normal(key, input_shape, kernel.dtype)
+    op_t_fn = jax.linear_transpose(op, x0)
+    op_t = lambda y: op_t_fn(y)[0]
+    sigma, _, _ = power_iteration(op, op_t, x0, iters=iters, tol=tol)
+    return sigma
+
+
+def conv_norm(
+    kernel: Array,
+    input_shape: Sequence[int],
+    *,
+    strides: int | Sequence[int] = (1, 1),
+    padding: Padding = "SAME",
+    method: str = "exact",
+    iters: int = 2000,
+    tol: float = 1e-6,
+    key: Array | None = None,
+) -> Array:
+    """Operator 2-norm of a 2-D convolution as a linear map on inputs ``(H, W, C)`` (Szegedy §4.3).
+
+    The map is ``x -> lax.conv_general_dilated(x[None], kernel, strides, padding)[0]`` (NHWC / HWIO,
+    cross-correlation as in Flax ``nn.Conv``; the bias is a translation and does not count).
+
+    ``method="fft"`` (Szegedy eq. (1), corrected stride factor). For a circular convolution on an
+    ``Nh × Nw`` torus with strides ``Δ`` dividing ``N``, Parseval turns the map into independent
+    blocks, one per alias group ``ξ ∈ [0, N/Δ)²``: ``Ŷ(ξ) = Δ^{-2} Σ_l K̂(ξ + lN/Δ) X̂(ξ + lN/Δ)``;
+    with ``‖x‖² = N^{-2} Σ|X̂|²`` and ``‖y‖² = (N/Δ)^{-2} Σ|Ŷ|²`` the norm is
+    ``max_ξ σ_max(B(ξ)) / Δ`` (``B(ξ)`` the ``D × CΔ²`` matrix of DFT coefficients), computed by a
+    batched ``jnp.linalg.svd(..., compute_uv=False)``.
+
+    * ``padding="CIRCULAR"``: exact when ``Δ`` divides ``(H, W)`` (along an axis where it does not,
+      the stride-1 circular norm along that axis is used, a sound bound: the strided map selects
+      rows of the stride-1 map).
+    * Zero padding (``"SAME"``, ``"VALID"``, explicit pads ``(lo, hi)`` per axis): a sound upper
+      bound.
+      Proof (per axis; the 2-D case is the product): let ``H_out = ⌊(H + lo + hi - k)/Δ⌋ + 1`` and
+      take
+      ``N`` a multiple of ``Δ`` with ``N >= max(min(lo + H, H + lo + hi), (H_out - 1)Δ + k)`` (the
+      smallest one is used). Embed ``x`` into ``z ∈ R^N`` by ``z_j = x_{j - lo}`` for
+      ``0 <= j - lo < H`` and ``j < min(lo + H, H + lo + hi)``, zero elsewhere: a coordinate
+      embedding/projection ``E`` with ``‖E‖ <= 1`` (entries dropped are cropped by negative pads or
+      never read). The padded conv reads ``x_pad[mΔ + u] = z[mΔ + u]`` for ``m < H_out``, ``u < k``;
+      these indices are ``<= (H_out - 1)Δ + k - 1 < N``, so no index wraps and the circular strided
+      conv ``C`` on ``Z_N`` gives the same outputs at ``m < H_out <= N/Δ``. Hence the padded map is
+      ``P C E`` with ``P`` selecting the first ``H_out`` outputs, and ``‖P C E‖ <= ‖C‖``, which is
+      the
+      Fourier norm above.
+
+    ``method="exact"``: power iteration on ``A^T A`` (``A^T`` from ``jax.linear_transpose``) in
+    ``lax.while_loop`` until the relative change of ``σ`` is ``<= tol`` or ``iters`` is reached. The
+    result ``‖A v‖`` is always ``<=`` the true norm and converges to it (tests: within 1e-4
+    relative of
+    the SVD of the explicit Jacobian).
+
+    Arguments:
+      kernel: ``(kh, kw, C, D)`` float HWIO kernel.
+      input_shape: ``(H, W, C)`` of ONE input (static).
+      strides: ``Δ`` or ``(Δh, Δw)``, positive ints.
+      padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"`` or ``((lo_h, hi_h), (lo_w, hi_w))``.
+      method: ``"exact"`` or ``"fft"``.
+      iters, tol, key: power-iteration settings (``method="exact"``); ``key`` draws the start vector
+        (default ``PRNGKey(0)``).
+
+    Returns:
+      Scalar operator norm (``>= 0``), dtype of ``kernel``.
+    """
+    check_rank(kernel, "kernel", 4)
+    check_floating(kernel, "kernel")
+    check_choice(method, "method", ("exact", "fft"))
+    input_shape = tuple(int(v) for v in input_shape)
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(f"`input_shape` must be (H, W, C) of positive ints; got {input_shape}.")
+    if kernel.shape[2] != input_shape[2]:
+        raise ValueError(f"`kernel` input channels ({kernel.shape[2]}) must equal `input_shape`'s "
+                         f"C ({input_shape[2]}); kernel shape {kernel.shape} is HWIO.")
+    strides = _pair(strides, "strides")
+    pads, circular = resolve_padding(padding, input_shape[:2], kernel.shape[:2], strides)
+    kernel = jnp.asarray(kernel)
+    for axis in range(2):
+        n_out = _output_size(input_shape[axis], kernel.shape[axis], strides[axis], *pads[axis])
+        if n_out < 1 and not circular:
+            raise ValueError(f"the convolution has an empty output along axis {axis} for "
+                             f"`input_shape` {input_shape}, kernel {kernel.shape}, pads {pads}.")
+    if method == "fft":
+        return _conv_norm_fft(kernel, input_shape, strides, pads, circular)
+    check_positive_int(iters, "iters")
+    key = jax.random.PRNGKey(0) if key is None else key
+    return _conv_norm_exact(kernel, key, input_shape, strides, pads, circular, iters, float(tol))
+
+
+def conv_operator(kernel: Array, input_shape: Sequence[int], *, strides=(1, 1),
+                  padding: Padding = "SAME") -> Callable[[Array], Array]:
+    """The convolution of :func:`conv_norm` as a function of one input ``(H, W, C)`` (for tests)."""
+    strides = _pair(strides, "strides")
+    input_shape = tuple(int(v) for v in input_shape)
+    pads, circular = resolve_padding(padding, input_shape[:2], kernel.shape[:2], strides)
+    return lambda x: _conv_apply(x, kernel, strides, pads, circular)

@@ -165,14 +165,15 @@ def make_net_problem(module: nn.Module, *, shape=(4, 4, 1), n: int = 8, seed: in
     ``n`` examples uniform in ``[0, 1]``; labels are the clean predictions."""
     key = jax.random.key(seed)
     k_init, k_x = jax.random.split(key)
-    variables = module.init(k_init, jnp.zeros((1, *shape), jnp.float32))
-    variables = jax.tree_util.tree_map(lambda p: p * scale, variables)
+    init = jax.jit(lambda k: jax.tree_util.tree_map(
+            lambda p: p * scale, module.init(k, jnp.zeros((1, *shape), jnp.float32))))
+    variables = init(k_init)
     xs = np.asarray(jax.random.uniform(k_x, (n, *shape), jnp.float32))
 
     def logits_fn(x):
         return module.apply(variables, x[None])[0]
 
-    labels = np.asarray(jnp.argmax(jax.vmap(logits_fn)(jnp.asarray(xs)), -1), np.int32)
+    labels = np.asarray(jnp.argmax(jax.jit(jax.vmap(logits_fn))(jnp.asarray(xs)), -1), np.int32)
     return NetProblem(logits_fn, module, variables, xs, labels)
 
 

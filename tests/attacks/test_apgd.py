@@ -1,0 +1,117 @@
+"""APGD: checkpoint schedule, strength relative to PGD, budget, keys, vmap."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax.attacks import _common
+from advjax.attacks.apgd import apgd, checkpoints
+from advjax.attacks.pgd import pgd
+from tests.attacks.conftest import linear_min_l2
+
+
+def test_checkpoints_match_the_paper_recursion():
+    # p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (steps of max(prev - 0.03, 0.06)) -> ceil(pN).
+    np.testing.assert_array_equal(checkpoints(100), [22, 41, 57, 70, 80, 87, 93, 99])
+    assert checkpoints(1000)[0] == 220 and checkpoints(1000)[1] == 410
+    w = checkpoints(37)
+    assert np.all(np.diff(w) > 0) and w[0] > 0 and w[-1] < 37
+
+
+def test_dlr_loss_closed_form():
+    z = jnp.array([3.0, 1.0, 2.0, -1.0, 0.5])
+    # untargeted, y = 0: -(z_y - max_other) / (z_pi1 - z_pi3) = -(3 - 2) / (3 - 1)
+    np.testing.assert_allclose(_common.dlr_loss(z, 0), -0.5, rtol=1e-6)
+    # targeted, y = 0, t = 3: -(3 - (-1)) / (3 - (1 + 0.5) / 2)
+    np.testing.assert_allclose(_common.targeted_dlr_loss(z, 0, 3), -4 / 2.25, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_at_least_as_strong_as_pgd(tiny_mlp, loss):
+    # Same budget (50 gradient steps, one run): APGD robust accuracy <= PGD robust accuracy.
+    p = tiny_mlp
+    n = len(p.xs)
+    xs, ys = jnp.asarray(p.xs), jnp.asarray(p.labels)
+    keys = jax.random.split(jax.random.key(0), n)
+    a_apgd = jax.jit(jax.vmap(apgd(p.logits_fn, loss=loss, steps=50)))
+    a_pgd = jax.jit(jax.vmap(pgd(p.logits_fn, steps=50)))
+    for eps in (0.05, 0.1):
+        e = jnp.full((n,), eps)
+        ra, rp = a_apgd(xs, ys, eps=e, key=keys), a_pgd(xs, ys, eps=e, key=keys)
+        assert int(jnp.sum(~ra.success)) <= int(jnp.sum(~rp.success)), eps
+        assert float(jnp.max(ra.linf)) <= eps + 1e-6
+        assert float(ra.x_adv.min()) >= 0 and float(ra.x_adv.max()) <= 1
+
+
+def test_l2_linear_success_boundary(linear_problem):
+    p = linear_problem
+    d = np.array([linear_min_l2(p.W, p.b, x, y) for x, y in zip(p.xs, p.labels, strict=True)])
+    attack = jax.jit(jax.vmap(apgd(p.logits_fn, norm="l2", loss="dlr", steps=30)))
+    keys = jax.random.split(jax.random.key(1), len(p.xs))
+    xs, ys = jnp.asarray(p.xs), jnp.asarray(p.labels)
+    above = attack(xs, ys, eps=jnp.asarray(1.1 * d, jnp.float32), key=keys)
+    below = attack(xs, ys, eps=jnp.asarray(0.95 * d, jnp.float32), key=keys)
+    assert bool(jnp.all(above.success)) and not bool(jnp.any(below.success))
+    assert bool(jnp.all(above.l2 <= 1.1 * d * (1 + 1e-5)))
+    # The step size only ever halves from 2 eps.
+    m = np.log2(np.asarray(2.0 * 1.1 * d / above.aux["eta"], np.float64))
+    np.testing.assert_allclose(m, np.round(m), atol=1e-4)
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_keys_and_targeted(tiny_mlp, use_jit):
+    p = tiny_mlp
+    attack = apgd(p.logits_fn, steps=4, targeted=True, loss="dlr")
+    attack = jax.jit(attack) if use_jit else attack
+    x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])
+    t = jnp.asarray((int(p.labels[0]) + 1) % 5)
+    a = attack(x, y, eps=0.3, key=jax.random.key(0), target=t)
+    b = attack(x, y, eps=0.3, key=jax.random.key(0), target=t)
+    np.testing.assert_array_equal(a.x_adv, b.x_adv)
+    assert bool(a.success) == (int(jnp.argmax(a.logits)) == int(t))
+
+
+def test_jit_vmap_matches_loop_and_restarts(tiny_mlp):
+    p = tiny_mlp
+    attack = apgd(p.logits_fn, steps=8, n_restarts=2)
+    n = 4
+    eps = jnp.asarray([0.02, 0.05, 0.1, 0.2])
+    keys = jax.random.split(jax.random.key(3), n)
+    xs, ys = jnp.asarray(p.xs[:n]), jnp.asarray(p.labels[:n])
+    batched = jax.jit(jax.vmap(attack))(xs, ys, eps=eps, key=keys)
+    single = jax.jit(attack)
+    for i in range(n):
+        r = single(xs[i], ys[i], eps=eps[i], key=keys[i])
+        np.testing.assert_allclose(batched.x_adv[i], r.x_adv, atol=1e-5)
+    # Two restarts keep the better of the two single runs.
+    one = jax.jit(apgd(p.logits_fn, steps=8))
+    for i in range(n):
+        runs = [one(xs[i], ys[i], eps=eps[i], key=k) for k in jax.random.split(keys[i], 2)]
+        if not any(bool(r.success) for r in runs):
+            best = max(float(r.aux["loss"]) for r in runs)
+            np.testing.assert_allclose(batched.aux["loss"][i], best, rtol=1e-5)
+        else:
+            assert bool(batched.success[i])
+
+
+def test_bad_inputs(linear_problem):
+    p = linear_problem
+    attack = apgd(p.logits_fn, steps=2)
+    x, y, key = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0]), jax.random.key(0)
+    with pytest.raises(ValueError, match="eps"):
+        attack(x, y, eps=-0.1, key=key)
+    with pytest.raises(ValueError, match="key"):
+        attack(x, y, eps=0.1)
+    with pytest.raises(ValueError, match="label"):
+        attack(x, jnp.asarray(4), eps=0.1, key=key)
+    with pytest.raises(ValueError, match="`x`"):
+        attack(x * jnp.nan, y, eps=0.1, key=key)
+    with pytest.raises(ValueError, match="dlr"):
+        apgd(lambda z: z.reshape(-1)[:2], loss="dlr", steps=2)(x, y, eps=0.1, key=key)
+    with pytest.raises(ValueError, match="rho"):
+        apgd(p.logits_fn, rho=1.5)
+    with pytest.raises(ValueError, match="loss"):
+        apgd(p.logits_fn, loss="margin")

@@ -118,6 +118,11 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
         raise pickle.UnpicklingError(f"malformed tensor layout: size {size}, stride {stride}, "
                                      f"offset {offset}.")
+    count = int(np.prod(size, dtype=np.int64)) if size else 1
+    if count > max(storage.numel, 1):
+        raise pickle.UnpicklingError(
+                f"tensor of size {size} has more elements than its storage {storage.key!r} "
+                f"({storage.numel}); overlapping (stride-0) tensors are not supported.")
     if all(size):
         last = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True))
         if last >= storage.numel:
@@ -244,6 +249,8 @@ def load_legacy_torch(source: str | os.PathLike | bytes,
     keys = _load_plain(f)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ValueError(f"{where!r}: malformed storage key list.")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{where!r}: the storage key list repeats keys.")
     missing = set(main.storages) - set(keys)
     if missing:
         raise ValueError(f"{where!r}: storages {sorted(missing)[:5]} have no data section.")

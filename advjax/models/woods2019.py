@@ -181,6 +181,14 @@ def woods2019_variables_from_state(state: dict[str, np.ndarray]) -> tuple[PreAct
     return module, {"params": params, "batch_stats": stats}
 
 
+def _read(path: str | os.PathLike) -> dict[str, Any]:
+    obj = load_legacy_torch(path, stubs=[PREPROCESS_STUB])
+    if not isinstance(obj, dict) or "model_params" not in obj:
+        raise ValueError(
+                f"{os.fspath(path)!r} holds no `model_params` (not a Woods 2019 checkpoint).")
+    return obj
+
+
 def load_woods2019_checkpoint(path: str | os.PathLike) -> Woods2019Checkpoint:
     """Module, variables and ``training_options`` of a Woods et al. (2019) checkpoint.
 
@@ -190,10 +198,7 @@ def load_woods2019_checkpoint(path: str | os.PathLike) -> Woods2019Checkpoint:
     Returns:
       A :class:`Woods2019Checkpoint`.
     """
-    obj = load_legacy_torch(path, stubs=[PREPROCESS_STUB])
-    if not isinstance(obj, dict) or "model_params" not in obj:
-        raise ValueError(
-                f"{os.fspath(path)!r} holds no `model_params` (not a Woods 2019 checkpoint).")
+    obj = _read(path)
     module, variables = woods2019_variables_from_state(obj["model_params"])
     metadata = _plain(obj.get("training_options", {}))
     robust = metadata.get("robust_additions")
@@ -240,5 +245,14 @@ def load_woods2019(path: str | os.PathLike) -> tuple[PreActResNet, dict[str, Any
 
 
 def load_woods2019_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's ``training_options`` as plain data (see :class:`Woods2019Checkpoint`)."""
-    return load_woods2019_checkpoint(path).metadata
+    """The checkpoint's ``training_options`` as plain data (see :class:`Woods2019Checkpoint`).
+
+    Arguments:
+      path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``.
+
+    Returns:
+      A JSON-serialisable dict, e.g. ``{"robust_additions": True, "adversarial_training": False,
+      "l2_min": False, "arch": [32, "__main__.cifar10_preprocess", [7, 7, 7], [16, 32, 64], 10],
+      "input_offset": [[0.4914, ...], [0.247, ...]], "robust_integration": 251.697...}``.
+    """
+    return _plain(_read(path).get("training_options", {}))

@@ -181,3 +181,7 @@ def test_format_errors(fake_torch):
     bad = _write({"x": _Tensor(s, 3, (5,), (1,))}, [s], fake_torch)
     with pytest.raises(pickle.UnpicklingError, match="past the end"):
         load_legacy_torch(bad)
+    # A stride-0 tensor far larger than its storage (a memory bomb) is refused.
+    bomb = _write({"x": _Tensor(s, 0, (10**6, 10**6), (0, 0))}, [s], fake_torch)
+    with pytest.raises(pickle.UnpicklingError, match="more elements than its storage"):
+        load_legacy_torch(bomb)

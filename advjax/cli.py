@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder (default results/EXPERIMENT/CONFIG)")
     run.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
                      metavar="KEY=VALUE", help="override a config field (JSON value), repeatable")
-    run.add_argument("--quiet", action="store_true", help="only warnings")
+    run.add_argument("--verbose", action="store_true", help="log per-epoch metrics and saves")
     sub.add_parser("list", help="list the experiments and their configs")
     return parser
 
@@ -48,8 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc = (module.__doc__ or "").strip().splitlines()
             print(f"{name:32s} [{', '.join(sorted(module.CONFIGS))}]  {doc[0] if doc else ''}")
         return 0
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax", "orbax", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         out, metrics = pipeline.execute(args.experiment, args.config, args.out,
                                         dict(args.overrides))

@@ -4,35 +4,37 @@
 ``attack(x, label, *, key=None, **per_example) -> AttackResult`` for ONE example; batch it with
 ``jax.vmap`` (per-example eps, target, c and key all map) and compile it with ``jax.jit``.
 
-Attacks are loaded on first access, so importing this package is cheap.
+* ``fgsm``, ``pgd`` (L-infinity / L2, restarts), ``apgd`` (CE / DLR): fixed-budget attacks;
+* ``lbfgs`` (Szegedy et al.'s box-constrained L-BFGS), ``cw_l2``, ``deepfool``: minimum distortion;
+* ``woods_l2``: Algorithm 1 of Woods et al. (``l2``, ``l2_min``, ``btr``; explanations);
+* ``gaussian_noise``: the random control.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
+# The constructors are imported by name so that they shadow their modules of the same name
+# (``advjax.attacks.pgd`` is the function; its module is ``sys.modules["advjax.attacks.pgd"]``).
+from advjax.attacks.apgd import apgd
+from advjax.attacks.cw import cw_l2
+from advjax.attacks.deepfool import deepfool
+from advjax.attacks.fgsm import fgsm
+from advjax.attacks.lbfgs import lbfgs, random_wrong_target, second_most_likely_target
+from advjax.attacks.noise import gaussian_noise
+from advjax.attacks.pgd import pgd
 from advjax.attacks.result import AttackResult, distortions, is_success, make_result
+from advjax.attacks.woods import woods_l2
 
-_ATTACKS = {
-    "fgsm": "advjax.attacks.fgsm",
-    "pgd": "advjax.attacks.pgd",
-    "apgd": "advjax.attacks.apgd",
-    "lbfgs": "advjax.attacks.lbfgs",
-    "cw_l2": "advjax.attacks.cw",
-    "deepfool": "advjax.attacks.deepfool",
-    "woods_l2": "advjax.attacks.woods",
-    "gaussian_noise": "advjax.attacks.noise",
-}
-
-__all__ = ["AttackResult", "distortions", "is_success", "make_result", *sorted(_ATTACKS)]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ATTACKS:
-        return getattr(importlib.import_module(_ATTACKS[name]), name)
-    raise AttributeError(f"module 'advjax.attacks' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__ = [
+    "AttackResult",
+    "apgd",
+    "cw_l2",
+    "deepfool",
+    "distortions",
+    "fgsm",
+    "gaussian_noise",
+    "is_success",
+    "lbfgs",
+    "make_result",
+    "pgd",
+    "random_wrong_target",
+    "second_most_likely_target",
+    "woods_l2",
+]

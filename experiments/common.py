@@ -1,0 +1,162 @@
+"""Pieces shared by the experiment scripts: training a classifier, attacking a set in chunks."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from advjax import data as data_lib
+from advjax import parallel, train
+
+logger = logging.getLogger(__name__)
+
+
+def load_split(name: str, split: str, data_dir: str | None = None, limit: int | None = None):
+    """``(images, labels)`` numpy arrays of one split (see :func:`advjax.data.load`)."""
+    ds = data_lib.load(name, split, data_dir=data_dir, limit=limit)
+    return np.asarray(ds.images), np.asarray(ds.labels)
+
+
+def train_classifier(
+    module,
+    train_set: tuple[np.ndarray, np.ndarray],
+    eval_set: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    config: train.TrainConfig = train.TrainConfig(),
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    optimizer: optax.GradientTransformation | None = None,
+    pool_size: int | None = None,
+) -> tuple[train.TrainState, list[dict]]:
+    """Trains ``module`` with Adam (or ``optimizer``) and ``config``; resumes from checkpoints."""
+    key = jax.random.key(seed)
+    init_key, data_key = jax.random.split(key)
+    opt = optimizer or optax.adam(learning_rate)
+    state = train.create_train_state(module, init_key, jnp.asarray(train_set[0][:1]), opt,
+                                     pool_size=pool_size)
+    return train.fit(state, train_set, key=data_key, epochs=epochs, batch_size=batch_size,
+                     config=config, eval_data=eval_set, checkpoint_dir=checkpoint_dir,
+                     progress=progress)
+
+
+def logits_fn_of(state: train.TrainState) -> Callable[[jax.Array], jax.Array]:
+    """Per-example inference-mode ``logits_fn`` of a trained state."""
+    fn, _ = train.example_logits_fn(state, train=False)
+    return fn
+
+
+def error_rate(logits_fn, xs, labels, chunk_size: int = 512) -> float:
+    preds = parallel.stream(lambda x: jnp.argmax(logits_fn(x)), np.asarray(xs),
+                            chunk_size=chunk_size)
+    return float(np.mean(preds != np.asarray(labels)))
+
+
+def run_attack(attack, xs, labels, *, chunk_size: int = 256, progress: bool = False,
+               desc: str = "attack", **per_example: Any):
+    """Runs a per-example attack over a whole set in fixed-size chunks (sharded when possible)."""
+    return parallel.stream(attack, np.asarray(xs), np.asarray(labels), chunk_size=chunk_size,
+                           progress=progress, desc=desc, **per_example)
+
+
+def example_keys(seed: int, n: int) -> jax.Array:
+    """Per-example keys ``fold_in(key(seed), i)``: independent of batch size and device count."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
+
+
+def summarize_history(history: list[dict]) -> Mapping[str, Any]:
+    last = history[-1] if history else {}
+    return {"epochs": last.get("epoch"), "train": last.get("train"), "eval": last.get("eval")}
+
+
+def szegedy_module(name: str, input_shape: tuple[int, ...]):
+    """The Table-1/3 module of ``name`` for inputs of ``input_shape`` (AE400-10 needs it)."""
+    from advjax.models import AutoencoderClassifier, szegedy_model
+
+    if name.startswith("AE400-10"):
+        return AutoencoderClassifier(input_shape=tuple(input_shape))
+    return szegedy_model(name)
+
+
+def train_szegedy(name: str, train_set, eval_set, *, seed: int, epochs: int, batch_size: int,
+                  learning_rate: float, checkpoint_dir: Path | None, ae_epochs: int | None = None,
+                  progress: bool = True, extra: train.TrainConfig | None = None):
+    """Trains one Szegedy model by its Table-1/3 name with the paper's per-layer weight decay.
+
+    ``FC10(λ)`` names set λ; ``AE400-10`` is a sparse autoencoder pretrained for ``ae_epochs``
+    then frozen, with only the softmax trained on its code. ``extra`` adds adversarial / pool
+    settings to the step config (its ``weight_decay`` is replaced by the paper's).
+    """
+    from advjax.models import SZEGEDY_WEIGHT_DECAY
+
+    base = name.rstrip("'")
+    decay = SZEGEDY_WEIGHT_DECAY.get(base)
+    if decay is None:
+        raise ValueError(f"no weight decay known for {name!r}; expected one of "
+                         f"{sorted(SZEGEDY_WEIGHT_DECAY)}")
+    module = szegedy_module(base, train_set[0].shape[1:])
+    config = dataclasses.replace(extra or train.TrainConfig(), weight_decay=decay)
+    ckpt = lambda stage: None if checkpoint_dir is None else Path(checkpoint_dir) / stage
+    if not base.startswith("AE400-10"):
+        pool = config.pool.size if config.pool is not None else None
+        return train_classifier(module, train_set, eval_set, seed=seed, epochs=epochs,
+                                batch_size=batch_size, learning_rate=learning_rate,
+                                config=config, checkpoint_dir=ckpt("classifier"),
+                                progress=progress, pool_size=pool)
+    key = jax.random.key(seed)
+    init_key, ae_key, clf_key = jax.random.split(key, 3)
+    state = train.create_train_state(module, init_key, jnp.asarray(train_set[0][:1]),
+                                     optax.adam(learning_rate))
+    state, _ = train.fit(state, train_set, key=ae_key, epochs=ae_epochs or epochs,
+                         batch_size=batch_size, step_fn=train.autoencoder_train_step(),
+                         checkpoint_dir=ckpt("autoencoder"), progress=progress)
+    # The softmax on a frozen sigmoid code is a convex problem that Adam at the network's rate
+    # solves slowly; it gets ten times the rate.
+    state = train.classifier_state(state, optax.adam(10 * learning_rate))
+    return train.fit(state, train_set, key=clf_key, epochs=epochs, batch_size=batch_size,
+                     config=dataclasses.replace(config, weight_decay={"classifier": decay[0]}),
+                     eval_data=eval_set, checkpoint_dir=ckpt("classifier"), progress=progress)
+
+
+def image_rows_png(rows: np.ndarray, row_labels: list[str], path: Path,
+                   title: str | None = None) -> Path:
+    """A PNG grid of images ``rows`` ``(R, N, H, W, C)`` in [0, 1], one labelled row each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from advjax import io
+
+    rows = np.clip(np.asarray(rows, np.float32), 0.0, 1.0)
+    r, n = rows.shape[:2]
+    fig, axes = plt.subplots(r, n, figsize=(1.1 * n + 1.6, 1.1 * r + 0.4), squeeze=False)
+    for i in range(r):
+        for j in range(n):
+            ax = axes[i, j]
+            img = rows[i, j]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return io.atomic_write_bytes(path, buf.getvalue())

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from advjax.attacks.c_search import c_search
 
@@ -131,3 +133,23 @@ def test_bad_settings():
         c_search(solve, float("nan"), jnp.zeros(2), search_steps=3)
     with pytest.raises(ValueError, match="initial_const"):
         c_search(solve, jnp.ones(2), jnp.zeros(2), search_steps=3)
+
+
+_JITTED_SEARCH = jax.jit(lambda c_star, c0: c_search(
+    lambda c: (jnp.stack([c, c]), c >= c_star, c), c0, jnp.zeros(2), search_steps=8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(log_c_star=st.floats(-5.0, 5.0), log_c0=st.floats(-4.0, 2.0))
+def test_property_bracket_and_reference(log_c_star, log_c0):
+    # For any threshold and start: same bookkeeping as the reference loop, and the bracket
+    # [lower, upper] always contains the threshold.
+    c_star, c0 = 10.0 ** log_c_star, 10.0 ** log_c0
+    out = _JITTED_SEARCH(jnp.float32(c_star), jnp.float32(c0))
+    c_star32, c032 = float(np.float32(c_star)), float(np.float32(c0))
+    ref = reference_search(c_star32, lambda c: c, c032, 8)
+    assert int(out.num_successes) == ref["num_successes"]
+    assert float(out.lower) <= c_star32 * (1 + 1e-6)
+    if ref["num_successes"]:
+        assert float(out.upper) >= c_star32 * (1 - 1e-6)
+        np.testing.assert_allclose(float(out.distortion), ref["distortion"], rtol=1e-5)

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from advjax.attacks._lbfgsb import minimize_box
 
@@ -176,3 +178,34 @@ def test_bad_inputs():
         minimize_box(f, jnp.zeros(3), max_iterations=0)
     with pytest.raises(ValueError, match="history"):
         minimize_box(f, jnp.zeros(3), history=0)
+
+
+@jax.jit
+def _solve_qp(q, b, lo, hi):
+    return minimize_box(lambda x: 0.5 * x @ q @ x - b @ x, jnp.zeros_like(b), lo, hi,
+                        max_iterations=200, pgtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), width=st.floats(0.05, 2.0))
+def test_property_kkt_random_box_qps(seed, width):
+    # Any strictly convex box QP (n = 10, one compiled solver): the result is in the box and
+    # satisfies KKT to float32 accuracy; the objective is within 1e-5 of scipy L-BFGS-B's.
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(10, 10))
+    q = a @ a.T / 10 + 0.3 * np.eye(10)
+    b = rng.normal(size=10) * 2.0
+    lo = -rng.uniform(0.0, width, size=10)
+    hi = rng.uniform(0.0, width, size=10) + 1e-3
+    res = _solve_qp(*(jnp.asarray(v, jnp.float32) for v in (q, b, lo, hi)))
+    x = np.asarray(res.x, np.float64)
+    assert np.all(x >= np.float32(lo) - 1e-7) and np.all(x <= np.float32(hi) + 1e-7)
+    g = q @ x - b
+    at_lo, at_hi = x <= lo + 1e-5, x >= hi - 1e-5
+    free = ~at_lo & ~at_hi
+    scale = 1.0 + np.abs(b).max()
+    assert np.max(np.abs(g[free]), initial=0.0) < 1e-3 * scale
+    assert np.all(g[at_lo] > -1e-3 * scale) and np.all(g[at_hi] < 1e-3 * scale)
+    _, f_ref = _scipy_box(lambda v: 0.5 * v @ q @ v - b @ v, lambda v: q @ v - b,
+                          np.zeros(10), lo, hi)
+    assert 0.5 * x @ q @ x - b @ x <= f_ref + 1e-5 * scale ** 2

@@ -25,7 +25,9 @@ class MnistCNN(nn.Module):
     ``conv 5×5 (features[0]) → act → maxpool 2 → conv 5×5 (features[1]) → act → maxpool 2 →
     flatten → dense (dense) → act → dense (num_classes)``, convolutions with "SAME" padding.
     Parameter names: ``Conv_0``, ``Conv_1``, ``Dense_0``, ``Dense_1``. With the defaults it has
-    454,922 parameters and trains to about 98 % test accuracy in one CPU minute.
+    454,922 parameters. Trained with Adam (1e-3, batch 128) on the first 8,000 MNIST test images, it
+    reaches 96.5 % accuracy on the last 2,000 after one epoch and 98.1 % after three (about 50 s
+    per epoch on a shared 2-core CPU).
 
     Attributes:
       features: output channels of the two convolutions.

@@ -11,6 +11,7 @@
   :func:`psi_controller_init`, :func:`psi_controller_update`, :func:`psi`.
 * Loop: :func:`fit` (progress bar, evaluation, atomic metrics JSON, Orbax checkpoints that resume
   exactly).
+* Presets: :func:`szegedy_config`, :func:`woods_config`, :func:`woods_optimizer`.
 * AE400-10 (papers.md §1.5): :func:`autoencoder_train_step`, :func:`freeze_except`,
   :func:`classifier_state`.
 """
@@ -42,6 +43,13 @@ from advjax.train.config import (
 )
 from advjax.train.loop import epoch_permutation, fit
 from advjax.train.losses import accuracy, cross_entropy, kernel_layers, weight_decay_penalty
+from advjax.train.presets import (
+    WOODS_VARIANTS,
+    szegedy_config,
+    woods_config,
+    woods_learning_rate,
+    woods_optimizer,
+)
 from advjax.train.psi import PsiState, psi, psi_controller_init, psi_controller_update
 from advjax.train.regularizer import input_gradient_penalty, selected_outputs, tandem_choice
 from advjax.train.state import (
@@ -74,6 +82,7 @@ __all__ = [
         "SparseAutoencoderConfig",
         "TrainConfig",
         "TrainState",
+        "WOODS_VARIANTS",
         "WoodsAdversarialConfig",
         "accuracy",
         "adversarial_examples",
@@ -110,8 +119,12 @@ __all__ = [
         "sparse_autoencoder_loss",
         "tandem_choice",
         "train_step",
+        "szegedy_config",
         "weight_decay_penalty",
         "with_lipschitz_regularizer",
         "with_weight_decay",
         "woods_attack_factory",
+        "woods_config",
+        "woods_learning_rate",
+        "woods_optimizer",
 ]

@@ -70,6 +70,7 @@ def fit(
     eval_batch_size: int = 512,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    checkpoint_every_epochs: int | None = 1,
     max_to_keep: int | None = 2,
     metrics_path: str | os.PathLike | None = None,
     progress: bool = True,
@@ -91,8 +92,9 @@ def fit(
       eval_data: optional held-out set, evaluated every ``eval_every`` epochs and after the last.
       eval_batch_size: evaluation batch size.
       checkpoint_dir: Orbax checkpoint folder; the latest checkpoint there is restored first.
-      checkpoint_every: also checkpoint every this many steps (None: at the end of each epoch
-        only). The final state is always saved.
+      checkpoint_every: checkpoint every this many steps (None: not by step count).
+      checkpoint_every_epochs: checkpoint at the end of every this many epochs (None: not by
+        epoch). The final state is always saved.
       max_to_keep: checkpoints kept.
       metrics_path: JSON file rewritten atomically after every epoch (default:
         ``checkpoint_dir/metrics.json`` when ``checkpoint_dir`` is given).
@@ -108,6 +110,8 @@ def fit(
     check_positive_int(eval_every, "eval_every")
     if checkpoint_every is not None:
         check_positive_int(checkpoint_every, "checkpoint_every")
+    if checkpoint_every_epochs is not None:
+        check_positive_int(checkpoint_every_epochs, "checkpoint_every_epochs")
     images, labels = _as_arrays(data, "data")
     n = images.shape[0]
     if batch_size > n:
@@ -194,7 +198,8 @@ def fit(
                     bar.set_postfix(post)
                 write_metrics(finished=global_step + 1 == total_steps)
             due = (checkpoint_every is not None and (global_step + 1) % checkpoint_every == 0) or (
-                    checkpoint_every is None and index == steps_per_epoch - 1)
+                    checkpoint_every_epochs is not None and index == steps_per_epoch - 1
+                    and (epoch + 1) % checkpoint_every_epochs == 0)
             if manager is not None and (due or global_step + 1 == total_steps):
                 save_checkpoint(manager, state, meta())
                 last_saved = global_step + 1

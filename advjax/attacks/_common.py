@@ -439,3 +439,20 @@ def make_module_callable(module_name: str, fn: Callable) -> None:
             return fn(*args, **kwargs)
 
     module.__class__ = _CallableModule
+
+
+def input_flag(x: Array, label: Array, k: int, *, eps: Array | None = None,
+               target: Array | None = None) -> Array:
+    """Bool scalar: the call-time inputs are valid (finite ``x``, ``eps >= 0`` and finite,
+    ``label`` / ``target`` in ``[0, k)``).
+
+    Concrete inputs are checked eagerly (with errors) by the ``check_*`` helpers; under ``jit`` /
+    ``vmap`` those value checks cannot run, so attacks report this flag as
+    ``result.aux["valid_input"]`` instead of failing silently.
+    """
+    ok = jnp.all(jnp.isfinite(x)) & (label >= 0) & (label < k)
+    if eps is not None:
+        ok = ok & jnp.isfinite(eps) & (eps >= 0)
+    if target is not None:
+        ok = ok & (target >= 0) & (target < k)
+    return ok

@@ -195,7 +195,8 @@ def apgd(
         init = (x, jnp.zeros((), bool), jnp.full((), -jnp.inf, x.dtype), 2.0 * eps)
         (x_adv, _, best_loss, eta), _ = jax.lax.scan(scan_body, init, keys)
         return make_result(logits_fn, x, x_adv, label, target=target,
-                           aux={"loss": best_loss, "eta": eta})
+                           aux={"loss": best_loss, "eta": eta, "valid_input": _common.input_flag(
+                               x, label, k, eps=eps, target=target)})
 
     return attack
 

@@ -91,7 +91,8 @@ def deepfool(
         init = (jnp.zeros((), jnp.int32), jnp.zeros_like(x), x, done0)
         n_steps, _, x_adv, _ = jax.lax.while_loop(cond, body, init)
         return make_result(logits_fn, x, x_adv, label, clean_logits=clean_logits,
-                           aux={"steps": n_steps})
+                           aux={"steps": n_steps,
+                                "valid_input": _common.input_flag(x, label, k)})
 
     return attack
 

@@ -58,7 +58,9 @@ def fgsm(
 
         _, clean_logits, g = _common.grad_and_aux(objective, x)
         x_adv = _common.clip_box(x + eps * _common.steepest_direction(g, norm), lo, hi)
-        return make_result(logits_fn, x, x_adv, label, target=target, clean_logits=clean_logits)
+        valid = _common.input_flag(x, label, k, eps=eps, target=target)
+        return make_result(logits_fn, x, x_adv, label, target=target, clean_logits=clean_logits,
+                           aux={"valid_input": valid})
 
     return attack
 

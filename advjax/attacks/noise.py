@@ -36,12 +36,13 @@ def gaussian_noise(
     do_clip = bool(clip) and lo is not None
 
     def attack(x: Array, label: Array, *, rms: Array, key: Array | None = None) -> AttackResult:
-        x, label, _ = _common.check_inputs(logits_fn, x, label, lo, hi)
+        x, label, k = _common.check_inputs(logits_fn, x, label, lo, hi)
         rms = _common.check_eps(rms, "rms").astype(x.dtype)
         key = _common.check_key(key)
         x_adv = x + rms * jax.random.normal(key, x.shape, x.dtype)
         if do_clip:
             x_adv = _common.clip_box(x_adv, lo, hi)
-        return make_result(logits_fn, x, x_adv, label)
+        valid = _common.input_flag(x, label, k, eps=rms)
+        return make_result(logits_fn, x, x_adv, label, aux={"valid_input": valid})
 
     return attack

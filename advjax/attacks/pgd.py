@@ -166,7 +166,9 @@ def pgd(
 
         init = (x, jnp.zeros((), bool), jnp.full((), -jnp.inf, x.dtype))
         (x_adv, _, best_loss), _ = jax.lax.scan(scan_body, init, keys)
-        return make_result(logits_fn, x, x_adv, label, target=target, aux={"loss": best_loss})
+        valid = _common.input_flag(x, label, k, eps=eps, target=target)
+        return make_result(logits_fn, x, x_adv, label, target=target,
+                           aux={"loss": best_loss, "valid_input": valid})
 
     return attack
 

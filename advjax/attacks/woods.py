@@ -189,7 +189,8 @@ def woods_l2(
             best_i = jnp.asarray(steps, jnp.int32)
         by_half = (cross >= 0) & (cross <= half)
         aux = {"boundary_by_half": by_half, "crossed": cross >= 0,
-               "cross_step": cross, "best_rmse": best_r, "best_step": best_i}
+               "cross_step": cross, "best_rmse": best_r, "best_step": best_i,
+               "valid_input": _common.input_flag(x, label, k, eps=eps, target=follow)}
         if sanity_check and _checks.is_concrete(by_half) and not bool(by_half):
             raise ValueError(
                 "woods_l2 sanity check: the boundary was not crossed within the first "

@@ -199,3 +199,32 @@ def test_bad_inputs(linear_problem):
         pgd(p.logits_fn, loss="dlr")
     with pytest.raises(ValueError, match="schedule"):
         pgd(p.logits_fn, schedule="linear")
+
+
+def test_invalid_values_flagged_under_jit(linear_problem):
+    # Value checks cannot run on tracers: the result carries an explicit flag instead.
+    p = linear_problem
+    attack = jax.jit(pgd(p.logits_fn, steps=2))
+    x, y, key = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0]), jax.random.key(0)
+    assert bool(attack(x, y, eps=0.1, key=key).aux["valid_input"])
+    assert not bool(attack(x, y, eps=-0.1, key=key).aux["valid_input"])
+    assert not bool(attack(x.at[0, 0, 0].set(jnp.nan), y, eps=0.1, key=key).aux["valid_input"])
+    assert not bool(attack(x, jnp.asarray(9), eps=0.1, key=key).aux["valid_input"])
+
+
+def test_contract_names_resolve_to_constructors(linear_problem):
+    # `advjax.attacks.NAME(logits_fn, ...)` keeps working after the submodule was imported
+    # (the package attribute is then the module itself, which is callable).
+    import advjax.attacks as attacks
+    from advjax.attacks import pgd as pgd_again  # noqa: F401  (binds the submodule attribute)
+
+    p = linear_problem
+    x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])
+    for _ in range(2):
+        for name in ("fgsm", "pgd", "apgd", "deepfool", "woods_l2", "gaussian_noise"):
+            assert callable(getattr(attacks, name)), name
+        r = attacks.pgd(p.logits_fn, steps=1, random_start=False)(x, y, eps=0.01)
+        assert float(r.linf) <= 0.01 + 1e-6
+        r = attacks.fgsm(p.logits_fn)(x, y, eps=0.01)
+        assert float(r.linf) <= 0.01 + 1e-6
+        assert callable(attacks.apgd(p.logits_fn)) and callable(attacks.deepfool(p.logits_fn))

@@ -281,3 +281,12 @@ def test_bad_inputs(tiny_mlp):
         woods_l2(p.logits_fn, criterion="linf")
     with pytest.raises(ValueError, match="momentum"):
         woods_l2(p.logits_fn, momentum=1.0)
+
+
+def test_invalid_values_flagged_under_jit(tiny_mlp):
+    p = tiny_mlp
+    attack = jax.jit(woods_l2(p.logits_fn, steps=2))
+    x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])
+    assert bool(attack(x, y, eps=0.1).aux["valid_input"])
+    assert not bool(attack(x, y, eps=-0.1).aux["valid_input"])
+    assert not bool(attack(x, jnp.asarray(-1), eps=0.1).aux["valid_input"])

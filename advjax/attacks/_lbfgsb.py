@@ -247,8 +247,9 @@ def minimize_box(
         sy = jnp.dot(s, y)
         yy = jnp.dot(y, y)
         store = accepted & (sy > eps * yy) & (sy > 0)
-        s_hist = jnp.where(store, st.s_hist.at[st.head].set(s), st.s_hist)
-        y_hist = jnp.where(store, st.y_hist.at[st.head].set(y), st.y_hist)
+        # Row updates (no full-buffer select): the slot keeps its pair when nothing is stored.
+        s_hist = st.s_hist.at[st.head].set(jnp.where(store, s, st.s_hist[st.head]))
+        y_hist = st.y_hist.at[st.head].set(jnp.where(store, y, st.y_hist[st.head]))
         used = jnp.where(store, st.used.at[st.head].set(True), st.used)
         used = jnp.where(accepted, used, jnp.zeros_like(used))
         head = jnp.where(store, (st.head + 1) % m, st.head)

@@ -24,6 +24,8 @@ import os
 import re
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from advjax.models.resnet import PreActResNet
@@ -97,7 +99,8 @@ def woods2019_variables_from_state(state: dict[str, np.ndarray]) -> tuple[PreAct
       ``(module, {"params": ..., "batch_stats": ...})``.
 
     Raises:
-      ValueError / KeyError: unknown or missing entries, inconsistent shapes or HHReLU widths.
+      ValueError / KeyError: unknown or missing entries, shapes that do not match the module's own
+      parameter tree, non-finite values, or unequal HHReLU widths.
     """
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
@@ -115,6 +118,8 @@ def woods2019_variables_from_state(state: dict[str, np.ndarray]) -> tuple[PreAct
 
     for key, value in state.items():
         value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise ValueError(f"checkpoint entry {key!r} contains NaN or infinite values.")
         if key == "input_offset":
             if value.shape != (2, 3):
                 raise ValueError(f"`input_offset` must have shape (2, 3); got {value.shape}.")
@@ -178,7 +183,9 @@ def woods2019_variables_from_state(state: dict[str, np.ndarray]) -> tuple[PreAct
             depth=6 * n + 2, num_classes=int(params["classifier"]["kernel"].shape[-1]),
             widths=widths, activation="hhrelu" if deltas else "relu",
             hhrelu_delta=deltas[0] if deltas else 0.5, mean=mean, std=std)
-    return module, {"params": params, "batch_stats": stats}
+    variables = {"params": params, "batch_stats": stats}
+    _check_structure(module, variables)
+    return module, variables
 
 
 def _read(path: str | os.PathLike) -> dict[str, Any]:
@@ -205,15 +212,10 @@ def load_woods2019_checkpoint(path: str | os.PathLike) -> Woods2019Checkpoint:
     if robust is not None and bool(robust) != (module.activation == "hhrelu"):
         logger.warning("%s: training_options robust_additions=%s but the activation found is %s.",
                        os.fspath(path), robust, module.activation)
-    # The variables are verified against the module's own structure (shapes and names).
-    _check_structure(module, variables)
     return Woods2019Checkpoint(module, variables, metadata)
 
 
 def _check_structure(module: PreActResNet, variables: dict[str, Any]) -> None:
-    import jax
-    import jax.numpy as jnp
-
     expected = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                                   train=False))
     want = {jax.tree_util.keystr(p): tuple(x.shape)

@@ -125,3 +125,33 @@ def test_logits_fn_transforms():
     logits_fn = linen_logits_fn(module, variables, train=False)
     hvp = jax.jit(lambda x, v: jax.jvp(jax.grad(lambda z: logits_fn(z)[0]), (x,), (v,))[1])
     assert float(jnp.abs(hvp(jnp.asarray(_X[0]), jnp.ones_like(_X[0]))).max()) > 0.0
+
+
+def test_conversion_rejects_bad_state_dicts():
+    def fresh():
+        return random_woods_state(np.random.default_rng(7), blocks=1, hhrelu_delta=0.5)
+
+    state = fresh()
+    state["pipe.9.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(KeyError, match="pipe.9.weight"):
+        woods2019_variables_from_state(state)
+    state = fresh()
+    del state["pipe.2.0.shortcut.weight"]
+    with pytest.raises(ValueError, match="missing"):
+        woods2019_variables_from_state(state)
+    state = fresh()
+    state["pipe.1.0.main.2.d"] = np.array(0.25, np.float32)
+    with pytest.raises(ValueError, match="must all be equal"):
+        woods2019_variables_from_state(state)
+    state = fresh()
+    state["pipe.3.0.main.0.weight"] = state["pipe.3.0.main.0.weight"][:, :16]
+    with pytest.raises(ValueError, match="wrong shapes"):
+        woods2019_variables_from_state(state)
+    state = fresh()
+    state["pipe.7.bias"][3] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        woods2019_variables_from_state(state)
+    state = fresh()
+    del state["input_offset"]
+    with pytest.raises(KeyError, match="input_offset"):
+        woods2019_variables_from_state(state)

@@ -103,18 +103,20 @@ def test_logits_fn_transforms_lenet5():
 # ---- real weights (advertorch-lenet5/) --------------------------------------------------------
 
 @pytest.mark.data
-@pytest.mark.parametrize("which", ["clntrained", "advtrained"])
-def test_lenet5_real_weights_logits_and_accuracy(which):
+@pytest.mark.parametrize(("which", "published"), [("clntrained", 0.9889), ("advtrained", 0.9864)])
+def test_lenet5_real_weights_logits_and_accuracy(which, published):
     npz = require_data("advertorch-lenet5", "lenet5_mnist.npz")
-    xs, ys = read_mnist_test(require_data("mnist-test"), 1000)
+    xs, ys = read_mnist_test(require_data("mnist-test"), 10_000)
     module, variables = load_lenet5(npz, which)
     # Logits agree with a direct numpy reimplementation of the PyTorch forward pass.
     state = load_lenet5_state(npz.parent, which)
     np.testing.assert_allclose(module.apply(variables, xs[:8]), lenet5_torch_forward(state, xs[:8]),
                                rtol=1e-4, atol=1e-4)
-    # Clean accuracy on the first 1000 test images (published on all 10,000: 98.89 % / 98.64 %).
-    acc = float(np.mean(np.asarray(predict(linen_logits_fn(module, variables), xs)) == ys))
-    assert acc >= 0.98, acc
+    correct = np.asarray(predict(linen_logits_fn(module, variables), xs)) == ys
+    # Clean accuracy on the first 1000 test images.
+    assert float(correct[:1000].mean()) >= 0.98, float(correct[:1000].mean())
+    # On the full test set: advertorch's published accuracy (98.89 % / 98.64 %), to 0.05 points.
+    assert float(correct.mean()) == pytest.approx(published, abs=5e-4)
 
 
 def test_load_lenet5_errors(tmp_path):

@@ -119,6 +119,9 @@ class PreActResNet(nn.Module):
             8×8 after the strides (32×32 for the defaults).
           train: BatchNorm uses batch statistics and updates ``batch_stats`` (pass
             ``mutable=["batch_stats"]``) when True, the running averages when False.
+
+        Returns:
+          Logits ``(B, num_classes)`` (un-normalised scores; softmax in the loss).
         """
         if self.depth < 8 or (self.depth - 2) % 6:
             raise ValueError(f"`depth` must be 6 n + 2 with n >= 1; got {self.depth}.")

@@ -144,6 +144,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, *, allow_tensors: bool = False,
                  stubs: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(file)
+        self._allow_tensors = bool(allow_tensors)
         self._allowed: dict[tuple[str, str], Any] = {}
         if allow_tensors:
             self._allowed[("collections", "OrderedDict")] = collections.OrderedDict
@@ -164,7 +165,10 @@ class RestrictedUnpickler(pickle.Unpickler):
                     f"checkpoint reader (allowed: {allowed}).") from None
 
     def persistent_load(self, pid: Any) -> _StorageRef:
-        if not self._allowed or not isinstance(pid, tuple) or len(pid) != 6 or pid[0] != "storage":
+        if not self._allow_tensors:
+            raise pickle.UnpicklingError(f"refusing persistent id {pid!r}: this pickle of the file "
+                                         "may not reference storages.")
+        if not isinstance(pid, tuple) or len(pid) != 6 or pid[0] != "storage":
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}; expected "
                                          "('storage', StorageType, key, location, numel, None).")
         _, storage_type, key, _location, numel, view_metadata = pid

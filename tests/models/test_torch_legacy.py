@@ -185,3 +185,16 @@ def test_format_errors(fake_torch):
     bomb = _write({"x": _Tensor(s, 0, (10**6, 10**6), (0, 0))}, [s], fake_torch)
     with pytest.raises(pickle.UnpicklingError, match="more elements than its storage"):
         load_legacy_torch(bomb)
+
+
+def test_persistent_ids_refused_outside_the_main_pickle():
+    # BINPERSID in the sys-info position: no storage may be referenced there.
+    pid_pickle = b"\x80\x02X\x07\x00\x00\x00storageX\x01\x00\x00\x00k\x86Q."
+    good = legacy_bytes(pickle.dumps({}, protocol=2))
+    parts = io.BytesIO(good)
+    pickle.load(parts)
+    pickle.load(parts)
+    start = parts.tell()
+    pickle.load(parts)
+    with pytest.raises(pickle.UnpicklingError, match="persistent id"):
+        load_legacy_torch(good[:start] + pid_pickle + good[parts.tell():])

@@ -32,7 +32,7 @@ def load_images(root):
                                 np.float32) / 255.0 for i in range(4)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _explainer(module):
     """One compiled function per architecture; the variables are an argument."""
     from advjax.models import linen_logits_fn

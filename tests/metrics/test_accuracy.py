@@ -129,3 +129,32 @@ def test_bad_inputs(xs, labels, grid, match):
     with pytest.raises((ValueError, TypeError), match=match):
         robust_accuracy_curve(minimal_linear_attack(w[:, :2], b), xs, labels, np.asarray(grid),
                               key=jax.random.key(0))
+
+
+def test_robust_curve_with_l2_pgd_on_binary_linear_model():
+    # For two classes the CE gradient direction is constant (w_other − w_y), so L2 PGD walks
+    # straight to the hyperplane: it succeeds exactly when eps exceeds the closed-form distance
+    # (inputs kept far enough inside [0, 1] that the box is never active).
+    from advjax.attacks import pgd
+
+    rng = np.random.default_rng(4)
+    d = 8
+    w = rng.normal(size=(2, d)).astype(np.float32)
+    w /= np.linalg.norm(w[0] - w[1]) * 4  # ||w_0 − w_1|| = 1/4
+    xs = rng.uniform(0.4, 0.6, size=(30, d)).astype(np.float32)
+    b = -w @ np.full(d, 0.5, np.float32)  # the hyperplane passes through the centre
+    z = xs @ w.T + b
+    labels = np.argmax(z, axis=1).astype(np.int32)
+    labels[:4] = 1 - labels[:4]
+    margin = z[np.arange(30), labels] - z[np.arange(30), 1 - labels]
+    dist = margin / np.linalg.norm(w[0] - w[1])
+    correct = margin > 0
+    s = np.sort(dist[correct])
+    grid = np.concatenate([[0.0], 0.5 * (s[1:] + s[:-1]), [s[-1] + 0.01]])
+    assert grid.max() < 0.35  # moving 0.35 in L2 from [0.4, 0.6]^8 stays inside the box
+    logits_fn = lambda x: jnp.asarray(w) @ x + jnp.asarray(b)
+    attack = pgd(logits_fn, norm="l2", steps=20, rel_step_size=0.1, random_start=False)
+    _, acc = robust_accuracy_curve(attack, xs, labels, grid, key=jax.random.key(0))
+    expected = np.mean(correct[:, None] & (dist[:, None] > grid[None, :]), axis=0)
+    np.testing.assert_allclose(acc, expected, atol=0)
+    assert np.all(np.diff(acc) <= 0)

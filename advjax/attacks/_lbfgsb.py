@@ -235,7 +235,9 @@ def minimize_box(
             t_next = jnp.where(accepted, t, t * shrink)
             return t_next, xt, ft, gt, accepted, k + 1
 
-        init = (t0, x, f, g, jnp.zeros((), bool), zero_i)
+        # Under vmap the loop body also runs for finished problems (their results are discarded);
+        # marking their line search as done keeps it from running trials for nothing.
+        init = (t0, x, f, g, ~cond(st), zero_i)
         _, xt, ft, gt, accepted, n_ls = jax.lax.while_loop(ls_cond, ls_body, init)
 
         # Accept the step, or keep x and drop the history (stop when already without history).

@@ -101,7 +101,16 @@ def freeze_except(optimizer: optax.GradientTransformation,
 
 def classifier_state(pretrained: TrainState, optimizer: optax.GradientTransformation, *,
                      trainable: Sequence[str] = ("classifier",)) -> TrainState:
-    """A fresh train state (step 0) on the pretrained parameters where only ``trainable`` learns."""
+    """Stage 2 of AE400-10: a fresh train state where only ``trainable`` sub-trees learn.
+
+    Arguments:
+      pretrained: the state after autoencoder pretraining.
+      optimizer: optimiser of the trainable sub-trees (wrapped by :func:`freeze_except`).
+      trainable: top-level parameter sub-trees to train (the softmax ``classifier``).
+
+    Returns:
+      The state at step 0 with the pretrained parameters and a new optimiser state.
+    """
     tx = freeze_except(optimizer, trainable)
     return pretrained.replace(step=jnp.zeros_like(pretrained.step), tx=tx,
                               opt_state=tx.init(pretrained.params))

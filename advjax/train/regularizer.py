@@ -27,10 +27,18 @@ Array = jax.Array
 
 def tandem_choice(key: Array, batch_size: int, num_classes: int,
                   zeta: float) -> tuple[Array, Array]:
-    """The random output choice of each example: ``(use_margin (B,) bool, j (B,) int32)``.
+    """The random output choice of each example (papers.md §2.5, "tandem").
 
     Example ``b`` draws from ``fold_in(key, b)``, so its choice does not depend on the batch size.
-    ``use_margin`` is Bernoulli(ζ); ``j`` is uniform on ``[0, num_classes)``.
+
+    Arguments:
+      key: PRNG key.
+      batch_size: ``B`` (static).
+      num_classes: ``K`` (static).
+      zeta: probability ζ of choosing the margin.
+
+    Returns:
+      ``(use_margin (B,) bool ~ Bernoulli(ζ), j (B,) int32 uniform on [0, K))``.
     """
 
     def one(i):
@@ -42,7 +50,17 @@ def tandem_choice(key: Array, batch_size: int, num_classes: int,
 
 
 def selected_outputs(logits: Array, labels: Array, use_margin: Array, j: Array) -> Array:
-    """``s_b`` (B,): the true-vs-best-other logit margin where ``use_margin``, else logit j_b."""
+    """The penalised scalar output of each example.
+
+    Arguments:
+      logits: ``(B, K)``.
+      labels: ``(B,)`` int true labels.
+      use_margin: ``(B,)`` bool.
+      j: ``(B,)`` int random logit indices.
+
+    Returns:
+      ``s (B,)``: ``z_y - max_{j≠y} z_j`` where ``use_margin``, else ``z_{j_b}``.
+    """
     num_classes = logits.shape[-1]
     true_mask = jax.nn.one_hot(labels, num_classes, dtype=bool)
     true_logit = jnp.sum(jnp.where(true_mask, logits, 0.0), axis=-1)

@@ -149,12 +149,21 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
 
 
 def apply_model(state: TrainState, params: Any, x: Array, *, train: bool) -> tuple[Array, Any]:
-    """Batched forward pass ``x (B, ...) -> (logits (B, K), new batch_stats)``.
+    """Batched forward pass of the state's model with the given parameters.
 
     In training mode with batch statistics, the new running statistics are returned; with
     ``state.bn_axis_name`` the pass is ``jax.vmap`` over examples with that axis name, which gives
     the same batch statistics as a batched pass. In eval mode the batch statistics are returned
     unchanged.
+
+    Arguments:
+      state: the train state (model, batch statistics, static settings).
+      params: the parameters to use (differentiable).
+      x: ``(B, ...)`` inputs.
+      train: training mode (batch statistics) or inference mode (running averages).
+
+    Returns:
+      ``(logits (B, K), batch_stats)``.
     """
     variables = _variables(state, params)
     kwargs = {"train": train} if state.train_kwarg else {}

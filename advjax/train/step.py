@@ -227,6 +227,12 @@ Returns:
 def evaluate(state: TrainState, images: Any, labels: Any, *, batch_size: int = 512) -> dict:
     """Accuracy and mean cross-entropy over a data set, in batches (the last one zero-padded).
 
+    Arguments:
+      state: the train state (inference mode is used).
+      images: ``(N, ...)`` inputs.
+      labels: ``(N,)`` int labels.
+      batch_size: evaluation batch size.
+
     Returns:
       ``{"accuracy": float, "loss": float, "count": int}``.
     """

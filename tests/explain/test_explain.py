@@ -89,9 +89,10 @@ def test_explain_classes_targets(linear):
     w, b, x, logits_fn = linear
     z = w @ x.ravel() + b
     label = int(np.argsort(z)[-2])  # not the top class, so "second" is the argmax
-    real = explain_classes(logits_fn, x, label, "real")
-    second = explain_classes(logits_fn, x, label, "second")
-    every = jax.jit(lambda x: explain_classes(logits_fn, x, label, "all"))(x)
+    run = jax.jit(explain_classes, static_argnums=(0, 3))
+    real = run(logits_fn, x, label, "real")
+    second = run(logits_fn, x, label, "second")
+    every = run(logits_fn, x, label, "all")
     assert np.asarray(real.target).tolist() == [label]
     masked = np.where(np.arange(K) == label, -np.inf, z)
     assert np.asarray(second.target).tolist() == [int(np.argmax(masked))]
@@ -100,7 +101,7 @@ def test_explain_classes_targets(linear):
     assert np.all(np.asarray(every.prob_gain) > 0)
     np.testing.assert_allclose(np.asarray(every.image[label]), np.asarray(real.image[0]),
                                atol=1e-5)
-    explicit = explain_classes(logits_fn, x, label, [4, 0])
+    explicit = run(logits_fn, x, label, (4, 0))
     assert np.asarray(explicit.target).tolist() == [4, 0]
     with pytest.raises(ValueError, match="targets"):
         explain_classes(logits_fn, x, label, "best")

@@ -26,6 +26,7 @@ import numpy as np
 from advjax._checks import (
     check_finite,
     check_floating,
+    check_in_range,
     check_labels,
     check_positive_int,
     check_shape,
@@ -103,7 +104,11 @@ def _woods_ara(
     if np.ndim(xs) < 2 or np.shape(xs)[0] < 1:
         raise ValueError(f"`xs` must be a non-empty batch (N, ...); got shape {np.shape(xs)}.")
     check_floating(xs, "xs")
-    check_finite(xs, "xs")
+    lo, hi = attack_settings.get("lo", 0.0), attack_settings.get("hi", 1.0)
+    if lo is not None and hi is not None:
+        check_in_range(xs, "xs", lo, hi)
+    else:
+        check_finite(xs, "xs")
     check_shape(labels, "labels", (np.shape(xs)[0],))
     _check_num_classes(num_classes)
     check_labels(labels, "labels", num_classes)

@@ -73,5 +73,7 @@ def test_bad_inputs(binary):
         attack_ara(logits_fn, xs, labels + 5, num_classes=2, steps=2)
     with pytest.raises(ValueError, match="eps"):
         attack_ara(logits_fn, xs, labels, num_classes=2, steps=2, eps=0.0)
+    with pytest.raises(ValueError, match="xs.*lie in"):
+        attack_ara(logits_fn, xs + 2.0, labels, num_classes=2, steps=2)
     with pytest.raises(ValueError, match="momentum"):
         btr_ara(logits_fn, xs, labels, num_classes=2, steps=2, momentum=1.0)

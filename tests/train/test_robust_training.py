@@ -43,3 +43,28 @@ def test_lipschitz_regulariser_lowers_input_gradients_on_digits():
     assert reg[0] < 0.5 * plain[0], (plain, reg)
     assert reg[1]["eval"]["accuracy"] >= 0.8, reg
     assert reg[1]["train"]["psi"] > 4.6  # the controller raised psi (CE below L_target)
+
+
+@pytest.mark.slow
+def test_woods_all_variant_step_on_a_small_preact_resnet():
+    # The "all" variant (Lipschitz regulariser with adaptive psi + L2-min adversarial training with
+    # the half-half mask) on the zoo's pre-activation ResNet with half-Huber ReLU and BatchNorm
+    # taking batch statistics over the vmapped batch (papers.md §2.3, §2.5-§2.7).
+    import numpy as np
+
+    from advjax.models.resnet import PreActResNet
+    from advjax.train import train_step, woods_config, woods_optimizer
+
+    model = PreActResNet(depth=8, widths=(4, 8, 8), activation="hhrelu", axis_name="batch")
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 32, 32, 3)), jnp.float32)
+    y = jnp.arange(8, dtype=jnp.int32) % 10
+    state = create_train_state(model, jax.random.key(0), x[:1], woods_optimizer(10))
+    assert state.bn_axis_name == "batch"
+    new, metrics = train_step(state, {"image": x, "label": y}, woods_config("all"))
+    assert int(new.step) == 1
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert float(metrics["psi"]) >= 220.0 and float(metrics["l_adv"]) > 0
+    assert 0.0 < float(metrics["adv_fraction"]) < 1.0  # half-half mask on 8 examples
+    assert float(metrics["adv_rmse"]) <= 0.1 + 1e-6
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.batch_stats, new.batch_stats)
+    assert any(jax.tree.leaves(moved))

@@ -115,6 +115,7 @@ def test_input_and_setting_validation():
         init_shape(jnp.zeros((1, 28, 28, 3)))
 
 
+@pytest.mark.slow  # about 10 s of CPU: several compilations of a ResNet-8, in float64 too
 def test_logits_fn_transforms():
     state = random_woods_state(np.random.default_rng(6), blocks=1, widths=(4, 8, 8),
                                hhrelu_delta=0.5)

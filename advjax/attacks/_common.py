@@ -62,12 +62,12 @@ def normalize_rmse(g: Array, eps: float = 1e-8) -> Array:
 def steepest_direction(g: Array, norm: str) -> Array:
     """Steepest-ascent direction of unit ``norm`` for gradient ``g``.
 
-    Arguments:
+    **Arguments:**
       g: gradient, any shape.
       norm: ``"linf"`` (returns ``sign(g)``, which has L-infinity norm 1) or ``"l2"``
         (returns ``g / ||g||_2``).
 
-    Returns:
+    **Returns:**
       An array of the shape of ``g``.
     """
     if norm == "linf":
@@ -131,7 +131,7 @@ def project_l2_box(x_adv: Array, x: Array, eps: Array, lo: float | None, hi: flo
                    *, method: str = "exact", iters: int = 40) -> Array:
     """Euclidean projection of ``x_adv`` onto ``{z : ||z - x||_2 <= eps} ∩ [lo, hi]``.
 
-    Arguments:
+    **Arguments:**
       x_adv: the point to project, shape of ``x``.
       x: centre of the ball (the clean example), inside the box.
       eps: ball radius (scalar, >= 0, input units).
@@ -148,7 +148,7 @@ def project_l2_box(x_adv: Array, x: Array, eps: Array, lo: float | None, hi: flo
           coordinate-wise) but is not always the nearest feasible point.
       iters: bisection steps of ``"exact"``.
 
-    Returns:
+    **Returns:**
       The projected point, shape of ``x``.
     """
     v = x_adv - x
@@ -264,13 +264,13 @@ def targeted_dlr_loss(logits: Array, label: Array, target: Array) -> Array:
 def attack_loss(name: str, logits: Array, label: Array, target: Array | None = None) -> Array:
     """The objective an attack MAXIMISES.
 
-    Arguments:
+    **Arguments:**
       name: ``"ce"``, ``"margin"`` or ``"dlr"``.
       logits: ``(K,)``.
       label: the true label (int scalar).
       target: ``None`` for untargeted; otherwise the target class (int scalar).
 
-    Returns:
+    **Returns:**
       Scalar. Untargeted: ``CE(label)``, ``margin(label)``, ``DLR(label)``. Targeted:
       ``-CE(target)``, ``targeted_margin(target)``, targeted DLR.
     """

@@ -62,7 +62,7 @@ def apgd(
     Every iterate is scored; the point returned is the best by "success first, then loss" over all
     iterates and all ``n_restarts`` runs (a ``lax.scan``; each run draws a new random start).
 
-    Arguments:
+    **Arguments:**
       logits_fn: per-example ``x -> logits (K,)``.
       loss: ``"ce"`` (targeted: ``-CE(target)``) or ``"dlr"`` (Eq. 6 / targeted Eq. 7: needs
         ``K >= 3`` / ``K >= 4``).
@@ -74,7 +74,7 @@ def apgd(
       targeted: take ``target=``; success when it is predicted.
       lo, hi: the box; ``lo = hi = None`` disables it.
 
-    Returns:
+    **Returns:**
       ``attack(x, label, *, eps, key, target=None) -> AttackResult``; ``key`` (required) draws
       the random starts. ``aux["loss"]`` is the loss at ``x_adv``, ``aux["eta"]`` the final step
       size of the run that produced ``x_adv``.
@@ -169,8 +169,9 @@ def apgd(
                 x_next = jnp.where(halve, x_max, x_new)
                 g_next = jnp.where(halve, g_max, g_new)
                 f_next = jnp.where(halve, f_max, f_new)
-                # After a restart from x_max the momentum term restarts too.
-                x_prev = jnp.where(halve, x_max, st["x"])
+                # As in Algorithm 1 (and the reference code), x^(k) stays the momentum anchor even
+                # when x^(k+1) is reset to x_max.
+                x_prev = x_cur
                 return dict(
                     x=x_next, x_prev=x_prev, f=f_next, g=g_next, eta=eta,
                     x_max=x_max, f_max=f_max, g_max=g_max,
@@ -194,9 +195,9 @@ def apgd(
 
         init = (x, jnp.zeros((), bool), jnp.full((), -jnp.inf, x.dtype), 2.0 * eps)
         (x_adv, _, best_loss, eta), _ = jax.lax.scan(scan_body, init, keys)
+        valid = _common.input_flag(x, label, k, eps=eps, target=target)
         return make_result(logits_fn, x, x_adv, label, target=target,
-                           aux={"loss": best_loss, "eta": eta, "valid_input": _common.input_flag(
-                               x, label, k, eps=eps, target=target)})
+                           aux={"loss": best_loss, "eta": eta, "valid_input": valid})
 
     return attack
 

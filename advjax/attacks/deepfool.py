@@ -33,7 +33,7 @@ def deepfool(
     done) when ``x_{i+1}`` is misclassified or after ``steps`` steps. For an affine classifier
     with the box inactive one step gives ``(1 + overshoot)`` times the exact minimal perturbation.
 
-    Arguments:
+    **Arguments:**
       logits_fn: per-example ``x -> logits (K,)``.
       num_classes: number of candidate classes, the top ones of the clean logits (the true class
         included), as in the reference; ``None``: all ``K``.
@@ -41,7 +41,7 @@ def deepfool(
       overshoot: relative overshoot (>= 0) applied to the accumulated perturbation.
       lo, hi: the box; ``lo = hi = None`` disables clipping.
 
-    Returns:
+    **Returns:**
       ``attack(x, label, *, key=None) -> AttackResult`` (``key`` unused). ``aux["steps"]`` is the
       number of steps taken (int32).
     """

@@ -66,7 +66,7 @@ def pgd(
     start included) is scored and the best one kept: a success beats a failure, then the larger
     loss wins. Restarts (new random starts) keep the best over runs by the same rule.
 
-    Arguments:
+    **Arguments:**
       logits_fn: per-example ``x -> logits (K,)``.
       norm: ``"linf"`` or ``"l2"``.
       steps: gradient steps per run (``lax.fori_loop``).
@@ -81,7 +81,7 @@ def pgd(
       schedule: step-size schedule ``"constant"``, ``"cosine"`` or ``"step"``.
       lo, hi: the box; ``lo = hi = None`` disables it.
 
-    Returns:
+    **Returns:**
       ``attack(x, label, *, eps, key=None, target=None) -> AttackResult``: ``x`` one example in
       the box, ``label`` the true class, ``eps >= 0`` the radius (input units, per example under
       ``vmap``), ``key`` a PRNG key (required when ``random_start``), ``target`` (targeted only).

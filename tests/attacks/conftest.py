@@ -108,7 +108,7 @@ def min_l2_to_class_qp(W, b, x, t, *, lo=None, hi=None) -> tuple[float, np.ndarr
     Solves ``min ||r||^2 s.t. (w_t - w_j).(x + r) + b_t - b_j >= 0 for j != t`` (and
     ``lo <= x + r <= hi`` when given) with scipy's SLSQP in float64.
 
-    Returns:
+    **Returns:**
       ``(norm, r)`` with ``r`` flat ``(d,)``.
     """
     x = np.asarray(x, np.float64).reshape(-1)

@@ -1,0 +1,333 @@
+"""layer_bounds: exact tiny cases (closed forms, explicit Jacobian + SVD) and sampled soundness."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax.lipschitz import (
+    UnsupportedPrimitiveError,
+    contrast_normalize,
+    dense_norm,
+    jacobian_norm,
+    layer_bounds,
+    local_lower_bound,
+    table5,
+)
+from advjax.lipschitz._elementwise import INPUT, Node, NotLipschitzError, const, lipschitz_constant
+
+
+def _mat(seed, shape, scale=1.0):
+    return jnp.asarray(scale * np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _svd(m) -> float:
+    return float(np.linalg.svd(np.asarray(m, np.float64), compute_uv=False)[0])
+
+
+def _explicit_norm(fn, x) -> float:
+    """Operator norm of a LINEAR fn from its explicit Jacobian (numpy SVD)."""
+    jac = np.asarray(jax.jacfwd(fn)(x), np.float64).reshape(-1, x.size)
+    return float(np.linalg.svd(jac, compute_uv=False)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact tiny networks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_single_linear_layer_is_exact(use_jit):
+    w, b = _mat(0, (6, 4)), _mat(1, (4,))
+    fn = lambda x: x @ w + b
+    fn = jax.jit(fn) if use_jit else fn
+    report = layer_bounds(fn, jnp.zeros(6))
+    assert report.total == pytest.approx(_svd(w), rel=1e-5)
+    assert [r.kind for r in report.rows] == ["dense"]
+    assert report.rows[0].param_shape == (6, 4)
+    # The Jacobian is constant: the lower bound equals the upper bound.
+    lower = float(local_lower_bound(fn, _mat(2, (3, 6))))
+    assert lower == pytest.approx(report.total, rel=1e-5)
+
+
+def test_linear_relu_linear_is_the_product():
+    v, w = _mat(3, (5, 7)), _mat(4, (7, 3))
+    fn = lambda x: jax.nn.relu(x @ v + 0.1) @ w
+    report = layer_bounds(fn, jnp.zeros(5))
+    assert report.total == pytest.approx(_svd(v) * _svd(w), rel=1e-5)
+    assert [r.kind for r in report.rows] == ["dense", "activation", "dense"]
+    assert report.rows[1].bound == 1.0
+    assert report.total >= float(local_lower_bound(fn, _mat(5, (16, 5)), refine_steps=3))
+
+
+def test_residual_sum_rule():
+    v, w = _mat(6, (4, 4)), _mat(7, (4, 4))
+    fn = lambda x: x + jax.nn.relu(x @ v) @ w
+    report = layer_bounds(fn, jnp.zeros(4))
+    assert report.total == pytest.approx(1.0 + _svd(v) * _svd(w), rel=1e-5)
+
+
+def test_structural_ops_are_exact():
+    x = jnp.zeros((3, 4))
+    cases = {
+            "sum": (lambda x: jnp.sum(x), np.sqrt(12.0)),
+            "mean": (lambda x: jnp.mean(x, axis=0), 1 / np.sqrt(3.0)),
+            "broadcast": (lambda x: jnp.broadcast_to(x, (5, 3, 4)), np.sqrt(5.0)),
+            "concat": (lambda x: jnp.concatenate([x, 2.0 * x]), np.sqrt(5.0)),
+            "transpose-slice": (lambda x: x.T[1:, :2].reshape(-1), 1.0),
+            "pad": (lambda x: jnp.pad(x, 2), 1.0),
+            "gather-repeat": (lambda x: x[jnp.array([0, 0, 2])], np.sqrt(2.0)),
+            "scale-array": (lambda x: x * jnp.arange(1.0, 5.0), 4.0),
+            "divide-array": (lambda x: x / jnp.array([2.0, 4.0, 0.5, 1.0]), 2.0),
+    }
+    for name, (fn, expected) in cases.items():
+        report = layer_bounds(fn, x)
+        assert report.total == pytest.approx(expected, rel=1e-5), name
+        assert report.total == pytest.approx(_explicit_norm(fn, x), rel=1e-5), name
+
+
+def test_average_pool_non_overlapping_is_exact_and_overlap_is_sound():
+    x = jnp.zeros((1, 6, 6, 2))
+    avg = lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2))
+    assert layer_bounds(avg, x).total == pytest.approx(_explicit_norm(avg, x), rel=1e-5)
+    assert layer_bounds(avg, x).total == pytest.approx(0.5, rel=1e-6)
+    avg3 = lambda x: nn.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+    assert layer_bounds(avg3, x).total >= _explicit_norm(avg3, x) * (1 - 1e-6)
+
+
+def test_max_pool_bounds():
+    x = jnp.zeros((1, 6, 6, 1))
+    disjoint = layer_bounds(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)), x)
+    assert disjoint.total == 1.0 and disjoint.rows[0].kind == "pool"
+    overlap = layer_bounds(lambda x: nn.max_pool(x, (3, 3), strides=(1, 1)), x)
+    assert overlap.total == pytest.approx(3.0)  # sqrt(9 windows cover the centre pixels)
+    # A worst case: the all-ones perturbation of the centre 4×4 moves all 16 outputs.
+    fn = lambda x: nn.max_pool(x, (3, 3), strides=(1, 1))
+    assert overlap.total >= float(local_lower_bound(fn, _mat(8, (4, 1, 6, 6, 1))))
+
+
+def test_conv_layer_bound_is_the_conv_norm():
+    k = _mat(9, (3, 3, 2, 3))
+    fn = lambda x: jax.lax.conv_general_dilated(x[None], k, (2, 2), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    x = jnp.zeros((8, 8, 2))
+    fft = layer_bounds(fn, x)
+    exact = layer_bounds(fn, x, conv_method="exact", conv_kwargs={"tol": 1e-7})
+    true = _explicit_norm(fn, x)
+    assert fft.total >= true * (1 - 1e-5)
+    assert exact.total == pytest.approx(true, rel=1e-4)
+    assert fft.rows[0].stride == (2, 2) and fft.rows[0].kind == "conv"
+
+
+def test_depthwise_and_dilated_conv():
+    k = _mat(10, (3, 3, 1, 4))  # feature_group_count = 4 (depthwise)
+    x = jnp.zeros((7, 7, 4))
+    dw = lambda x: jax.lax.conv_general_dilated(
+            x[None], k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=4)[0]
+    assert layer_bounds(dw, x).total >= _explicit_norm(dw, x) * (1 - 1e-5)
+    k2 = _mat(11, (3, 3, 4, 2))
+    dil = lambda x: jax.lax.conv_general_dilated(
+            x[None], k2, (1, 1), "SAME", rhs_dilation=(2, 2),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    exact = layer_bounds(dil, x, conv_method="exact", conv_kwargs={"tol": 1e-7}).total
+    assert exact == pytest.approx(_explicit_norm(dil, x), rel=1e-4)
+
+
+def test_batchnorm_eval_is_max_scale():
+    class BN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.BatchNorm(use_running_average=True, epsilon=1e-3)(x)
+
+    variables = BN().init(jax.random.key(0), jnp.zeros((1, 5)))
+    scale, var = _mat(12, (5,)), jnp.abs(_mat(13, (5,))) + 0.1
+    variables = {"params": {"BatchNorm_0": {"scale": scale, "bias": _mat(14, (5,))}},
+                 "batch_stats": {"BatchNorm_0": {"mean": _mat(15, (5,)), "var": var}}}
+    fn = lambda x: BN().apply(variables, x[None])[0]
+    report = layer_bounds(fn, jnp.zeros(5))
+    expected = float(jnp.max(jnp.abs(scale / jnp.sqrt(var + 1e-3))))
+    assert report.total == pytest.approx(expected, rel=1e-5)
+    assert "scale" in [r.kind for r in report.rows]
+
+
+def test_contrast_normalisation_bound():
+    eps, gamma = 0.5, 0.75
+    fn = lambda x: contrast_normalize(x, eps=eps, gamma=gamma, axis=-1)
+    x = jnp.zeros((3, 4))
+    report = layer_bounds(fn, x)
+    assert report.total == pytest.approx(eps ** -gamma)
+    # tight at 0 (Jacobian eps^-gamma I), and an upper bound elsewhere
+    assert float(jacobian_norm(fn, x)) == pytest.approx(eps ** -gamma, rel=1e-5)
+    assert float(local_lower_bound(fn, _mat(16, (16, 3, 4)))) <= eps ** -gamma * (1 + 1e-6)
+    # the primitive composes with jit / vmap / grad
+    g = jax.jit(jax.vmap(jax.grad(lambda x: fn(x).sum())))(_mat(17, (2, 3, 4)))
+    g_ref = jax.vmap(jax.grad(lambda x: (x / (eps + (x * x).sum(-1, keepdims=True)) ** gamma)
+                              .sum()))(_mat(17, (2, 3, 4)))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise nonlinearities (closed-form Lipschitz constants)
+# ---------------------------------------------------------------------------------------------
+
+
+def _hhrelu_where(x, d=0.5):
+    return jnp.where(x <= 0, 0.0, jnp.where(x <= d, x * x / (2 * d), x - d / 2))
+
+
+ACTIVATIONS = {
+        "relu": (jax.nn.relu, 1.0),
+        "leaky_relu": (lambda x: jax.nn.leaky_relu(x, 0.2), 1.0),
+        "steep_leaky": (lambda x: jnp.where(x > 0, x, 3.0 * x), 3.0),
+        "sigmoid": (jax.nn.sigmoid, 0.25),
+        "tanh": (jnp.tanh, 1.0),
+        "scaled_tanh": (lambda x: 2.0 * jnp.tanh(3.0 * x), 6.0),
+        "softplus": (jax.nn.softplus, 1.0),
+        "hhrelu_where": (_hhrelu_where, 1.0),
+        "hhrelu_zoo": (None, 1.0),
+        "clip": (lambda x: jnp.clip(2.0 * x, -1.0, 1.0), 2.0),
+        "abs": (jnp.abs, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_constants(name):
+    fn, expected = ACTIVATIONS[name]
+    if fn is None:
+        from advjax.models import half_huber_relu
+
+        fn = half_huber_relu
+    x = jnp.zeros((5,))
+    report = layer_bounds(fn, x)
+    assert report.total == pytest.approx(expected, rel=1e-6)
+    # independent check: the largest difference quotient on a grid (step 1e-3; float32 rounding
+    # of the values allows ~1e-3 relative) reaches the bound and does not exceed it
+    grid = np.linspace(-10.0, 10.0, 20001)
+    vals = np.asarray(jax.vmap(fn)(jnp.asarray(grid, jnp.float32)), np.float64)
+    slopes = np.abs(np.diff(vals)) / np.diff(grid)
+    assert slopes.max() <= expected * (1 + 5e-3)
+    assert slopes.max() >= expected * 0.99
+
+
+@pytest.mark.parametrize("fn,match", [
+        (lambda x: x * x, "mul"),
+        (jnp.exp, "exp"),
+        (lambda x: (x > 0).astype(jnp.float32), "discontinuous"),
+        (lambda x: jnp.where(x > 1.0, x, 0.0), "discontinuous"),
+        (jnp.sort, "sort"),
+        (jnp.cumsum, "cumsum"),
+        (lambda x: jnp.round(x), "round"),
+])
+def test_unsupported_or_non_lipschitz_raise(fn, match):
+    with pytest.raises(UnsupportedPrimitiveError, match=match):
+        layer_bounds(fn, jnp.zeros((4,)))
+
+
+def test_product_of_two_input_dependent_values_raises():
+    w = _mat(18, (4, 4))
+    with pytest.raises(UnsupportedPrimitiveError, match="not globally Lipschitz"):
+        layer_bounds(lambda x: (x @ w) * x, jnp.zeros(4))
+
+
+def test_scalar_analysis_directly():
+    relu = Node("max", (INPUT, const(0.0)))
+    assert lipschitz_constant(relu) == 1.0
+    step = Node("select_n", (Node("gt", (INPUT, const(0.0))), const(0.0), const(1.0)))
+    with pytest.raises(NotLipschitzError, match="discontinuous"):
+        lipschitz_constant(step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Soundness on small models: total >= largest Jacobian norm found
+# ---------------------------------------------------------------------------------------------
+
+
+class _MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.sigmoid(nn.Dense(12)(x))
+        x = nn.sigmoid(nn.Dense(12)(x))
+        return nn.Dense(4)(x)
+
+
+class _CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(3, (3, 3), strides=(1, 1))(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.tanh(nn.Conv(4, (3, 3), strides=(2, 2), padding="VALID")(x))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(3)(x)
+
+
+class _ResBN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(3, (3, 3), use_bias=False)(x)
+        h = nn.relu(nn.BatchNorm(use_running_average=True)(x))
+        h = nn.Conv(3, (3, 3), use_bias=False)(h)
+        h = nn.leaky_relu(nn.BatchNorm(use_running_average=True)(h), 0.1)
+        x = x + nn.Conv(3, (3, 3), use_bias=False)(h)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(3)(x)
+
+
+def _randomise_batch_stats(variables, seed):
+    rng = np.random.default_rng(seed)
+    stats = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.uniform(0.2, 2.0, a.shape),
+                                                         a.dtype), variables["batch_stats"])
+    return {**variables, "batch_stats": stats}
+
+
+@pytest.mark.parametrize("model,shape", [(_MLP(), (5, 5, 1)), (_CNN(), (10, 10, 2)),
+                                         (_ResBN(), (6, 6, 2))],
+                         ids=["mlp-sigmoid", "cnn-maxpool", "resnet-bn"])
+def test_total_bounds_jacobian_norms(model, shape):
+    variables = model.init(jax.random.key(1), jnp.zeros((1, *shape)))
+    if "batch_stats" in variables:
+        variables = _randomise_batch_stats(variables, 3)
+    fn = lambda x: model.apply(variables, x[None])[0]
+    report = layer_bounds(fn, jnp.zeros(shape))
+    xs = jax.random.normal(jax.random.key(2), (24, *shape))
+    lower = float(local_lower_bound(fn, xs, refine_steps=5, step_size=0.2))
+    assert 0 < lower <= report.total * (1 + 1e-5)
+    # jitted model: same report (the walk enters the jit call)
+    jitted = layer_bounds(jax.jit(fn), jnp.zeros(shape))
+    assert jitted.total == pytest.approx(report.total, rel=1e-6)
+    assert len(jitted.rows) == len(report.rows)
+    # sampled pairs: |f(x) - f(y)| <= L |x - y|
+    ys = xs + 0.3 * jax.random.normal(jax.random.key(4), xs.shape)
+    num = jnp.linalg.norm(jax.vmap(fn)(xs) - jax.vmap(fn)(ys), axis=-1)
+    den = jnp.linalg.norm((xs - ys).reshape(len(xs), -1), axis=-1)
+    assert float(jnp.max(num / den)) <= report.total * (1 + 1e-5)
+
+
+def test_chain_total_equals_product_of_rows():
+    model = _MLP()
+    variables = model.init(jax.random.key(5), jnp.zeros((1, 4)))
+    report = layer_bounds(lambda x: model.apply(variables, x[None])[0], jnp.zeros(4))
+    assert report.total == pytest.approx(report.product, rel=1e-6)
+    dense = [r.bound for r in report.rows if r.kind == "dense"]
+    kernels = [variables["params"][f"Dense_{i}"]["kernel"] for i in range(3)]
+    np.testing.assert_allclose(dense, [float(dense_norm(k)) for k in kernels], rtol=1e-5)
+    assert [r.bound for r in report.rows if r.kind == "activation"] == [0.25, 0.25]
+
+
+def test_table5_markdown():
+    model = _CNN()
+    variables = model.init(jax.random.key(6), jnp.zeros((1, 10, 10, 2)))
+    report = layer_bounds(lambda x: model.apply(variables, x[None])[0], jnp.zeros((10, 10, 2)))
+    md = report.to_markdown()
+    assert md == table5(report)
+    lines = md.splitlines()
+    assert lines[0] == "| Layer | Kind | Size | Stride | Upper bound |"
+    assert any("| conv | 2×3×3×3 | 1 |" in ln for ln in lines)
+    assert any("| conv | 3×3×3×4 | 2 |" in ln for ln in lines)
+    assert any("| dense | 16×3 | N/A |" in ln for ln in lines)
+    assert f"{report.total:.4g}" in lines[-1]
+    assert len([ln for ln in lines if ln.startswith("| _CNN")]) == len(report.rows)

@@ -69,3 +69,17 @@ def test_bad_inputs(linear_problem):
         attack(x, y, rms=float("nan"), key=jax.random.key(0))
     with pytest.raises(ValueError, match="label"):
         attack(x, jnp.asarray(4), rms=0.1, key=jax.random.key(0))
+
+
+def test_jit_vmap_matches_python_loop(linear_problem):
+    p = linear_problem
+    attack = gaussian_noise(p.logits_fn)
+    n = len(p.xs)
+    rms = jnp.linspace(0.0, 0.3, n)
+    keys = jax.random.split(jax.random.key(7), n)
+    batched = jax.jit(jax.vmap(attack))(jnp.asarray(p.xs), jnp.asarray(p.labels), rms=rms,
+                                        key=keys)
+    for i in range(n):
+        r = attack(jnp.asarray(p.xs[i]), jnp.asarray(p.labels[i]), rms=rms[i], key=keys[i])
+        np.testing.assert_allclose(batched.x_adv[i], r.x_adv, atol=1e-6)
+        assert bool(batched.success[i]) == bool(r.success)

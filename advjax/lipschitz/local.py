@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -34,7 +35,7 @@ def jacobian_norm(logits_fn: Callable[[Array], Array], x: Array) -> Array:
       size, ``jax.jacfwd`` otherwise; top singular value by SVD).
     """
     out = jax.eval_shape(logits_fn, x)
-    k = max(int(jnp.size(jnp.zeros(out.shape))), 1)
+    k = max(math.prod(out.shape), 1)
     jac_fn = jax.jacrev if k <= x.size else jax.jacfwd
     jac = jac_fn(logits_fn)(x).reshape(k, x.size)
     return jnp.linalg.svd(jac, compute_uv=False)[0]

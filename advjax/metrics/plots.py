@@ -47,8 +47,8 @@ def plot_accuracy_vs_distortion(
 
     Arguments:
       distortions: ``(n,)`` minimal RMSE distortions of one classifier, or a mapping
-        ``{name: (distortions, correct)}`` to draw several classifiers on one figure (then
-        ``correct`` must be ``None``).
+        ``{name: (distortions, correct) or AraResult}`` to draw several classifiers on one
+        figure (then ``correct`` must be ``None``).
       correct: ``(n,)`` bool clean correctness (``None`` for all correct).
       num_classes: ``K``; the dashed line is the naive accuracy ``1/K``.
       path: the PNG file to write.
@@ -67,6 +67,9 @@ def plot_accuracy_vs_distortion(
             raise ValueError("`distortions` must hold at least one curve.")
     else:
         curves = {"": (distortions, correct)}
+    # An AraResult already carries its masked distortions.
+    curves = {name: ((v.distortions, None) if hasattr(v, "distortions") else v)
+              for name, v in curves.items()}
     prepared = {name: _as_distortions(d, c) for name, (d, c) in curves.items()}
     d_max = max(float(d.max()) for d in prepared.values())
     x_max = d_max * 1.05 if d_max > 0 else 1.0

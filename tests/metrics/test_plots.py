@@ -20,7 +20,12 @@ def test_ara_curve_png(tmp_path):
     assert p.read_bytes()[:8] == PNG
     img = mpimg.imread(p)
     assert img.shape[0] > 200 and img.shape[1] > 300
-    curves = {"a": (d, correct), "b": (2 * d, None)}
+    from advjax.metrics import AraResult
+
+    res = AraResult(ara=0.0, ara_exact=0.0, distortions=3 * d, correct=correct, crossed=correct,
+                    failed=~correct, sanity=correct, clean_accuracy=0.9, criterion="btr",
+                    num_classes=10, settings={})
+    curves = {"a": (d, correct), "b": (2 * d, None), "c": res}
     p2 = plot_accuracy_vs_distortion(curves, None, 10, tmp_path / "two.png")
     assert p2.read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="correct"):

@@ -142,25 +142,18 @@ def _woods_ara(
         sanity = res.aux.get("boundary_by_half", jnp.asarray(True))
         return res.rmse, res.clean_correct, crossed, started_inside, jnp.asarray(sanity, bool)
 
-    if key is None:
-        batched = jax.jit(jax.vmap(lambda x, y, i: one(x, y, None)))
-    else:
-        batched = jax.jit(jax.vmap(lambda x, y, i: one(x, y, jax.random.fold_in(key, i))))
+    def indexed(x, y, i):
+        return one(x, y, None if key is None else jax.random.fold_in(key, i))
+
+    # Fixed-size chunks (one compilation), sharded over every device when there are several.
+    from advjax.parallel import stream
 
     xs = np.asarray(xs)
     labels = np.asarray(labels)
     n = xs.shape[0]
-    size = min(chunk_size, n)
-    outs = []
-    for start in range(0, n, size):
-        stop = min(start + size, n)
-        idx = np.arange(start, start + size)
-        idx = np.where(idx < n, idx, start)  # pad the last chunk (one compiled shape)
-        out = batched(jnp.asarray(xs[idx]), jnp.asarray(labels[idx]), jnp.asarray(idx))
-        outs.append([np.asarray(o)[: stop - start] for o in out])
-        logger.info("%s ARA: %d/%d examples attacked", criterion, stop, n)
-    rmse, correct, crossed, inside, sanity = (np.concatenate(parts)
-                                              for parts in zip(*outs, strict=True))
+    rmse, correct, crossed, inside, sanity = stream(
+        indexed, xs, labels, np.arange(n), chunk_size=min(chunk_size, n),
+        desc=f"{criterion} ARA")
     rmse = rmse.astype(np.float64)
     failed = inside & ~crossed
     distortions = np.where(inside & crossed, rmse, 0.0)

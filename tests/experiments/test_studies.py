@@ -16,7 +16,7 @@ from tests.conftest import require_data
 
 pytestmark = pytest.mark.slow
 
-SMALL_SZEGEDY = {"epochs": 2, "attack_examples": 16, "search_steps": 3, "max_iterations": 25}
+SMALL_SZEGEDY = {"epochs": 2, "attack_examples": 16, "search_steps": 6, "max_iterations": 30}
 
 
 def _run(name, tmp_path, overrides):
@@ -89,5 +89,8 @@ def test_woods_explanations(tmp_path):
         "resnet44-standard.pt", "resnet44-robust.pt"], "indices": [2, 8], "all_classes_index": 8,
         "steps": 10})
     assert (out / "figures" / "second_class.png").is_file()
-    nets = m["networks"]
-    assert nets["resnet44-standard.pt"]["strength_all"] > 0
+    std, robust = m["networks"]["resnet44-standard.pt"], m["networks"]["resnet44-robust.pt"]
+    # Toward the true class the robust network moves further per unit RMSE (the standard one is
+    # saturated); toward the runner-up the standard one flips with a tiny perturbation.
+    assert robust["strength_real"] > std["strength_real"]
+    assert std["strength_second"] > robust["strength_second"]

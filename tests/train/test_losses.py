@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 from advjax.train import TrainConfig, cross_entropy, kernel_layers, weight_decay_penalty
@@ -58,6 +60,16 @@ def test_weight_decay_mapping_scalar_and_grad(params):
         w = np.asarray(params[name]["kernel"])
         np.testing.assert_allclose(grads[name]["kernel"], 2 * lam * w / w.shape[1], rtol=1e-5)
         assert not np.any(np.asarray(grads[name]["bias"]))
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scale=st.floats(0.1, 10.0), lam=st.floats(0.0, 5.0))
+def test_weight_decay_is_quadratic_in_weights_and_linear_in_lambda(params, scale, lam):
+    scaled = jax.tree.map(lambda p: p * scale, params)
+    base = float(weight_decay_penalty(params, 1.0))
+    got = float(weight_decay_penalty(scaled, lam))
+    np.testing.assert_allclose(got, lam * scale**2 * base, rtol=1e-5, atol=1e-12)
 
 
 def test_weight_decay_config_mapping_is_hashable():

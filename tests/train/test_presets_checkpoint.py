@@ -74,6 +74,7 @@ def test_presets():
         woods_config("nope")
 
 
+@pytest.mark.slow
 def test_lipschitz_step_with_batch_statistics_is_axis_name_invariant():
     # The regulariser differentiates Σ_b s_b through training-mode BatchNorm; the per-example
     # (vmap + axis_name) and the batched forward must give the same loss and update.

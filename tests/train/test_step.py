@@ -160,12 +160,14 @@ def test_adversarial_examples_transform_masks_and_plumbing(prob):
     np.testing.assert_array_equal(out["label"], batch["label"])
 
 
-def test_pgd_adversarial_training_step():
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 0.5)])
+def test_pgd_adversarial_training_step(norm, eps):
     state, batch = _state(), _fake(5)
-    cfg = TrainConfig(adversarial=PGDAdversarialConfig(norm="linf", eps=0.1, steps=5))
+    cfg = TrainConfig(adversarial=PGDAdversarialConfig(norm=norm, eps=eps, steps=5))
     _, adv, _ = jax.jit(adversarial_training(cfg.adversarial))(state, batch, jax.random.key(0))
-    delta = np.asarray(adv["image"] - batch["image"])
-    assert np.abs(delta).max() <= 0.1 + 1e-6 and np.abs(delta).max() > 0.05
+    delta = np.asarray(adv["image"] - batch["image"]).reshape(B, -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+    assert size.max() <= eps + 1e-5 and size.max() > 0.5 * eps
     assert float(np.min(adv["image"])) >= 0.0 and float(np.max(adv["image"])) <= 1.0
     clean, _ = classification_loss(state.params, state, batch, None)
     attacked, _ = classification_loss(state.params, state, adv, None)

@@ -424,10 +424,11 @@ def grad_and_aux(objective: Callable[[Array], tuple[Array, Array]], x: Array):
 def make_module_callable(module_name: str, fn: Callable) -> None:
     """Lets the module ``module_name`` be called as ``fn``.
 
-    ``advjax.attacks`` loads ``pgd`` from the module ``advjax.attacks.pgd``; once that submodule is
-    imported, Python binds the package attribute ``pgd`` to the MODULE, shadowing the function.
-    Making the module callable keeps ``advjax.attacks.pgd(logits_fn, ...)`` working whatever the
-    import order (``from advjax.attacks import pgd`` and ``from advjax.attacks.pgd import pgd``).
+    For a package that loads a constructor LAZILY from a submodule of the same name: once the
+    submodule is imported, Python binds the package attribute to the MODULE, shadowing the
+    function; a callable module keeps ``package.NAME(...)`` working whatever the import order.
+    ``advjax.attacks`` imports its constructors eagerly (they shadow their modules), so its
+    attack modules do not need this.
     """
     import sys
     import types

@@ -201,5 +201,3 @@ def apgd(
 
     return attack
 
-
-_common.make_module_callable(__name__, apgd)

@@ -96,5 +96,3 @@ def deepfool(
 
     return attack
 
-
-_common.make_module_callable(__name__, deepfool)

@@ -64,5 +64,3 @@ def fgsm(
 
     return attack
 
-
-_common.make_module_callable(__name__, fgsm)

@@ -172,5 +172,3 @@ def pgd(
 
     return attack
 
-
-_common.make_module_callable(__name__, pgd)

@@ -213,10 +213,10 @@ def test_invalid_values_flagged_under_jit(linear_problem):
 
 
 def test_contract_names_resolve_to_constructors(linear_problem):
-    # `advjax.attacks.NAME(logits_fn, ...)` keeps working after the submodule was imported
-    # (the package attribute is then the module itself, which is callable).
+    # `advjax.attacks.NAME(logits_fn, ...)` is the constructor, also after the submodule of the
+    # same name was imported explicitly.
     import advjax.attacks as attacks
-    from advjax.attacks import pgd as pgd_again  # noqa: F401  (binds the submodule attribute)
+    import advjax.attacks.pgd  # noqa: F401
 
     p = linear_problem
     x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])

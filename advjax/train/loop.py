@@ -184,6 +184,9 @@ def fit(
                 train_means = {k: float(v) / steps_per_epoch
                                for k, v in jax.device_get(sums).items()}
                 sums = {}
+                if train_means.get("nonfinite", 0.0) > 0:
+                    log.warning("epoch %d: %d step(s) with a NaN or infinite loss or gradient",
+                                epoch + 1, round(train_means["nonfinite"] * steps_per_epoch))
                 entry = {"epoch": epoch + 1, "step": global_step + 1, "train": train_means,
                          "seconds": time.perf_counter() - t0}
                 if eval_arrays is not None and ((epoch + 1) % eval_every == 0

@@ -138,7 +138,8 @@ def make_train_step(
 
     Returns:
       ``step(state, batch) -> (state, metrics)``: one optimiser update (``state.step`` + 1);
-      metrics are scalars: ``loss`` (total), ``grad_norm`` and those of the transforms and loss.
+      metrics are scalars: ``loss`` (total), ``grad_norm``, ``nonfinite`` (1.0 when the loss or a
+      gradient is NaN/inf, else 0.0) and those of the transforms and loss.
       Not jitted: wrap it with ``jax.jit``.
     """
     transforms = tuple(batch_transforms)
@@ -158,6 +159,9 @@ def make_train_step(
         metrics.update(aux["metrics"])
         metrics["loss"] = loss
         metrics["grad_norm"] = optax.global_norm(grads)
+        # A result flag that survives jit: 1 when the loss or a gradient is NaN / infinite.
+        metrics["nonfinite"] = (~jnp.isfinite(loss) | ~jnp.isfinite(metrics["grad_norm"])).astype(
+                jnp.float32)
         return state, metrics
 
     return step

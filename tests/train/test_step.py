@@ -221,3 +221,11 @@ def test_pool_training_step_and_missing_pool_error():
     assert int(np.sum(new.pool.valid)) == 4 and np.isfinite(float(metrics["loss"]))
     with pytest.raises(ValueError, match="pool_size"):
         train_step(_state(), _fake(7), cfg)
+
+
+def test_nonfinite_flag_survives_jit():
+    state, batch = _state(), _fake(8)
+    _, ok = train_step(state, batch)
+    bad = {**batch, "image": batch["image"].at[0, 0, 0, 0].set(jnp.nan)}
+    _, flagged = train_step(state, bad)
+    assert float(ok["nonfinite"]) == 0.0 and float(flagged["nonfinite"]) == 1.0

@@ -36,7 +36,11 @@ BatchTransform = Callable[[TrainState, dict, Array], tuple[TrainState, dict, dic
 
 
 def pgd_attack_factory(config: PGDAdversarialConfig) -> AttackFactory:
-    """``make_attack`` building ``advjax.attacks.pgd`` with the settings of ``config``."""
+    """``make_attack`` building ``advjax.attacks.pgd`` with the settings of ``config``.
+
+    ``pgd`` reports examples the model already misclassifies unperturbed (``x_adv = x``), so these
+    examples are trained clean.
+    """
     from advjax.attacks import pgd
 
     def make_attack(logits_fn):

@@ -96,8 +96,9 @@ def fit(
       checkpoint_every_epochs: checkpoint at the end of every this many epochs (None: not by
         epoch). The final state is always saved.
       max_to_keep: checkpoints kept.
-      metrics_path: JSON file rewritten atomically after every epoch (default:
-        ``checkpoint_dir/metrics.json`` when ``checkpoint_dir`` is given).
+      metrics_path: JSON file rewritten atomically after every epoch with the history, the step
+        and the resolved ``config`` (default: ``checkpoint_dir/metrics.json`` when
+        ``checkpoint_dir`` is given).
       progress: show a tqdm progress bar.
       on_step: ``on_step(step, metrics)`` called after each step (step = new ``state.step``).
 
@@ -156,7 +157,8 @@ def fit(
         if metrics_path is not None:
             atomic_write_json(metrics_path, {"history": history, "step": int(state.step),
                                              "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-                                             "finished": finished})
+                                             "finished": finished,
+                                             "config": None if step_fn is not None else config})
 
     bar = None
     if progress:

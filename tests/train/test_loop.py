@@ -78,6 +78,7 @@ def test_fc100_100_10_sigmoid_on_digits(tmp_path):
     assert history[9]["train"]["loss"] < history[0]["train"]["loss"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["finished"] and len(saved["history"]) == 10
+    assert saved["config"]["weight_decay"] == [1e-5, 1e-5, 1e-6]
     np.testing.assert_allclose(saved["history"][9]["eval"]["accuracy"],
                                history[9]["eval"]["accuracy"])
     assert seconds < 120  # generous: the CPU is shared

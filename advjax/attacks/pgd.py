@@ -147,7 +147,10 @@ def pgd(
 
             init = (start, start, jnp.zeros((), bool), jnp.full((), -jnp.inf, x.dtype))
             z, best_z, best_s, best_l = jax.lax.fori_loop(0, steps, body, init)
-            value, success, _ = evaluate(z)
+            # The last iterate is only scored: a forward pass, no gradient.
+            logits = logits_fn(z)
+            value = _common.attack_loss(loss, logits, label, target)
+            success = (jnp.argmax(logits) == target) if targeted else (jnp.argmax(logits) != label)
             take = better(success, value, best_s, best_l)
             return (jnp.where(take, z, best_z), jnp.where(take, success, best_s),
                     jnp.where(take, value, best_l))

@@ -137,21 +137,22 @@ def woods_l2(
         ss = step_sizes(eps, steps, eps_overshoot).astype(x.dtype)
         sign = -1.0 if encourage else 1.0
 
+        def boundary_not_reached(delta, logits):
+            if criterion == "l2":
+                return _common.rmse(delta) < eps
+            if criterion == "l2_min":
+                on_class = jnp.argmax(logits) == follow
+                return ~on_class if encourage else on_class
+            p = jax.nn.softmax(logits)[follow]
+            return (p <= 1.0 / k) if encourage else (p > 1.0 / k)
+
         def evaluate(delta):
             def objective(d):
                 logits = logits_fn(x + d)
                 return _common.ce_loss(logits, follow), logits
 
             _, logits, g = _common.grad_and_aux(objective, delta)
-            if criterion == "l2":
-                cond = _common.rmse(delta) < eps
-            elif criterion == "l2_min":
-                on_class = jnp.argmax(logits) == follow
-                cond = ~on_class if encourage else on_class
-            else:
-                p = jax.nn.softmax(logits)[follow]
-                cond = (p <= 1.0 / k) if encourage else (p > 1.0 / k)
-            return cond, sign * g
+            return boundary_not_reached(delta, logits), sign * g
 
         def track(i, cond, delta, best, best_r, best_i, cross):
             r = _common.rmse(delta)
@@ -180,7 +181,8 @@ def woods_l2(
                 jnp.full((), -1, jnp.int32), jnp.full((), -1, jnp.int32))
         delta, _, best, best_r, best_i, cross = jax.lax.fori_loop(0, steps, body, init)
         if track_best:
-            cond, _ = evaluate(delta)
+            # The extra evaluation-only pass: a forward pass, no gradient.
+            cond = boundary_not_reached(delta, logits_fn(x + delta))
             best, best_r, best_i, cross = track(steps, cond, delta, best, best_r, best_i, cross)
             out = best
         else:

@@ -62,7 +62,7 @@ def deepfool(
         order = jnp.argsort(-clean_logits)
         candidates = jnp.zeros((k,), bool).at[order[:n_cand]].set(True)
         candidates = candidates.at[label].set(False)
-        jac_fn = jax.jacrev(logits_fn)
+        eye = jnp.eye(k, dtype=clean_logits.dtype)
 
         def cond(state):
             i, _, _, done = state
@@ -70,8 +70,9 @@ def deepfool(
 
         def body(state):
             i, r_tot, x_i, done = state
-            logits = logits_fn(x_i)
-            jac = jac_fn(x_i).reshape(k, -1)
+            # One forward pass and K vector-Jacobian products give logits and the Jacobian.
+            logits, vjp = jax.vjp(logits_fn, x_i)
+            jac = jax.vmap(lambda e: vjp(e)[0])(eye).reshape(k, -1)
             w = jac - jac[label][None, :]
             f = logits - logits[label]
             w_norm = jnp.sqrt(jnp.sum(w * w, axis=1))

@@ -45,7 +45,49 @@ def main():
     out["distinct_devices"] = len({s.device for s in shards})
     streamed = parallel.stream(gradient_step, xs, labels, chunk_size=5, key=keys, eps=eps)
     out["stream_max_abs_diff"] = float(np.max(np.abs(np.asarray(ref["x_adv"]) - streamed["x_adv"])))
+    out.update(library_checks())
     print(json.dumps(out))
+
+
+def library_checks():
+    """PGD, lbfgs, ARA and layer_bounds on 8 devices vs the single-device computation."""
+    import flax.linen as nn
+
+    from advjax import attacks, lipschitz, metrics
+    from advjax.models import linen_logits_fn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = x.reshape((x.shape[0], -1))
+            return nn.Dense(3)(nn.tanh(nn.Dense(16)(x)))
+
+    n = 13
+    xs = jax.random.uniform(jax.random.key(3), (n, 4, 4, 1))
+    module = Net()
+    variables = module.init(jax.random.key(4), xs[:1])
+    fn = linen_logits_fn(module, variables)
+    labels = jnp.argmax(jax.vmap(fn)(xs), -1)
+    keys = jax.random.split(jax.random.key(5), n)
+    eps = jnp.linspace(0.05, 0.5, n)
+    found = {}
+    pgd = attacks.pgd(fn, norm="l2", steps=10)
+    ref = jax.jit(jax.vmap(pgd))(xs, labels, key=keys, eps=eps)
+    got = parallel.shard_attack(pgd)(xs, labels, key=keys, eps=eps)
+    found["pgd_diff"] = float(jnp.max(jnp.abs(ref.x_adv - got.x_adv)))
+    found["pgd_success_equal"] = bool(jnp.all(ref.success == got.success))
+    found["pgd_devices"] = len({s.device for s in got.x_adv.addressable_shards})
+    lb = attacks.lbfgs(fn, search_steps=3, max_iterations=15)
+    targets = (labels + 1) % 3
+    ref = jax.jit(jax.vmap(lb))(xs, labels, target=targets)
+    got = parallel.shard_attack(lb)(xs, labels, target=targets)
+    found["lbfgs_diff"] = float(jnp.max(jnp.abs(ref.x_adv - got.x_adv)))
+    ara_result = metrics.attack_ara(fn, np.asarray(xs), np.asarray(labels), num_classes=3,
+                                    steps=20, eps=2.0, momentum=0.0, chunk_size=5)
+    found["ara"] = float(ara_result.ara)
+    found["ara_distortions"] = np.asarray(ara_result.distortions).tolist()
+    found["bound"] = float(lipschitz.layer_bounds(fn, xs[0]).total)
+    return found
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def _step(x, label, *, eps):
     return {"x": jnp.clip(x + eps * (label + 1), 0.0, 1.0), "sum": jnp.sum(x) * eps}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [13, 16])
 def test_sharded_equals_unsharded_on_eight_devices(n):
     out = _run_with_devices("_sharded_check.py", str(n))
@@ -40,6 +41,13 @@ def test_sharded_equals_unsharded_on_eight_devices(n):
     assert out["num_shards"] == 8 and out["distinct_devices"] == 8
     assert out["shard_rows"] == [2]
     assert out["stream_max_abs_diff"] == 0.0
+    assert out["pgd_diff"] < 1e-5 and out["pgd_success_equal"] and out["pgd_devices"] == 8
+    assert out["lbfgs_diff"] < 1e-5
+    single = _run_with_devices("_sharded_check.py", str(n), devices=1)
+    assert single["device_count"] == 1
+    np.testing.assert_allclose(out["ara_distortions"], single["ara_distortions"], atol=1e-6)
+    assert out["ara"] == pytest.approx(single["ara"], abs=1e-7)
+    assert out["bound"] == pytest.approx(single["bound"], rel=1e-6)
 
 
 def test_stream_equals_vmap_and_pads_last_chunk():

@@ -283,7 +283,8 @@ def fourier_singular_values(kernel: Array, torus: tuple[int, int],
       ``(Nh/Δh · Nw/Δw, min(D, C·Δh·Δw))`` array: for each alias group ``ξ`` the singular values of
       ``B(ξ) / sqrt(Δh Δw)``, where ``B(ξ)`` (``D × C·Δh·Δw``) stacks the DFT of the kernel at the
       ``Δh·Δw`` frequencies ``ξ + l·N/Δ`` that the subsampling folds onto ``ξ`` (Szegedy eq. (1)
-      with the ``1/Δ`` factor of papers.md §1.6). Their maximum is the operator norm.
+      with the ``1/Δ`` factor of papers.md §1.6), by a batched SVD. Their maximum is the operator
+      norm.
     """
     nh, nw = torus
     sh, sw = strides
@@ -292,7 +293,11 @@ def fourier_singular_values(kernel: Array, torus: tuple[int, int],
     mh, mw = nh // sh, nw // sw
     b = k_hat.reshape(sh, mh, sw, mw, c, d).transpose(1, 3, 5, 0, 2, 4)
     b = b.reshape(mh * mw, d, sh * sw * c)
-    return jnp.linalg.svd(b, compute_uv=False) / math.sqrt(sh * sw)
+    # The QR-iteration SVD is an order of magnitude faster than the default divide-and-conquer one
+    # for batches of small complex matrices on XLA:CPU (benchmarks/lipschitz.py).
+    sv = lax.linalg.svd(b, full_matrices=False, compute_uv=False,
+                        algorithm=lax.linalg.SvdAlgorithm.QR)
+    return sv / math.sqrt(sh * sw)
 
 
 @functools.partial(jax.jit, static_argnames=("input_shape", "strides", "pads", "circular"))

@@ -457,3 +457,24 @@ def input_flag(x: Array, label: Array, k: int, *, eps: Array | None = None,
     if target is not None:
         ok = ok & (target >= 0) & (target < k)
     return ok
+
+
+def finish_result(logits_fn: LogitsFn, x: Array, x_adv: Array, label: Array, *,
+                  target: Array | None = None, clean_logits: Array | None = None,
+                  aux=None, reset_misclassified: bool = True):
+    """:func:`advjax.attacks.result.make_result`, or (``reset_misclassified=False``) the same
+    fields WITHOUT resetting already-misclassified (targeted: already-on-target) examples to
+    ``x`` — what adversarial training wants (every example of the batch perturbed)."""
+    from advjax.attacks.result import AttackResult, distortions, is_success, make_result
+
+    if reset_misclassified:
+        return make_result(logits_fn, x, x_adv, label, target=target, clean_logits=clean_logits,
+                           aux=aux)
+    if clean_logits is None:
+        clean_logits = logits_fn(x)
+    logits = logits_fn(x_adv)
+    l2, linf, rmse_ = distortions(x, x_adv)
+    return AttackResult(x_adv=x_adv, success=is_success(logits, label, target), l2=l2, linf=linf,
+                        rmse=rmse_, logits=logits,
+                        clean_correct=jnp.argmax(clean_logits, axis=-1) == label,
+                        aux=dict(aux or {}))

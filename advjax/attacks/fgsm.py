@@ -8,7 +8,7 @@ import jax
 
 from advjax import _checks
 from advjax.attacks import _common
-from advjax.attacks.result import AttackResult, make_result
+from advjax.attacks.result import AttackResult
 
 Array = jax.Array
 
@@ -18,6 +18,7 @@ def fgsm(
     *,
     norm: str = "linf",
     targeted: bool = False,
+    reset_misclassified: bool = True,
     lo: float | None = 0.0,
     hi: float | None = 1.0,
 ) -> Callable[..., AttackResult]:
@@ -32,6 +33,8 @@ def fgsm(
       logits_fn: per-example ``x -> logits (K,)``.
       norm: ``"linf"`` or ``"l2"``.
       targeted: whether the attack takes a ``target=`` and succeeds when it is predicted.
+      reset_misclassified: report already-misclassified examples unperturbed (``x_adv = x``);
+        ``False`` perturbs every example (adversarial training).
       lo, hi: the box (input units); ``lo = hi = None`` disables clipping.
 
     **Returns:**
@@ -59,8 +62,9 @@ def fgsm(
         _, clean_logits, g = _common.grad_and_aux(objective, x)
         x_adv = _common.clip_box(x + eps * _common.steepest_direction(g, norm), lo, hi)
         valid = _common.input_flag(x, label, k, eps=eps, target=target)
-        return make_result(logits_fn, x, x_adv, label, target=target, clean_logits=clean_logits,
-                           aux={"valid_input": valid})
+        return _common.finish_result(logits_fn, x, x_adv, label, target=target,
+                                     clean_logits=clean_logits, aux={"valid_input": valid},
+                                     reset_misclassified=reset_misclassified)
 
     return attack
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from advjax import _checks
 from advjax.attacks import _common
-from advjax.attacks.result import AttackResult, make_result
+from advjax.attacks.result import AttackResult
 
 Array = jax.Array
 
@@ -52,6 +52,7 @@ def pgd(
     targeted: bool = False,
     loss: str = "ce",
     schedule: str = "constant",
+    reset_misclassified: bool = True,
     lo: float | None = 0.0,
     hi: float | None = 1.0,
 ) -> Callable[..., AttackResult]:
@@ -79,6 +80,8 @@ def pgd(
       loss: ``"ce"`` (cross-entropy) or ``"margin"`` (``max_{j != y} z_j - z_y``; targeted:
         ``z_t - max_{j != t} z_j``), see :func:`advjax.attacks._common.attack_loss`.
       schedule: step-size schedule ``"constant"``, ``"cosine"`` or ``"step"``.
+      reset_misclassified: report already-misclassified examples unperturbed (``x_adv = x``, the
+        library convention). ``False`` attacks every example (adversarial training, Madry et al.).
       lo, hi: the box; ``lo = hi = None`` disables it.
 
     **Returns:**
@@ -106,6 +109,7 @@ def pgd(
                          "would repeat).")
     targeted = bool(targeted)
     random_start = bool(random_start)
+    reset_misclassified = bool(reset_misclassified)
 
     def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None,
                target: Array | None = None) -> AttackResult:
@@ -170,8 +174,9 @@ def pgd(
         init = (x, jnp.zeros((), bool), jnp.full((), -jnp.inf, x.dtype))
         (x_adv, _, best_loss), _ = jax.lax.scan(scan_body, init, keys)
         valid = _common.input_flag(x, label, k, eps=eps, target=target)
-        return make_result(logits_fn, x, x_adv, label, target=target,
-                           aux={"loss": best_loss, "valid_input": valid})
+        return _common.finish_result(logits_fn, x, x_adv, label, target=target,
+                                     aux={"loss": best_loss, "valid_input": valid},
+                                     reset_misclassified=reset_misclassified)
 
     return attack
 

@@ -121,3 +121,13 @@ def test_bad_inputs(linear_problem):
         fgsm(p.logits_fn, norm="l1")
     with pytest.raises(ValueError, match="lo"):
         fgsm(p.logits_fn, lo=1.0, hi=0.0)
+
+
+def test_reset_misclassified_false_perturbs_every_example(binary_linear_problem):
+    p = binary_linear_problem
+    x, y = p.xs[0], int(p.labels[0])
+    res = fgsm(p.logits_fn, reset_misclassified=False)(jnp.asarray(x), jnp.asarray(1 - y), eps=0.03)
+    # Ascending CE of the wrong label moves towards the true class: sign(w_y - w_{1-y}).
+    expected = x.reshape(-1) + 0.03 * np.sign(p.W[:, y] - p.W[:, 1 - y])
+    np.testing.assert_allclose(np.asarray(res.x_adv).reshape(-1), expected, atol=1e-6)
+    assert not bool(res.clean_correct)

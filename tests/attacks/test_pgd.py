@@ -257,3 +257,22 @@ def test_advertorch_lenet5_published_robust_accuracy():
         robust[which] = float(jnp.mean(res.clean_correct & ~res.success))
     assert robust["clntrained"] <= 0.03
     assert abs(robust["advtrained"] - 0.932) <= 0.1
+
+
+def test_reset_misclassified_option(linear_problem):
+    # Default: an already-misclassified example is reported unperturbed. reset_misclassified=False
+    # (adversarial training) attacks it anyway, inside the same budget.
+    p = linear_problem
+    x, y = jnp.asarray(p.xs[0]), int(p.labels[0])
+    wrong = jnp.asarray((y + 1) % 4)
+    key = jax.random.key(0)
+    kept = pgd(p.logits_fn, steps=3)(x, wrong, eps=0.05, key=key)
+    np.testing.assert_array_equal(kept.x_adv, x)
+    moved = pgd(p.logits_fn, steps=3, reset_misclassified=False)(x, wrong, eps=0.05, key=key)
+    assert not bool(moved.clean_correct) and float(moved.linf) > 0
+    assert float(moved.linf) <= 0.05 + 1e-6
+    np.testing.assert_allclose(moved.logits, p.logits_fn(moved.x_adv), atol=1e-5)
+    # Clean-correct examples are unaffected by the option.
+    a = pgd(p.logits_fn, steps=3)(x, jnp.asarray(y), eps=0.05, key=key)
+    b = pgd(p.logits_fn, steps=3, reset_misclassified=False)(x, jnp.asarray(y), eps=0.05, key=key)
+    np.testing.assert_array_equal(a.x_adv, b.x_adv)

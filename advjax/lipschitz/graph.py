@@ -156,10 +156,9 @@ def _is_float(dtype) -> bool:
 
 
 def _uniform(value) -> float | None:
+    """The common value of a constant array whose entries are all equal (a scalar), else None."""
     arr = np.asarray(value)
-    if arr.size == 0 or arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
-        if arr.dtype == bool and arr.size and np.all(arr == arr.flat[0]):
-            return float(arr.flat[0])
+    if arr.size == 0:
         return None
     first = arr.flat[0]
     return float(first) if np.all(arr == first) else None
@@ -180,14 +179,14 @@ def _sub_jaxpr(eqn) -> tuple[Any, Sequence[Any]]:
 
 
 _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
-                    "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint",
+                    "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint",
                     "custom_lin", "named_call"})
 
 _ELEMENTWISE = frozenset(ew.SUPPORTED) | {"clamp"}
 
 _UNIT = frozenset({"reshape", "squeeze", "expand_dims", "transpose", "rev", "copy", "copy_p",
-                   "reduce_precision", "convert_element_type", "optimization_barrier",
-                   "sharding_constraint", "slice", "real"})
+                   "reduce_precision", "convert_element_type", "sharding_constraint",
+                   "slice"})
 
 
 class _Walker:
@@ -598,7 +597,9 @@ def _contrast_rule(w, eqn, ins):
 
 @register("stop_gradient")
 def _stop_gradient_rule(w, eqn, ins):
-    raise UnsupportedPrimitiveError("stop_gradient of an input-dependent value")
+    # The identity on values (only derivatives are cut): the bound is that of the function computed.
+    dep = _only_dep(eqn, ins)
+    return w.fresh(w.lip(dep), *_out(eqn))
 
 
 # --------------------------------------------------------------------------------------------------

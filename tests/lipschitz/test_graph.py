@@ -331,3 +331,26 @@ def test_table5_markdown():
     assert any("| dense | 16×3 | N/A |" in ln for ln in lines)
     assert f"{report.total:.4g}" in lines[-1]
     assert len([ln for ln in lines if ln.startswith("| _CNN")]) == len(report.rows)
+
+
+def test_call_primitives_are_walked():
+    @jax.custom_vjp
+    def act(x):
+        return jnp.tanh(x)
+
+    act.defvjp(lambda x: (act(x), x), lambda x, g: (g * (1 - jnp.tanh(x) ** 2),))
+    assert layer_bounds(lambda x: 3.0 * act(x), jnp.zeros(3)).total == pytest.approx(3.0)
+    remat = jax.checkpoint(lambda x: 2.0 * jax.nn.relu(x))
+    assert layer_bounds(remat, jnp.zeros(3)).total == pytest.approx(2.0)
+    nested = jax.jit(lambda x: jax.jit(jax.nn.sigmoid)(x) * 4.0)
+    assert layer_bounds(nested, jnp.zeros(3)).total == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("fn,match", [
+        (lambda x: jax.lax.fori_loop(0, 3, lambda i, v: v * 0.5, x), "scan|while"),
+        (lambda x: jax.lax.cond(x.sum() > 0, lambda v: v, lambda v: -v, x), "cond"),
+        (jax.nn.log_softmax, "exp"),
+])
+def test_control_flow_and_unbounded_functions_raise(fn, match):
+    with pytest.raises(UnsupportedPrimitiveError, match=match):
+        layer_bounds(fn, jnp.zeros(3))

@@ -421,27 +421,6 @@ def grad_and_aux(objective: Callable[[Array], tuple[Array, Array]], x: Array):
     return value, aux, grad
 
 
-def make_module_callable(module_name: str, fn: Callable) -> None:
-    """Lets the module ``module_name`` be called as ``fn``.
-
-    For a package that loads a constructor LAZILY from a submodule of the same name: once the
-    submodule is imported, Python binds the package attribute to the MODULE, shadowing the
-    function; a callable module keeps ``package.NAME(...)`` working whatever the import order.
-    ``advjax.attacks`` imports its constructors eagerly (they shadow their modules), so its
-    attack modules do not need this.
-    """
-    import sys
-    import types
-
-    module = sys.modules[module_name]
-
-    class _CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return fn(*args, **kwargs)
-
-    module.__class__ = _CallableModule
-
-
 def input_flag(x: Array, label: Array, k: int, *, eps: Array | None = None,
                target: Array | None = None) -> Array:
     """Bool scalar: the call-time inputs are valid (finite ``x``, ``eps >= 0`` and finite,

@@ -77,7 +77,8 @@ class LayerBound:
       primitive: the jaxpr primitive(s) of the row.
       in_shape: shape of the input-dependent operand.
       out_shape: shape of the output.
-      param_shape: shape of the parameter (kernel / scale), or ``None``.
+      param_shape: shape of the parameter (dense kernel, conv kernel in HWIO order, scale), or
+        ``None``.
       stride: conv strides, or ``None``.
       bound: upper Lipschitz constant of this layer alone (L2 -> L2).
     """
@@ -553,9 +554,9 @@ def _conv_rule(w, eqn, ins):
     if nsp not in (1, 2):
         raise UnsupportedPrimitiveError(f"conv_general_dilated with {nsp} spatial dimensions")
     spatial = tuple(lhs[d] for d in dn.lhs_spec[2:])
-    cin = lhs[dn.lhs_spec[1]]
-    # kernel to (spatial..., I, O)
+    # kernel to (spatial..., I, O), i.e. HWIO
     k = np.transpose(kernel, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+    hwio_shape = k.shape
     rd = tuple(p["rhs_dilation"])
     if any(d != 1 for d in rd):
         ksz = tuple((s - 1) * d + 1 for s, d in zip(k.shape[:nsp], rd, strict=True))
@@ -574,7 +575,6 @@ def _conv_rule(w, eqn, ins):
     o_per = o_total // groups
     kg = jnp.asarray(k.reshape(*k.shape[:3], groups, o_per).transpose(3, 0, 1, 2, 4), jnp.float32)
     in_shape = (*spatial, i_per)
-    del cin
 
     def one(kk):
         return conv_norm(kk, in_shape, strides=strides, padding=pads, method=w.conv_method,
@@ -582,7 +582,7 @@ def _conv_rule(w, eqn, ins):
 
     norms = jax.vmap(one)(kg) if groups > 1 else one(kg[0])[None]
     bound = float(jnp.max(norms))
-    w.row(eqn, "conv", dep.shape, shape, bound, param_shape=kernel.shape, stride=strides[-nsp:])
+    w.row(eqn, "conv", dep.shape, shape, bound, param_shape=hwio_shape, stride=strides[-nsp:])
     return w.fresh(w.lip(dep) * bound, shape, dtype)
 
 

@@ -354,3 +354,35 @@ def test_call_primitives_are_walked():
 def test_control_flow_and_unbounded_functions_raise(fn, match):
     with pytest.raises(UnsupportedPrimitiveError, match=match):
         layer_bounds(fn, jnp.zeros(3))
+
+
+def test_piecewise_linear_functions_are_exact_property():
+    """Random continuous piecewise-linear g(u) = a·u + Σ b max(u - c, 0) + Σ d min(u - e, 0).
+
+    The analysis must return exactly the largest |slope| over the pieces (closed form)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    coef = st.floats(-3.0, 3.0, allow_nan=False).map(lambda v: round(v, 3))
+    knot = st.floats(-2.0, 2.0, allow_nan=False).map(lambda v: round(v, 3))
+
+    @settings(max_examples=40, deadline=None)
+    @given(a=coef, ups=st.lists(st.tuples(coef, knot), max_size=3),
+           downs=st.lists(st.tuples(coef, knot), max_size=3))
+    def check(a, ups, downs):
+        node = Node("mul", (const(a), INPUT))
+        for b, c in ups:
+            node = Node("add", (node, Node("mul", (const(b), Node(
+                    "max", (Node("sub", (INPUT, const(c))), const(0.0)))))))
+        for d, e in downs:
+            node = Node("add", (node, Node("mul", (const(d), Node(
+                    "min", (Node("sub", (INPUT, const(e))), const(0.0)))))))
+        knots = sorted({c for _, c in ups} | {e for _, e in downs})
+        probes = [k - 1.0 for k in knots[:1]] + [k + 1.0 for k in knots[-1:]] + \
+            [0.5 * (p + q) for p, q in zip(knots[:-1], knots[1:], strict=True)]
+        probes = probes or [0.0]
+        slopes = [a + sum(b for b, c in ups if u > c) + sum(d for d, e in downs if u < e)
+                  for u in probes]
+        assert lipschitz_constant(node) == pytest.approx(max(abs(s) for s in slopes), abs=1e-9)
+
+    check()

@@ -327,20 +327,23 @@ class _Evaluator:
                 p = self.forced[id(n)]
             elif self.lo == self.hi:
                 p = _compare(op, x.v[0], y.v[0])
-            else:
+            elif x.aff is not None and y.aff is not None:
+                # Affine operands: the switch point is located exactly (a breakpoint, where the
+                # continuity of the whole function is then checked).
                 order = self._order(n, x, y) if op not in ("eq", "ne") else self._eq(x, y)
                 if order is None:
-                    if x.aff is None or y.aff is None:
-                        raise NotLipschitzError(
-                                "a comparison between non-affine functions of the input cannot be "
-                                "located (only comparisons of affine expressions are supported)")
                     p = None
                 else:
                     m = self.mid()
-                    xv = x.aff[0] * m + x.aff[1] if x.aff is not None else x.v[0]
-                    yv = y.aff[0] * m + y.aff[1] if y.aff is not None else y.v[0]
-                    p = _compare(op, xv, yv) if x.aff is not None and y.aff is not None \
-                        else _compare(op, 1.0 if order == 0 else -1.0, 0.0)
+                    p = _compare(op, x.aff[0] * m + x.aff[1], y.aff[0] * m + y.aff[1])
+            elif x.v[0] > y.v[1] or x.v[1] < y.v[0]:
+                # Strictly separated on the closed piece: the outcome is constant on it.
+                p = _compare(op, x.v[0], y.v[0])
+            else:
+                raise NotLipschitzError(
+                        "a comparison between non-affine functions of the input cannot be "
+                        "located (only comparisons of affine expressions, or of strictly "
+                        "separated values, are supported)")
             self.decisions[id(n)] = p
             return _R((0.0, 1.0), (0.0, 0.0), None, pred=p)
         if op == "select_n":

@@ -218,6 +218,7 @@ def test_activation_constants(name):
         (jnp.exp, "exp"),
         (lambda x: (x > 0).astype(jnp.float32), "discontinuous"),
         (lambda x: jnp.where(x > 1.0, x, 0.0), "discontinuous"),
+        (lambda x: jnp.where(x * x > 0, 1.0, 0.0), "cannot be located"),
         (jnp.sort, "sort"),
         (jnp.cumsum, "cumsum"),
         (lambda x: jnp.round(x), "round"),

@@ -45,8 +45,9 @@ def _time(fn, kernel, repeats: int) -> dict:
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(kernel).compile()
     compile_s = time.perf_counter() - t0
-    value = float(compiled(kernel).block_until_ready())  # warm-up
-    times = []
+    t0 = time.perf_counter()
+    value = float(compiled(kernel).block_until_ready())  # warm-up (the steady time if repeats=0)
+    times = [time.perf_counter() - t0] if repeats == 0 else []
     for _ in range(repeats):
         t0 = time.perf_counter()
         compiled(kernel).block_until_ready()
@@ -120,7 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--padding", default="SAME", choices=["SAME", "VALID", "CIRCULAR"])
     p.add_argument("--methods", nargs="+", default=["fft", "exact", "explicit"],
                    choices=["fft", "exact", "explicit"])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed calls after the warm-up (0: time the warm-up call itself)")
     p.add_argument("--explicit-max", type=int, default=4096,
                    help="largest input dimension H·W·C for the explicit-matrix SVD")
     p.add_argument("--exact-iters", type=int, default=500)

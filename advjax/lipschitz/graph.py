@@ -620,6 +620,8 @@ def layer_bounds(
     singular value; conv: Fourier formula (1) with the ``1/Δ`` stride factor), contractive
     nonlinearities and max pooling, combined through the computation graph (products along paths,
     sums at additions of input-dependent values). See the module docstring for the rule table.
+    It runs on the host, outside ``jit``: it reads the concrete parameter values that
+    ``logits_fn`` closes over (the per-layer norms themselves are jitted computations).
 
     Arguments:
       logits_fn: ``x -> logits`` for ONE example, closing over its parameters (e.g.

@@ -52,7 +52,7 @@ def test_mnist_cnn_with_max_pool():
     _check(fn, shape, report)
 
 
-@pytest.mark.parametrize("activation", ["relu", "hhrelu"])
+@pytest.mark.parametrize("activation", ["hhrelu", pytest.param("relu", marks=pytest.mark.slow)])
 def test_preact_resnet_with_batchnorm(activation):
     model = PreActResNet(depth=8, widths=(4, 4, 8), activation=activation)
     shape = (32, 32, 3)

@@ -529,7 +529,8 @@ def _dot_rule(w, eqn, ins):
     k = math.prod(mat.shape[a] for a in contract)
     f = math.prod(mat.shape[a] for a in free)
     blocks = np.transpose(mat, (*batch, *contract, *free)).reshape(b, k, f)
-    sigma = float(jnp.linalg.svd(jnp.asarray(blocks, jnp.float32), compute_uv=False).max()) \
+    # Host-side (the kernel is concrete): LAPACK in float64.
+    sigma = float(np.linalg.svd(blocks.astype(np.float64), compute_uv=False).max()) \
         if blocks.size else 0.0
     w.row(eqn, "dense", dep.shape, shape, sigma, param_shape=mat.shape)
     return w.fresh(w.lip(dep) * sigma, shape, dtype)

@@ -37,6 +37,7 @@ from advjax.lipschitz.spectral import (
     dense_norm,
     fourier_singular_values,
     power_iteration,
+    subspace_iteration,
 )
 
 __all__ = [
@@ -61,5 +62,6 @@ __all__ = [
     "register",
     "spectral_normalize",
     "spectral_penalty",
+    "subspace_iteration",
     "table5",
 ]

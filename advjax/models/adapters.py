@@ -17,9 +17,18 @@ Array = jax.Array
 LogitsFn = Callable[[Array], Array]
 
 
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """``tree`` with every floating-point leaf cast to ``dtype`` (integer leaves unchanged)."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a,
+        tree)
+
+
 def linen_logits_fn(
     module: nn.Module,
     variables: Mapping[str, Any],
+    *,
+    compute_dtype: Any = None,
     **apply_kwargs: Any,
 ) -> LogitsFn:
     """Per-example ``logits_fn`` of a Flax linen module in inference mode.
@@ -27,15 +36,24 @@ def linen_logits_fn(
     Arguments:
       module: a linen module whose ``__call__`` maps a batch ``(B, ...)`` to logits ``(B, K)``.
       variables: its variables (``{"params": ..., "batch_stats": ...}``).
+      compute_dtype: optional mixed precision, e.g. ``jnp.bfloat16`` on GPU/TPU: the variables
+        are cast once and every call runs the model in this dtype; the input and its gradient
+        stay in the caller's dtype (the cast is differentiable) and the logits are returned as
+        float32, so attacks keep their iterates and step sizes in full precision.
       **apply_kwargs: static keyword arguments of ``module.apply`` (e.g. ``train=False``).
 
     Returns:
       ``logits_fn(x)`` mapping one example ``x`` (the model's input shape without the batch axis)
       to logits ``(K,)``. It is pure and composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
     """
+    if compute_dtype is not None:
+        variables = cast_floating(variables, compute_dtype)
 
     def logits_fn(x: Array) -> Array:
-        return module.apply(variables, x[None], **apply_kwargs)[0]
+        if compute_dtype is None:
+            return module.apply(variables, x[None], **apply_kwargs)[0]
+        out = module.apply(variables, x[None].astype(compute_dtype), **apply_kwargs)[0]
+        return out.astype(jnp.float32)
 
     return logits_fn
 

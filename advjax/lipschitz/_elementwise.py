@@ -9,8 +9,7 @@ value ``u`` (with scalar constants) into a small expression DAG. Here the Lipsch
    ``max``/``min``/``abs`` or a ``clamp`` switches. Those points are found on each piece from affine
    forms of the operands (``a·u + b``); pieces are refined until nothing switches inside a piece.
 2. On each piece, interval arithmetic propagates (value range, derivative range) through the DAG
-with
-   the switches resolved; ``|g'|`` on the piece is at most the largest endpoint magnitude.
+   with the switches resolved; ``|g'|`` on the piece is at most the largest endpoint magnitude.
 3. At every breakpoint the function must be continuous (left, right and actual values agree);
    otherwise (e.g. a step ``where(x > 0, 1, 0)``) it is not Lipschitz and an error is raised.
 

@@ -7,8 +7,7 @@ the channel axis, ...). Its Jacobian on each group is ``s·(I − 2γ x xᵀ/(ε
 ``γ ∈ [0.5, 1]``). Groups are disjoint, so the same bound holds for the whole map.
 
 As a JAX primitive (with evaluation, JVP, batching and lowering rules) it appears in the jaxpr as
-one
-equation ``advjax_contrast_norm`` whose parameters the graph walk reads.
+one equation ``advjax_contrast_norm`` whose parameters the graph walk reads.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
 """Network Lipschitz bounds by walking the jaxpr of ``logits_fn`` (jax_verify style).
 
 ``layer_bounds(logits_fn, x_example)`` traces ``logits_fn`` with ``jax.make_jaxpr`` and interprets
-the
-jaxpr primitive by primitive. Every value is either a constant (parameters and everything computed
-from them only; evaluated concretely) or a function of the input ``x`` carrying an upper Lipschitz
-constant ``L`` in the L2 norm (``‖v(x) - v(x')‖ <= L ‖x - x'‖``; the input has ``L = 1``). A
-registry
-``{primitive name: rule}`` maps the input constants of each equation to its output constants:
+the jaxpr primitive by primitive. Every value is either a constant (parameters and everything
+computed from them only; evaluated concretely) or a function of the input ``x`` carrying an upper
+Lipschitz constant ``L`` in the L2 norm (``‖v(x) - v(x')‖ <= L ‖x - x'‖``; the input has ``L = 1``).
+A registry ``{primitive name: rule}`` maps the input constants of each equation to its output
+constants:
 
 * linear maps with a parameter: ``dot_general`` (largest singular value, per batch block),
   ``conv_general_dilated`` (:func:`advjax.lipschitz.conv_norm`, Fourier bound by default),

@@ -3,8 +3,7 @@
 * :func:`local_lower_bound`: the largest Jacobian spectral norm ``‖J(x)‖₂`` found at given points,
   optionally improved by gradient ascent on the point. Every value is attained by the network, so it
   is a lower bound of the global Lipschitz constant (for a piecewise-smooth network) and brackets
-  the
-  graph bound: ``local_lower_bound <= true L <= layer_bounds(...).total``.
+  the graph bound: ``local_lower_bound <= true L <= layer_bounds(...).total``.
 * :func:`certified_radius`: the L2 radius around an input within which the predicted label cannot
   change, from the logit margin and a Lipschitz constant.
 """
@@ -31,8 +30,7 @@ def jacobian_norm(logits_fn: Callable[[Array], Array], x: Array) -> Array:
 
     Returns:
       Scalar ``σ_max(∂ logits / ∂ x)`` (Jacobian by ``jax.jacrev`` when ``K`` is smaller than the
-      input
-      size, ``jax.jacfwd`` otherwise; top singular value by SVD).
+      input size, ``jax.jacfwd`` otherwise; top singular value by SVD).
     """
     out = jax.eval_shape(logits_fn, x)
     k = max(math.prod(out.shape), 1)
@@ -106,8 +104,7 @@ def certified_radius(
     ``z_y - z_j`` is Lipschitz with constant ``‖(e_y - e_j)ᵀ J‖ <= √2 · L``. The margin
     ``m_j = z_y - z_j`` can shrink by at most ``√2 L ‖δ‖``, so no ``j`` overtakes ``y`` while
     ``‖δ‖₂ < min_j m_j / (√2 L)``. With ``pairwise=True``, ``lipschitz[j]`` is instead a bound of
-    the
-    Lipschitz constant of ``z_y - z_j`` itself and the radius is ``min_j m_j / L_j``.
+    the Lipschitz constant of ``z_y - z_j`` itself and the radius is ``min_j m_j / L_j``.
 
     Arguments:
       logits: ``(K,)`` logits at the clean input (vmap for a batch).

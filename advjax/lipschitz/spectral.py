@@ -2,12 +2,9 @@
 
 Szegedy et al. (2013), §4.3 (papers.md §1.6): the upper Lipschitz constant of a fully connected or
 convolutional layer followed by a contractive nonlinearity is the operator norm ``‖W‖`` of its
-linear
-part. For a dense kernel that is the largest singular value of the matrix. For a convolution it is
-the
-largest singular value of the (huge, structured) matrix of the map ``x -> conv(x, kernel)``, which
-is
-computed here two ways:
+linear part. For a dense kernel that is the largest singular value of the matrix. For a convolution
+it is the largest singular value of the (huge, structured) matrix of the map
+``x -> conv(x, kernel)``, which is computed here two ways:
 
 * ``method="fft"``: the Fourier formula (1) of §4.3 with the corrected stride factor ``1/Δ``
   (``1/sqrt(Δh·Δw)`` for unequal strides). Exact for circular padding (when the strides divide the
@@ -102,11 +99,9 @@ def subspace_iteration(
     """Largest singular value by block power (subspace) iteration with Rayleigh–Ritz.
 
     A block of ``b`` vectors ``V`` is iterated as ``V <- orth(A^T A V)`` (Gram-Schmidt) in
-    ``lax.while_loop``;
-    the estimate is ``σ_max(A V)``. For orthonormal ``V`` that is always ``<=`` the true norm, and
-    it
-    converges like ``(σ_{b+1}/σ_1)^{2k}`` instead of ``(σ_2/σ_1)^{2k}``, which matters for
-    convolutions, whose top singular values are often nearly equal (many frequencies).
+    ``lax.while_loop``; the estimate is ``σ_max(A V)``. For orthonormal ``V`` that is always ``<=``
+    the true norm, and it converges like ``(σ_{b+1}/σ_1)^{2k}`` instead of ``(σ_2/σ_1)^{2k}``, which
+    matters for convolutions, whose top singular values are often nearly equal (many frequencies).
 
     Arguments:
       op: the linear map ``A`` on arrays of shape ``v0.shape[1:]``.
@@ -179,12 +174,10 @@ def dense_norm(
 
     Arguments:
       kernel: ``(d_in, d_out)`` float matrix (Flax ``Dense`` layout; the norm is that of ``x @ W``
-      and
-        equally of ``W^T x``).
+        and equally of ``W^T x``).
       method: ``"svd"`` (``jnp.linalg.svd(..., compute_uv=False)``, exact to float precision) or
         ``"power"`` (power iteration, see :func:`power_iteration`; a lower estimate converging to
-        the
-        norm).
+        the norm).
       iters: maximum power iterations (``method="power"``).
       tol: relative-change tolerance of the power iteration.
       key: PRNG key of the power iteration's start vector (default ``PRNGKey(0)``).
@@ -231,9 +224,8 @@ def resolve_padding(
     """Explicit ``((lo, hi), (lo, hi))`` pads for a padding spec, and whether it is circular.
 
     ``"CIRCULAR"`` uses the pads of ``"SAME"`` (output size ``ceil(H / Δ)``) but fills them by
-    wrapping
-    the input around; ``"SAME"`` and ``"VALID"`` are those of ``lax.conv_general_dilated``; explicit
-    pairs (possibly negative, which crops) are zero padding.
+    wrapping the input around; ``"SAME"`` and ``"VALID"`` are those of
+    ``lax.conv_general_dilated``; explicit pairs (possibly negative, which crops) are zero padding.
     """
     if isinstance(padding, str):
         check_choice(padding.upper(), "padding", _PAD_NAMES)
@@ -368,33 +360,29 @@ def conv_norm(
     blocks, one per alias group ``ξ ∈ [0, N/Δ)²``: ``Ŷ(ξ) = Δ^{-2} Σ_l K̂(ξ + lN/Δ) X̂(ξ + lN/Δ)``;
     with ``‖x‖² = N^{-2} Σ|X̂|²`` and ``‖y‖² = (N/Δ)^{-2} Σ|Ŷ|²`` the norm is
     ``max_ξ σ_max(B(ξ)) / Δ`` (``B(ξ)`` the ``D × CΔ²`` matrix of DFT coefficients), computed by a
-    batched ``jnp.linalg.svd(..., compute_uv=False)``.
+    batched SVD without vectors (:func:`fourier_singular_values`).
 
     * ``padding="CIRCULAR"``: exact when ``Δ`` divides ``(H, W)`` (along an axis where it does not,
       the stride-1 circular norm along that axis is used, a sound bound: the strided map selects
       rows of the stride-1 map).
     * Zero padding (``"SAME"``, ``"VALID"``, explicit pads ``(lo, hi)`` per axis): a sound upper
-      bound.
-      Proof (per axis; the 2-D case is the product): let ``H_out = ⌊(H + lo + hi - k)/Δ⌋ + 1`` and
-      take
-      ``N`` a multiple of ``Δ`` with ``N >= max(min(lo + H, H + lo + hi), (H_out - 1)Δ + k)`` (the
-      smallest one is used). Embed ``x`` into ``z ∈ R^N`` by ``z_j = x_{j - lo}`` for
-      ``0 <= j - lo < H`` and ``j < min(lo + H, H + lo + hi)``, zero elsewhere: a coordinate
-      embedding/projection ``E`` with ``‖E‖ <= 1`` (entries dropped are cropped by negative pads or
-      never read). The padded conv reads ``x_pad[mΔ + u] = z[mΔ + u]`` for ``m < H_out``, ``u < k``;
-      these indices are ``<= (H_out - 1)Δ + k - 1 < N``, so no index wraps and the circular strided
-      conv ``C`` on ``Z_N`` gives the same outputs at ``m < H_out <= N/Δ``. Hence the padded map is
-      ``P C E`` with ``P`` selecting the first ``H_out`` outputs, and ``‖P C E‖ <= ‖C‖``, which is
-      the
+      bound. Proof (per axis; the 2-D case is the product of the per-axis maps): let
+      ``H_out = ⌊(H + lo + hi - k)/Δ⌋ + 1`` and take ``N`` a multiple of ``Δ`` with
+      ``N >= max(min(lo + H, H + lo + hi), (H_out - 1)Δ + k)`` (the smallest one is used). Embed
+      ``x`` into ``z ∈ R^N`` by ``z_j = x_{j - lo}`` for ``0 <= j - lo < H`` and
+      ``j < min(lo + H, H + lo + hi)``, zero elsewhere: a coordinate embedding/projection ``E``
+      with ``‖E‖ <= 1`` (entries dropped are cropped by negative pads or never read). The padded
+      conv reads ``x_pad[mΔ + u] = z[mΔ + u]`` for ``m < H_out``, ``u < k``; these indices are
+      ``<= (H_out - 1)Δ + k - 1 < N``, so no index wraps and the circular strided conv ``C`` on
+      ``Z_N`` gives the same outputs at ``m < H_out <= N/Δ``. Hence the padded map is ``P C E``
+      with ``P`` selecting the first ``H_out`` outputs, and ``‖P C E‖ <= ‖C‖``, which is the
       Fourier norm above.
 
     ``method="exact"``: block power iteration on ``A^T A`` (``A^T`` from ``jax.linear_transpose``;
     :func:`subspace_iteration` with ``block`` vectors, plain :func:`power_iteration` for
     ``block=1``) in ``lax.while_loop`` until the relative change of ``σ`` is ``<= tol`` or ``iters``
-    is reached. The result ``σ_max(A V)`` is always ``<=`` the true norm and converges to it
-    (tests: within 1e-4
-    relative of
-    the SVD of the explicit Jacobian).
+    is reached. The result ``σ_max(A V)`` is always ``<=`` the true norm and converges to it (tests:
+    within 1e-4 relative of the SVD of the explicit Jacobian).
 
     Arguments:
       kernel: ``(kh, kw, C, D)`` float HWIO kernel.

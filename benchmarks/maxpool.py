@@ -1,4 +1,4 @@
-"""Gradient of 2×2 max pooling on XLA:CPU: ``nn.max_pool`` (select-and-scatter) vs reshape-max.
+"""Gradient of 2×2 max pooling on XLA:CPU: ``nn.max_pool`` (select-and-scatter) vs advjax.models.max_pool_2x2 (elementwise first-max JVP).
 
 Times ``jax.grad`` of ``sum(pool(x)**2)`` for the MNIST CNN's two pooling shapes at batch 256,
 and a whole per-example PGD step of advertorch's LeNet5 with each pooling (forward + input
@@ -35,13 +35,13 @@ def main() -> None:
         x = jax.random.normal(jax.random.key(0), shape)
         times = {}
         for name, pool in [("select_and_scatter", _select_and_scatter_pool),
-                           ("reshape_max", max_pool_2x2)]:
+                           ("advjax", max_pool_2x2)]:
             grad = jax.jit(jax.grad(lambda v, p=pool: jnp.sum(p(v) ** 2)))
             times[name] = _time(grad, x)
         rows.append({"shape": shape, **{k: v * 1e3 for k, v in times.items()},
-                     "speedup": times["select_and_scatter"] / times["reshape_max"]})
+                     "speedup": times["select_and_scatter"] / times["advjax"]})
         print(f"{str(shape):22s} select_and_scatter {times['select_and_scatter'] * 1e3:8.2f} ms"
-              f"  reshape_max {times['reshape_max'] * 1e3:8.2f} ms"
+              f"  advjax {times["advjax"] * 1e3:8.2f} ms"
               f"  speedup {rows[-1]['speedup']:.1f}x")
     print(json.dumps(rows))
 

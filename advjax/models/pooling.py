@@ -22,20 +22,6 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _windows(x: Array) -> Array:
-    """``(B, H, W, C)`` → ``(B, H/2, W/2, C, 4)``, window entries in row-major order."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, c, 4)
-
-
-def _unwindows(x: Array) -> Array:
-    """Inverse of :func:`_windows`."""
-    b, h2, w2, c, _ = x.shape
-    x = x.reshape(b, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-    return x.reshape(b, 2 * h2, 2 * w2, c)
-
-
 @jax.custom_jvp
 def _pool(x: Array) -> Array:
     b, h, w, c = x.shape
@@ -45,10 +31,20 @@ def _pool(x: Array) -> Array:
 @_pool.defjvp
 def _pool_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
-    first = jnp.argmax(_windows(x), axis=-1)  # first maximal entry, like select_and_scatter
-    onehot = jnp.arange(4) == first[..., None]
-    t_out = jnp.sum(jnp.where(onehot, _windows(t), jnp.zeros((), t.dtype)), axis=-1)
-    return _pool(x), t_out
+    out = _pool(x)
+    b, h, w, c = x.shape
+    xs = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    ts = t.reshape(b, h // 2, 2, w // 2, 2, c)
+    # The first maximal entry in row-major window order (like select_and_scatter), found with
+    # elementwise compares rather than an argmax reduction.
+    t_out = jnp.zeros_like(out, dtype=t.dtype)
+    taken = jnp.zeros(out.shape, bool)
+    for i in range(2):
+        for j in range(2):
+            pick = (xs[:, :, i, :, j, :] == out) & ~taken
+            t_out = jnp.where(pick, ts[:, :, i, :, j, :], t_out)
+            taken = taken | pick
+    return out, t_out
 
 
 def max_pool_2x2(x: Array) -> Array:

@@ -1,8 +1,8 @@
-"""Gradient of 2×2 max pooling on XLA:CPU: ``nn.max_pool`` (select-and-scatter) vs advjax.models.max_pool_2x2 (elementwise first-max JVP).
+"""Gradient of 2×2 max pooling on XLA:CPU: ``nn.max_pool`` (select-and-scatter) vs
+``advjax.models.max_pool_2x2`` (the same gradient from an elementwise first-maximum JVP).
 
-Times ``jax.grad`` of ``sum(pool(x)**2)`` for the MNIST CNN's two pooling shapes at batch 256,
-and a whole per-example PGD step of advertorch's LeNet5 with each pooling (forward + input
-gradient, vmapped). Usage: ``python benchmarks/maxpool.py``.
+Times ``jax.grad`` of ``sum(pool(x)**2)`` for the MNIST CNN's two pooling shapes at batch 256.
+Usage: ``python benchmarks/maxpool.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
         rows.append({"shape": shape, **{k: v * 1e3 for k, v in times.items()},
                      "speedup": times["select_and_scatter"] / times["advjax"]})
         print(f"{str(shape):22s} select_and_scatter {times['select_and_scatter'] * 1e3:8.2f} ms"
-              f"  advjax {times["advjax"] * 1e3:8.2f} ms"
+              f"  advjax {times['advjax'] * 1e3:8.2f} ms"
               f"  speedup {rows[-1]['speedup']:.1f}x")
     print(json.dumps(rows))
 

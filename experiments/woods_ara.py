@@ -38,13 +38,13 @@ class Config:
     epochs: int = 4
     batch_size: int = 64
     learning_rate: float = 1e-3
-    ara_examples: int = 200
+    ara_examples: int = 100
     ara_steps: int = 100
     ara_eps: float = 20.0
     ara_momentum: float = 0.0
     checkpoints: bool = True
     cifar_dataset: str = "cifar10_head"
-    cifar_examples: int = 48
+    cifar_examples: int = 24
     seed: int = 0
 
 

@@ -118,13 +118,6 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
     return run
 
 
-def shard_map_batch(fn: Callable[..., Any], mesh: Mesh | None = None, *,
-                    axis_name: str = BATCH_AXIS) -> Callable[..., Any]:
-    """Like :func:`shard_attack` for any per-example function of positional arrays only."""
-    attack_like = lambda x, label, **kw: fn(x, label, **kw)
-    return shard_attack(attack_like, mesh, axis_name=axis_name)
-
-
 def iterate_chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, n, chunk_size):
         yield start, min(start + chunk_size, n)

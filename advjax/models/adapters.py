@@ -85,7 +85,12 @@ def batched(logits_fn: LogitsFn) -> LogitsFn:
 
 
 def predict(logits_fn: LogitsFn, xs: Array, *, batch_size: int = 1024) -> Array:
-    """Predicted labels ``(N,)`` int32 for inputs ``xs`` ``(N, ...)``, ``batch_size`` at a time."""
-    fn = jax.jit(jax.vmap(logits_fn))
-    preds = [jnp.argmax(fn(xs[i:i + batch_size]), -1) for i in range(0, xs.shape[0], batch_size)]
-    return jnp.concatenate(preds).astype(jnp.int32)
+    """Predicted labels ``(N,)`` int32 for inputs ``xs`` ``(N, ...)``, ``batch_size`` at a time.
+
+    Uses :func:`advjax.parallel.stream`: every chunk has the same shape (one compilation, the last
+    chunk padded) and is sharded over the devices when there are several.
+    """
+    from advjax.parallel import stream
+
+    preds = stream(lambda x: jnp.argmax(logits_fn(x)), xs, chunk_size=batch_size)
+    return jnp.asarray(preds, jnp.int32)

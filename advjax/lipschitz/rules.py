@@ -55,6 +55,7 @@ from advjax.lipschitz.spectral import conv_norm
 from advjax.lipschitz.walker import (
     Const,
     Dep,
+    Fold,
     RuleTable,
     Walker,
     check_finite,
@@ -121,17 +122,21 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
     # Mixed sources or non-uniform constant arrays: linear rules on finalised values.
     lips = [w.lip(d) for d in deps]
     if prim in ("add", "add_any", "sub"):
-        return w.fresh(sum(lips), shape, dtype, name)
+        # a translation by a constant keeps the increments, hence any pending scaling
+        fold = w.fold(deps[0]) if len(deps) == 1 else None
+        return w.fresh(sum(lips), shape, dtype, name, fold=fold)
     if prim in ("mul", "div") and len(deps) == 1 and (prim == "mul" or isinstance(ins[0], Dep)):
-        c = np.abs(np.asarray(consts[0].value, np.float64))
+        c = np.asarray(consts[0].value, np.float64)
         if prim == "div":
             if np.any(c == 0):
                 raise UnsupportedPrimitiveError(f"division by a constant containing 0 at {name!r}")
             c = 1.0 / c
-        bound = float(c.max())
+        bound = float(np.abs(c).max())
         w.row(eqn, "scale", deps[0].shape, shape, bound, param_shape=np.shape(consts[0].value),
               name=name)
-        return w.fresh(lips[0] * bound, shape, dtype, name)
+        f = w.fold(deps[0])
+        fold = Fold(f.pre, f.scale * c, f.slope) if f is not None else Fold(lips[0], c, 1.0)
+        return w.fresh(lips[0] * bound, shape, dtype, name, fold=fold)
     if prim in ("max", "min", "clamp") or (prim == "select_n" and isinstance(ins[0], Const)):
         # Each output entry is one of the operands' entries (or a constant): ‖Δ‖² <= Σ ‖Δ_k‖².
         if len(deps) == 1 and prim != "select_n":
@@ -267,6 +272,31 @@ def window_rule(w, eqn, ins):
 # --------------------------------------------------------------------------------------------------
 
 
+def _per_axis_scale(fold: Fold | None, shape, axes) -> np.ndarray | None:
+    """The pending scaling as a vector over ``axes`` (flattened in that order), or ``None``.
+
+    ``None`` when there is no pending scaling or it varies along the other axes.
+    """
+    if fold is None:
+        return None
+    try:
+        sc = np.broadcast_to(np.asarray(fold.scale, np.float64), shape)
+    except ValueError:
+        return None
+    rest = [a for a in range(len(shape)) if a not in axes]
+    sc = np.transpose(sc, (*rest, *axes)).reshape(-1, math.prod(shape[a] for a in axes))
+    return sc[0] if np.all(sc == sc[0]) else None
+
+
+def _folded(w, dep: Dep, unfolded: float, norm_of_scaled) -> float:
+    """``min(L_dep · ‖W‖, pre · slope · ‖W diag(s)‖)`` (see :class:`Fold`); both are sound."""
+    fold = w.fold(dep)
+    vec = norm_of_scaled(fold) if fold is not None else None
+    if vec is None:
+        return w.lip(dep) * unfolded
+    return min(w.lip(dep) * unfolded, fold.pre * fold.slope * vec)
+
+
 def dot_rule(w, eqn, ins):
     shape, dtype = out_aval(eqn)
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
@@ -275,18 +305,28 @@ def dot_rule(w, eqn, ins):
                 "dot_general of two input-dependent operands (a product of two input-dependent "
                 "values, as in attention, is bilinear and not globally Lipschitz)")
     if isinstance(ins[1], Const):
-        dep, mat, contract, batch = ins[0], check_finite(ins[1].value, "a dense kernel"), rc, rb
+        dep, mat, contract, batch, dcon = ins[0], check_finite(ins[1].value, "a dense kernel"), \
+            rc, rb, lc
     else:
-        dep, mat, contract, batch = ins[1], check_finite(ins[0].value, "a dense kernel"), lc, lb
+        dep, mat, contract, batch, dcon = ins[1], check_finite(ins[0].value, "a dense kernel"), \
+            lc, lb, rc
     free = [a for a in range(mat.ndim) if a not in contract and a not in batch]
     b = math.prod(mat.shape[a] for a in batch)
     k = math.prod(mat.shape[a] for a in contract)
     f = math.prod(mat.shape[a] for a in free)
     blocks = np.transpose(mat, (*batch, *contract, *free)).reshape(b, k, f)
-    # Host-side (the kernel is concrete): LAPACK in float64.
-    sigma = float(np.linalg.svd(blocks, compute_uv=False).max()) if blocks.size else 0.0
-    w.row(eqn, "dense", dep.shape, shape, sigma, param_shape=mat.shape)
-    return w.fresh(w.lip(dep) * sigma, shape, dtype)
+
+    def sigma(m) -> float:  # host-side (the kernel is concrete): LAPACK in float64
+        return float(np.linalg.svd(m, compute_uv=False).max()) if m.size else 0.0
+
+    plain = sigma(blocks)
+    w.row(eqn, "dense", dep.shape, shape, plain, param_shape=mat.shape)
+
+    def scaled(fold):
+        vec = _per_axis_scale(fold, dep.shape, tuple(dcon)) if b == 1 else None
+        return None if vec is None else sigma(blocks * vec[None, :, None])
+
+    return w.fresh(_folded(w, dep, plain, scaled), shape, dtype)
 
 
 def _conv_fourier(w, eqn, dep, kernel) -> tuple[float, tuple, tuple]:
@@ -336,20 +376,48 @@ def conv_rule(w, eqn, ins):
     dep = ins[0]
     kernel = check_finite(ins[1].value, "a conv kernel")
     nsp = len(dep.shape) - 2
-    if nsp in (1, 2) and all(d == 1 for d in p["lhs_dilation"]) and p["batch_group_count"] == 1:
-        bound, param_shape, stride = _conv_fourier(w, eqn, dep, kernel)
-    else:
-        # Transposed (lhs_dilation), 3-D or batch-grouped: ‖A‖ <= ‖|A|‖ <= Collatz–Wielandt.
-        absk = np.abs(kernel)
-        conv_params = {k: v for k, v in p.items() if k != "preferred_element_type"}
+    fourier = nsp in (1, 2) and all(d == 1 for d in p["lhs_dilation"]) \
+        and p["batch_group_count"] == 1
+    conv_params = {k: v for k, v in p.items() if k != "preferred_element_type"}
 
-        def apply(x):
-            return lax.conv_general_dilated(x, jnp.asarray(absk, x.dtype), **conv_params)
+    def norm(k) -> tuple[float, tuple, tuple]:
+        key = (k.tobytes(), k.shape, dep.shape, str(sorted(p.items(), key=lambda kv: kv[0])),
+               str(w.options.get("conv_method")), str(w.options.get("conv_kwargs")))
+        cache = w.options.get("cache")
+        if cache is not None and key in cache:
+            return cache[key]
+        if fourier:
+            out = _conv_fourier(w, eqn, dep, k)
+        else:
+            # Transposed (lhs_dilation), 3-D or batch-grouped: ‖A‖ <= ‖|A|‖ <= Collatz–Wielandt.
+            absk = np.abs(k)
 
-        bound = _nonneg.norm_upper_bound(apply, dep.shape)
-        param_shape, stride = kernel.shape, tuple(p["window_strides"])
-    w.row(eqn, "conv", dep.shape, shape, bound, param_shape=param_shape, stride=stride)
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+            def apply(x):
+                return lax.conv_general_dilated(x, jnp.asarray(absk, x.dtype), **conv_params)
+
+            out = (_nonneg.norm_upper_bound(apply, dep.shape), k.shape, tuple(p["window_strides"]))
+        if cache is not None:
+            cache[key] = out
+        return out
+
+    plain, param_shape, stride = norm(kernel)
+    w.row(eqn, "conv", dep.shape, shape, plain, param_shape=param_shape, stride=stride)
+
+    def scaled(fold):
+        dn = p["dimension_numbers"]
+        vec = _per_axis_scale(fold, dep.shape, (dn.lhs_spec[1],))
+        if vec is None:
+            return None
+        groups = p["feature_group_count"] * p["batch_group_count"]
+        i_per, o_total = kernel.shape[dn.rhs_spec[1]], kernel.shape[dn.rhs_spec[0]]
+        if p["batch_group_count"] != 1 or vec.size != i_per * p["feature_group_count"]:
+            return None
+        o_per = o_total // groups
+        factor = vec[(np.arange(o_total)[None, :] // o_per) * i_per + np.arange(i_per)[:, None]]
+        kk = np.moveaxis(kernel, (dn.rhs_spec[1], dn.rhs_spec[0]), (-2, -1)) * factor
+        return norm(np.moveaxis(kk, (-2, -1), (dn.rhs_spec[1], dn.rhs_spec[0])))[0]
+
+    return w.fresh(_folded(w, dep, plain, scaled), shape, dtype)
 
 
 def contrast_rule(w, eqn, ins):

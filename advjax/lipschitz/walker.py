@@ -35,11 +35,29 @@ class Const:
     value: Any
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Fold:
+    """A pending diagonal scaling: ``Δv = T · diag(scale) · Δu`` for every pair of inputs.
+
+    ``T`` is diagonal with entries in ``[-slope, slope]`` (it depends on the pair: the secant slopes
+    of elementwise functions applied after the scaling) and ``‖Δu‖ <= pre · ‖Δx‖``. Diagonal
+    matrices commute, so a linear map ``W`` applied next satisfies
+    ``‖W Δv‖ = ‖W diag(scale) T Δu‖ <= ‖W diag(scale)‖ · slope · pre · ‖Δx‖``: the scaling
+    (eval-mode BatchNorm's ``γ/√(var+ε)``, any per-channel factor) is folded into ``W``'s norm
+    instead of costing its own factor ``max |scale|``.
+    """
+
+    pre: float
+    scale: np.ndarray
+    slope: float
+
+
 @dataclasses.dataclass(eq=False)
 class Src:
-    """A finalised input-dependent value with a known Lipschitz constant."""
+    """A finalised input-dependent value with a known Lipschitz constant (and pending scaling)."""
 
     lip: float
+    fold: Fold | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -53,6 +71,7 @@ class Dep:
     name: str = ""
     final: float | None = None
     seq: int = 0
+    final_fold: Fold | None = None
 
 
 Rule = Callable[["Walker", Any, list], Any]
@@ -147,15 +166,25 @@ class Walker:
                 self.rows.append((dep.seq, LayerBound(dep.name, kind, "+".join(sorted(ops)),
                                                       dep.shape, dep.shape, None, None, g)))
             dep.final = g * dep.src.lip
+            f = dep.src.fold
+            # an elementwise function is diagonal: its secant slopes (<= g) join T
+            dep.final_fold = None if f is None else Fold(f.pre, f.scale, f.slope * g)
         return dep.final
 
-    def fresh(self, lip: float, shape, dtype, name: str = "") -> Dep:
-        """A new input-dependent value with Lipschitz constant ``lip``."""
+    def fold(self, dep: Dep) -> Fold | None:
+        """The pending scaling of an input-dependent value (``None`` without, or when disabled)."""
+        if not self.options.get("fold", True):
+            return None
+        self.lip(dep)
+        return dep.src.fold if dep.node is ew.INPUT else dep.final_fold
+
+    def fresh(self, lip: float, shape, dtype, name: str = "", fold: Fold | None = None) -> Dep:
+        """A new input-dependent value with Lipschitz constant ``lip`` (and pending ``fold``)."""
         lip = float(lip)
         if math.isnan(lip):
             raise UnsupportedPrimitiveError(f"the bound at {name!r} is NaN (a parameter or "
                                             "constant contains NaN)")
-        return Dep(Src(lip), ew.INPUT, tuple(shape), dtype, name)
+        return Dep(Src(lip, fold), ew.INPUT, tuple(shape), dtype, name)
 
     # ---- walk ----------------------------------------------------------------------------------
 

@@ -10,16 +10,12 @@ Szegedy et al. (2013), §4.3 (papers.md §1.6). Public API:
 * ``certified_radius(logits, label, lipschitz)``: margin / (√2 L) L2 certificate.
 * ``spectral_penalty(specs)`` (init/update), ``spectral_normalize(kernel, u)``: regularisers.
 * ``contrast_normalize(x, eps=, gamma=)``: contrast normalisation layer the walk bounds by ``ε^-γ``.
+* ``DEFAULT_RULES`` (a ``RuleTable``): the walk's immutable rule table;
+  ``DEFAULT_RULES.extend(...)`` gives a new table to pass as ``layer_bounds(..., rules=)``.
 """
 
 from advjax.lipschitz.contrast import contrast_normalize
-from advjax.lipschitz.graph import (
-    LayerBound,
-    LipschitzReport,
-    UnsupportedPrimitiveError,
-    layer_bounds,
-    register,
-)
+from advjax.lipschitz.graph import layer_bounds
 from advjax.lipschitz.local import certified_radius, jacobian_norm, local_lower_bound
 from advjax.lipschitz.regularizers import (
     LayerSpec,
@@ -30,7 +26,13 @@ from advjax.lipschitz.regularizers import (
     spectral_normalize,
     spectral_penalty,
 )
-from advjax.lipschitz.report import table5
+from advjax.lipschitz.report import (
+    LayerBound,
+    LipschitzReport,
+    UnsupportedPrimitiveError,
+    table5,
+)
+from advjax.lipschitz.rules import DEFAULT_RULES
 from advjax.lipschitz.spectral import (
     conv_norm,
     conv_operator,
@@ -39,11 +41,14 @@ from advjax.lipschitz.spectral import (
     power_iteration,
     subspace_iteration,
 )
+from advjax.lipschitz.walker import RuleTable
 
 __all__ = [
+    "DEFAULT_RULES",
     "LayerBound",
     "LayerSpec",
     "LipschitzReport",
+    "RuleTable",
     "SpectralPenalty",
     "SpectralState",
     "UnsupportedPrimitiveError",
@@ -59,7 +64,6 @@ __all__ = [
     "layer_bounds",
     "local_lower_bound",
     "power_iteration",
-    "register",
     "spectral_normalize",
     "spectral_penalty",
     "subspace_iteration",

@@ -1,0 +1,255 @@
+"""The jaxpr walker of the Lipschitz analysis: values, the interpreter loop and the rule table.
+
+Every value of the walk is either a :class:`Const` (parameters and everything computed from them
+only; evaluated concretely) or a :class:`Dep`, a function of the input carrying an upper Lipschitz
+constant in the L2 norm. A :class:`RuleTable` maps primitive names to rules
+``rule(walker, eqn, inputs) -> output | [outputs]``; it is immutable, and
+:meth:`RuleTable.extend` returns a new table, so a user adds or overrides rules without touching
+global state and passes the table to :func:`advjax.lipschitz.layer_bounds` (``rules=``).
+
+Helpers a rule uses: :meth:`Walker.lip` (the Lipschitz constant of an input-dependent value,
+finalising a pending elementwise expression), :meth:`Walker.fresh` (a new input-dependent value of
+a given constant), :meth:`Walker.row` (a report row) and :meth:`Walker.run` (walk a sub-jaxpr).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import jax.extend.core as jcore
+import jax.numpy as jnp
+import numpy as np
+
+from advjax.lipschitz import _elementwise as ew
+from advjax.lipschitz.report import LayerBound, UnsupportedPrimitiveError
+
+
+@dataclasses.dataclass(eq=False)
+class Const:
+    """A value that does not depend on the input (its concrete ``value``)."""
+
+    value: Any
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Fold:
+    """A pending diagonal scaling: ``Δv = T · diag(scale) · Δu`` for every pair of inputs.
+
+    ``T`` is diagonal with entries in ``[-slope, slope]`` (it depends on the pair: the secant slopes
+    of elementwise functions applied after the scaling) and ``‖Δu‖ <= pre · ‖Δx‖``. Diagonal
+    matrices commute, so a linear map ``W`` applied next satisfies
+    ``‖W Δv‖ = ‖W diag(scale) T Δu‖ <= ‖W diag(scale)‖ · slope · pre · ‖Δx‖``: the scaling
+    (eval-mode BatchNorm's ``γ/√(var+ε)``, any per-channel factor) is folded into ``W``'s norm
+    instead of costing its own factor ``max |scale|``.
+    """
+
+    pre: float
+    scale: np.ndarray
+    slope: float
+
+
+@dataclasses.dataclass(eq=False)
+class Src:
+    """A finalised input-dependent value with a known Lipschitz constant (and pending scaling)."""
+
+    lip: float
+    fold: Fold | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Dep:
+    """Input-dependent value: an elementwise expression ``node`` of ``src`` (or ``src`` itself)."""
+
+    src: Src
+    node: ew.Node
+    shape: tuple[int, ...]
+    dtype: Any
+    name: str = ""
+    final: float | None = None
+    seq: int = 0
+    final_fold: Fold | None = None
+
+
+Rule = Callable[["Walker", Any, list], Any]
+
+
+class RuleTable(Mapping):
+    """Immutable mapping ``primitive name -> rule``.
+
+    Arguments:
+      rules: the initial ``{name: rule}`` entries.
+    """
+
+    def __init__(self, rules: Mapping[str, Rule] | None = None):
+        self._rules = MappingProxyType(dict(rules or {}))
+
+    def __getitem__(self, name: str) -> Rule:
+        return self._rules[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def extend(self, rules: Mapping[str, Rule]) -> RuleTable:
+        """A new table with ``rules`` added (overriding entries of the same name)."""
+        return RuleTable({**self._rules, **rules})
+
+    def without(self, *names: str) -> RuleTable:
+        """A new table without the rules ``names``."""
+        return RuleTable({k: v for k, v in self._rules.items() if k not in names})
+
+
+def is_float(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+class Walker:
+    """Interprets a jaxpr with a :class:`RuleTable` (see the module docstring).
+
+    Arguments:
+      rules: the rule table.
+      options: read-only settings the rules consult (e.g. ``conv_method``, ``conv_kwargs``).
+    """
+
+    def __init__(self, rules: RuleTable, options: Mapping[str, Any] | None = None):
+        self.rules = rules
+        self.options = MappingProxyType(dict(options or {}))
+        self.rows: list[tuple[int, LayerBound]] = []
+        self.counter = 0
+        self.prefix: tuple[str, ...] = ()
+
+    # ---- helpers for rules ---------------------------------------------------------------------
+
+    def name(self, eqn, default: str) -> str:
+        parts = [*self.prefix, str(eqn.source_info.name_stack)]
+        stack = "/".join(p for p in parts if p)
+        return stack if stack else f"{default}_{self.counter}"
+
+    def sorted_rows(self) -> tuple[LayerBound, ...]:
+        return tuple(r for _, r in sorted(self.rows, key=lambda t: t[0]))
+
+    def row(self, eqn, kind, in_shape, out_shape, bound, *, param_shape=None, stride=None,
+            name=None, primitive=None) -> None:
+        """Adds a report row for ``eqn``."""
+        self.rows.append((self.counter, LayerBound(
+                name=name or self.name(eqn, eqn.primitive.name), kind=kind,
+                primitive=primitive or eqn.primitive.name, in_shape=tuple(in_shape),
+                out_shape=tuple(out_shape), param_shape=None if param_shape is None else
+                tuple(param_shape), stride=None if stride is None else tuple(stride),
+                bound=float(bound))))
+
+    def lip(self, dep: Dep) -> float:
+        """Lipschitz constant of an input-dependent value (finalises its elementwise expression)."""
+        if dep.node is ew.INPUT:
+            return dep.src.lip
+        if dep.final is None:
+            if not is_float(dep.dtype):
+                raise UnsupportedPrimitiveError(
+                        f"a non-float value ({dep.dtype}) computed from the input at {dep.name!r} "
+                        "is used outside an elementwise function (comparisons / integer casts of "
+                        "the input are piecewise constant, not Lipschitz)")
+            try:
+                g = ew.lipschitz_constant(dep.node)
+            except ew.NotLipschitzError as err:
+                raise UnsupportedPrimitiveError(
+                        f"the elementwise function ({'+'.join(sorted(dep.node.ops()))}) at "
+                        f"{dep.name!r} has no global Lipschitz bound: {err}") from None
+            ops = dep.node.ops()
+            kind = "scale" if ops <= ew.LINEAR_OPS else "activation"
+            if not (kind == "scale" and g == 1.0):
+                self.rows.append((dep.seq, LayerBound(dep.name, kind, "+".join(sorted(ops)),
+                                                      dep.shape, dep.shape, None, None, g)))
+            dep.final = g * dep.src.lip
+            f = dep.src.fold
+            # an elementwise function is diagonal: its secant slopes (<= g) join T
+            dep.final_fold = None if f is None else Fold(f.pre, f.scale, f.slope * g)
+        return dep.final
+
+    def fold(self, dep: Dep) -> Fold | None:
+        """The pending scaling of an input-dependent value (``None`` without, or when disabled)."""
+        if not self.options.get("fold", True):
+            return None
+        self.lip(dep)
+        return dep.src.fold if dep.node is ew.INPUT else dep.final_fold
+
+    def fresh(self, lip: float, shape, dtype, name: str = "", fold: Fold | None = None) -> Dep:
+        """A new input-dependent value with Lipschitz constant ``lip`` (and pending ``fold``)."""
+        lip = float(lip)
+        if math.isnan(lip):
+            raise UnsupportedPrimitiveError(f"the bound at {name!r} is NaN (a parameter or "
+                                            "constant contains NaN)")
+        return Dep(Src(lip, fold), ew.INPUT, tuple(shape), dtype, name)
+
+    # ---- walk ----------------------------------------------------------------------------------
+
+    def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
+        """Walks ``jaxpr`` with constants ``consts`` and arguments ``args`` (Const / Dep)."""
+        env: dict[Any, Any] = {}
+
+        def read(v):
+            if isinstance(v, jcore.Literal):
+                return Const(v.val)
+            return env[v]
+
+        for var, c in zip(jaxpr.constvars, consts, strict=True):
+            env[var] = c if isinstance(c, Const | Dep) else Const(c)
+        for var, a in zip(jaxpr.invars, args, strict=True):
+            env[var] = a
+        for eqn in jaxpr.eqns:
+            self.counter += 1
+            ins = [read(v) for v in eqn.invars]
+            prim = eqn.primitive.name
+            if all(isinstance(a, Const) for a in ins):
+                vals = eqn.primitive.bind(*[a.value for a in ins], **eqn.params)
+                vals = vals if eqn.primitive.multiple_results else [vals]
+                outs = [Const(v) for v in vals]
+            elif prim in self.rules:
+                outs = self.rules[prim](self, eqn, ins)
+                outs = outs if isinstance(outs, list) else [outs]
+            else:
+                raise UnsupportedPrimitiveError(
+                        f"no Lipschitz rule for primitive {prim!r} (at "
+                        f"{str(eqn.source_info.name_stack) or 'top level'}) applied to a value "
+                        f"that depends on the input; supported: {sorted(self.rules)}")
+            for var, out in zip(eqn.outvars, outs, strict=True):
+                env[var] = out
+        return [read(v) for v in jaxpr.outvars]
+
+
+def uniform(value) -> float | None:
+    """The common value of a constant array whose entries are all equal (a scalar), else None."""
+    arr = np.asarray(value)
+    if arr.size == 0:
+        return None
+    first = arr.flat[0]
+    return float(first) if np.all(arr == first) else None
+
+
+def out_aval(eqn, i: int = 0) -> tuple[tuple[int, ...], Any]:
+    """(shape, dtype) of output ``i`` of ``eqn``."""
+    aval = eqn.outvars[i].aval
+    return tuple(aval.shape), aval.dtype
+
+
+def only_dep(eqn, ins, positions=(0,)) -> Dep:
+    """The input-dependent operand at ``positions[0]``; refuses input dependence elsewhere."""
+    for i, a in enumerate(ins):
+        if isinstance(a, Dep) and i not in positions:
+            raise UnsupportedPrimitiveError(
+                    f"primitive {eqn.primitive.name!r} with an input-dependent operand at position "
+                    f"{i} (indices, padding values, ... must be constants)")
+    return ins[positions[0]]
+
+
+def check_finite(value, what: str) -> np.ndarray:
+    """``value`` as a float64 array; refuses NaN / inf entries."""
+    arr = np.asarray(value, np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise UnsupportedPrimitiveError(f"{what} contains NaN or inf; no finite bound")
+    return arr

@@ -1,0 +1,190 @@
+"""Layers beyond a plain chain: control flow, stacking forms, transposed / 3-D conv, generic
+window max, and per-channel scalings folded into the next linear map (explicit Jacobian truth)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from advjax.lipschitz import (
+    DEFAULT_RULES,
+    RuleTable,
+    UnsupportedPrimitiveError,
+    layer_bounds,
+    local_lower_bound,
+)
+
+
+def _mat(seed, shape, scale=1.0):
+    return jnp.asarray(scale * np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _explicit_norm(fn, x) -> float:
+    jac = np.asarray(jax.jacfwd(fn)(x), np.float64).reshape(-1, x.size)
+    return float(np.linalg.svd(jac, compute_uv=False)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Control flow
+# ---------------------------------------------------------------------------------------------
+
+_W = _mat(0, (4, 4), 0.5)
+
+
+@pytest.mark.parametrize("fn,expected", [
+        (lambda x: lax.fori_loop(0, 3, lambda i, v: v * 0.5, x), 0.125),
+        (lambda x: lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 0.5),
+                                  (0, x))[1], 0.125),
+        (lambda x: lax.switch(1, [lambda v: v, lambda v: -2.0 * v, lambda v: 9.0 * v], x), 2.0),
+        (lambda x: lax.cond(True, lambda v: 3.0 * v, lambda v: v, x), 3.0),
+], ids=["fori", "while", "switch", "cond"])
+def test_control_flow_with_static_structure_is_exact(fn, expected):
+    x = jnp.zeros(4)
+    assert layer_bounds(fn, x).total == pytest.approx(expected, rel=1e-6)
+    assert _explicit_norm(fn, x) == pytest.approx(expected, rel=1e-6)  # linear: the true L
+
+
+def test_fori_loop_composes_a_nonlinear_body_soundly():
+    fn = lambda x: lax.fori_loop(0, 4, lambda i, v: jnp.tanh(v @ _W), x)
+    report = layer_bounds(fn, jnp.zeros(4))
+    sigma = float(np.linalg.svd(np.asarray(_W, np.float64), compute_uv=False)[0])
+    assert report.total == pytest.approx(sigma ** 4, rel=1e-5)
+    xs = jax.random.normal(jax.random.key(1), (16, 4))
+    assert float(local_lower_bound(fn, xs, refine_steps=3)) <= report.total * (1 + 1e-5)
+
+
+def test_scan_outputs_are_sound():
+    fn = lambda x: lax.scan(lambda c, xi: (c + xi, 2.0 * c), 0.0, x)[1]
+    x = jnp.zeros(6)
+    assert layer_bounds(fn, x).total >= _explicit_norm(fn, x) * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("fn,match", [
+        (lambda x: lax.cond(x.sum() > 0, lambda v: v, lambda v: -v, x), "cond/switch"),
+        (lambda x: lax.while_loop(lambda v: v.sum() < 3, lambda v: v + 1.0, x), "while_loop"),
+        (lambda x: (x @ _W) * x, "not globally Lipschitz"),
+        (lambda x: jnp.outer(x, x).ravel(), "not globally Lipschitz"),
+], ids=["input-cond", "input-while", "gating", "bilinear"])
+def test_input_dependent_control_and_products_are_refused(fn, match):
+    with pytest.raises(UnsupportedPrimitiveError, match=match):
+        layer_bounds(fn, jnp.zeros(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacking forms, window max, convolutions
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [
+        lambda x: jnp.stack([x, 2.0 * x]),
+        lambda x: jnp.tile(x, (3, 1)),
+        lambda x: jnp.repeat(x, 2, axis=1),
+        lambda x: jnp.concatenate([x, x[:, :1]], axis=1),
+        lambda x: jnp.hstack([x, jnp.ones((2, 1))]),
+], ids=["stack", "tile", "repeat", "concatenate", "hstack-const"])
+def test_stacking_forms_are_exact(fn):
+    x = jnp.zeros((2, 3))
+    assert layer_bounds(fn, x).total == pytest.approx(_explicit_norm(fn, x), rel=1e-6)
+
+
+def test_generic_reduce_window_max_and_min():
+    x = jnp.zeros((1, 6, 6, 1))
+    fn = lambda x: lax.reduce_window(x, 0.0, lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "VALID")
+    assert layer_bounds(fn, x).total == pytest.approx(3.0)  # √(9 windows over a centre pixel)
+    # attained: one centre pixel raised by 1 raises the 9 windows over it by 1
+    bump = x.at[0, 2, 2, 0].set(1.0)
+    assert float(jnp.linalg.norm(fn(bump) - fn(x))) == pytest.approx(3.0)
+    mn = lambda x: lax.reduce_window(x, 1.0, lax.min, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    assert layer_bounds(mn, x).total == 1.0
+    odd = lambda x: lax.reduce_window(x, 0.0, lambda a, b: a * b, (1, 2, 2, 1), (1, 2, 2, 1),
+                                      "VALID")
+    with pytest.raises(UnsupportedPrimitiveError, match="reduce_window"):
+        layer_bounds(odd, x)
+
+
+@pytest.mark.parametrize("case", ["transposed-2d", "conv-3d", "transposed-strided"])
+def test_transposed_and_3d_convolutions_are_sound(case):
+    if case == "conv-3d":
+        k = _mat(3, (3, 3, 3, 2, 3))
+        x = jnp.zeros((5, 5, 5, 2))
+        fn = lambda x: lax.conv_general_dilated(x[None], k, (1, 1, 1), "SAME",
+                                                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))[0]
+    else:
+        k = _mat(4, (3, 3, 2, 3))
+        x = jnp.zeros((6, 6, 2))
+        strides = (2, 2) if case == "transposed-strided" else (1, 1)
+        fn = lambda x: lax.conv_transpose(x[None], k, strides, "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    report = layer_bounds(fn, x)
+    true = _explicit_norm(fn, x)
+    assert true * (1 - 1e-6) <= report.total
+    # ‖|A|‖ over ‖A‖ for a random Gaussian kernel: within a small factor (not a vacuous bound)
+    assert report.total <= 3.0 * true
+
+
+# ---------------------------------------------------------------------------------------------
+# Folding per-channel scalings (eval-mode BatchNorm) into the next linear map
+# ---------------------------------------------------------------------------------------------
+
+
+def test_scaling_folds_through_activations_into_the_next_dense_layer():
+    c = jnp.asarray([0.05, 3.0, 0.2, 0.1], jnp.float32)  # very uneven BatchNorm-like scales
+    b = jnp.full((4,), 10.0)                              # every unit active around 0
+    w = _mat(5, (4, 3))
+    fn = lambda x: jax.nn.relu(x * c + b) @ w
+    report = layer_bounds(fn, jnp.zeros(4))
+    folded = float(np.linalg.svd(np.asarray(w * c[:, None], np.float64), compute_uv=False)[0])
+    assert report.total == pytest.approx(folded, rel=1e-6)
+    # the Jacobian at 0 is W diag(c): the folded bound is attained
+    assert report.total == pytest.approx(_explicit_norm(fn, jnp.zeros(4)), rel=1e-5)
+    assert report.unfolded_total == pytest.approx(3.0 * _explicit_norm(lambda x: x @ w,
+                                                                      jnp.zeros(4)), rel=1e-5)
+    assert report.total < 0.7 * report.unfolded_total
+
+
+def test_batchnorm_relu_conv_fold_is_sound_and_tighter():
+    import flax.linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.BatchNorm(use_running_average=True)(x))
+            h = nn.Conv(3, (3, 3), use_bias=False)(h)
+            h = nn.leaky_relu(nn.BatchNorm(use_running_average=True)(h), 0.1)
+            return nn.Conv(2, (3, 3), use_bias=False)(h)
+
+    model = Block()
+    variables = model.init(jax.random.key(6), jnp.zeros((1, 6, 6, 2)))
+    rng = np.random.default_rng(7)
+    variables = {**variables, "batch_stats": jax.tree_util.tree_map(
+            lambda a: jnp.asarray(rng.uniform(0.05, 4.0, a.shape), a.dtype),
+            variables["batch_stats"])}
+    fn = lambda x: model.apply(variables, x[None])[0]
+    report = layer_bounds(fn, jnp.zeros((6, 6, 2)))
+    assert report.total < report.unfolded_total
+    xs = jax.random.normal(jax.random.key(8), (12, 6, 6, 2))
+    assert float(local_lower_bound(fn, xs, refine_steps=3, step_size=0.3)) <= report.total
+    jac_max = max(_explicit_norm(fn, x) for x in xs[:4])
+    assert jac_max <= report.total * (1 + 1e-5)
+
+
+def test_rule_table_is_immutable_and_extensible():
+    with pytest.raises(TypeError):
+        DEFAULT_RULES["sort"] = None  # type: ignore[index]
+
+    def sort_rule(w, eqn, ins):  # sorting is 1-Lipschitz in L2
+        return w.fresh(w.lip(ins[0]), eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype)
+
+    table = DEFAULT_RULES.extend({"sort": sort_rule})
+    assert isinstance(table, RuleTable) and "sort" not in DEFAULT_RULES
+    assert layer_bounds(jnp.sort, jnp.zeros(5), rules=table).total == 1.0
+    with pytest.raises(UnsupportedPrimitiveError, match="sort"):
+        layer_bounds(jnp.sort, jnp.zeros(5))
+    with pytest.raises(UnsupportedPrimitiveError, match="tanh"):
+        layer_bounds(jnp.tanh, jnp.zeros(5), rules=DEFAULT_RULES.without("tanh"))
+    assert math.isfinite(layer_bounds(jnp.tanh, jnp.zeros(5)).total)

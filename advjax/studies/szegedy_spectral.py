@@ -20,7 +20,7 @@ import numpy as np
 from advjax import attacks, lipschitz
 from advjax import data as data_lib
 from advjax.models import WOODS2019_CHECKPOINTS, MnistCNN, linen_logits_fn, load_woods2019
-from experiments import common
+from advjax.studies import common
 
 
 @dataclasses.dataclass(frozen=True)

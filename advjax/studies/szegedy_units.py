@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax.models import MnistCNN, activation
-from experiments import common
+from advjax.studies import common
 
 
 @dataclasses.dataclass(frozen=True)

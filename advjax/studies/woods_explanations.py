@@ -22,7 +22,7 @@ import numpy as np
 from advjax import data as data_lib
 from advjax import explain
 from advjax.models import WOODS2019_CHECKPOINTS, linen_logits_fn, load_woods2019
-from experiments import common
+from advjax.studies import common
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")

@@ -23,7 +23,7 @@ from advjax import data as data_lib
 from advjax import metrics, train
 from advjax.metrics import plots
 from advjax.models import WOODS2019_CHECKPOINTS, MnistCNN, linen_logits_fn, load_woods2019
-from experiments import common
+from advjax.studies import common
 
 logger = logging.getLogger(__name__)
 

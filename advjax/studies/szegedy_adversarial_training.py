@@ -15,9 +15,9 @@ import dataclasses
 import numpy as np
 
 from advjax import attacks, metrics, train
-from experiments import common
-from experiments.szegedy_table1 import Config as Table1Config
-from experiments.szegedy_table1 import attack_set
+from advjax.studies import common
+from advjax.studies.szegedy_table1 import Config as Table1Config
+from advjax.studies.szegedy_table1 import attack_set
 
 
 @dataclasses.dataclass(frozen=True)

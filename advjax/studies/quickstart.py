@@ -16,7 +16,7 @@ import numpy as np
 
 from advjax import attacks, lipschitz, metrics, train
 from advjax.models import SZEGEDY_WEIGHT_DECAY, szegedy_model
-from experiments import common
+from advjax.studies import common
 
 
 @dataclasses.dataclass(frozen=True)

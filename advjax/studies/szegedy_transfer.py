@@ -18,9 +18,9 @@ import numpy as np
 from advjax import data as data_lib
 from advjax import metrics
 from advjax.metrics import plots
-from experiments import common
-from experiments.szegedy_table1 import Config as Table1Config
-from experiments.szegedy_table1 import attack_set
+from advjax.studies import common
+from advjax.studies.szegedy_table1 import Config as Table1Config
+from advjax.studies.szegedy_table1 import attack_set
 
 TABLE2_MODELS = ("FC10(1e-4)", "FC10(1e-2)", "FC10(1)", "FC100-100-10", "FC200-200-10",
                  "AE400-10")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from advjax import attacks, metrics
-from experiments import common
+from advjax.studies import common
 
 PUBLISHED = {  # papers.md §1.5 Table 1: train error, test error, av. min. distortion
     "FC10(1e-4)": (0.067, 0.074, 0.062),

@@ -60,13 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
     """``(dotted key, short text)`` for every scalar of a nested metrics dict; lists summarised."""
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and {"value", "ci_low", "ci_high"} <= set(value):
+        yield prefix, (f"{_short(value['value'])} [{_short(value['ci_low'])}, "
+                       f"{_short(value['ci_high'])}] (95% CI, n={value.get('n')})")
+    elif isinstance(value, Mapping):
         for k, v in value.items():
             yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(value, (list, tuple)):
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) \
                 and len(value) <= 8:
             yield prefix, "[" + ", ".join(_short(v) for v in value) + "]"
+        elif value and all(isinstance(v, Mapping) and "verdict" in v for v in value):
+            for i, claim in enumerate(value):
+                yield f"{prefix}[{i}]", f"{claim['verdict'].upper()}: {claim['statement']}"
         elif value and all(isinstance(v, Mapping) for v in value):
             yield prefix, f"<{len(value)} records>"
         elif value:

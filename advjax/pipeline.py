@@ -110,9 +110,9 @@ def _sha256_file(path: Path) -> str:
 
 
 def _tfds_fingerprint(name: str, data_dir: str | None, download: bool) -> str:
-    from advjax.data import DataNotFoundError
-
     import tensorflow_datasets as tfds
+
+    from advjax.data import DataNotFoundError
 
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
@@ -195,11 +195,12 @@ def _field_docs(cls) -> dict[str, str]:
     match = re.search(r"Attributes:\n(.*?)(?:\n\s*\n[A-Z]|\Z)", doc, re.S)
     if not match:
         return {}
-    docs, current = {}, None
+    docs, current, indent = {}, None, None
     for line in match.group(1).splitlines():
+        depth = len(line) - len(line.lstrip())
         entry = re.match(r"\s{2,}(\w+):\s*(.*)", line)
-        if entry and (current is None or len(line) - len(line.lstrip()) <= indent):
-            current, indent = entry.group(1), len(line) - len(line.lstrip())
+        if entry and (indent is None or depth <= indent):
+            current, indent = entry.group(1), depth
             docs[current] = entry.group(2).strip()
         elif current is not None and line.strip():
             docs[current] += " " + line.strip()

@@ -152,7 +152,7 @@ def run(config: Config, run) -> dict:
                 float(np.mean(l2_found[found])) if found.any() else float("nan")]])
     run.section("PGD-40 (L2) robust accuracy")
     run.table(["eps (L2)", "robust accuracy [95% CI]"],
-              [[f"{e:g}", str(c)] for e, c in zip(curve_eps, pgd_ci)])
+              [[f"{e:g}", str(c)] for e, c in zip(curve_eps, pgd_ci, strict=True)])
     run.section("Lipschitz bounds (spectral norms, jaxpr walk)")
     run.text(report.to_markdown())
     run.text(f"Network bound L = {float(report.total):.4g}; mean certified L2 radius "

@@ -16,12 +16,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax.metrics import stats
 from advjax.models import MnistCNN, activation
 from advjax.studies import common
+
+QUICK_RUNTIME = "37 s"
+EQUIVALENCE_MARGIN = 0.15  # purity difference (fraction of top-k images) counted as "about equal"
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """Units-vs-random-directions settings.
+
+    Attributes:
+      dataset: data set (``mnist_local`` under ADVJAX_DATA_DIR, or ``mnist`` from TFDS).
+      data_dir: data folder; ``None`` for ``ADVJAX_DATA_DIR`` / TFDS's default.
+      epochs: training epochs of the CNN (Adam).
+      batch_size: training batch size.
+      learning_rate: Adam learning rate.
+      top_k: images shown and scored per direction.
+      directions_shown: directions drawn in each figure.
+      directions_measured: directions whose label purity is measured (units and random each).
+      seed: seed of initialisation, data order, random directions and bootstrap resampling.
+    """
+
     dataset: str = "mnist_local"
     data_dir: str | None = None
     epochs: int = 3
@@ -58,17 +76,43 @@ def top_k(phi: np.ndarray, directions: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=0)[:k].T
 
 
+def purities(labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``(D,)`` label purity of each direction's top-k images (share of the majority label)."""
+    return np.array([np.bincount(labels[row]).max() / len(row) for row in idx], np.float64)
+
+
 def purity(labels: np.ndarray, idx: np.ndarray) -> float:
-    return float(np.mean([np.bincount(labels[row]).max() / len(row) for row in idx]))
+    return float(np.mean(purities(labels, idx)))
+
+
+def inputs(config: Config) -> list:
+    return [common.dataset_input(config.dataset, config.data_dir)]
+
+
+def findings(m: dict) -> list[stats.Claim]:
+    """The §3 claim from purity intervals (pure: numbers in, verdicts out).
+
+    Args:
+      m: ``purity_natural_ci``, ``purity_random_ci`` (bootstrap interval dicts over directions)
+        and ``purity_difference`` (interval dict of random − natural) and ``chance``.
+    """
+    d = common.interval(m["purity_difference"])
+    return [stats.Claim(
+        "random directions of φ(x) are about as semantically coherent as single units "
+        f"(top-k label purities within ±{EQUIVALENCE_MARGIN})",
+        stats.equivalence_verdict(d, EQUIVALENCE_MARGIN),
+        f"purity {common.interval(m['purity_random_ci'])} for random directions vs "
+        f"{common.interval(m['purity_natural_ci'])} for units (chance {m['chance']:.2f}); "
+        f"difference {d}")]
 
 
 def run(config: Config, run) -> dict:
     train_set = common.load_split(config.dataset, "train", config.data_dir)
     xs, ys = common.load_split(config.dataset, "test", config.data_dir)
-    state, _ = common.train_classifier(
+    state, _ = run.stage("train MnistCNN", lambda: common.train_classifier(
         MnistCNN(), train_set, (xs, ys), seed=config.seed, epochs=config.epochs,
         batch_size=config.batch_size, learning_rate=config.learning_rate,
-        checkpoint_dir=run.checkpoint_dir / "cnn")
+        checkpoint_dir=run.checkpoint_dir / "cnn", progress=run.progress), cache=False)
     phi = features(state, xs)
     units = phi.shape[1]
     rng = np.random.default_rng(config.seed)
@@ -84,23 +128,29 @@ def run(config: Config, run) -> dict:
     common.image_rows_png(xs[idx_r[:shown]], [f"random {i}" for i in range(shown)],
                           run.figure_path("random_directions.png"),
                           title="Top images for random directions v")
-    p_n, p_r = purity(ys, idx_n), purity(ys, idx_r)
+    per_n, per_r = purities(ys, idx_n), purities(ys, idx_r)
+    p_n, p_r = float(per_n.mean()), float(per_r.mean())
+    ci_n = stats.bootstrap(per_n, seed=config.seed)
+    ci_r = stats.bootstrap(per_r, seed=config.seed + 1)
     chance = float(np.max(np.bincount(ys)) / len(ys))
+    acc = common.rate_ci(common.correct(common.logits_fn_of(state), xs, ys))
     run.section("Units vs random directions",
                 f"φ = activations of the {units}-unit feature layer on {len(xs)} held-out "
-                f"images; top-{config.top_k} images per direction.")
+                f"images (test accuracy {acc}); top-{config.top_k} images per direction. "
+                "Brackets: 95% bootstrap intervals over directions.")
     run.figure("natural_basis.png", "natural basis")
     run.figure("random_directions.png", "random directions")
     run.table(["directions", "count", f"top-{config.top_k} label purity"],
-              [["natural basis (most variable units)", config.directions_measured, p_n],
-               ["random unit vectors", config.directions_measured, p_r],
+              [["natural basis (most variable units)", config.directions_measured, str(ci_n)],
+               ["random unit vectors", config.directions_measured, str(ci_r)],
                ["chance (largest class share)", "", chance]])
-    run.section("Findings", (
-        f"Top images of random directions are about as label-coherent as those of single units "
-        f"(purity {p_r:.2f} vs {p_n:.2f}, chance {chance:.2f}), supporting the paper's claim that "
-        "the natural basis is no better than a random basis for inspecting φ(x)."
-        if abs(p_r - p_n) < 0.15 else
-        f"Purity differs between units ({p_n:.2f}) and random directions ({p_r:.2f}) by more "
-        "than 0.15 here; the paper's claim is qualitative and made for larger networks."))
-    return {"purity_natural": p_n, "purity_random": p_r, "chance": chance,
-            "test_accuracy": 1.0 - common.error_rate(common.logits_fn_of(state), xs, ys)}
+    result = {"purity_natural": p_n, "purity_random": p_r, "chance": chance,
+              "purity_natural_ci": common.ci_dict(ci_n),
+              "purity_random_ci": common.ci_dict(ci_r),
+              "purity_difference": common.ci_dict(stats.difference(ci_r, ci_n)),
+              "test_accuracy": acc.estimate, "test_accuracy_ci": common.ci_dict(acc)}
+    claims = findings(result)
+    run.section("Findings", "\n".join(f"- {c.sentence()}" for c in claims) + "\n\nThe "
+                "paper's claim is qualitative and made for larger networks.")
+    result["claims"] = [c.to_dict() for c in claims]
+    return result

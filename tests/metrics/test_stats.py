@@ -99,8 +99,10 @@ def test_equivalence_and_threshold_verdicts():
 
 
 def test_attack_failure_and_claims():
-    assert stats.attack_failure([False, False]) == "the attack failed on every example (success 0/2)"
-    assert stats.attack_failure([True, False], [np.nan, np.nan]) == "the attack's distortions are NaN"
+    assert stats.attack_failure([False, False]) == ("the attack failed on every example "
+                                                    "(success 0/2)")
+    assert stats.attack_failure([True, False], [np.nan, np.nan]) == ("the attack's distortions "
+                                                                     "are NaN")
     assert stats.attack_failure([True, False], [0.1, np.nan]) == ""
     claim = stats.blocked("examples transfer", "the attack failed")
     assert claim.verdict == stats.INCONCLUSIVE and "Blocked" in claim.sentence()

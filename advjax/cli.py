@@ -133,6 +133,9 @@ def _show(name: str, config_name: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        # Record the command as a user would type it, whatever script started the run.
+        argv = ["run", args.experiment, *argv[argv.index(args.experiment) + 1:]]
     from advjax import pipeline
 
     try:
@@ -168,13 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
+def entry(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: exits with :func:`main`'s status.
 
     After Ctrl-C the process leaves at once (``os._exit``), once its output is flushed, so that
     no background thread of an accelerator runtime can fail while the interpreter shuts down.
     """
-    code = main()
+    code = main(argv)
     if code == EXIT_INTERRUPTED:
         import os
 

@@ -114,3 +114,46 @@ def test_quickstart_writes_a_complete_run_folder(tmp_path):
     assert "| model | train error | test error |" in report
     assert "Command: `advjax run quickstart --config quick" in report
     assert "--set epochs=25" in report
+
+
+def test_studies_are_found_beside_a_users_own_experiments_package(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "__init__.py").write_text('"""A user project\'s studies."""\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "experiments", raising=False)
+    assert importlib.import_module("experiments").__file__.startswith(str(tmp_path))
+    assert EXPECTED <= set(pipeline.list_experiments())
+    assert pipeline.load_experiment("quickstart").__name__ == "advjax.studies.quickstart"
+
+
+def test_no_top_level_experiments_package_is_installed():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parents[2]
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]
+    packages = find_packages(str(root), include=find["include"])
+    assert "advjax.studies" in packages
+    assert not [p for p in packages if not p.startswith("advjax")], packages
+
+
+def test_study_scripts_run_on_their_own(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "szegedy_units.py"),
+                           "--out", str(tmp_path / "u"), "--set", "top_k=many"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert proc.returncode == 2
+    assert "field 'top_k' expects an integer" in proc.stderr
+    assert not (tmp_path / "u").exists()

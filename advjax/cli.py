@@ -1,6 +1,8 @@
 """The ``advjax`` command.
 
-``advjax run EXPERIMENT [--config quick|paper] [--out DIR]`` and ``advjax list``.
+``advjax list``, ``advjax show STUDY [--config NAME]`` and
+``advjax run STUDY [--config quick|paper] [--out DIR] [--set KEY=VALUE]... [--resume | --overwrite]
+[--download]``.
 """
 
 from __future__ import annotations
@@ -8,61 +10,182 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
-def _parse_override(text: str) -> tuple[str, object]:
+def _parse_override(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE text)``; the text is parsed against the field's type later."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE; got {text!r}")
     key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="advjax", description=__doc__)
+    parser = argparse.ArgumentParser(prog="advjax", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an experiment and write its results folder")
-    run.add_argument("experiment", help="experiment name (see `advjax list`)")
+    run = sub.add_parser("run", help="run a study and write its results folder")
+    run.add_argument("experiment", help="study name (see `advjax list`)")
     run.add_argument("--config", default="quick",
                      help="config preset: quick (CPU, minutes) or paper")
     run.add_argument("--out", default=None,
-                     help="output folder (default results/EXPERIMENT/CONFIG)")
+                     help="output folder (default results/STUDY/CONFIG)")
     run.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
-                     metavar="KEY=VALUE", help="override a config field (JSON value), repeatable")
+                     metavar="KEY=VALUE",
+                     help="override a config field (see `advjax show STUDY`), repeatable; lists "
+                          "as JSON, e.g. --set pgd_eps=[0.5,1.0]")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run of this exact config in --out (skips finished stages)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace a run of another config in --out")
+    run.add_argument("--download", action="store_true",
+                     help="download and prepare missing TFDS data (needs internet)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="log per-epoch metrics and saves")
-    sub.add_parser("list", help="list the experiments and their configs")
+    sub.add_parser("list", help="list the studies, the data they need and their quick runtime")
+    show = sub.add_parser("show", help="list a study's config fields: type, default, meaning")
+    show.add_argument("experiment", help="study name")
+    show.add_argument("--config", default="quick", help="preset whose values are shown")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted key, short text)`` for every scalar of a nested metrics dict; lists summarised."""
+    if isinstance(value, Mapping) and {"value", "ci_low", "ci_high"} <= set(value):
+        yield prefix, (f"{_short(value['value'])} [{_short(value['ci_low'])}, "
+                       f"{_short(value['ci_high'])}] (95% CI, n={value.get('n')})")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) \
+                and len(value) <= 8:
+            yield prefix, "[" + ", ".join(_short(v) for v in value) + "]"
+        elif value and all(isinstance(v, Mapping) and "verdict" in v for v in value):
+            for i, claim in enumerate(value):
+                yield f"{prefix}[{i}]", f"{claim['verdict'].upper()}: {claim['statement']}"
+        elif value and all(isinstance(v, Mapping) for v in value):
+            yield prefix, f"<{len(value)} records>"
+        elif value:
+            yield prefix, f"<list of {len(value)}>"
+    else:
+        yield prefix, _short(value)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return "NaN" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """The per-stage summary and the metrics (nested ones dotted) the CLI prints after a run."""
+    lines = ["stages:"]
+    for s in metrics.get("stages", []):
+        how = "reused" if s["cached"] else "computed"
+        lines.append(f"  {s['name']:48s} {how:9s} {s['seconds']:8.1f} s")
+    lines.append("metrics:")
+    for key, text in _flatten({k: v for k, v in metrics.items()
+                               if k not in ("stages", "history")}):
+        lines.append(f"  {key} = {text}")
+    return lines
+
+
+def _list() -> int:
     from advjax import pipeline
 
-    if args.command == "list":
-        for name in pipeline.list_experiments():
-            module = pipeline.load_experiment(name)
-            doc = (module.__doc__ or "").strip().splitlines()
-            print(f"{name:32s} [{', '.join(sorted(module.CONFIGS))}]  {doc[0] if doc else ''}")
-        return 0
+    print(f"{'study':30s} {'configs':13s} {'quick runtime':14s} data needed (quick config)")
+    for name in pipeline.list_experiments():
+        module = pipeline.load_experiment(name)
+        runtime = getattr(module, "QUICK_RUNTIME", "not recorded")
+        print(f"{name:30s} {', '.join(sorted(module.CONFIGS)):13s} {runtime:14s} "
+              f"{pipeline.describe_inputs(module)}")
+        doc = (module.__doc__ or "").strip().splitlines()
+        if doc:
+            print(f"{'':30s} {doc[0]}")
+    return 0
+
+
+def _show(name: str, config_name: str) -> int:
+    from advjax import pipeline
+
+    module = pipeline.load_experiment(name)
+    config = pipeline.resolve_config(module, config_name)
+    doc = (module.__doc__ or "").strip().splitlines()
+    print(f"{name} ({doc[0] if doc else ''})")
+    print(f"configs: {', '.join(sorted(module.CONFIGS))}; values of `{config_name}`; data: "
+          f"{'; '.join(i.describe() for i in pipeline.study_inputs(module, config)) or 'none'}")
+    for f in pipeline.config_fields(config):
+        default = json.dumps(pipeline.io._to_jsonable(f.default))
+        print(f"  {f.name:22s} {f.type:20s} = {default:24s} {f.meaning}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        # Record the command as a user would type it, whatever script started the run.
+        argv = ["run", args.experiment, *argv[argv.index(args.experiment) + 1:]]
+    from advjax import pipeline
+
+    try:
+        if args.command == "list":
+            return _list()
+        if args.command == "show":
+            return _show(args.experiment, args.config)
+    except (ValueError, TypeError) as err:
+        print(f"advjax: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    overrides = dict(args.overrides)
+    stages: list = []
+    command = shlex.join(["advjax", *argv])
     try:
-        out, metrics = pipeline.execute(args.experiment, args.config, args.out,
-                                        dict(args.overrides))
+        out, metrics = pipeline.execute(
+            args.experiment, args.config, args.out, overrides, resume=args.resume,
+            overwrite=args.overwrite, download=args.download, raw=True,
+            progress=not args.no_progress, stages=stages, command=command)
+    except KeyboardInterrupt:
+        done = sum(not s.cached for s in stages)
+        print(f"\nadvjax: interrupted; {done} finished stage(s) saved; the same command resumes "
+              "after them.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"advjax: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
-                     indent=2, default=str))
+        return EXIT_ERROR
+    print("\n".join(summary_lines(metrics)))
     print(f"results written to {out}")
     return 0
 
 
+def entry(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: exits with :func:`main`'s status.
+
+    After Ctrl-C the process leaves at once (``os._exit``), once its output is flushed, so that
+    no background thread of an accelerator runtime can fail while the interpreter shuts down.
+    """
+    code = main(argv)
+    if code == EXIT_INTERRUPTED:
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

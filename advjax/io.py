@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,29 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it for other threads' files)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Writes ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    The file gets the permissions an ordinary ``open(path, "w")`` would give (``0o666`` less the
+    user's umask), not the ``0o600`` of a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -84,3 +101,27 @@ def versions() -> dict[str, Any]:
     info["devices"] = [str(d) for d in jax.devices()]
     info["git_revision"] = git_revision(Path(__file__).resolve().parent)
     return info
+
+
+def code_fingerprint() -> dict[str, Any]:
+    """What identifies the code that computes a result: package version, git revision, local edits.
+
+    ``local_changes`` is a digest of ``git diff HEAD`` restricted to the package folder (``None``
+    outside a git checkout, e.g. after a plain ``pip install``), so uncommitted edits to the
+    library count as a different code version.
+    """
+    import hashlib
+
+    import advjax
+
+    package_dir = Path(advjax.__file__).resolve().parent
+    revision = git_revision(package_dir)
+    changes = None
+    if revision is not None:
+        try:
+            diff = subprocess.run(["git", "diff", "HEAD", "--", "."], cwd=package_dir,
+                                  capture_output=True, timeout=10, check=True).stdout
+            changes = hashlib.sha256(diff).hexdigest()[:16] if diff else ""
+        except Exception:  # noqa: BLE001 - git unusable: the local state is simply unknown
+            changes = None
+    return {"advjax": advjax.__version__, "git_revision": revision, "local_changes": changes}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from advjax import pipeline
+from advjax.metrics import stats
 from tests.conftest import require_data
 
 pytestmark = pytest.mark.slow
@@ -20,9 +21,15 @@ SMALL_SZEGEDY = {"epochs": 2, "attack_examples": 16, "search_steps": 6, "max_ite
 
 
 def _run(name, tmp_path, overrides):
-    out, metrics = pipeline.execute(name, "quick", tmp_path / name, overrides)
-    assert (out / "report.md").read_text().startswith("# ")
+    out, metrics = pipeline.execute(name, "quick", tmp_path / name, overrides, progress=False)
+    report = (out / "report.md").read_text()
+    assert report.startswith("# ")
     assert json.loads((out / "metrics.json").read_text())
+    # Every finding is a verdict computed from the numbers, stated in the report.
+    assert metrics["claims"]
+    for claim in metrics["claims"]:
+        assert claim["verdict"] in stats.VERDICTS
+        assert f"**{claim['verdict'].capitalize()}** — {claim['statement']}" in report
     return out, metrics
 
 

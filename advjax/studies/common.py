@@ -1,4 +1,5 @@
-"""Pieces shared by the experiment scripts: training a classifier, attacking a set in chunks."""
+"""Pieces shared by the studies: inputs, training a classifier, attacking a set in chunks,
+and the confidence intervals beside every reported number."""
 
 from __future__ import annotations
 
@@ -15,8 +16,62 @@ import optax
 
 from advjax import data as data_lib
 from advjax import parallel, train
+from advjax.metrics import stats
+from advjax.pipeline import Input
 
 logger = logging.getLogger(__name__)
+
+WOODS_CHECKPOINT_FOLDER = "woods2019-resnet44"
+
+
+def dataset_input(name: str, data_dir: str | None, required: bool = True) -> Input:
+    """The input record of dataset ``name`` (checked and fingerprinted before a run)."""
+    return Input("dataset", name, data_dir, required=required)
+
+
+def woods_checkpoints_input(data_dir: str | None, files, required: bool = True) -> Input:
+    """The released Woods et al. ResNet-44 checkpoint files under the data folder."""
+    return Input("files", WOODS_CHECKPOINT_FOLDER, data_dir, files=tuple(files), required=required)
+
+
+def woods_checkpoint_folder(data_dir: str | None) -> Path | None:
+    """The checkpoint folder when it exists (``None``: absent, an optional part is skipped)."""
+    try:
+        folder = data_lib.resolve_data_dir(data_dir) / WOODS_CHECKPOINT_FOLDER
+    except FileNotFoundError:
+        return None
+    return folder if folder.is_dir() else None
+
+
+def rate_ci(flags) -> stats.Interval:
+    """Wilson interval of the fraction of true ``flags`` (accuracy, success, error)."""
+    return stats.wilson(np.asarray(flags, bool))
+
+
+def mean_ci(values, seed: int) -> stats.Interval:
+    """Seeded bootstrap interval of the mean of ``values`` over examples (finite ones)."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    return stats.bootstrap(v[np.isfinite(v)], seed=seed)
+
+
+def ci_dict(interval: stats.Interval) -> dict:
+    """``{"value", "ci_low", "ci_high", "n"}`` for metrics.json."""
+    return {"value": interval.estimate, "ci_low": interval.low, "ci_high": interval.high,
+            "n": interval.n}
+
+
+def interval(d: Mapping[str, Any], method: str = "") -> stats.Interval:
+    """The :class:`~advjax.metrics.stats.Interval` of a :func:`ci_dict` (95%)."""
+    nan = float("nan")
+    val = lambda k: nan if d.get(k) is None else float(d[k])
+    return stats.Interval(val("value"), val("ci_low"), val("ci_high"), 0.95, int(d.get("n", 0)),
+                          method)
+
+
+def correct(logits_fn, xs, labels) -> np.ndarray:
+    """``(N,)`` bool: clean prediction right (streamed in fixed-size chunks)."""
+    preds = parallel.stream(lambda x: jnp.argmax(logits_fn(x)), np.asarray(xs), chunk_size=512)
+    return np.asarray(preds) == np.asarray(labels)
 
 
 def load_split(name: str, split: str, data_dir: str | None = None, limit: int | None = None):
@@ -58,12 +113,10 @@ def logits_fn_of(state: train.TrainState) -> Callable[[jax.Array], jax.Array]:
 
 
 def error_rate(logits_fn, xs, labels, chunk_size: int = 512) -> float:
-    preds = parallel.stream(lambda x: jnp.argmax(logits_fn(x)), np.asarray(xs),
-                            chunk_size=chunk_size)
-    return float(np.mean(preds != np.asarray(labels)))
+    return float(np.mean(~correct(logits_fn, xs, labels)))
 
 
-def run_attack(attack, xs, labels, *, chunk_size: int = 256, progress: bool = False,
+def run_attack(attack, xs, labels, *, chunk_size: int = 256, progress: bool = True,
                desc: str = "attack", **per_example: Any):
     """Runs a per-example attack over a whole set in fixed-size chunks (sharded when possible)."""
     return parallel.stream(attack, np.asarray(xs), np.asarray(labels), chunk_size=chunk_size,

@@ -1,0 +1,1 @@
+"""A toy study package for the pipeline tests (stages that log each computation)."""

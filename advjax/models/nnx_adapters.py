@@ -80,8 +80,9 @@ def nnx_logits_fn(
       train: False (default): BatchNorm uses its running averages and Dropout is off. True:
         training mode; BatchNorm then takes batch statistics, which for one example are only
         meaningful when its BatchNorm layers were built with ``axis_name=`` and the function runs
-        under ``jax.vmap(..., axis_name=...)``; running-statistic updates are discarded. Dropout in
-        training mode draws from the module's ``Rngs`` as they are now, the same masks on every call.
+        under ``jax.vmap(..., axis_name=...)``; running-statistic updates are discarded.
+        Dropout in training mode draws from the module's ``Rngs`` as they are now: the same
+        masks on every call.
       compute_dtype: optional mixed precision (e.g. ``jnp.bfloat16``): floating state is cast once,
         the input is cast on entry (differentiably) and the logits are returned as float32.
       **call_kwargs: static keyword arguments of the module's ``__call__``.
@@ -110,7 +111,7 @@ def _pure(state: Any) -> dict:
 
 
 def _fill(template: Any, pure: Mapping[str, Any]) -> Any:
-    """A new ``nnx.State`` shaped like ``template`` holding the arrays of the plain dict ``pure``."""
+    """A new ``nnx.State`` shaped like ``template`` holding the arrays of the dict ``pure``."""
     state = jax.tree.map(lambda a: a, template)  # a fresh State: the template is never mutated
     nnx.replace_by_pure_dict(state, pure)
     return state

@@ -12,13 +12,13 @@ structure-checked copy of ``{"params", "batch_stats"}`` dicts:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 from advjax.models.cnn import LeNet5, MnistCNN
 from advjax.models.nnx_adapters import _check_module, nnx_variables
@@ -85,13 +85,13 @@ def nnx_from_linen(module: Any, variables: Mapping[str, Any], *,
       module: a :class:`~advjax.models.MnistCNN`, :class:`~advjax.models.LeNet5` or
         :class:`~advjax.models.PreActResNet` (any settings).
       variables: its variables (``{"params": ...}``, plus ``"batch_stats"`` for the ResNet).
-      rngs: ``nnx.Rngs`` for the (overwritten) initialisation; default ``nnx.Rngs(0)``.
+      rngs: optional ``nnx.Rngs`` for an initialisation that is then overwritten; by default the
+        twin is built abstractly (``nnx.eval_shape``), which skips the initialisers.
 
     Returns:
       An :class:`NNXMnistCNN`, :class:`NNXLeNet5` or :class:`NNXPreActResNet` in training mode
       (call ``.eval()``, or use :func:`advjax.models.nnx_logits_fn`, for inference).
     """
-    rngs = nnx.Rngs(0) if rngs is None else rngs
     params = variables["params"]
     if isinstance(module, MnistCNN):
         # Dense_0 sees (H // 4) (W // 4) features[1] inputs; any square input with that pooled
@@ -102,18 +102,28 @@ def nnx_from_linen(module: Any, variables: Mapping[str, Any], *,
         if side * side != cells:
             raise ValueError(f"`variables`: Dense_0 input size {cells} · features[1] is not a "
                              "square map; build NNXMnistCNN with its input_shape directly.")
-        model = NNXMnistCNN(module.features, module.dense, module.num_classes, module.activation,
-                            (4 * side, 4 * side, conv0[2]), rngs=rngs)
+        make = functools.partial(NNXMnistCNN, module.features, module.dense, module.num_classes,
+                                 module.activation, (4 * side, 4 * side, conv0[2]))
     elif isinstance(module, LeNet5):
-        model = NNXLeNet5(module.num_classes, rngs=rngs)
+        make = functools.partial(NNXLeNet5, module.num_classes)
     elif isinstance(module, PreActResNet):
-        model = NNXPreActResNet(module.depth, module.num_classes, module.widths, module.strides,
-                                module.activation, module.hhrelu_delta, module.axis_name,
-                                module.mean, module.std, rngs=rngs)
+        make = functools.partial(NNXPreActResNet, module.depth, module.num_classes,
+                                 module.widths, module.strides, module.activation,
+                                 module.hhrelu_delta, module.axis_name, module.mean, module.std)
     else:
         raise TypeError("`module` must be an advjax MnistCNN, LeNet5 or PreActResNet; got "
                         f"{type(module).__name__}.")
-    return set_nnx_variables(model, variables)
+    if rngs is None:
+        # Every array of the twin is overwritten: build it abstractly (no initialisers run).
+        model = nnx.eval_shape(lambda: make(rngs=nnx.Rngs(0)))
+    else:
+        model = make(rngs=rngs)
+    model = set_nnx_variables(model, variables)
+    leftover = [a for a in jax.tree.leaves(nnx.state(model))
+                if isinstance(a, jax.ShapeDtypeStruct)]
+    if leftover:  # pragma: no cover - the twins hold only Param and BatchStat arrays
+        raise RuntimeError("internal: the NNX twin kept uninitialised state.")
+    return model
 
 
 def linen_from_nnx(model: nnx.Module) -> tuple[Any, dict[str, dict]]:

@@ -10,7 +10,8 @@ train / eval mode attributes) and its state (arrays), and merge a fresh copy ins
   of ``linen.Module.apply`` and ``{"params", "batch_stats"}`` variables as plain dicts, so the
   linen-based training steps of :mod:`advjax.train` run NNX models unchanged.
 
-The module passed in is never modified: mutations made during a call (BatchNorm running statistics
+Both take a snapshot: later changes to the module's variables are not seen (build a new function
+after training). The module passed in is never modified: mutations made during a call (BatchNorm running statistics
 in training mode, Dropout's RNG counter) happen on the merged copy and are discarded, except the
 batch statistics that :func:`nnx_apply_fn` returns when asked.
 """
@@ -93,6 +94,7 @@ def nnx_logits_fn(
     """
     _check_module(module)
     graphdef, state = nnx.split(with_mode(module, train=train))
+    state = _snapshot(state)
     if compute_dtype is not None:
         state = cast_floating(state, compute_dtype)
 
@@ -104,6 +106,16 @@ def nnx_logits_fn(
         return out.astype(jnp.float32)
 
     return logits_fn
+
+
+def _snapshot(state: Any) -> Any:
+    """A copy of an ``nnx.State`` with new Variable objects holding the same arrays.
+
+    ``nnx.split`` returns the module's own Variable objects: without this copy, assigning to a
+    variable of the module later (``module.fc.bias[...] = ...``) would change what an already-built
+    function computes, and jit caches would make that depend on when it was compiled.
+    """
+    return jax.tree.map(lambda a: a, state)
 
 
 def _pure(state: Any) -> dict:
@@ -161,6 +173,7 @@ def nnx_apply_fn(module: nnx.Module) -> tuple[ApplyFn, dict[str, dict]]:
         if templates is None:
             templates = (params, stats, rest)
     params_t, stats_t, rest = templates
+    rest = _snapshot(rest)
 
     def apply_fn(variables: Mapping[str, Any], x: Array, *, train: bool = False,
                  mutable: Any = False) -> Any:

@@ -11,6 +11,11 @@ Models (linen; batched NHWC inputs in [0, 1] → logits ``(B, K)``):
 
 Adapters: :func:`linen_logits_fn` (``logits_fn(x)`` of one example), :func:`batched`,
 :func:`predict`.
+
+Flax NNX: :func:`nnx_logits_fn` (any ``nnx.Module`` → per-example ``logits_fn``, eval mode by
+default), :func:`nnx_apply_fn` (a linen-style pure apply, used by NNX training), the NNX twins
+:class:`NNXMnistCNN`, :class:`NNXLeNet5`, :class:`NNXPreActResNet` and the weight converters
+:func:`nnx_from_linen`, :func:`linen_from_nnx`, :func:`set_nnx_variables`, :func:`nnx_variables`.
 """
 
 from advjax.models.activations import ACTIVATIONS, activation, half_huber_relu
@@ -22,6 +27,9 @@ from advjax.models.advertorch import (
     load_lenet5_state,
 )
 from advjax.models.cnn import LeNet5, MnistCNN
+from advjax.models.nnx_adapters import nnx_apply_fn, nnx_logits_fn, nnx_variables, with_mode
+from advjax.models.nnx_convert import linen_from_nnx, nnx_from_linen, set_nnx_variables
+from advjax.models.nnx_zoo import NNXLeNet5, NNXMnistCNN, NNXPreActBlock, NNXPreActResNet
 from advjax.models.pooling import max_pool_2x2
 from advjax.models.resnet import CIFAR10_MEAN, CIFAR10_STD, PreActBlock, PreActResNet
 from advjax.models.szegedy import (
@@ -55,6 +63,10 @@ __all__ = [
     "AutoencoderClassifier",
     "LeNet5",
     "MnistCNN",
+    "NNXLeNet5",
+    "NNXMnistCNN",
+    "NNXPreActBlock",
+    "NNXPreActResNet",
     "PreActBlock",
     "PreActResNet",
     "RestrictedUnpickler",
@@ -65,6 +77,7 @@ __all__ = [
     "half_huber_relu",
     "lenet5_variables_from_torch",
     "linen_logits_fn",
+    "linen_from_nnx",
     "linen_logits_fn_batch_stats",
     "load_legacy_torch",
     "load_lenet5",
@@ -73,7 +86,13 @@ __all__ = [
     "load_woods2019_checkpoint",
     "load_woods2019_metadata",
     "max_pool_2x2",
+    "nnx_apply_fn",
+    "nnx_from_linen",
+    "nnx_logits_fn",
+    "nnx_variables",
     "predict",
+    "set_nnx_variables",
     "szegedy_model",
+    "with_mode",
     "woods2019_variables_from_state",
 ]

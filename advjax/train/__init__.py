@@ -12,6 +12,8 @@
 * Loop: :func:`fit` (progress bar, evaluation, atomic metrics JSON, Orbax checkpoints that resume
   exactly).
 * Presets: :func:`szegedy_config`, :func:`woods_config`, :func:`woods_optimizer`.
+* Flax NNX models: :func:`create_nnx_train_state` (every step and loop above runs them),
+  :func:`update_nnx_model`.
 * AE400-10 (papers.md §1.5): :func:`autoencoder_train_step`, :func:`freeze_except`,
   :func:`classifier_state`.
 """
@@ -43,6 +45,7 @@ from advjax.train.config import (
 )
 from advjax.train.loop import epoch_permutation, fit
 from advjax.train.losses import accuracy, cross_entropy, kernel_layers, weight_decay_penalty
+from advjax.train.nnx import create_nnx_train_state, update_nnx_model
 from advjax.train.presets import (
     WOODS_VARIANTS,
     szegedy_config,
@@ -95,6 +98,7 @@ __all__ = [
         "checkpoint_manager",
         "classification_loss",
         "classifier_state",
+        "create_nnx_train_state",
         "create_train_state",
         "cross_entropy",
         "empty_pool",
@@ -119,6 +123,7 @@ __all__ = [
         "sparse_autoencoder_loss",
         "tandem_choice",
         "train_step",
+        "update_nnx_model",
         "szegedy_config",
         "weight_decay_penalty",
         "with_lipschitz_regularizer",

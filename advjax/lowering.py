@@ -1,0 +1,565 @@
+"""Convolutions as matrix products: a jaxpr transform for fast CNN attacks on CPU.
+
+XLA:CPU's convolution kernels, and above all the transposed convolutions of their input
+gradients, reach a fraction of the machine's matmul throughput on the small CNNs adversarial
+attacks run, while one ``dot_general`` over shifted input slices computes the same convolution at
+near-matmul speed (``benchmarks/attacks.py``). :func:`lower_convs` takes any function — a
+``logits_fn``, a loss, a training step — traces it to a jaxpr and re-evaluates that jaxpr with
+
+* every ``conv_general_dilated`` (any strides, padding — SAME / VALID / explicit, asymmetric and
+  negative —, input and kernel dilation, feature groups incl. depthwise, batch groups, 1-D / 2-D /
+  3-D, any dimension numbers such as NHWC or NCHW) rewritten as ``prod(kernel)`` strided slices of
+  the padded, dilated input and matrix products (:func:`conv_gemm`);
+* every ``reduce_window_max`` (what ``flax.linen.max_pool`` emits; any window, stride, padding
+  and dilation) given an elementwise first-maximum derivative (:func:`window_max`) instead of
+  ``select_and_scatter``, the rule of :func:`advjax.models.max_pool_2x2`; and every
+  ``select_and_scatter_add`` already in the jaxpr (a max-pool gradient taken inside ``fn``)
+  computed by that rule's transpose;
+
+recursively through the sub-jaxprs of ``jit``, ``scan``, ``while``, ``cond``, ``remat``,
+``custom_jvp`` (primal and JVP rule) and ``custom_vjp`` (primal and forward pass). Everything else
+is bound unchanged, so the result composes with ``jit``, ``vmap``, ``grad`` and sharding like the
+original, and its values equal the original's up to float32 summation order.
+
+The GEMM form of one convolution is chosen from its shape (:func:`choose_form`): a 1×1 kernel is
+one ``dot_general``; a depthwise convolution (one input channel per group) is an elementwise
+multiply-accumulate over the kernel taps; otherwise the slices are concatenated on the channel
+axis and contracted in one matrix product (``"concat"``, im2col), unless the concatenated
+operand would exceed :data:`CONCAT_LIMIT_BYTES` or the per-tap contraction is already wide
+(``in_channels_per_group >= WIDE_CHANNELS``), where the per-tap products are summed instead
+(``"accumulate"``), which needs no ``prod(kernel)``-times larger buffer.
+
+Modes: ``"gemm"`` always rewrites; ``"native"`` returns ``fn`` unchanged; ``"auto"`` (default)
+rewrites when JAX's default backend is the CPU and leaves GPU/TPU programs (whose convolution
+kernels are fast) untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax._src import core, source_info_util
+from jax._src import linear_util as lu
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "native", "gemm")
+FORMS = ("auto", "concat", "accumulate")
+
+# Shape rules of choose_form, from benchmarks/attacks.py --forms on a 2-core x86 CPU: the concat
+# (im2col) form is fastest for the narrow layers of MNIST / CIFAR CNNs; per-tap accumulation
+# avoids the prod(kernel)-times larger operand for wide layers.
+CONCAT_LIMIT_BYTES = 256 * 2**20
+WIDE_CHANNELS = 256
+# Kernels with more taps than this stay native: they are the weight-gradient convolutions of an
+# already differentiated program (kernel = a feature map), not layers.
+MAX_TAPS = 121
+
+_CONV = lax.conv_general_dilated_p
+_WINDOW_MAX = lax.reduce_window_max_p
+_SCATTER = jax._src.lax.windowed_reductions.select_and_scatter_add_p
+_TARGETS = (_CONV, _WINDOW_MAX, _SCATTER)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
+                form: str = "auto") -> Callable[..., Any]:
+    """``fn`` with its convolutions as matrix products and a fast max-pool derivative.
+
+    Arguments:
+      fn: any function of arrays (pytrees allowed; non-array leaves such as Python bools or
+        strings are static), e.g. a per-example ``logits_fn(x) -> (K,)``, a batched model
+        apply or a loss.
+      mode: ``"auto"`` (rewrite on the CPU backend only), ``"gemm"`` (always) or ``"native"``
+        (return ``fn`` itself).
+      form: ``"auto"`` (per layer by shape, :func:`choose_form`), or force ``"concat"`` /
+        ``"accumulate"`` for every convolution (for measurements).
+
+    Returns:
+      A function with ``fn``'s signature, outputs and derivatives (equal up to float32 summation
+      order). It traces ``fn`` once per call (under ``jit``: once per compilation).
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if form not in FORMS:
+        raise ValueError(f"`form` must be one of {FORMS}; got {form!r}.")
+    if not callable(fn):
+        raise ValueError(f"`fn` must be callable; got {type(fn).__name__}.")
+    if mode == "native":
+        return fn
+    return LoweredFunction(fn, mode, form)
+
+
+class LoweredFunction:
+    """``fn`` wrapped by :func:`lower_convs`; equal (and hashing equal) for equal settings, so it
+    can be a static field of a pytree (e.g. a ``TrainState.apply_fn``) without retracing."""
+
+    def __init__(self, fn: Callable[..., Any], mode: str, form: str):
+        functools.update_wrapper(self, fn)
+        self.fn, self.mode, self.form = fn, mode, form
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not is_active(self.mode):
+            return self.fn(*args, **kwargs)
+        closed, out_tree, dyn = _trace(self.fn, args, kwargs)
+        if not _has_target(closed.jaxpr):
+            return self.fn(*args, **kwargs)
+        out = _eval(closed.jaxpr, closed.consts, dyn, self.form)
+        return jax.tree.unflatten(out_tree, out)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LoweredFunction) and \
+            (self.fn, self.mode, self.form) == (other.fn, other.mode, other.form)
+
+    def __hash__(self) -> int:
+        try:
+            return hash((LoweredFunction, self.fn, self.mode, self.form))
+        except TypeError:
+            return hash((LoweredFunction, id(self.fn), self.mode, self.form))
+
+    def __repr__(self) -> str:
+        return f"lower_convs({self.fn!r}, mode={self.mode!r}, form={self.form!r})"
+
+
+def is_active(mode: str) -> bool:
+    """Whether ``mode`` rewrites on the current default backend (``"auto"``: CPU only)."""
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    return mode == "gemm" or (mode == "auto" and jax.default_backend() == "cpu")
+
+
+def lowering_plan(fn: Callable[..., Any], *args: Any, form: str = "auto",
+                  **kwargs: Any) -> list[dict[str, Any]]:
+    """What :func:`lower_convs` does to each convolution / max pool of ``fn(*args, **kwargs)``.
+
+    Returns:
+      One record per rewritten-or-kept primitive, in trace order (sub-jaxprs included):
+      ``{"primitive", "lhs", "rhs", "out", "form", "reason"}`` (shapes as tuples; ``form`` is
+      ``"native"`` with a ``reason`` when the convolution is kept).
+    """
+    closed, _, _ = _trace(fn, args, kwargs)
+    records: list[dict[str, Any]] = []
+    _walk_plan(closed.jaxpr, form, records)
+    return records
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def _canonical(params: dict[str, Any], lhs_shape, rhs_shape):
+    """Shapes in canonical layout: lhs (N, S..., C), rhs (K..., I, O)."""
+    lspec, rspec, _ = params["dimension_numbers"]
+    n, c = lhs_shape[lspec[0]], lhs_shape[lspec[1]]
+    spatial = [lhs_shape[a] for a in lspec[2:]]
+    kernel = [rhs_shape[a] for a in rspec[2:]]
+    cin, cout = rhs_shape[rspec[1]], rhs_shape[rspec[0]]
+    return n, spatial, c, kernel, cin, cout
+
+
+def _out_spatial(params, spatial, kernel) -> list[int]:
+    out = []
+    for size, k, (lo, hi), ld, rd, s in zip(spatial, kernel, params["padding"],
+                                            params["lhs_dilation"], params["rhs_dilation"],
+                                            params["window_strides"], strict=True):
+        padded = (size - 1) * ld + 1 + lo + hi if size > 0 else lo + hi
+        eff = (k - 1) * rd + 1
+        out.append((padded - eff) // s + 1 if padded >= eff else 0)
+    return out
+
+
+def choose_form(kernel: Sequence[int], out_spatial: Sequence[int], batch: int,
+                in_per_group: int, groups: int, itemsize: int = 4) -> str:
+    """The GEMM form for one convolution, by shape.
+
+    Arguments:
+      kernel: spatial kernel sizes ``(K_1, ..., K_d)``.
+      out_spatial: output spatial sizes.
+      batch: lhs batch size (per batch group).
+      in_per_group: input channels per feature group (``I`` of the kernel).
+      groups: feature (or batch) group count.
+      itemsize: bytes per element.
+
+    Returns:
+      ``"single"`` (1×1-like: one tap, one ``dot_general``), ``"depthwise"`` (one input channel
+      per group: elementwise multiply-accumulate), ``"concat"`` (im2col, one ``dot_general``) or
+      ``"accumulate"`` (sum over taps of ``dot_general``).
+    """
+    taps = math.prod(kernel)
+    if taps == 1:
+        return "single"
+    if in_per_group == 1 and groups > 1:
+        return "depthwise"
+    concat_bytes = batch * math.prod(out_spatial) * taps * in_per_group * groups * itemsize
+    if in_per_group >= WIDE_CHANNELS or concat_bytes > CONCAT_LIMIT_BYTES:
+        return "accumulate"
+    return "concat"
+
+
+def _native_reason(params: dict[str, Any], lhs_aval, rhs_aval) -> str | None:
+    """Why a convolution stays native (``None``: it is lowered)."""
+    if not (jnp.issubdtype(lhs_aval.dtype, jnp.inexact)
+            and jnp.issubdtype(rhs_aval.dtype, jnp.inexact)):
+        return f"non-float operands ({lhs_aval.dtype}, {rhs_aval.dtype})"
+    n, spatial, _, kernel, _, _ = _canonical(params, lhs_aval.shape, rhs_aval.shape)
+    out = _out_spatial(params, spatial, kernel)
+    if min(out, default=1) <= 0 or n == 0 or min(kernel, default=1) == 0:
+        return "empty output or kernel"
+    if math.prod(kernel) > MAX_TAPS:
+        return f"{math.prod(kernel)} kernel taps > MAX_TAPS = {MAX_TAPS}"
+    return None
+
+
+def conv_gemm(lhs: jax.Array, rhs: jax.Array, *, window_strides, padding, lhs_dilation,
+              rhs_dilation, dimension_numbers, feature_group_count: int = 1,
+              batch_group_count: int = 1, precision=None, preferred_element_type=None,
+              form: str = "auto", **unused: Any) -> jax.Array:
+    """``lax.conv_general_dilated`` (primitive parameters) as strided slices and matrix products.
+
+    Arguments:
+      lhs, rhs: the convolution's operands in the layouts of ``dimension_numbers`` (a
+        ``lax.ConvDimensionNumbers``).
+      window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count,
+        batch_group_count, precision, preferred_element_type: as the primitive's parameters
+        (``padding`` explicit ``(low, high)`` pairs, possibly negative).
+      form: ``"auto"`` (:func:`choose_form`), ``"concat"`` or ``"accumulate"``.
+
+    Returns:
+      The convolution, in the layout of ``dimension_numbers.out_spec``.
+    """
+    del unused
+    lspec, rspec, ospec = dimension_numbers
+    d = len(window_strides)
+    fg, bg = feature_group_count, batch_group_count
+    x = lax.transpose(lhs, (lspec[0], *lspec[2:], lspec[1]))          # (N, S..., C)
+    w = lax.transpose(rhs, (*rspec[2:], rspec[1], rspec[0]))          # (K..., I, O)
+    n, c = x.shape[0], x.shape[-1]
+    kernel, cin, cout = w.shape[:d], w.shape[d], w.shape[d + 1]
+    # Input dilation and padding: non-negative parts as one pad, negative parts as a crop.
+    cfg = [(0, 0, 0)] + [(max(lo, 0), max(hi, 0), ld - 1)
+                         for (lo, hi), ld in zip(padding, lhs_dilation, strict=True)] + [(0, 0, 0)]
+    if any(p != (0, 0, 0) for p in cfg):
+        x = lax.pad(x, jnp.zeros((), x.dtype), cfg)
+    if any(lo < 0 or hi < 0 for lo, hi in padding):
+        start = [0] + [max(-lo, 0) for lo, _ in padding] + [0]
+        limit = [n] + [size - max(-hi, 0) for size, (_, hi) in zip(x.shape[1:-1], padding,
+                                                                     strict=True)] + [c]
+        x = lax.slice(x, start, limit)
+    out_sp = [(p - ((k - 1) * rd + 1)) // s + 1 for p, k, rd, s in
+              zip(x.shape[1:-1], kernel, rhs_dilation, window_strides, strict=True)]
+    groups = max(fg, bg)
+    nb = n // bg
+    chosen = form if form != "auto" else choose_form(kernel, out_sp, nb, cin, groups,
+                                                     jnp.dtype(x.dtype).itemsize)
+    if chosen == "depthwise" and not (cin == 1 and fg > 1):
+        chosen = "concat"
+    if chosen == "single":
+        chosen = "concat"
+
+    def tap(offsets: Sequence[int]) -> jax.Array:               # (N, out..., C)
+        start = [0] + [o * rd for o, rd in zip(offsets, rhs_dilation, strict=True)] + [0]
+        limit = [n] + [st + (o - 1) * s + 1 for st, o, s in
+                       zip(start[1:-1], out_sp, window_strides, strict=True)] + [c]
+        return lax.slice(x, start, limit, [1, *window_strides, 1])
+
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    wt = w.reshape(len(taps), cin, cout)                             # (T, I, O)
+    dtype = preferred_element_type
+    dot = functools.partial(lax.dot_general, precision=precision,
+                            preferred_element_type=preferred_element_type)
+
+    if chosen == "depthwise":
+        # (N, out..., G) * (G, Om) per tap, summed: no contraction, no matmul.
+        om = cout // fg
+        acc = None
+        for i, off in enumerate(taps):
+            term = tap(off)[..., :, None] * wt[i, 0].reshape(fg, om)
+            if dtype is not None:
+                term = term.astype(dtype)
+            acc = term if acc is None else acc + term
+        y = acc.reshape((n, *out_sp, cout))
+        return _to_out(y, ospec, d)
+
+    if groups == 1:
+        if chosen == "concat":
+            slices = [tap(o) for o in taps]
+            patches = slices[0] if len(slices) == 1 else lax.concatenate(slices, x.ndim - 1)
+            y = dot(patches, wt.reshape(len(taps) * cin, cout),
+                    (((x.ndim - 1,), (0,)), ((), ())))
+        else:
+            y = None
+            for i, off in enumerate(taps):
+                term = dot(tap(off), wt[i], (((x.ndim - 1,), (0,)), ((), ())))
+                y = term if y is None else y + term
+        return _to_out(y, ospec, d)
+
+    # Grouped: a batch dimension over the groups in dot_general.
+    og = cout // groups
+    wg = wt.reshape(len(taps), cin, groups, og)                      # (T, I, G, Og)
+
+    def grouped(v: jax.Array) -> jax.Array:
+        """(N, out..., C) → (G, Nb, out..., Cg) grouped operand."""
+        if fg > 1:
+            v = v.reshape((n, *out_sp, fg, cin))
+            return jnp.moveaxis(v, -2, 0)
+        v = v.reshape((bg, nb, *out_sp, c))
+        return v
+
+    if chosen == "concat":
+        patches = jnp.stack([grouped(tap(o)) for o in taps], axis=-2)  # (G, Nb, out..., T, Cg)
+        k = patches.ndim
+        y = dot(patches, wg, (((k - 2, k - 1), (0, 1)), ((0,), (2,))))  # (G, Nb, out..., Og)
+    else:
+        y = None
+        for i, off in enumerate(taps):
+            k = d + 3
+            term = dot(grouped(tap(off)), wg[i], (((k - 1,), (0,)), ((0,), (1,))))
+            y = term if y is None else y + term
+    y = jnp.moveaxis(y, 0, -2).reshape((nb, *out_sp, cout))          # o = g * Og + j
+    return _to_out(y, ospec, d)
+
+
+def _to_out(y: jax.Array, ospec: Sequence[int], d: int) -> jax.Array:
+    """(N, S..., F) canonical → the layout of ``out_spec``."""
+    canonical = {0: 0, 1: d + 1, **{2 + i: 1 + i for i in range(d)}}
+    perm = [0] * (d + 2)
+    for role, axis in enumerate(ospec):
+        perm[axis] = canonical[role]
+    return lax.transpose(y, perm)
+
+
+# ----------------------------------------------------------------------------- max pooling
+
+def _window_slices(x: jax.Array, fill, window_dimensions, window_strides, padding, base_dilation,
+                   window_dilation) -> tuple[list[jax.Array], tuple[int, ...]]:
+    """Every window tap of ``x`` as a strided slice of the padded input (row-major taps)."""
+    cfg = [(max(lo, 0), max(hi, 0), bd - 1)
+           for (lo, hi), bd in zip(padding, base_dilation, strict=True)]
+    v = lax.pad(x, jnp.asarray(fill, x.dtype), cfg) if any(p != (0, 0, 0) for p in cfg) else x
+    if any(lo < 0 or hi < 0 for lo, hi in padding):
+        v = lax.slice(v, [max(-lo, 0) for lo, _ in padding],
+                      [s - max(-hi, 0) for s, (_, hi) in zip(v.shape, padding, strict=True)])
+    out = tuple((p - ((k - 1) * wd + 1)) // s + 1 for p, k, wd, s in
+                zip(v.shape, window_dimensions, window_dilation, window_strides, strict=True))
+    slices = []
+    for off in itertools.product(*(range(k) for k in window_dimensions)):
+        start = [o * wd for o, wd in zip(off, window_dilation, strict=True)]
+        limit = [st + (o - 1) * s + 1 for st, o, s in zip(start, out, window_strides,
+                                                          strict=True)]
+        slices.append(lax.slice(v, start, limit, window_strides))
+    return slices, out
+
+
+def _first_max_tangent(x, out, t, params) -> jax.Array:
+    """The tangent of a window max: each window's tangent at its first maximal input."""
+    xs, _ = _window_slices(x, -jnp.inf, **params)
+    ts, _ = _window_slices(t, 0, **params)
+    t_out = jnp.zeros(out.shape, t.dtype)
+    taken = jnp.zeros(out.shape, bool)
+    for xv, tv in zip(xs, ts, strict=True):
+        pick = (xv == out) & ~taken
+        t_out = jnp.where(pick, tv, t_out)
+        taken = taken | pick
+    return t_out
+
+
+def _freeze(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, tuple(map(tuple, v)) if k == "padding" else tuple(v))
+                        for k, v in params.items()))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _window_max(x: jax.Array, frozen: tuple) -> jax.Array:
+    return _WINDOW_MAX.bind(x, **dict(frozen))
+
+
+@_window_max.defjvp
+def _window_max_jvp(frozen, primals, tangents):
+    (x,), (t,) = primals, tangents
+    out = _window_max(x, frozen)
+    return out, _first_max_tangent(x, out, t, dict(frozen))
+
+
+def window_max(x: jax.Array, *, window_dimensions, window_strides, padding, base_dilation,
+               window_dilation) -> jax.Array:
+    """``lax.reduce_window`` max (``reduce_window_max`` parameters) with a first-max derivative.
+
+    The value is XLA's; the JVP (linear in the tangent, so reverse mode and higher orders work)
+    routes each window's tangent to its first maximal input in row-major window order — the
+    convention of ``select_and_scatter`` and PyTorch — by elementwise compare-and-select over the
+    window taps, whose transpose is pads and adds (no ``select_and_scatter``).
+    """
+    params = dict(window_dimensions=tuple(window_dimensions), window_strides=tuple(window_strides),
+                  padding=tuple(map(tuple, padding)), base_dilation=tuple(base_dilation),
+                  window_dilation=tuple(window_dilation))
+    return _window_max(x, _freeze(params))
+
+
+def _scatter_first(source: jax.Array, operand: jax.Array, *, select_prim, window_dimensions,
+                   window_strides, padding) -> jax.Array:
+    """``select_and_scatter_add`` for ``ge`` / ``le`` selection as the transpose of the rule."""
+    sign = 1 if select_prim is lax.ge_p else -1
+    params = dict(window_dimensions=tuple(window_dimensions), window_strides=tuple(window_strides),
+                  padding=tuple(map(tuple, padding)), base_dilation=(1,) * operand.ndim,
+                  window_dilation=(1,) * operand.ndim)
+    v = operand * sign if sign < 0 else operand
+    out = _WINDOW_MAX.bind(v, **params)
+    tangent = jax.linear_transpose(lambda t: _first_max_tangent(v, out, t, params),
+                                   jax.ShapeDtypeStruct(operand.shape, source.dtype))
+    (ct,) = tangent(source)
+    return ct
+
+
+# ----------------------------------------------------------------------------- interpreter
+
+def _is_dynamic(leaf: Any) -> bool:
+    """Arrays and tracers are traced; Python scalars, strings, None, ... are passed as they are."""
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, core.Tracer))
+
+
+def _trace(fn, args, kwargs):
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    dyn_idx = [i for i, leaf in enumerate(leaves) if _is_dynamic(leaf)]
+    dyn = [leaves[i] for i in dyn_idx]
+
+    def flat_fn(*values):
+        full = list(leaves)
+        for i, v in zip(dyn_idx, values, strict=True):
+            full[i] = v
+        a, k = jax.tree.unflatten(treedef, full)
+        return fn(*a, **k)
+
+    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*dyn)
+    return closed, jax.tree.structure(out_shape), dyn
+
+
+def _has_target(jaxpr: core.Jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive in _TARGETS:
+            return True
+        if any(_has_target(sub) for sub in core.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
+def _eval(jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[Any], form: str) -> list:
+    env: dict[Any, Any] = {}
+
+    def read(v):
+        return v.val if isinstance(v, core.Literal) else env[v]
+
+    for v, val in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = val
+    for v, val in zip(jaxpr.invars, args, strict=True):
+        env[v] = val
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name_stack = source_info_util.current_name_stack() + eqn.source_info.name_stack
+        with (source_info_util.user_context(eqn.source_info.traceback, name_stack=name_stack),
+              eqn.ctx.manager):
+            outs = _eval_eqn(eqn, invals, form)
+        if not eqn.primitive.multiple_results:
+            outs = [outs]
+        for v, val in zip(eqn.outvars, outs, strict=True):
+            if not isinstance(v, core.DropVar):
+                env[v] = val
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _eval_eqn(eqn, invals, form: str):
+    prim, params = eqn.primitive, eqn.params
+    if prim is _CONV:
+        lhs_aval, rhs_aval = (v.aval for v in eqn.invars)
+        if _native_reason(params, lhs_aval, rhs_aval) is None:
+            return conv_gemm(*invals, **params, form=form)
+    elif prim is _WINDOW_MAX:
+        return window_max(invals[0], **params)
+    elif prim is _SCATTER and params["select_prim"] in (lax.ge_p, lax.le_p) and \
+            jnp.issubdtype(eqn.invars[1].aval.dtype, jnp.floating):
+        return _scatter_first(*invals, **params)
+    elif any(_has_target(sub) for sub in core.jaxprs_in_params(params)):
+        params = _lower_params(params, form)
+    bind_params = prim.get_bind_params(params)
+    return prim.bind(*invals, **bind_params)
+
+
+def _lower_closed(closed: core.ClosedJaxpr, form: str) -> core.ClosedJaxpr:
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
+             for a in closed.in_avals]
+    return jax.make_jaxpr(lambda *a: _eval(closed.jaxpr, closed.consts, a, form))(*avals)
+
+
+def _lower_params(params: dict[str, Any], form: str) -> dict[str, Any]:
+    """Sub-jaxpr parameters with their convolutions / pools lowered (unchanged where not)."""
+    new = dict(params)
+    for key, val in params.items():
+        try:
+            if isinstance(val, core.ClosedJaxpr) and _has_target(val.jaxpr):
+                new[key] = _lower_closed(val, form)
+            elif isinstance(val, core.Jaxpr) and _has_target(val) and not val.constvars:
+                lowered = _lower_closed(core.ClosedJaxpr(val, ()), form)
+                if not lowered.consts:
+                    new[key] = lowered.jaxpr
+            elif isinstance(val, tuple) and val and all(isinstance(v, core.ClosedJaxpr)
+                                                         for v in val):
+                new[key] = tuple(_lower_closed(v, form) if _has_target(v.jaxpr) else v
+                                 for v in val)
+        except Exception as err:  # noqa: BLE001 - keep the native sub-program, say why
+            logger.info("lower_convs: kept %s native (%s)", key, err)
+    if "jvp_jaxpr_fun" in params:
+        new["jvp_jaxpr_fun"] = _lower_rule(params["jvp_jaxpr_fun"], form)
+    if "fwd_jaxpr_thunk" in params:
+        new["fwd_jaxpr_thunk"] = _lower_rule(params["fwd_jaxpr_thunk"], form)
+    return new
+
+
+def _lower_rule(thunk: lu.WrappedFun, form: str) -> lu.WrappedFun:
+    """A custom_jvp / custom_vjp rule thunk whose returned jaxpr is lowered."""
+
+    def rule(*flags):
+        res = thunk.call_wrapped(*flags)
+        jaxpr, consts, rest = res[0], res[1], res[2:]
+        if not _has_target(jaxpr):
+            return res
+        closed = core.ClosedJaxpr(core.convert_constvars_jaxpr(jaxpr), ()) \
+            if jaxpr.constvars else core.ClosedJaxpr(jaxpr, ())
+        n_c = len(jaxpr.constvars)
+        avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
+                 for a in closed.in_avals[n_c:]]
+        new = jax.make_jaxpr(lambda *a: _eval(closed.jaxpr, (), (*consts, *a), form))(*avals)
+        return (new.jaxpr, new.consts, *rest)
+
+    return lu.wrap_init(rule, debug_info=thunk.debug_info)
+
+
+def _walk_plan(jaxpr: core.Jaxpr, form: str, records: list[dict[str, Any]]) -> None:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive is _CONV:
+            lhs, rhs = (v.aval for v in eqn.invars)
+            reason = _native_reason(eqn.params, lhs, rhs)
+            chosen = "native"
+            if reason is None:
+                n, spatial, _, kernel, cin, _ = _canonical(eqn.params, lhs.shape, rhs.shape)
+                groups = max(eqn.params["feature_group_count"], eqn.params["batch_group_count"])
+                chosen = form if form != "auto" else choose_form(
+                        kernel, _out_spatial(eqn.params, spatial, kernel),
+                        n // eqn.params["batch_group_count"], cin, groups,
+                        jnp.dtype(lhs.dtype).itemsize)
+            records.append({"primitive": "conv_general_dilated", "lhs": tuple(lhs.shape),
+                            "rhs": tuple(rhs.shape), "out": tuple(eqn.outvars[0].aval.shape),
+                            "form": chosen, "reason": reason})
+        elif eqn.primitive in (_WINDOW_MAX, _SCATTER):
+            records.append({"primitive": eqn.primitive.name,
+                            "lhs": tuple(eqn.invars[-1].aval.shape), "rhs": None,
+                            "out": tuple(eqn.outvars[0].aval.shape), "form": "first-max",
+                            "reason": None})
+        for sub in core.jaxprs_in_params(eqn.params):
+            _walk_plan(sub, form, records)

@@ -1,0 +1,90 @@
+"""Max pooling under lower_convs: XLA's values and XLA's (first-maximum) gradients, exactly.
+
+Both the rewritten rule and ``select_and_scatter`` send each window's cotangent to the first
+maximal input in row-major window order, and the gradient is a sum of whole cotangents (no
+products), so values and gradients must agree bit for bit — ties included (inputs are rounded to
+halves, so windows often hold equal values).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from advjax.lowering import lower_convs
+from advjax.models import max_pool_2x2
+
+# (window, strides, padding) for nn.max_pool on (B, H, W, C).
+POOLS = [
+    ((2, 2), (2, 2), "VALID"),
+    ((3, 3), (2, 2), "SAME"),
+    ((3, 3), (1, 1), "VALID"),
+    ((2, 3), (1, 2), ((1, 0), (0, 2))),
+    ((3, 2), (3, 1), "SAME"),
+]
+
+
+def _ties(shape, seed=0):
+    return jnp.round(2 * jax.random.normal(jax.random.key(seed), shape)) / 2
+
+
+def _no_scatter(fn, *args):
+    text = str(jax.make_jaxpr(fn)(*args))
+    return "select_and_scatter" not in text and "select_and_gather" not in text
+
+
+@pytest.mark.parametrize("window,strides,padding", POOLS)
+def test_nn_max_pool_value_and_gradient_bit_equal(window, strides, padding):
+    x = _ties((2, 9, 8, 3))
+
+    def f(v):
+        return nn.max_pool(v, window, strides, padding)
+
+    ct = jax.random.normal(jax.random.key(1), jax.eval_shape(f, x).shape)
+    g = lower_convs(f, mode="gemm")
+    np.testing.assert_array_equal(jax.jit(g)(x), f(x))
+    want = jax.vjp(f, x)[1](ct)[0]
+    got = jax.jit(lambda v, c: jax.vjp(g, v)[1](c)[0])(x, ct)
+    np.testing.assert_array_equal(got, want)
+    assert _no_scatter(lambda v, c: jax.vjp(g, v)[1](c)[0], x, ct)
+
+
+def test_window_dilation_and_forward_mode():
+    x = _ties((2, 9, 9, 2), seed=2)
+
+    def f(v):
+        return lax.reduce_window(v, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 1, 2, 1),
+                                 ((0, 0), (1, 1), (0, 1), (0, 0)), window_dilation=(1, 2, 1, 1))
+
+    g = lower_convs(f, mode="gemm")
+    t = jax.random.normal(jax.random.key(3), x.shape)
+    np.testing.assert_array_equal(g(x), f(x))
+    np.testing.assert_array_equal(jax.jvp(g, (x,), (t,))[1], jax.jvp(f, (x,), (t,))[1])
+    ct = jax.random.normal(jax.random.key(4), f(x).shape)
+    np.testing.assert_array_equal(jax.vjp(g, x)[1](ct)[0], jax.vjp(f, x)[1](ct)[0])
+
+
+def test_matches_max_pool_2x2_rule_and_vmap():
+    x = _ties((4, 8, 8, 3), seed=5)
+    g = lower_convs(lambda v: nn.max_pool(v, (2, 2), (2, 2)), mode="gemm")
+    loss = lambda p: lambda v: jnp.sum(p(v[None]) ** 3)  # noqa: E731
+    got = jax.jit(jax.vmap(jax.grad(loss(g))))(x)
+    want = jax.vmap(jax.grad(loss(max_pool_2x2)))(x)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_select_and_scatter_inside_fn_is_rewritten():
+    """A max-pool gradient already taken inside ``fn`` (a gradient penalty) is rewritten too."""
+    x = _ties((2, 8, 8, 2), seed=6)
+
+    def penalty(v):
+        gx = jax.grad(lambda u: jnp.sum(nn.max_pool(u, (2, 2), (2, 2)) ** 2))(v)
+        return jnp.sum(gx * v)
+
+    g = lower_convs(penalty, mode="gemm")
+    assert _no_scatter(g, x)
+    np.testing.assert_array_equal(jax.jit(g)(x), penalty(x))

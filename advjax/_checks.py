@@ -1,9 +1,12 @@
-"""Validation at public boundaries.
+"""Validation at public boundaries: host checks and their jittable predicates, side by side.
 
 Shape and dtype checks are static and always run (also under ``jit``/``vmap``). Value checks
-(ranges, NaN, label ranges) need concrete arrays; they run when the argument is concrete and are
-skipped for tracers, where results carry explicit flags instead. Every error names the argument and
-what was expected.
+(ranges, NaN, label ranges) need concrete arrays; the host check ``check_NAME`` runs when the
+argument is concrete (and raises a ``ValueError`` naming the argument and what was expected) and is
+skipped for tracers. Each value check has a jittable predicate ``NAME_ok`` next to it returning a
+bool array (``True`` = valid) with the same meaning, which is what traced code (attacks under
+``jit(vmap)``) turns into explicit per-example flags. Attacks, metrics, data and training all
+validate through this module.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ import numpy as np
 def is_concrete(x) -> bool:
     """True when ``x`` holds values (numpy / committed jax array), False for a tracer."""
     return not isinstance(x, jax.core.Tracer)
+
+
+# Tolerance for "inside the box" of inputs: float32 images rescaled to [0, 1] may overshoot by a few
+# ulps; anything beyond 1e-6 is data in the wrong units (e.g. [0, 255]) or out-of-box input.
+BOX_ATOL = 1e-6
 
 
 def check_rank(x, name: str, ranks: int | Sequence[int]) -> None:
@@ -48,6 +56,11 @@ def check_integer(x, name: str) -> None:
         raise TypeError(f"`{name}` must be an integer array; got dtype {dtype}.")
 
 
+def finite_ok(x) -> jax.Array:
+    """Jittable predicate of :func:`check_finite`: every element of ``x`` is finite (bool)."""
+    return jnp.all(jnp.isfinite(x))
+
+
 def check_finite(x, name: str) -> None:
     if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
         n_bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
@@ -55,7 +68,12 @@ def check_finite(x, name: str) -> None:
             f"`{name}` contains {n_bad} NaN or infinite value(s); expected finite values.")
 
 
-def check_in_range(x, name: str, lo: float, hi: float, *, atol: float = 1e-6) -> None:
+def in_range_ok(x, lo: float, hi: float, *, atol: float = BOX_ATOL) -> jax.Array:
+    """Jittable predicate of :func:`check_in_range`: finite and ``lo - atol <= x <= hi + atol``."""
+    return finite_ok(x) & jnp.all(x >= lo - atol) & jnp.all(x <= hi + atol)
+
+
+def check_in_range(x, name: str, lo: float, hi: float, *, atol: float = BOX_ATOL) -> None:
     """Checks ``lo <= x <= hi`` (tolerance ``atol``) for concrete ``x``; NaN is reported too."""
     check_finite(x, name)
     if is_concrete(x) and np.size(x):
@@ -66,10 +84,21 @@ def check_in_range(x, name: str, lo: float, hi: float, *, atol: float = 1e-6) ->
                     f"`{name}` must lie in [{lo}, {hi}]; got values in [{xmin:.6g}, {xmax:.6g}].")
 
 
+def nonnegative_ok(x) -> jax.Array:
+    """Jittable predicate of :func:`check_nonnegative`: finite and ``>= 0`` everywhere."""
+    return finite_ok(x) & jnp.all(x >= 0)
+
+
 def check_nonnegative(x, name: str) -> None:
     check_finite(x, name)
     if is_concrete(x) and np.size(x) and float(np.min(np.asarray(x))) < 0:
         raise ValueError(f"`{name}` must be >= 0; got minimum {float(np.min(np.asarray(x))):.6g}.")
+
+
+def labels_ok(labels, num_classes: int) -> jax.Array:
+    """Jittable predicate of :func:`check_labels`: elementwise ``0 <= labels < num_classes``."""
+    labels = jnp.asarray(labels)
+    return (labels >= 0) & (labels < num_classes)
 
 
 def check_labels(labels, name: str, num_classes: int | None) -> None:
@@ -81,6 +110,18 @@ def check_labels(labels, name: str, num_classes: int | None) -> None:
             raise ValueError(
                 f"`{name}` must lie in [0, {num_classes}); "
                 f"got values in [{arr.min()}, {arr.max()}].")
+
+
+def positive_ok(x) -> jax.Array:
+    """Jittable predicate of :func:`check_positive`: finite and ``> 0`` everywhere."""
+    return finite_ok(x) & jnp.all(x > 0)
+
+
+def check_positive(x, name: str) -> None:
+    """Finite and ``> 0`` (checked when concrete)."""
+    check_finite(x, name)
+    if is_concrete(x) and np.size(x) and bool(np.any(np.asarray(x) <= 0)):
+        raise ValueError(f"`{name}` must be > 0; got minimum {float(np.min(np.asarray(x))):.6g}.")
 
 
 def check_box(lo: float, hi: float) -> None:

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _common
-from advjax.attacks.pgd import better
-from advjax.attacks.result import AttackResult, make_result
+from advjax.attacks import _boundary, losses, projections
+from advjax.attacks._restarts import best_of_runs, better, run_keys
+from advjax.attacks.result import AttackResult
 
 Array = jax.Array
 
@@ -43,6 +43,8 @@ def apgd(
     rho: float = 0.75,
     alpha: float = 0.75,
     targeted: bool = False,
+    projection: str = "exact",
+    reset_misclassified: bool = True,
     lo: float | None = 0.0,
     hi: float | None = 1.0,
 ) -> Callable[..., AttackResult]:
@@ -72,6 +74,9 @@ def apgd(
       rho: checkpoint condition (1) threshold, in ``(0, 1]``.
       alpha: momentum weight of the new step, in ``(0, 1]`` (0.75 in the paper).
       targeted: take ``target=``; success when it is predicted.
+      projection: L2 projection onto ball ∩ box, ``"exact"`` or ``"clip"`` (rescale then clip),
+        see :func:`advjax.attacks.pgd.pgd`.
+      reset_misclassified: report already-misclassified examples unperturbed (default).
       lo, hi: the box; ``lo = hi = None`` disables it.
 
     **Returns:**
@@ -80,14 +85,15 @@ def apgd(
       size of the run that produced ``x_adv``.
     """
     _checks.check_choice(loss, "loss", ("ce", "dlr"))
-    _checks.check_choice(norm, "norm", _common.NORMS)
+    _checks.check_choice(norm, "norm", projections.NORMS)
+    _checks.check_choice(projection, "projection", projections.L2_PROJECTIONS)
     _checks.check_positive_int(steps, "steps")
     _checks.check_positive_int(n_restarts, "n_restarts")
-    rho = _common.check_positive_float(rho, "rho")
-    alpha = _common.check_positive_float(alpha, "alpha")
+    rho = _boundary.check_positive_float(rho, "rho")
+    alpha = _boundary.check_positive_float(alpha, "alpha")
     if rho > 1 or alpha > 1:
         raise ValueError(f"`rho` and `alpha` must lie in (0, 1]; got rho={rho}, alpha={alpha}.")
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
     targeted = bool(targeted)
     ckpt = checkpoints(steps)
     is_ckpt = np.zeros(steps + 1, bool)
@@ -101,34 +107,27 @@ def apgd(
     is_ckpt_j = jnp.asarray(is_ckpt)
     period_j = jnp.asarray(period)
 
-    def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None,
-               target: Array | None = None) -> AttackResult:
-        x, label, k = _common.check_inputs(logits_fn, x, label, lo, hi)
-        target = _common.check_target(target, targeted, k)
-        need = 4 if targeted else 3
-        if loss == "dlr" and k < need:
-            raise ValueError(f"loss='dlr' needs at least {need} classes; `logits_fn` gives {k}.")
-        eps = _common.check_eps(eps).astype(x.dtype)
-        key = _common.check_key(key)
+    def search(logits_fn, ex: _boundary.Example):
+        x, label, target, eps = ex.x, ex.label, ex.target, ex.budget
 
         def evaluate(z):
             def objective(z):
                 logits = logits_fn(z)
-                return _common.attack_loss(loss, logits, label, target), logits
+                return losses.attack_loss(loss, logits, label, target), logits
 
-            value, logits, g = _common.grad_and_aux(objective, z)
+            (value, logits), g = jax.value_and_grad(objective, has_aux=True)(z)
             pred = jnp.argmax(logits)
             success = (pred == target) if targeted else (pred != label)
             return value, success, g
 
         def proj(z):
-            return _common.project(z, x, eps, norm, lo, hi)
+            return projections.project(z, x, eps, norm, lo, hi, l2_method=projection)
 
         def step_dir(g):
-            return _common.steepest_direction(g, norm)
+            return projections.steepest_direction(g, norm)
 
         def run(run_key):
-            x0 = proj(x + _common.sample_ball(run_key, x.shape, eps, norm, x.dtype))
+            x0 = proj(x + projections.sample_ball(run_key, x.shape, eps, norm, x.dtype))
             f0, s0, g0 = evaluate(x0)
             eta = 2.0 * eps
             x1 = proj(x0 + eta * step_dir(g0))
@@ -184,20 +183,18 @@ def apgd(
             st = jax.lax.fori_loop(1, steps, lambda i, s: body(i, s), state)
             return st["x_best"], st["s_best"], st["f_best"], st["eta"]
 
-        keys = key[None] if n_restarts == 1 else jax.random.split(key, n_restarts)
+        x_adv, _, best_loss, eta = best_of_runs(run, run_keys(ex.key, n_restarts), x,
+                                                (2.0 * eps,))
+        return x_adv, {"loss": best_loss, "eta": eta}
 
-        def scan_body(carry, run_key):
-            bz, bs, bl, be = carry
-            z, s, v, e = run(run_key)
-            take = better(s, v, bs, bl)
-            return (jnp.where(take, z, bz), jnp.where(take, s, bs), jnp.where(take, v, bl),
-                    jnp.where(take, e, be)), None
+    def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None,
+               target: Array | None = None) -> AttackResult:
+        need = 4 if targeted else 3
+        if loss == "dlr" and (k := _boundary.num_classes(logits_fn, x)) < need:
+            raise ValueError(f"loss='dlr' needs at least {need} classes; `logits_fn` gives {k}.")
+        return inner(x, label, eps=eps, key=key, target=target)
 
-        init = (x, jnp.zeros((), bool), jnp.full((), -jnp.inf, x.dtype), 2.0 * eps)
-        (x_adv, _, best_loss, eta), _ = jax.lax.scan(scan_body, init, keys)
-        valid = _common.input_flag(x, label, k, eps=eps, target=target)
-        return make_result(logits_fn, x, x_adv, label, target=target,
-                           aux={"loss": best_loss, "eta": eta, "valid_input": valid})
-
+    inner = _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps",
+                                  target="required" if targeted else "none", needs_key=True,
+                                  reset_misclassified=bool(reset_misclassified))
     return attack
-

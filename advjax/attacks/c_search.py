@@ -44,6 +44,8 @@ class CSearchResult:
       num_successes: number of search steps whose inner solve succeeded (int32).
       lower: final lower end of the bracket (largest failing ``c``; 0 if none failed).
       upper: final upper end (smallest successful ``c``; ``inf`` if none succeeded).
+      work: sum over the solves of the optional 4th output of ``solve`` (e.g. iterations run;
+        int32, 0 when ``solve`` returns three values).
     """
 
     x_best: Array
@@ -53,6 +55,7 @@ class CSearchResult:
     num_successes: Array
     lower: Array
     upper: Array
+    work: Array
 
 
 def check_const(value, name: str = "initial_const") -> None:
@@ -74,7 +77,7 @@ def c_search(
     """Geometric-then-bisection search of the smallest successful ``c`` for ONE example.
 
     Arguments:
-      solve: ``solve(c) -> (candidate, success, distortion)``: the inner minimisation at the
+      solve: ``solve(c) -> (candidate, success, distortion[, work])``: the inner solve at the
         constant ``c`` (scalar float array); ``candidate`` has the shape and dtype of ``fallback``,
         ``success`` is a bool scalar, ``distortion`` a non-negative float scalar (the quantity the
         search minimises, e.g. the L2 norm of the perturbation).
@@ -103,11 +106,14 @@ def c_search(
     init = CSearchResult(
         x_best=fallback, success=jnp.zeros((), bool), distortion=inf, const=c0,
         num_successes=jnp.zeros((), jnp.int32), lower=jnp.zeros((), dtype), upper=inf,
+        work=jnp.zeros((), jnp.int32),
     )
 
     def step(_, carry):
         state, c = carry
-        candidate, ok, dist = solve(c)
+        out = solve(c)
+        candidate, ok, dist = out[:3]
+        work = state.work + (jnp.asarray(out[3], jnp.int32) if len(out) > 3 else 0)
         ok = jnp.asarray(ok, bool)
         dist = jnp.asarray(dist, dtype)
         better = ok & (dist < state.distortion)
@@ -121,7 +127,7 @@ def c_search(
             distortion=jnp.where(better, dist, state.distortion),
             const=jnp.where(better | ~(state.success | ok), c, state.const),
             num_successes=state.num_successes + ok.astype(jnp.int32),
-            lower=lower, upper=upper,
+            lower=lower, upper=upper, work=work,
         )
         return new, c_next
 

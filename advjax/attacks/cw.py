@@ -7,12 +7,12 @@ For ONE example ``x`` the attack minimises, over ``w`` (the tanh change of varia
 where ``f6`` is CW's margin objective (their Eq. 6 with confidence ``kappa``): targeted
 ``max(max_{j != t} Z_j - Z_t, -kappa)``, untargeted ``max(Z_y - max_{j != y} Z_j, -kappa)``.
 The change of variables keeps ``x'`` in the box without projection; the minimisation is Adam
-(``optax.adam``) in a ``lax.while_loop`` of at most ``steps`` iterations, with CW's early abort
-(every ``steps // 10`` iterations, stop when the loss has not fallen below ``0.9999`` of its
-previous check value). Every iterate that meets the success criterion (with the confidence
-margin) is a candidate; the smallest-L2 candidate is kept. The constant ``c`` is searched per
-example by :func:`advjax.attacks.c_search.c_search` (``c *= growth`` until success, then
-bisection), the convention shared with :mod:`advjax.attacks.lbfgs` (papers.md Appendix A).
+(``optax.adam``) in a ``lax.while_loop`` of at most ``steps`` iterations, with a per-example
+early abort checked every ``steps // 10`` iterations (see :func:`cw_l2`'s ``abort_early``).
+Every iterate that meets the success criterion (with the confidence margin) is a candidate;
+the smallest-L2 candidate is kept. The constant ``c`` is searched per example by
+:func:`advjax.attacks.c_search.c_search` (``c *= growth`` until success, then bisection), the
+convention shared with :mod:`advjax.attacks.lbfgs` (papers.md Appendix A).
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from advjax import _checks
-from advjax.attacks import _common
+from advjax.attacks import _boundary, losses
 from advjax.attacks.c_search import c_search, check_const
-from advjax.attacks.result import AttackResult, make_result
+from advjax.attacks.result import AttackResult
 
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
@@ -51,9 +50,9 @@ def f6_objective(logits: Array, label: Array, target: Array | None, confidence: 
       ``max(z_y - max_{j != y} z_j, -kappa)``.
     """
     if target is None:
-        gap = -_common.margin_loss(logits, label)
+        gap = -losses.margin_loss(logits, label)
     else:
-        gap = -_common.targeted_margin_loss(logits, target)
+        gap = -losses.targeted_margin_loss(logits, target)
     return jnp.maximum(gap, -confidence)
 
 
@@ -96,7 +95,15 @@ def cw_l2(
       targeted: if True, ``target`` is required and success means ``argmax == target``; else
         success means ``argmax != label``.
       growth: ``c`` factor while no success has been seen (CW: 10).
-      abort_early: CW's early stop of the Adam loop when the loss stalls.
+      abort_early: stop an example's Adam loop early. Every ``steps // 10`` iterations the loss
+        is compared with its value at the previous check; the loss has *stalled* when it fell by
+        less than ``1e-4`` of its magnitude (a relative test, right for either sign, so also with
+        ``confidence > 0`` where the objective is negative). A stalled example stops when it has
+        already succeeded at this ``c``, or when ``w`` itself has stopped moving (no coordinate
+        moved towards the interior by ``learning_rate`` since the check): an example whose
+        pixels are saturated at the box faces (``tanh`` flat, loss unchanged while Adam still
+        drives ``w`` towards the interior) is never given up. CW's reference aborts on the
+        batch-summed loss instead.
       lo, hi: the input box; ``x_adv`` stays in ``[lo, hi]`` through the tanh parametrisation.
 
     Returns:
@@ -105,50 +112,35 @@ def cw_l2(
       class to reach (required iff ``targeted``); ``key`` unused (the attack is deterministic;
       accepted for a uniform signature); ``initial_const`` an optional per-example first ``c``.
       ``result.aux`` holds ``const`` (the ``c`` of the returned example, or the last ``c`` tried),
-      ``const_lower`` / ``const_upper`` (final bracket) and ``num_successes`` (number of ``c`` whose
-      run succeeded), plus ``target`` when targeted. Distortions are in input units.
+      ``const_lower`` / ``const_upper`` (final bracket), ``num_successes`` (number of ``c`` whose
+      run succeeded) and ``iterations`` (Adam iterations run over all ``c``), plus ``target`` when
+      targeted. Distortions are in input units.
       ``jax.jit(jax.vmap(attack))`` maps every argument per example.
     """
-    confidence = _common.check_nonneg_float(confidence, "confidence")
-    learning_rate = _common.check_positive_float(learning_rate, "learning_rate")
+    confidence = _boundary.check_nonneg_float(confidence, "confidence")
+    learning_rate = _boundary.check_positive_float(learning_rate, "learning_rate")
     _checks.check_positive_int(steps, "steps")
     _checks.check_positive_int(search_steps, "search_steps")
     check_const(initial_const, "initial_const")
     if not float(growth) > 1.0:
         raise ValueError(f"`growth` must be > 1; got {growth!r}.")
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
     if lo is None:
         raise ValueError("`lo` and `hi` are required: the tanh change of variables needs a box.")
     default_const = float(initial_const)
     check_every = max(steps // 10, 1)
     optimizer = optax.adam(learning_rate)
+    half_range = 0.5 * (hi - lo)
 
-    def attack(
-        x: Array,
-        label: Array,
-        *,
-        target: Array | None = None,
-        key: Array | None = None,
-        initial_const: Array | float | None = None,
-    ) -> AttackResult:
-        del key  # deterministic
-        x, label, k = _common.check_inputs(logits_fn, x, label, lo, hi)
-        if k < 2:
-            raise ValueError(f"`logits_fn` must output at least 2 classes; got {k}.")
-        target = _common.check_target(target, targeted, k)
-        if initial_const is not None:
-            if np.ndim(initial_const) != 0:
-                raise ValueError(f"`initial_const` must be a scalar for one example; got shape "
-                                 f"{np.shape(initial_const)} (batch with jax.vmap).")
-            check_const(initial_const, "initial_const")
-        const0 = default_const if initial_const is None else initial_const
-        clean_logits = logits_fn(x)
+    def to_x(w):
+        return lo + half_range * (jnp.tanh(w) + 1.0)
+
+    def search(logits_fn, ex: _boundary.Example):
+        x, label, target = ex.x, ex.label, ex.target
+        c_in = ex.extra["initial_const"]
+        const0 = default_const if c_in is None else c_in
         dtype = x.dtype
-        half_range = 0.5 * (hi - lo)
         w0 = jnp.arctanh(((x - lo) / half_range - 1.0) * _TANH_SHRINK)
-
-        def to_x(w):
-            return lo + half_range * (jnp.tanh(w) + 1.0)
 
         def solve(c):
             c = c.astype(dtype)
@@ -161,28 +153,38 @@ def cw_l2(
                 return total, (x_adv, logits, dist2)
 
             def cond(carry):
-                i, _, _, _, _, _, _, stop = carry
-                return (i < steps) & ~stop
+                return (carry["i"] < steps) & ~carry["stop"]
 
             def body(carry):
-                i, w, opt_state, best_x, best_d2, found, prev, _ = carry
-                (value, (x_adv, logits, dist2)), g = jax.value_and_grad(loss, has_aux=True)(w)
-                ok = cw_success(logits, label, target, confidence) & (dist2 < best_d2)
-                best_x = jnp.where(ok, x_adv, best_x)
-                best_d2 = jnp.where(ok, dist2, best_d2)
-                found = found | ok
-                updates, opt_state = optimizer.update(g, opt_state, w)
-                w = optax.apply_updates(w, updates)
+                (value, (x_adv, logits, dist2)), g = jax.value_and_grad(loss, has_aux=True)(
+                    carry["w"])
+                ok = cw_success(logits, label, target, confidence) & (dist2 < carry["best_d2"])
+                found = carry["found"] | ok
+                updates, opt_state = optimizer.update(g, carry["opt"], carry["w"])
+                w = optax.apply_updates(carry["w"], updates)
+                i = carry["i"]
                 check = (i % check_every) == 0
-                stop = abort_early & check & (value > prev * 0.9999)
-                prev = jnp.where(check, value, prev)
-                return i + 1, w, opt_state, best_x, best_d2, found, prev, stop
+                prev = carry["prev"]
+                stalled = value > prev - 1e-4 * jnp.abs(prev)
+                # Moving towards the interior (|w| falling) is progress even while the loss is
+                # flat (saturated tanh); drifting outwards at a face is not.
+                inward = jnp.abs(carry["w_check"]) - jnp.abs(carry["w"])
+                w_still = jnp.max(inward) < learning_rate
+                stop = abort_early & check & (i > 0) & stalled & (found | w_still)
+                return dict(
+                    i=i + 1, w=w, opt=opt_state,
+                    best_x=jnp.where(ok, x_adv, carry["best_x"]),
+                    best_d2=jnp.where(ok, dist2, carry["best_d2"]), found=found,
+                    prev=jnp.where(check, value, prev),
+                    w_check=jnp.where(check, carry["w"], carry["w_check"]), stop=stop)
 
-            init = (jnp.zeros((), jnp.int32), w0, optimizer.init(w0), x,
-                    jnp.full((), jnp.inf, dtype), jnp.zeros((), bool),
-                    jnp.full((), jnp.inf, dtype), jnp.zeros((), bool))
-            _, _, _, best_x, best_d2, found, _, _ = jax.lax.while_loop(cond, body, init)
-            return jnp.clip(best_x, lo, hi), found, jnp.sqrt(best_d2)
+            init = dict(i=jnp.zeros((), jnp.int32), w=w0, opt=optimizer.init(w0), best_x=x,
+                        best_d2=jnp.full((), jnp.inf, dtype), found=jnp.zeros((), bool),
+                        prev=jnp.full((), jnp.inf, dtype), w_check=w0,
+                        stop=jnp.zeros((), bool))
+            out = jax.lax.while_loop(cond, body, init)
+            return (jnp.clip(out["best_x"], lo, hi), out["found"], jnp.sqrt(out["best_d2"]),
+                    out["i"])
 
         found = c_search(solve, const0, x, search_steps=search_steps, growth=growth)
         aux = {
@@ -190,10 +192,12 @@ def cw_l2(
             "const_lower": found.lower,
             "const_upper": found.upper,
             "num_successes": found.num_successes,
+            "iterations": found.work,
         }
-        if targeted:
-            aux["target"] = target
-        return make_result(logits_fn, x, found.x_best, label, target=target,
-                           clean_logits=clean_logits, aux=aux)
+        return found.x_best, aux
 
-    return attack
+    const_spec = _boundary.Extra(host_check=check_const, predicate=_checks.positive_ok,
+                                 safe=default_const)
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi,
+                                 target="required" if targeted else "none",
+                                 extras={"initial_const": const_spec})

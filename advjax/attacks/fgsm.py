@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax
 
 from advjax import _checks
-from advjax.attacks import _common
+from advjax.attacks import _boundary, losses, projections
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -44,27 +44,17 @@ def fgsm(
       target class (targeted only); ``key`` is unused (accepted for a uniform interface).
       ``x_adv`` satisfies ``||x_adv - x||_norm <= eps`` and lies in the box.
     """
-    _checks.check_choice(norm, "norm", _common.NORMS)
-    lo, hi = _common.check_box_setting(lo, hi)
-    targeted = bool(targeted)
+    _checks.check_choice(norm, "norm", projections.NORMS)
+    lo, hi = _boundary.check_box_setting(lo, hi)
 
-    def attack(x: Array, label: Array, *, eps: Array, target: Array | None = None,
-               key: Array | None = None) -> AttackResult:
-        del key
-        x, label, k = _common.check_inputs(logits_fn, x, label, lo, hi)
-        target = _common.check_target(target, targeted, k)
-        eps = _common.check_eps(eps).astype(x.dtype)
-
+    def search(logits_fn, ex: _boundary.Example):
         def objective(z):
-            logits = logits_fn(z)
-            return _common.attack_loss("ce", logits, label, target), logits
+            return losses.attack_loss("ce", logits_fn(z), ex.label, ex.target)
 
-        _, clean_logits, g = _common.grad_and_aux(objective, x)
-        x_adv = _common.clip_box(x + eps * _common.steepest_direction(g, norm), lo, hi)
-        valid = _common.input_flag(x, label, k, eps=eps, target=target)
-        return _common.finish_result(logits_fn, x, x_adv, label, target=target,
-                                     clean_logits=clean_logits, aux={"valid_input": valid},
-                                     reset_misclassified=reset_misclassified)
+        g = jax.grad(objective)(ex.x)
+        eps = ex.budget
+        return ex.x + eps * projections.steepest_direction(g, norm), {}
 
-    return attack
-
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps",
+                                 target="required" if targeted else "none",
+                                 reset_misclassified=bool(reset_misclassified))

@@ -18,13 +18,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _common
+from advjax.attacks import _boundary, losses, projections
 from advjax.attacks._lbfgsb import minimize_box
 from advjax.attacks.c_search import c_search, check_const
-from advjax.attacks.result import AttackResult, make_result
+from advjax.attacks.result import AttackResult
 
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
@@ -104,8 +103,10 @@ def lbfgs(
         it. An example already predicted as ``target`` is reported with ``x_adv = x``.
       * ``target``: the class to reach (int scalar in ``[0, K)``); success means
         ``argmax logits(x_adv) == target``. When ``None``: a random class other than ``label``
-        drawn with ``key`` if a key is given, else the second most likely class of the clean
-        prediction (cleverhans' default).
+        drawn with ``key`` if a key is given, else the most likely class other than ``label`` of
+        the clean prediction (cleverhans' second-most-likely default for a correctly classified
+        example; never the label itself for a misclassified one). A ``target == label`` is
+        invalid.
       * ``initial_const``: per-example override of the constructor's ``initial_const``.
 
       ``result.aux`` holds ``target``, ``const`` (the ``c`` of the returned example; the last ``c``
@@ -122,40 +123,25 @@ def lbfgs(
     _checks.check_positive_int(max_linesearch, "max_linesearch")
     if not float(growth) > 1.0:
         raise ValueError(f"`growth` must be > 1; got {growth!r}.")
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
     if lo is None:
         raise ValueError("`lo` and `hi` are required: the L-BFGS attack is box-constrained.")
     default_const = float(initial_const)
 
-    def attack(
-        x: Array,
-        label: Array,
-        *,
-        target: Array | None = None,
-        key: Array | None = None,
-        initial_const: Array | float | None = None,
-    ) -> AttackResult:
-        x, label, k = _common.check_inputs(logits_fn, x, label, lo, hi)
-        if k < 2:
-            raise ValueError(f"`logits_fn` must output at least 2 classes; got {k}.")
-        clean_logits = logits_fn(x)
-        if target is None:
-            if key is not None:
-                target = random_wrong_target(_common.check_key(key), label, k)
-            else:
-                target = second_most_likely_target(clean_logits)
-        else:
-            target = _common.check_label(target, "target", k)
-        const0 = default_const if initial_const is None else initial_const
-        if initial_const is not None:
-            if np.ndim(initial_const) != 0:
-                raise ValueError(f"`initial_const` must be a scalar for one example; got shape "
-                                 f"{np.shape(initial_const)} (batch with jax.vmap).")
-            check_const(initial_const, "initial_const")
+    def default_target(ex: _boundary.Example) -> Array:
+        if ex.key is not None:
+            return random_wrong_target(ex.key, ex.label, ex.num_classes)
+        others = jnp.where(jnp.arange(ex.num_classes) == ex.label, -jnp.inf, ex.clean_logits)
+        return jnp.argmax(others).astype(jnp.int32)
+
+    def search(logits_fn, ex: _boundary.Example):
+        x, target = ex.x, ex.target
+        c_in = ex.extra["initial_const"]
+        const0 = default_const if c_in is None else c_in
 
         def solve(c):
             def objective(x_adv):
-                ce = _common.ce_loss(logits_fn(x_adv), target)
+                ce = losses.ce_loss(logits_fn(x_adv), target)
                 return c.astype(x.dtype) * ce + jnp.sum(jnp.square(x_adv - x))
 
             res = minimize_box(objective, x, lo, hi, max_iterations=max_iterations,
@@ -163,17 +149,19 @@ def lbfgs(
                                max_linesearch=max_linesearch)
             x_c = jnp.clip(res.x, lo, hi)
             ok = jnp.argmax(logits_fn(x_c)) == target
-            return x_c, ok, _common.l2_norm(x_c - x)
+            return x_c, ok, projections.l2_norm(x_c - x)
 
         found = c_search(solve, const0, x, search_steps=search_steps, growth=growth)
         aux = {
-            "target": target,
             "const": found.const,
             "const_lower": found.lower,
             "const_upper": found.upper,
             "num_successes": found.num_successes,
         }
-        return make_result(logits_fn, x, found.x_best, label, target=target,
-                           clean_logits=clean_logits, aux=aux)
+        return found.x_best, aux
 
-    return attack
+    const_spec = _boundary.Extra(host_check=check_const, predicate=_checks.positive_ok,
+                                 safe=default_const)
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, target="optional",
+                                 default_target=default_target,
+                                 extras={"initial_const": const_spec})

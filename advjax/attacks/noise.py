@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import jax
 
-from advjax.attacks import _common
-from advjax.attacks.result import AttackResult, make_result
+from advjax.attacks import _boundary
+from advjax.attacks.result import AttackResult
 
 Array = jax.Array
 
@@ -32,17 +32,12 @@ def gaussian_noise(
       deviation of the noise (input units, per example under ``vmap``), ``key`` a PRNG key
       (required). ``success`` means the noisy example is misclassified.
     """
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
     do_clip = bool(clip) and lo is not None
 
-    def attack(x: Array, label: Array, *, rms: Array, key: Array | None = None) -> AttackResult:
-        x, label, k = _common.check_inputs(logits_fn, x, label, lo, hi)
-        rms = _common.check_eps(rms, "rms").astype(x.dtype)
-        key = _common.check_key(key)
-        x_adv = x + rms * jax.random.normal(key, x.shape, x.dtype)
-        if do_clip:
-            x_adv = _common.clip_box(x_adv, lo, hi)
-        valid = _common.input_flag(x, label, k, eps=rms)
-        return make_result(logits_fn, x, x_adv, label, aux={"valid_input": valid})
+    def search(logits_fn, ex: _boundary.Example):
+        del logits_fn
+        return ex.x + ex.budget * jax.random.normal(ex.key, ex.x.shape, ex.x.dtype), {}
 
-    return attack
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="rms", needs_key=True,
+                                 clip=do_clip)

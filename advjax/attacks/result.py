@@ -66,31 +66,57 @@ def make_result(
     target: Array | None = None,
     clean_logits: Array | None = None,
     aux: Mapping[str, Array] | None = None,
+    valid: Array | None = None,
+    reset_misclassified: bool = True,
 ) -> AttackResult:
-    """Builds an :class:`AttackResult`; examples already misclassified keep ``x_adv = x``.
+    """Builds an :class:`AttackResult` for ONE example: the only result builder of the attacks.
 
-    For an untargeted attack an example whose clean prediction is already wrong is a success at
-    zero distortion. For a targeted attack, an example already predicted as ``target`` is too.
+    Arguments:
+      logits_fn: per-example ``x -> logits (K,)``.
+      x: the clean example; x_adv: the attack's point (same shape).
+      label: true class (int scalar); target: the target class of a targeted attack, else None.
+      clean_logits: ``logits_fn(x)`` when already computed.
+      aux: attack-specific arrays, copied into ``result.aux``.
+      valid: bool scalar, the inputs passed validation (``None``: valid). Where False the example
+        is reported as NOT attacked: ``x_adv = x``, ``success = False``, ``l2 = linf = rmse = NaN``
+        and ``clean_correct = False``, so no metric can count it as a success or as robust.
+        ``aux["valid_input"]`` is set to this flag.
+      reset_misclassified: when True (the library convention) an example whose clean prediction is
+        already wrong (targeted: already ``target``) is returned unperturbed (``x_adv = x``); it
+        is a success at zero distortion. False keeps the attack's point for every example
+        (adversarial training, explanations).
+
+    Returns:
+      The :class:`AttackResult`; success is ``argmax logits(x_adv) != label`` (targeted:
+      ``== target``) and the example is valid.
     """
     if clean_logits is None:
         clean_logits = logits_fn(x)
     clean_pred = jnp.argmax(clean_logits, axis=-1)
     clean_correct = clean_pred == label
-    already = ~clean_correct if target is None else clean_pred == target
-    x_adv = jnp.where(already, x, x_adv)
+    if reset_misclassified:
+        already = ~clean_correct if target is None else clean_pred == target
+        x_adv = jnp.where(already, x, x_adv)
+    aux = dict(aux or {})
+    if valid is not None:
+        valid = jnp.asarray(valid, bool)
+        x_adv = jnp.where(valid, x_adv, x)
+        aux["valid_input"] = valid
     logits = logits_fn(x_adv)
     l2, linf, rmse = distortions(x, x_adv)
+    success = is_success(logits, label, target)
+    if valid is not None:
+        nan = jnp.asarray(jnp.nan, l2.dtype)
+        l2, linf, rmse = (jnp.where(valid, v, nan) for v in (l2, linf, rmse))
+        success = success & valid
+        clean_correct = clean_correct & valid
     return AttackResult(
         x_adv=x_adv,
-        success=is_success(logits, label, target),
+        success=success,
         l2=l2,
         linf=linf,
         rmse=rmse,
         logits=logits,
         clean_correct=clean_correct,
-        aux=dict(aux or {}),
+        aux=aux,
     )
-
-
-def clip_to_box(x: Array, lo: float, hi: float) -> Array:
-    return jnp.clip(x, lo, hi)

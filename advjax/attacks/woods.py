@@ -7,15 +7,15 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _common
-from advjax.attacks.result import AttackResult, distortions, is_success, make_result
+from advjax.attacks import _boundary, losses, projections
+from advjax.attacks.result import AttackResult
 
 Array = jax.Array
 
 CRITERIA = ("l2", "l2_min", "btr")
+WOODS_LOSSES = ("ce", "margin")
 
 
 def step_sizes(eps: Array, steps: int, eps_overshoot: float = 1.0) -> Array:
@@ -39,6 +39,7 @@ def woods_l2(
     *,
     steps: int = 7,
     criterion: str = "l2",
+    loss: str = "ce",
     momentum: float = 0.0,
     eps_overshoot: float = 1.0,
     track_best: bool | None = None,
@@ -55,7 +56,8 @@ def woods_l2(
     With ``delta_0 = 0``, ``S = eps * eps_overshoot`` and ``t`` the class followed (the true
     ``label``, or ``target`` when ``encourage``), for ``i = 0 .. T-1`` (plus, with track-best, one
     extra evaluation-only pass at ``delta_T``):
-      * ``g = grad_delta CE(f(x + delta), t)`` (negated when ``encourage``: descent towards ``t``);
+      * ``g = grad_delta CE(f(x + delta), t)`` (negated when ``encourage``: descent towards ``t``;
+        with ``loss="margin"`` the margin ``max_{j != t} z_j - z_t`` replaces ``CE``);
       * ``cond`` = "boundary not reached": ``"l2"``: ``RMSE(delta) < eps``; ``"l2_min"``:
         ``argmax f(x + delta) == label`` (``!= target`` when ``encourage``); ``"btr"``:
         ``softmax(f(x + delta))[label] > 1/K`` (``<= 1/K`` for ``target`` when ``encourage``);
@@ -76,6 +78,10 @@ def woods_l2(
       steps: ``T``.
       criterion: ``"l2"`` (adversarial training), ``"l2_min"`` (minimal misclassifying
         perturbation: ARA / L2-min training) or ``"btr"`` ("better than random": p(label) <= 1/K).
+      loss: ``"ce"`` (the reference) or ``"margin"``. With CE the gradient vanishes when the
+        softmax saturates (``p(t) = 1`` in float32), the ``1e-8`` of the normalisation then
+        dominates and the attack stops moving (``aux["stalled"]``); the margin's gradient does not
+        vanish, so the margin variant keeps moving on such examples.
       momentum: ``mu`` in ``[0, 1)`` (ARA: 0.9 with 450 steps and eps 20).
       eps_overshoot: step-budget multiplier (explanations: 5).
       track_best: keep the smallest-RMSE boundary crossing (default: ``True`` for ``"l2_min"`` and
@@ -103,43 +109,40 @@ def woods_l2(
       (bool: crossed at some evaluation), ``cross_step`` (int32: first evaluation index at which
       the boundary was crossed, ``-1`` if never; index ``T`` is the extra evaluation),
       ``best_rmse`` (RMSE of the returned ``delta`` before any reset; ``inf`` with track-best
-      when nothing was found), ``best_step`` (int32: evaluation index of the returned ``delta``).
+      when nothing was found), ``best_step`` (int32: evaluation index of the returned ``delta``),
+      ``path`` (RMSE length of the path actually travelled, ``sum_i ss_i RMSE(dir_i)``, at most
+      ``eps * eps_overshoot``) and ``stalled`` (bool: never crossed and travelled less than half
+      of the allowed path: the gradient vanished, e.g. a saturated softmax).
     """
     _checks.check_positive_int(steps, "steps")
     _checks.check_choice(criterion, "criterion", CRITERIA)
-    momentum = _common.check_nonneg_float(momentum, "momentum")
+    _checks.check_choice(loss, "loss", WOODS_LOSSES)
+    momentum = _boundary.check_nonneg_float(momentum, "momentum")
     if momentum >= 1:
         raise ValueError(f"`momentum` must lie in [0, 1); got {momentum}.")
-    eps_overshoot = _common.check_positive_float(eps_overshoot, "eps_overshoot")
+    eps_overshoot = _boundary.check_positive_float(eps_overshoot, "eps_overshoot")
     if track_best is None:
         track_best = criterion in ("l2_min", "btr")
     track_best = bool(track_best)
     encourage = bool(encourage)
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
     do_clip = bool(clip) and lo is not None
     half = steps // 2
+    sign = -1.0 if encourage else 1.0
+    objective_loss = losses.ce_loss if loss == "ce" else losses.margin_loss
+    # Both losses grow as ``x + delta`` leaves the followed class, so they share ``sign``.
 
-    def attack(x: Array, label: Array, *, eps: Array, target: Array | None = None,
-               affected: Array | bool = True, key: Array | None = None) -> AttackResult:
-        x, label, k = _common.check_inputs(logits_fn, x, label, lo, hi)
-        if target is not None and not encourage:
-            raise ValueError("`target` is only used with encourage=True (explanations); the "
-                             "untargeted attack follows `label`.")
-        follow = _common.check_label(target, "target", k) if target is not None else label
-        eps = _common.check_eps(eps).astype(x.dtype)
-        if np.ndim(affected) != 0:
-            raise ValueError(f"`affected` must be a scalar for one example; got shape "
-                             f"{np.shape(affected)}.")
-        aff = jnp.asarray(affected).astype(x.dtype)
+    def search(logits_fn, ex: _boundary.Example):
+        x, label, eps, k = ex.x, ex.label, ex.budget, ex.num_classes
+        follow = ex.target if encourage else label
+        aff = jnp.asarray(ex.extra["affected"]).astype(x.dtype)
         if half_half:
-            key = _common.check_key(key)
-            aff = aff * jax.random.bernoulli(key, 0.5).astype(x.dtype)
+            aff = aff * jax.random.bernoulli(ex.key, 0.5).astype(x.dtype)
         ss = step_sizes(eps, steps, eps_overshoot).astype(x.dtype)
-        sign = -1.0 if encourage else 1.0
 
         def boundary_not_reached(delta, logits):
             if criterion == "l2":
-                return _common.rmse(delta) < eps
+                return projections.rmse(delta) < eps
             if criterion == "l2_min":
                 on_class = jnp.argmax(logits) == follow
                 return ~on_class if encourage else on_class
@@ -149,13 +152,13 @@ def woods_l2(
         def evaluate(delta):
             def objective(d):
                 logits = logits_fn(x + d)
-                return _common.ce_loss(logits, follow), logits
+                return objective_loss(logits, follow), logits
 
-            _, logits, g = _common.grad_and_aux(objective, delta)
+            (_, logits), g = jax.value_and_grad(objective, has_aux=True)(delta)
             return boundary_not_reached(delta, logits), sign * g
 
         def track(i, cond, delta, best, best_r, best_i, cross):
-            r = _common.rmse(delta)
+            r = projections.rmse(delta)
             crossed = ~cond
             take = crossed & (r < best_r)
             best = jnp.where(take, delta, best)
@@ -165,21 +168,23 @@ def woods_l2(
             return best, best_r, best_i, cross
 
         def body(i, carry):
-            delta, mom, best, best_r, best_i, cross = carry
+            delta, mom, best, best_r, best_i, cross, path = carry
             cond, g = evaluate(delta)
             best, best_r, best_i, cross = track(i, cond, delta, best, best_r, best_i, cross)
             c = cond.astype(x.dtype)
-            direction = _common.normalize_rmse(c * g + (1.0 - c) * (-delta))
+            direction = projections.normalize_rmse(c * g + (1.0 - c) * (-delta))
             if momentum > 0:
                 mom = momentum * mom + (1.0 - momentum) * direction
                 direction = mom
-            delta = delta + ss[i] * direction * aff
-            return delta, mom, best, best_r, best_i, cross
+            step = ss[i] * direction * aff
+            delta = delta + step
+            return delta, mom, best, best_r, best_i, cross, path + projections.rmse(step)
 
         zeros = jnp.zeros_like(x)
         init = (zeros, zeros, zeros, jnp.full((), jnp.inf, x.dtype),
-                jnp.full((), -1, jnp.int32), jnp.full((), -1, jnp.int32))
-        delta, _, best, best_r, best_i, cross = jax.lax.fori_loop(0, steps, body, init)
+                jnp.full((), -1, jnp.int32), jnp.full((), -1, jnp.int32),
+                jnp.zeros((), x.dtype))
+        delta, _, best, best_r, best_i, cross, path = jax.lax.fori_loop(0, steps, body, init)
         if track_best:
             # The extra evaluation-only pass: a forward pass, no gradient.
             cond = boundary_not_reached(delta, logits_fn(x + delta))
@@ -187,34 +192,32 @@ def woods_l2(
             out = best
         else:
             out = delta
-            best_r = _common.rmse(delta)
+            best_r = projections.rmse(delta)
             best_i = jnp.asarray(steps, jnp.int32)
         by_half = (cross >= 0) & (cross <= half)
+        stalled = (cross < 0) & (path < 0.5 * eps * eps_overshoot) & (aff > 0)
         aux = {"boundary_by_half": by_half, "crossed": cross >= 0,
                "cross_step": cross, "best_rmse": best_r, "best_step": best_i,
-               "valid_input": _common.input_flag(x, label, k, eps=eps, target=follow)}
+               "path": path, "stalled": stalled}
         if sanity_check and _checks.is_concrete(by_half) and not bool(by_half):
             raise ValueError(
                 "woods_l2 sanity check: the boundary was not crossed within the first "
                 f"floor(steps/2)={half} steps, so the remaining steps did not minimise the "
                 "perturbation; increase `eps` or `steps`.")
-        x_adv = x + out
-        if do_clip:
-            x_adv = _common.clip_box(x_adv, lo, hi)
-        if encourage:
-            return _explanation_result(logits_fn, x, x_adv, label, follow, aux)
-        if not reset_misclassified:
-            return _explanation_result(logits_fn, x, x_adv, label, None, aux)
-        return make_result(logits_fn, x, x_adv, label, aux=aux)
+        return x + out, aux
+
+    inner = _boundary.per_example(
+        search, logits_fn, lo=lo, hi=hi, budget="eps",
+        target="optional" if encourage else "none", default_target=lambda ex: ex.label,
+        target_may_equal_label=True, needs_key=bool(half_half),
+        reset_misclassified=bool(reset_misclassified) and not encourage, clip=do_clip,
+        extras={"affected": _boundary.Extra(default=True)})
+
+    def attack(x: Array, label: Array, *, eps: Array, target: Array | None = None,
+               affected: Array | bool = True, key: Array | None = None) -> AttackResult:
+        if target is not None and not encourage:
+            raise ValueError("`target` is only used with encourage=True (explanations); the "
+                             "untargeted attack follows `label`.")
+        return inner(x, label, eps=eps, target=target, affected=affected, key=key)
 
     return attack
-
-
-def _explanation_result(logits_fn, x, x_adv, label, target, aux) -> AttackResult:
-    """Like :func:`make_result` but never resets ``x_adv`` to ``x`` (explanations / training)."""
-    logits = logits_fn(x_adv)
-    l2, linf, rmse = distortions(x, x_adv)
-    return AttackResult(
-        x_adv=x_adv, success=is_success(logits, label, target), l2=l2, linf=linf, rmse=rmse,
-        logits=logits, clean_correct=jnp.argmax(logits_fn(x)) == label, aux=dict(aux))
-

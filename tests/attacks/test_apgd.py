@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advjax.attacks import _common
+from advjax.attacks import losses
 from advjax.attacks.apgd import apgd, checkpoints
 from advjax.attacks.pgd import pgd
 from tests.attacks.conftest import linear_min_l2
@@ -24,9 +24,9 @@ def test_checkpoints_match_the_paper_recursion():
 def test_dlr_loss_closed_form():
     z = jnp.array([3.0, 1.0, 2.0, -1.0, 0.5])
     # untargeted, y = 0: -(z_y - max_other) / (z_pi1 - z_pi3) = -(3 - 2) / (3 - 1)
-    np.testing.assert_allclose(_common.dlr_loss(z, 0), -0.5, rtol=1e-6)
+    np.testing.assert_allclose(losses.dlr_loss(z, 0), -0.5, rtol=1e-6)
     # targeted, y = 0, t = 3: -(3 - (-1)) / (3 - (1 + 0.5) / 2)
-    np.testing.assert_allclose(_common.targeted_dlr_loss(z, 0, 3), -4 / 2.25, rtol=1e-6)
+    np.testing.assert_allclose(losses.targeted_dlr_loss(z, 0, 3), -4 / 2.25, rtol=1e-6)
 
 
 @pytest.mark.parametrize("loss", ["ce", "dlr"])

@@ -11,7 +11,7 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advjax.attacks import _common
+from advjax.attacks import projections
 from advjax.attacks.pgd import pgd, step_schedule
 from tests.attacks.conftest import (
     linear_min_l2,
@@ -68,7 +68,7 @@ def test_l2_box_projection_is_exact_against_scipy(trial):
     x = rng.uniform(0, 1, 30)
     v = x + rng.normal(size=30) * (0.5 + trial)
     eps = 0.7
-    z = np.asarray(_common.project_l2_box(jnp.asarray(v, jnp.float32),
+    z = np.asarray(projections.project_l2_box(jnp.asarray(v, jnp.float32),
                                           jnp.asarray(x, jnp.float32), eps, 0.0, 1.0))
     res = scipy.optimize.minimize(
         lambda q: np.sum((q - v) ** 2), x, jac=lambda q: 2 * (q - v), method="SLSQP",
@@ -78,7 +78,7 @@ def test_l2_box_projection_is_exact_against_scipy(trial):
     np.testing.assert_allclose(z, res.x, atol=2e-5)
     assert np.linalg.norm(z - x) <= eps * (1 + 1e-6)
     # "clip after L2 projection" is feasible but never closer than the exact projection.
-    zc = np.asarray(_common.project_l2_box(jnp.asarray(v, jnp.float32),
+    zc = np.asarray(projections.project_l2_box(jnp.asarray(v, jnp.float32),
                                            jnp.asarray(x, jnp.float32), eps, 0.0, 1.0,
                                            method="clip"))
     assert np.linalg.norm(zc - x) <= eps * (1 + 1e-6)
@@ -89,7 +89,7 @@ def test_uniform_l2_ball_sampling():
     # Uniform in the d-ball: (r / eps)^d ~ U[0, 1] and directions have mean ~0.
     d, n = 3, 2000
     keys = jax.random.split(jax.random.key(0), n)
-    pts = np.asarray(jax.vmap(lambda k: _common.sample_l2_ball(k, (d,), 2.0))(keys))
+    pts = np.asarray(jax.vmap(lambda k: projections.sample_l2_ball(k, (d,), 2.0))(keys))
     r = np.linalg.norm(pts, axis=1)
     assert r.max() <= 2.0 + 1e-6
     assert scipy.stats.kstest((r / 2.0) ** d, "uniform").pvalue > 1e-3

@@ -1,0 +1,240 @@
+"""Norms, steepest-ascent directions, projections onto a norm ball ∩ the box, and ball sampling.
+
+Everything works on ONE example (no batch axis) and is a pure function of arrays and static
+settings, so it composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+
+Conventions: ``x`` is the clean example (any shape, inside the box ``[lo, hi]``); norms are over all
+elements of an example; ``lo = hi = None`` means no box. RMSE(v) = ``||v||_2 / sqrt(v.size)`` (the
+distortion unit of Szegedy et al. §4.1 and of Woods et al. Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+NORMS = ("linf", "l2")
+L2_PROJECTIONS = ("exact", "clip")
+
+__all__ = [
+    "L2_PROJECTIONS",
+    "NORMS",
+    "clip_box",
+    "l2_norm",
+    "linf_norm",
+    "normalize_l2",
+    "normalize_rmse",
+    "project",
+    "project_l2",
+    "project_l2_box",
+    "project_linf",
+    "project_linf_box",
+    "rmse",
+    "sample_ball",
+    "sample_l2_ball",
+    "sample_linf_ball",
+    "steepest_direction",
+]
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"`norm` must be one of {list(NORMS)}; got {norm!r}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Norms and normalised directions
+# ----------------------------------------------------------------------------------------------
+
+
+def l2_norm(v: Array) -> Array:
+    """L2 norm of ``v`` over all elements (scalar)."""
+    return jnp.sqrt(jnp.sum(jnp.square(v)))
+
+
+def linf_norm(v: Array) -> Array:
+    """L-infinity norm of ``v`` over all elements (scalar)."""
+    return jnp.max(jnp.abs(v))
+
+
+def rmse(v: Array) -> Array:
+    """Root-mean-square of ``v`` over all elements: ``||v||_2 / sqrt(v.size)`` (scalar)."""
+    return jnp.sqrt(jnp.mean(jnp.square(v)))
+
+
+def normalize_l2(g: Array, eps: float = 1e-12) -> Array:
+    """``g / ||g||_2`` (zero stays zero): the steepest-ascent direction of unit L2 norm."""
+    return g / jnp.maximum(l2_norm(g), eps)
+
+
+def normalize_rmse(g: Array, eps: float = 1e-8) -> Array:
+    """``g / (eps + RMSE(g))``: Woods et al. Algorithm 1 normalisation (papers.md §2.9)."""
+    return g / (eps + rmse(g))
+
+
+def steepest_direction(g: Array, norm: str) -> Array:
+    """Steepest-ascent direction of unit ``norm`` for the gradient ``g`` (shape of ``g``).
+
+    Args:
+      g: gradient, any shape.
+      norm: ``"linf"`` (``sign(g)``, L-infinity norm 1) or ``"l2"`` (``g / ||g||_2``).
+
+    Returns:
+      An array of the shape of ``g``.
+    """
+    _check_norm(norm)
+    return jnp.sign(g) if norm == "linf" else normalize_l2(g)
+
+
+# ----------------------------------------------------------------------------------------------
+# Projections
+# ----------------------------------------------------------------------------------------------
+
+
+def clip_box(x: Array, lo: float | None, hi: float | None) -> Array:
+    """``clip(x, lo, hi)``; ``lo = hi = None`` means no box (identity)."""
+    if lo is None and hi is None:
+        return x
+    return jnp.clip(x, lo, hi)
+
+
+def project_linf(delta: Array, eps: Array) -> Array:
+    """Euclidean projection of ``delta`` onto the L-infinity ball of radius ``eps`` (a clip)."""
+    return jnp.clip(delta, -eps, eps)
+
+
+def project_l2(delta: Array, eps: Array) -> Array:
+    """Euclidean projection of ``delta`` onto the L2 ball of radius ``eps`` (radial rescale)."""
+    n = l2_norm(delta)
+    return delta * jnp.where(n > eps, eps / jnp.maximum(n, 1e-30), 1.0)
+
+
+def project_linf_box(x_adv: Array, x: Array, eps: Array, lo: float | None,
+                     hi: float | None) -> Array:
+    """Exact Euclidean projection of ``x_adv`` onto ``{z : ||z - x||_inf <= eps} ∩ [lo, hi]``.
+
+    Both sets are coordinate-wise intervals, so the projection is the coordinate-wise clip to
+    ``[max(x - eps, lo), min(x + eps, hi)]`` (non-empty when ``x`` is inside the box).
+    """
+    lower, upper = x - eps, x + eps
+    if lo is not None:
+        lower = jnp.maximum(lower, lo)
+    if hi is not None:
+        upper = jnp.minimum(upper, hi)
+    return jnp.clip(x_adv, lower, upper)
+
+
+def _l2_box_scale(v: Array, x: Array, eps: Array, lo: float, hi: float) -> Array:
+    """The ``t`` in ``[0, 1]`` of the exact L2 ∩ box projection ``clip(x + t v, lo, hi)``.
+
+    Coordinate ``i`` moves as ``t v_i`` until it hits its face at ``tau_i = c_i / v_i`` (``c_i``
+    the signed distance from ``x_i`` to the face ``v_i`` points to) and then stays at ``c_i``, so
+    ``phi(t) = ||clip(x + t v) - x||^2 = t^2 sum_{tau_i > t} v_i^2 + sum_{tau_i <= t} c_i^2`` is
+    continuous, non-decreasing and quadratic between consecutive breakpoints. One sort of ``tau``
+    and two cumulative sums give ``phi`` at every breakpoint; the root of ``phi(t) = eps^2`` is
+    then solved in closed form on its segment. Exact up to rounding, O(d log d), no iteration.
+    """
+    v = v.reshape(-1)
+    x = x.reshape(-1)
+    dtype = v.dtype
+    cap = jnp.where(v > 0, hi - x, lo - x)
+    moving = v != 0
+    tau = jnp.where(moving, cap / jnp.where(moving, v, 1.0), jnp.inf)
+    tau = jnp.maximum(tau, 0.0)  # x on (or numerically past) a face: capped at once
+    c2 = jnp.where(moving, jnp.square(cap), 0.0)
+    v2 = jnp.square(v)
+    tau_s, v2_s, c2_s = jax.lax.sort((tau, v2, c2), num_keys=1)
+    s = jnp.cumsum(c2_s)                       # S_k: capped coordinates 1..k
+    r = jnp.sum(v2_s) - jnp.cumsum(v2_s)       # R_k: free coordinates k+1..d
+    phi = jnp.where(jnp.isinf(tau_s), jnp.inf, jnp.square(tau_s) * r + s)
+    eps2 = jnp.square(eps).astype(dtype)
+    m = jnp.sum(phi <= eps2)                   # breakpoints passed before the root
+    zero = jnp.zeros((1,), dtype)
+    s_m = jnp.concatenate([zero, s])[m]
+    r_m = jnp.concatenate([jnp.sum(v2_s)[None], r])[m]
+    t = jnp.sqrt(jnp.maximum(eps2 - s_m, 0.0) / jnp.maximum(r_m, 1e-30))
+    lower = jnp.concatenate([zero, tau_s])[m]
+    upper = jnp.concatenate([tau_s, jnp.full((1,), jnp.inf, dtype)])[m]
+    return jnp.clip(jnp.clip(t, lower, upper), 0.0, 1.0)
+
+
+def project_l2_box(x_adv: Array, x: Array, eps: Array, lo: float | None, hi: float | None,
+                   *, method: str = "exact") -> Array:
+    """Euclidean projection of ``x_adv`` onto ``{z : ||z - x||_2 <= eps} ∩ [lo, hi]``.
+
+    Args:
+      x_adv: the point to project, shape of ``x``.
+      x: centre of the ball (the clean example), inside the box.
+      eps: ball radius (scalar, >= 0, input units).
+      lo, hi: the box (``None`` for no box).
+      method: ``"exact"`` or ``"clip"``.
+
+        * ``"exact"``: the true projection. With ``v = x_adv - x`` the KKT conditions of
+          ``min ||z - x_adv||^2 s.t. ||z - x|| <= eps, lo <= z <= hi`` give
+          ``z = clip(x + t v, lo, hi)`` with ``t = 1 / (1 + lambda)`` in ``(0, 1]`` (``lambda``
+          the ball's multiplier); ``t`` is found exactly by one sort of the coordinates' box
+          breakpoints (see ``_l2_box_scale``). A final radial rescale (a no-op up to rounding)
+          keeps the result inside the ball despite float rounding.
+        * ``"clip"``: the common "rescale onto the L2 ball, then clip to the box". Feasible
+          (clipping towards ``x``'s box only shrinks ``|z - x|`` coordinate-wise) but not always
+          the nearest feasible point.
+
+    Returns:
+      The projected point, shape of ``x``.
+    """
+    if method not in L2_PROJECTIONS:
+        raise ValueError(f"`method` must be one of {list(L2_PROJECTIONS)}; got {method!r}.")
+    v = x_adv - x
+    if method == "clip" or (lo is None and hi is None):
+        return clip_box(x + project_l2(v, eps), lo, hi)
+    inside = l2_norm(clip_box(x_adv, lo, hi) - x) <= eps
+    t = jnp.where(inside, 1.0, _l2_box_scale(v, x, eps, lo, hi)).astype(v.dtype)
+    z = clip_box(x + t * v, lo, hi)
+    return x + project_l2(z - x, eps)
+
+
+def project(x_adv: Array, x: Array, eps: Array, norm: str, lo: float | None,
+            hi: float | None, *, l2_method: str = "exact") -> Array:
+    """Projection onto the ``norm`` ball of radius ``eps`` around ``x`` intersected with the box.
+
+    ``"linf"``: :func:`project_linf_box` (exact); ``"l2"``: :func:`project_l2_box` with
+    ``method=l2_method`` (``"exact"`` or ``"clip"``).
+    """
+    _check_norm(norm)
+    if norm == "linf":
+        return project_linf_box(x_adv, x, eps, lo, hi)
+    return project_l2_box(x_adv, x, eps, lo, hi, method=l2_method)
+
+
+# ----------------------------------------------------------------------------------------------
+# Random starts
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_linf_ball(key: Array, shape, eps: Array, dtype=jnp.float32) -> Array:
+    """A point uniform in the L-infinity ball of radius ``eps`` (each coordinate U[-eps, eps])."""
+    return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * eps
+
+
+def sample_l2_ball(key: Array, shape, eps: Array, dtype=jnp.float32) -> Array:
+    """A point uniform in the L2 ball of radius ``eps`` in ``d = prod(shape)`` dimensions.
+
+    Direction: a normalised standard Gaussian (uniform on the sphere); radius ``eps * U^(1/d)``,
+    ``U ~ U[0, 1]``, which makes the point uniform in volume.
+    """
+    k_dir, k_rad = jax.random.split(key)
+    g = jax.random.normal(k_dir, shape, dtype)
+    d = int(np.prod(shape)) if len(shape) else 1
+    u = jax.random.uniform(k_rad, (), dtype)
+    return normalize_l2(g) * eps * u ** (1.0 / d)
+
+
+def sample_ball(key: Array, shape, eps: Array, norm: str, dtype=jnp.float32) -> Array:
+    """Uniform sample in the ``norm`` ball of radius ``eps`` (shape ``shape``)."""
+    _check_norm(norm)
+    if norm == "linf":
+        return sample_linf_ball(key, shape, eps, dtype)
+    return sample_l2_ball(key, shape, eps, dtype)

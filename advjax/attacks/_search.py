@@ -69,8 +69,11 @@ def finish(logits_fn: LogitsFn, x: Array, x_adv: Array, label: Array, valid: Arr
     if norm is not None:
         delta = (x_safe - x).reshape(-1)
         size = jnp.max(jnp.abs(delta)) if norm == "linf" else jnp.sqrt(jnp.sum(delta * delta))
-        # A relative slack of 1e-6 absorbs float32 rounding of the projection.
-        x_safe = jnp.where(size <= eps * (1 + 1e-6) + 1e-12, x_safe, x)
+        # Rounding slack: clipping to x +- eps in floating point can leave |x_adv - x| a few ulps
+        # of |x| above eps.
+        ulp = jnp.finfo(x.dtype).eps * (1.0 + jnp.max(jnp.abs(x)))
+        slack = 4 * ulp * (1.0 if norm == "linf" else jnp.sqrt(jnp.asarray(x.size, x.dtype)))
+        x_safe = jnp.where(size <= eps * (1 + 1e-6) + slack, x_safe, x)
     res = make_result(logits_fn, x, x_safe, label, clean_logits=clean_logits,
                       aux={**dict(aux or {}), "valid_input": valid})
     nan = jnp.asarray(jnp.nan, res.l2.dtype)

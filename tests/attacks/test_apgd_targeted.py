@@ -38,13 +38,13 @@ def test_only_one_wrong_class_reachable(norm):
     logits_fn, x, dist = _one_reachable(norm)
     assert 0.01 < dist < 0.2 if norm == "linf" else dist < 1.0
     key = jax.random.key(0)
-    full = apgd_targeted(logits_fn, norm=norm, steps=20, n_targets=4)
+    full = jax.jit(apgd_targeted(logits_fn, norm=norm, steps=20, n_targets=4))
     above = full(x, jnp.int32(0), eps=1.05 * dist, key=key)
     below = full(x, jnp.int32(0), eps=0.95 * dist, key=key)
     assert bool(above.success) and int(jnp.argmax(above.logits)) == 3
     assert not bool(below.success)
     # The reachable class is ranked 5th: attacking the top 3 others only cannot succeed.
-    top3 = apgd_targeted(logits_fn, norm=norm, steps=20, n_targets=3)
+    top3 = jax.jit(apgd_targeted(logits_fn, norm=norm, steps=20, n_targets=3))
     assert not bool(top3(x, jnp.int32(0), eps=1.05 * dist, key=key).success)
     size = above.linf if norm == "linf" else above.l2
     assert float(size) <= 1.05 * dist * (1 + 1e-5)
@@ -58,18 +58,19 @@ def test_vmap_shard_and_invalid_flags(tiny_mlp):
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(len(ys)))
     attack = apgd_targeted(p.logits_fn, steps=10, n_targets=3)
     eps = jnp.full((len(ys),), 0.1)
-    a = jax.jit(jax.vmap(attack))(xs, ys, eps=eps, key=keys)
+    batched = jax.jit(jax.vmap(attack))
+    a = batched(xs, ys, eps=eps, key=keys)
     b = shard_attack(attack)(xs, ys, eps=eps, key=keys)
     np.testing.assert_array_equal(np.asarray(a.success), np.asarray(b.success))
     np.testing.assert_allclose(np.asarray(a.x_adv), np.asarray(b.x_adv), atol=1e-6)
     assert float(jnp.max(a.linf)) <= 0.1 + 1e-6
     # Under jit an invalid label / eps is flagged, not attacked.
-    bad = jax.jit(jax.vmap(attack))(xs[:2], jnp.array([99, ys[1]]), eps=jnp.array([0.1, -1.0]),
-                                    key=keys[:2])
-    assert not np.any(np.asarray(bad.success))
-    assert not np.any(np.asarray(bad.aux["valid_input"]))
-    assert np.all(np.isnan(np.asarray(bad.l2)))
-    np.testing.assert_array_equal(np.asarray(bad.x_adv), np.asarray(xs[:2]))
+    bad = batched(xs, ys.at[0].set(99), eps=eps.at[1].set(-1.0), key=keys)
+    assert not np.any(np.asarray(bad.success[:2]))
+    assert not np.any(np.asarray(bad.aux["valid_input"][:2]))
+    assert np.all(np.asarray(bad.aux["valid_input"][2:]))
+    assert np.all(np.isnan(np.asarray(bad.l2[:2])))
+    np.testing.assert_array_equal(np.asarray(bad.x_adv[:2]), np.asarray(xs[:2]))
     with pytest.raises(ValueError, match="label"):
         attack(xs[0], jnp.int32(7), eps=0.1, key=keys[0])
     with pytest.raises(ValueError, match="eps"):

@@ -1,0 +1,227 @@
+"""AutoAttack (Croce & Hein 2020): the parameter-free ensemble, for ONE example, in one program.
+
+``standard`` = APGD-CE -> APGD-T -> FAB-T -> Square with the published settings (100 iterations,
+1 restart, 9 target classes, 5000 queries, ``p_init = 0.8``); ``plus`` adds APGD-DLR and
+untargeted FAB with 5 restarts each (and 5 restarts of APGD-CE); ``rand`` runs APGD-CE and
+APGD-DLR with the gradient averaged over ``eot_samples`` random draws of a randomised model.
+
+An example already broken by a stage is not attacked by the later ones: every stage runs its loop
+only while ``active`` (a ``lax.while_loop`` condition), so a batch stops as soon as all of its
+examples are broken. :func:`advjax.attacks.evaluate.evaluate` goes further and runs each stage
+only on the examples still robust (compacted), as the official code does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from advjax import _checks
+from advjax.attacks import _common, _search
+from advjax.attacks.apgd_targeted import apgd_search, apgd_t_search
+from advjax.attacks.fab import fab_multi_search
+from advjax.attacks.result import AttackResult
+from advjax.attacks.square import square_search
+
+Array = jax.Array
+
+VERSIONS = ("standard", "plus", "rand")
+STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+VERSION_STAGES = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Static settings of the stages (the published values by default).
+
+    Attributes:
+      norm: ``"linf"`` or ``"l2"``.
+      steps: APGD / FAB iterations (100).
+      apgd_restarts: APGD-CE / APGD-DLR restarts (1 standard and rand, 5 plus).
+      fab_restarts: untargeted FAB restarts (5, plus only).
+      n_targets: APGD-T / FAB-T target classes (9; capped at ``K - 1``).
+      queries: Square queries (5000); ``p_init``: 0.8.
+      eot_samples: gradient draws per APGD step (1; 20 for ``rand``).
+      randomized: ``logits_fn(x, key)`` is a randomised model.
+      lo, hi: the box.
+    """
+
+    norm: str = "linf"
+    steps: int = 100
+    apgd_restarts: int = 1
+    fab_restarts: int = 5
+    n_targets: int = 9
+    queries: int = 5000
+    p_init: float = 0.8
+    eot_samples: int = 1
+    randomized: bool = False
+    lo: float | None = 0.0
+    hi: float | None = 1.0
+
+
+def _model(logits_fn, randomized: bool):
+    if randomized:
+        return logits_fn
+    return lambda z, key: logits_fn(z)
+
+
+def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
+    """The search of one stage: ``search(x, label, eps, key, active) -> x_adv`` (ONE example).
+
+    The returned point is checked by :func:`verified_success`, never trusted as is.
+    """
+    _checks.check_choice(name, "attacks", STAGES)
+    model = _model(logits_fn, cfg.randomized)
+    det = (lambda z: logits_fn(z, jax.random.key(0))) if cfg.randomized else logits_fn
+    n_targets = cfg.n_targets
+
+    def apgd_untargeted(loss):
+        def search(x, label, eps, key, active):
+            def loss_fn(z, k):
+                logits = model(z, k)
+                return _common.attack_loss(loss, logits, label), logits
+
+            best, done = x, jnp.zeros((), bool)
+            for r in range(cfg.apgd_restarts):
+                z, s, _ = apgd_search(loss_fn, x, label, eps, jax.random.fold_in(key, r),
+                                      norm=cfg.norm, steps=cfg.steps, lo=cfg.lo, hi=cfg.hi,
+                                      eot_samples=cfg.eot_samples, active=active & ~done)
+                best = jnp.where(s & ~done, z, jnp.where(done, best, z))
+                done = done | s
+            return best
+        return search
+
+    if name == "apgd-ce":
+        return apgd_untargeted("ce")
+    if name == "apgd-dlr":
+        return apgd_untargeted("dlr")
+    if name == "apgd-t":
+        def search(x, label, eps, key, active):
+            k = _common.num_classes(det, x)
+            return apgd_t_search(det, x, label, eps, key, norm=cfg.norm, steps=cfg.steps,
+                                 n_targets=min(n_targets, k - 1), lo=cfg.lo, hi=cfg.hi,
+                                 active=active)[0]
+        return search
+    if name in ("fab", "fab-t"):
+        targeted = name == "fab-t"
+
+        def search(x, label, eps, key, active):
+            k = _common.num_classes(det, x)
+            return fab_multi_search(det, x, label, key, norm=cfg.norm, steps=cfg.steps,
+                                    lo=cfg.lo, hi=cfg.hi, targeted=targeted,
+                                    n_targets=min(n_targets, k - 1),
+                                    n_restarts=1 if targeted else cfg.fab_restarts,
+                                    stop_below=eps, start_radius=eps, active=active)[0]
+        return search
+
+    def search(x, label, eps, key, active):
+        return square_search(det, x, label, eps, key, norm=cfg.norm, n_queries=cfg.queries,
+                             p_init=cfg.p_init, lo=cfg.lo, hi=cfg.hi, active=active)[0]
+    return search
+
+
+def verified_success(logits_fn: Callable, cfg: Settings, x: Array, z: Array, label: Array,
+                     eps: Array, key: Array) -> Array:
+    """A stage's point counts only if it is inside the box and the ``norm`` ball of radius
+    ``eps`` (up to float rounding) and a fresh forward pass misclassifies it (randomised model:
+    one draw with ``key``)."""
+    delta = (z - x).reshape(-1)
+    size = jnp.max(jnp.abs(delta)) if cfg.norm == "linf" else jnp.sqrt(jnp.sum(delta * delta))
+    ulp = jnp.finfo(x.dtype).eps * (1.0 + jnp.max(jnp.abs(x)))
+    slack = 4 * ulp * (1.0 if cfg.norm == "linf" else jnp.sqrt(jnp.asarray(x.size, x.dtype)))
+    ok = size <= eps * (1 + 1e-6) + slack
+    if cfg.lo is not None:
+        ok = ok & jnp.all(z >= cfg.lo) & jnp.all(z <= cfg.hi)
+    logits = _model(logits_fn, cfg.randomized)(z, key)
+    return ok & (jnp.argmax(logits) != label)
+
+
+def settings_for(version: str, norm: str, **overrides) -> Settings:
+    """The published settings of ``version`` (then ``overrides``)."""
+    _checks.check_choice(version, "version", VERSIONS)
+    _checks.check_choice(norm, "norm", _common.NORMS)
+    base = dict(norm=norm)
+    if version == "plus":
+        base.update(apgd_restarts=5, fab_restarts=5)
+    if version == "rand":
+        base.update(eot_samples=20, randomized=True)
+    base.update(overrides)
+    return Settings(**base)
+
+
+def autoattack(
+    logits_fn: Callable,
+    *,
+    norm: str = "linf",
+    version: str = "standard",
+    attacks: Sequence[str] | None = None,
+    lo: float | None = 0.0,
+    hi: float | None = 1.0,
+    **settings,
+) -> Callable[..., AttackResult]:
+    """The AutoAttack ensemble as one per-example attack (contract).
+
+    Args:
+      logits_fn: per-example ``x -> logits (K,)``; for ``version="rand"`` a randomised model
+        ``logits_fn(x, key) -> logits``.
+      norm: ``"linf"`` or ``"l2"``.
+      version: ``"standard"``, ``"plus"`` or ``"rand"`` (stages and settings as published).
+      attacks: a custom order of stages from ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``,
+        ``fab-t``, ``square`` (default: the version's).
+      lo, hi: the box.
+      **settings: overrides of :class:`Settings` (e.g. ``steps=10`` for a quick check).
+
+    Returns:
+      ``attack(x, label, *, eps, key) -> AttackResult``: ``success`` is the worst case over the
+      stages (robust = ``~success``), ``x_adv`` the first stage's successful point (``x`` if none),
+      ``aux[name]`` each stage's success flag, ``aux["stage_success"]`` the flags stacked in
+      stage order (``attack.stages``). Keys: stage ``i`` uses ``fold_in(key, i)``.
+    """
+    lo, hi = _common.check_box_setting(lo, hi)
+    cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
+    stages = tuple(VERSION_STAGES[version] if attacks is None else attacks)
+    if not stages:
+        raise ValueError("`attacks` must name at least one stage.")
+    for s in stages:
+        _checks.check_choice(s, "attacks", STAGES)
+    if cfg.randomized and any(s in ("fab", "fab-t", "square", "apgd-t") for s in stages):
+        raise ValueError("`attacks`: with a randomised model only 'apgd-ce' and 'apgd-dlr' use "
+                         "EOT; got " + repr(stages))
+    searches = [stage_search(s, logits_fn, cfg) for s in stages]
+    det = (lambda z: logits_fn(z, jax.random.key(0))) if cfg.randomized else logits_fn
+
+    def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None) -> AttackResult:
+        x, label, eps, key, k, valid = _search.check_call(det, x, label, eps, key, lo, hi)
+        if "apgd-dlr" in stages and k < 3:
+            raise ValueError(f"'apgd-dlr' needs at least 3 classes; `logits_fn` gives {k}.")
+        if "apgd-t" in stages and k < 4:
+            raise ValueError(f"'apgd-t' needs at least 4 classes; `logits_fn` gives {k}.")
+        clean_ok = jnp.argmax(det(x)) == label
+        done = ~clean_ok
+        x_adv = x
+        flags = []
+        for i, search in enumerate(searches):
+            k_i = jax.random.fold_in(key, i)
+            z = search(x, label, eps, k_i, valid & ~done)
+            s = valid & ~done & verified_success(logits_fn, cfg, x, z, label, eps,
+                                                 jax.random.fold_in(k_i, 7))
+            x_adv = jnp.where(s, z, x_adv)
+            flags.append(s)
+            done = done | s
+        aux = {name: f for name, f in zip(stages, flags, strict=True)}
+        aux["stage_success"] = jnp.stack(flags)
+        res = _search.finish(det, x, x_adv, label, valid, aux=aux)
+        # Worst case over the stages: robust only if no stage succeeded (and the clean point is
+        # correct); for a randomised model the final forward pass is one draw, so the stage flags
+        # decide.
+        return res.replace(success=valid & (done | res.success))
+
+    attack.stages = stages
+    return attack

@@ -1,0 +1,261 @@
+"""FAB, the fast adaptive boundary attack (Croce & Hein 2020, "Minimally distorted adversarial
+examples with a fast adaptive boundary attack"), for ONE example: L-infinity and L2, untargeted and
+targeted (top-k classes), with restarts.
+
+Each step linearises the decision boundary to the chosen class at the current point ``x1``,
+projects both ``x1`` and the clean ``x`` onto that hyperplane intersected with the box (exactly,
+:func:`project_hyperplane_box`), moves to a convex combination of the two projections
+(extrapolated by ``eta``, biased towards the clean point by at most ``alpha_max``), and after every
+success steps back towards ``x`` by the factor ``beta``. It returns the smallest adversarial
+perturbation it found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from advjax import _checks
+from advjax.attacks import _common, _search
+from advjax.attacks.result import AttackResult
+
+Array = jax.Array
+
+_BIG = 1e10
+
+
+def project_hyperplane_box(p: Array, w: Array, b: Array, lo: float | None, hi: float | None,
+                           norm: str) -> Array:
+    """The smallest ``d`` (in ``norm``) with ``w . (p + d) = b`` and ``lo <= p + d <= hi``.
+
+    Exact: with ``c = b - w . p`` each coordinate moves towards ``sign(c w_i)`` by
+    ``min(tau |w_i|, u_i)`` (L2) or ``min(tau, u_i)`` (L-infinity), ``u_i`` the room left in the
+    box; ``w . d`` is piecewise linear and non-decreasing in ``tau``, so ``tau`` is solved on the
+    right piece after sorting the breakpoints. When the hyperplane does not meet the box the
+    result is the box corner that gets closest (every coordinate at its bound).
+
+    Args:
+      p: the point, flat ``(n,)``.
+      w, b: the hyperplane ``w . z = b`` (``w`` flat ``(n,)``, ``b`` scalar).
+      lo, hi: the box (``None``: no box).
+      norm: ``"linf"`` or ``"l2"``.
+
+    Returns:
+      ``d``, flat ``(n,)``.
+    """
+    c = b - jnp.dot(w, p)
+    s = jnp.where(c >= 0, 1.0, -1.0).astype(p.dtype)
+    up = s * w > 0
+    if lo is None:
+        room = jnp.full_like(p, _BIG)
+    else:
+        room = jnp.maximum(jnp.where(up, hi - p, p - lo), 0.0)
+    aw = jnp.abs(w)
+    if norm == "l2":
+        weight = aw * aw
+        brk = jnp.where(aw > 0, room / jnp.where(aw > 0, aw, 1.0), 0.0)
+    else:
+        weight = aw
+        brk = jnp.where(aw > 0, room, 0.0)
+    order = jnp.argsort(brk)
+    bs, ws = brk[order], weight[order]
+    sat = jnp.concatenate([jnp.zeros(1, p.dtype), jnp.cumsum(ws * bs)[:-1]])   # sum_{j<k}
+    rest = jnp.cumsum(ws[::-1])[::-1]                                           # sum_{j>=k}
+    g = sat + bs * rest
+    target = jnp.abs(c)
+    k = jnp.sum(g < target)
+    n = p.shape[0]
+    kk = jnp.minimum(k, n - 1)
+    tau = jnp.where(k >= n, bs[n - 1], (target - sat[kk]) / jnp.maximum(rest[kk], 1e-30))
+    step = jnp.minimum(tau, brk)
+    d = s * jnp.sign(w) * (step * aw if norm == "l2" else step)
+    return jnp.where(target > 0, d, 0.0)
+
+
+def _size(v: Array, norm: str) -> Array:
+    return jnp.max(jnp.abs(v)) if norm == "linf" else jnp.sqrt(jnp.sum(v * v))
+
+
+def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key: Array, *,
+               norm: str, steps: int, lo: float | None, hi: float | None,
+               target: Array | None = None, random_start: bool | Array = False,
+               start_radius: Array | float = 0.0, alpha_max: float = 0.1, eta: float = 1.05,
+               beta: float = 0.9, stop_below: Array | float = -1.0,
+               active: Array | bool = True) -> tuple[Array, Array]:
+    """One FAB run on ONE example.
+
+    Args:
+      target: ``None`` (untargeted: the class whose linearised boundary is closest) or a class.
+      random_start: start at a random point at distance ``start_radius / 2`` (restarts).
+      stop_below: stop once a perturbation of size ``<= stop_below`` is found (fixed-budget use;
+        negative: run every step).
+      active: when False no step is taken.
+
+    Returns:
+      ``(x_best, size_best)``: the smallest adversarial point found (``x`` and ``inf`` if none).
+    """
+    shape = x.shape
+    x0 = x.reshape(-1)
+    k = _common.num_classes(logits_fn, x)
+
+    def flat_logits(z):
+        return logits_fn(z.reshape(shape))
+
+    if random_start is not False:
+        if norm == "linf":
+            t = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
+            t = t / jnp.max(jnp.abs(t))
+        else:
+            t = _common.normalize_l2(jax.random.normal(key, x0.shape, x0.dtype))
+        x1 = jnp.where(random_start, _common.clip_box(x0 + 0.5 * start_radius * t, lo, hi), x0)
+    else:
+        x1 = x0
+
+    def linearise(z):
+        if target is not None:
+            def diff(v):
+                zz = flat_logits(v)
+                return zz[target] - zz[label]
+            df, dg = jax.value_and_grad(diff)(z)
+            return df, dg
+        logits = flat_logits(z)
+        jac = jax.jacrev(flat_logits)(z)                     # (K, n)
+        df_all = logits - logits[label]
+        dg_all = jac - jac[label]
+        dual = (jnp.sum(jnp.abs(dg_all), axis=1) if norm == "linf"
+                else jnp.sqrt(jnp.sum(dg_all * dg_all, axis=1)))
+        ratio = jnp.abs(df_all) / (1e-12 + dual)
+        ratio = jnp.where(jnp.arange(k) == label, jnp.inf, ratio)
+        j = jnp.argmin(ratio)
+        return df_all[j], dg_all[j]
+
+    active = jnp.asarray(active, bool)
+    inf = jnp.asarray(jnp.inf, x0.dtype)
+    # Already misclassified at the start: that start counts (as in the official code's first check
+    # after the first step it would be found anyway).
+    st = dict(i=jnp.zeros((), jnp.int32), x1=x1, best=x0, size=inf)
+
+    def cond(st):
+        return (st["i"] < steps) & active & ~(st["size"] <= stop_below)
+
+    def body(st):
+        x1 = st["x1"]
+        df, w = linearise(x1)
+        b = jnp.dot(w, x1) - df
+        d1 = project_hyperplane_box(x1, w, b, lo, hi, norm)
+        d2 = project_hyperplane_box(x0, w, b, lo, hi, norm)
+        a1 = jnp.maximum(_size(d1, norm), 1e-8)
+        a2 = jnp.maximum(_size(d2, norm), 1e-8)
+        alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)
+        x_new = _common.clip_box((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, lo, hi)
+        adv = jnp.argmax(flat_logits(x_new)) != label
+        t = _size(x_new - x0, norm)
+        improve = adv & (t < st["size"])
+        return dict(i=st["i"] + 1,
+                    x1=jnp.where(adv, x0 + (x_new - x0) * beta, x_new),
+                    best=jnp.where(improve, x_new, st["best"]),
+                    size=jnp.where(improve, t, st["size"]))
+
+    st = jax.lax.while_loop(cond, body, st)
+    return st["best"].reshape(shape), st["size"]
+
+
+def fab_multi_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key: Array, *,
+                     norm: str, steps: int, lo: float | None, hi: float | None,
+                     targeted: bool, n_targets: int, n_restarts: int,
+                     stop_below: Array | float = -1.0, start_radius: Array | float | None = None,
+                     active: Array | bool = True, **kw) -> tuple[Array, Array]:
+    """FAB over restarts (and, targeted, over the top ``n_targets`` classes): the smallest
+    adversarial point found. Restart 0 starts at ``x``, later restarts at a random point at
+    distance ``start_radius / 2`` (default: half the best size found so far, or ``stop_below``).
+    With ``stop_below >= 0`` a run stops, and later runs are skipped, once a point of size
+    ``<= stop_below`` is found (AutoAttack's fixed-budget use)."""
+    targets = (_search.top_targets(logits_fn(x), label, n_targets) if targeted
+               else jnp.zeros((1,), jnp.int32))
+    n_t = n_targets if targeted else 1
+    best, size = x, jnp.asarray(jnp.inf, x.dtype)
+    active = jnp.asarray(active, bool)
+    for ti in range(n_t):
+        for r in range(n_restarts):
+            radius = start_radius
+            if radius is None:
+                radius = jnp.where(jnp.isfinite(size), size,
+                                   jnp.where(jnp.asarray(stop_below) > 0, stop_below, 0.0))
+            run_key = jax.random.fold_in(jax.random.fold_in(key, ti), r)
+            z, t = fab_search(logits_fn, x, label, run_key, norm=norm, steps=steps, lo=lo, hi=hi,
+                              target=targets[ti] if targeted else None, random_start=r > 0,
+                              start_radius=radius, stop_below=stop_below,
+                              active=active & ~(size <= stop_below), **kw)
+            take = t < size
+            best, size = jnp.where(take, z, best), jnp.where(take, t, size)
+    return best, size
+
+
+def fab(
+    logits_fn: Callable[[Array], Array],
+    *,
+    norm: str = "linf",
+    steps: int = 100,
+    n_restarts: int = 1,
+    targeted: bool = False,
+    n_targets: int = 9,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    lo: float | None = 0.0,
+    hi: float | None = 1.0,
+) -> Callable[..., AttackResult]:
+    """FAB: minimum-norm adversarial examples; also a fixed-budget attack (success within ``eps``).
+
+    Args:
+      logits_fn: per-example ``x -> logits (K,)``.
+      norm: ``"linf"`` or ``"l2"``.
+      steps: iterations per run (100 in AutoAttack).
+      n_restarts: runs per target (restart 0 from ``x``, later ones from random points).
+      targeted: attack the classes ranked 2nd .. ``n_targets + 1``-th by the clean logits (FAB-T;
+        one gradient per step) instead of the closest linearised boundary (a full Jacobian per
+        step).
+      n_targets: ``1 <= n_targets <= K - 1`` (9 in AutoAttack).
+      alpha_max, eta, beta: the paper's bias towards ``x`` (0.1), extrapolation (1.05) and
+        backward step (0.9).
+      lo, hi: the box.
+
+    Returns:
+      ``attack(x, label, *, key, eps=None) -> AttackResult``. Without ``eps``: ``x_adv`` is the
+      smallest adversarial point found, ``success`` whether one was found. With ``eps`` (fixed
+      budget): success only within ``eps`` (otherwise ``x_adv = x``), and the search stops once
+      such a point is found. ``aux["size"]`` is the ``norm`` of the smallest perturbation found
+      (``inf`` if none, 0 if already misclassified).
+    """
+    _checks.check_choice(norm, "norm", _common.NORMS)
+    _checks.check_positive_int(steps, "steps")
+    _checks.check_positive_int(n_restarts, "n_restarts")
+    _checks.check_positive_int(n_targets, "n_targets")
+    alpha_max = _common.check_nonneg_float(alpha_max, "alpha_max")
+    eta = _common.check_positive_float(eta, "eta")
+    beta = _common.check_positive_float(beta, "beta")
+    if alpha_max > 1 or beta > 1:
+        raise ValueError(f"`alpha_max` and `beta` must lie in [0, 1]; got {alpha_max}, {beta}.")
+    lo, hi = _common.check_box_setting(lo, hi)
+    targeted = bool(targeted)
+
+    def attack(x: Array, label: Array, *, key: Array | None = None,
+               eps: Array | None = None) -> AttackResult:
+        budget = eps is not None
+        x, label, eps_v, key, k, valid = _search.check_call(
+            logits_fn, x, label, eps if budget else 0.0, key, lo, hi)
+        if targeted and n_targets > k - 1:
+            raise ValueError(f"`n_targets` must be <= K - 1 = {k - 1}; got {n_targets}.")
+        x_adv, size = fab_multi_search(
+            logits_fn, x, label, key, norm=norm, steps=steps, lo=lo, hi=hi, targeted=targeted,
+            n_targets=n_targets, n_restarts=n_restarts, stop_below=eps_v if budget else -1.0,
+            active=valid, alpha_max=alpha_max, eta=eta, beta=beta)
+        clean_wrong = jnp.argmax(logits_fn(x)) != label
+        size = jnp.where(clean_wrong, 0.0, size)
+        return _search.finish(logits_fn, x, x_adv, label, valid,
+                              norm=norm if budget else None, eps=eps_v if budget else None,
+                              aux={"size": jnp.where(valid, size, jnp.nan)})
+
+    return attack

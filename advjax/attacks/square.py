@@ -1,0 +1,218 @@
+"""Square Attack (Andriushchenko et al. 2020): score-based random search, L-infinity and L2, for ONE
+example, forward passes only.
+
+Each query changes one random square window of side ``s`` (the paper's schedule: ``s`` shrinks as
+the query count grows) and keeps the change when the margin loss ``z_y - max_{j != y} z_j``
+decreases; the search stops as soon as the example is misclassified (per example; a batch stops
+when all of its examples have stopped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advjax import _checks
+from advjax.attacks import _common, _search
+from advjax.attacks.result import AttackResult
+
+Array = jax.Array
+
+_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def p_schedule(i: Array, p_init: float, n_queries: int, rescale: bool) -> Array:
+    """Fraction ``p`` of pixels changed at query ``i`` (the paper's piecewise-constant schedule,
+    halved at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of a 10 000-query budget;
+    ``rescale=True`` maps ``i`` onto that budget first, AutoAttack uses ``rescale=False``)."""
+    it = (i * 10000) // n_queries if rescale else i
+    halvings = sum((it > t).astype(jnp.int32) for t in _SCHEDULE)
+    return p_init / (2.0 ** halvings)
+
+
+def _side(p: Array, n_pixels: int, min_side: int, max_side: int, odd: bool) -> Array:
+    s = jnp.maximum(jnp.round(jnp.sqrt(p * n_pixels)).astype(jnp.int32), min_side)
+    if odd:
+        s = s + (s % 2 == 0)
+    return jnp.minimum(s, max_side)
+
+
+def _window(h: int, w: int, vh: Array, vw: Array, s: Array) -> Array:
+    rows = jnp.arange(h)[:, None]
+    cols = jnp.arange(w)[None, :]
+    return (rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)
+
+
+def eta_window(h: int, w: int, vh: Array, vw: Array, s: Array, transpose: Array) -> Array:
+    """The L2 Square Attack's window pattern, placed at ``(vh, vw)`` in an ``(h, w)`` image.
+
+    Within the ``s x s`` window: the top ``s // 2`` rows hold the "rectangles" pattern
+    ``sum_{k >= max(|i - a//2|, |j - s//2|)}^{s//2} 1 / (k + 1)^2`` of an ``a x s`` block
+    (``a = s // 2``), the bottom rows minus the same pattern of an ``(s - a) x s`` block; each
+    block has unit L2 norm, the whole window then unit L2 norm; ``transpose`` swaps rows and
+    columns. Zero outside the window.
+    """
+    rows = jnp.arange(h)[:, None] - vh
+    cols = jnp.arange(w)[None, :] - vw
+    r = jnp.where(transpose, cols, rows)
+    q = jnp.where(transpose, rows, cols)
+    inside = (rows >= 0) & (rows < s) & (cols >= 0) & (cols < s)
+    a = s // 2
+    top = r < a
+    i = jnp.where(top, r, r - a)
+    height = jnp.where(top, a, s - a)
+    rho = jnp.maximum(jnp.abs(i - height // 2), jnp.abs(q - s // 2))
+    k_max = jnp.maximum(height // 2, s // 2)
+    table = jnp.concatenate([jnp.zeros(1), jnp.cumsum(1.0 / jnp.arange(1, h + w + 3) ** 2)])
+    value = jnp.where(inside & (rho <= k_max),
+                      table[jnp.clip(k_max + 1, 0, h + w + 2)] - table[jnp.clip(rho, 0, h + w + 2)],
+                      0.0)
+    n_top = jnp.sqrt(jnp.sum(jnp.where(top & inside, value ** 2, 0.0)))
+    n_bot = jnp.sqrt(jnp.sum(jnp.where(~top & inside, value ** 2, 0.0)))
+    value = jnp.where(top, value / jnp.maximum(n_top, 1e-12), -value / jnp.maximum(n_bot, 1e-12))
+    return value / jnp.maximum(jnp.sqrt(jnp.sum(value ** 2)), 1e-12)
+
+
+def _signs(key: Array, shape) -> Array:
+    return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0)
+
+
+def square_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, eps: Array,
+                  key: Array, *, norm: str, n_queries: int, p_init: float, lo: float | None,
+                  hi: float | None, rescale_schedule: bool = False,
+                  active: Array | bool = True) -> tuple[Array, Array, Array]:
+    """Square Attack on ONE image ``x`` of shape ``(H, W, C)``.
+
+    Returns:
+      ``(x_best, success, queries)``: the point of smallest margin found (the first
+      misclassified one once found), whether it is misclassified, and the number of model
+      queries spent (including the initial one).
+    """
+    h, w, c = x.shape
+    n_pixels = h * w
+
+    def clip(z):
+        return _common.clip_box(z, lo, hi)
+
+    def score(z):
+        return _search.margin(logits_fn(z), label)
+
+    k_init, k_loop = jax.random.split(key)
+    if norm == "linf":
+        # Vertical stripes of +-eps (one sign per column and channel).
+        x_best = clip(x + eps * _signs(k_init, (1, w, c)).astype(x.dtype))
+    else:
+        s0 = max(h // 5, 1)
+        sp = (h - s0 * 5) // 2
+        delta = jnp.zeros_like(x)
+        starts_h = [sp + i * s0 for i in range(h // s0) if sp + i * s0 < h]
+        starts_w = [sp + j * s0 for j in range(w // s0) if sp + j * s0 < w]
+        keys = jax.random.split(k_init, len(starts_h) * len(starts_w))
+        for n, (vh, vw) in enumerate((a, b) for a in starts_h for b in starts_w):
+            k_t, k_s = jax.random.split(keys[n])
+            pattern = eta_window(h, w, vh, vw, jnp.int32(s0), jax.random.bernoulli(k_t))
+            delta = delta + pattern[:, :, None] * _signs(k_s, (c,))
+        x_best = clip(x + eps * _common.normalize_l2(delta).astype(x.dtype))
+    m0 = score(x_best)
+    active = jnp.asarray(active, bool)
+
+    def cond(st):
+        return (st["i"] < n_queries) & (st["margin"] > 0) & active
+
+    def body(st):
+        i = st["i"]
+        kk = jax.random.fold_in(k_loop, i)
+        k1, k2, k3, k4, k5, k6 = jax.random.split(kk, 6)
+        p = p_schedule(i, p_init, n_queries, rescale_schedule)
+        xb = st["x"]
+        if norm == "linf":
+            s = _side(p, n_pixels, 1, min(h, w), odd=False)
+            vh = jax.random.randint(k1, (), 0, h - s + 1)
+            vw = jax.random.randint(k2, (), 0, w - s + 1)
+            win = _window(h, w, vh, vw, s)[:, :, None]
+            x_new = jnp.where(win, xb + 2.0 * eps * _signs(k3, (c,)).astype(x.dtype), xb)
+            x_new = clip(jnp.clip(x_new, x - eps, x + eps))
+        else:
+            s = _side(p, n_pixels, 3, min(h, w), odd=True)
+            vh = jax.random.randint(k1, (), 0, h - s + 1)
+            vw = jax.random.randint(k2, (), 0, w - s + 1)
+            vh2 = jax.random.randint(k3, (), 0, h - s + 1)
+            vw2 = jax.random.randint(k4, (), 0, w - s + 1)
+            win1 = _window(h, w, vh, vw, s)[:, :, None]
+            win2 = _window(h, w, vh2, vw2, s)[:, :, None]
+            d = xb - x
+            n_win1 = jnp.sqrt(jnp.sum(jnp.where(win1, d * d, 0.0), axis=(0, 1)))      # (C,)
+            n_image = jnp.sqrt(jnp.sum(d * d))
+            n_windows = jnp.sqrt(jnp.sum(jnp.where(win1 | win2, d * d, 0.0), axis=(0, 1)))
+            pattern = eta_window(h, w, vh, vw, s, jax.random.bernoulli(k5))[:, :, None]
+            new = pattern * _signs(k6, (c,)) + jnp.where(win1, d, 0.0) / (1e-12 + n_win1)
+            n_new = jnp.sqrt(jnp.sum(new * new, axis=(0, 1)))
+            scale = jnp.sqrt(jnp.maximum(eps ** 2 - n_image ** 2, 0.0) / c + n_windows ** 2)
+            new = new / (1e-12 + n_new) * scale
+            d = jnp.where(win2, 0.0, d)
+            d = jnp.where(win1, new, d)
+            x_new = clip(x + eps * d / (1e-12 + jnp.sqrt(jnp.sum(d * d))))
+        m_new = score(x_new)
+        take = (m_new < st["margin"]) | (m_new <= 0)
+        return dict(i=i + 1, x=jnp.where(take, x_new, xb), margin=jnp.where(take, m_new,
+                                                                         st["margin"]))
+
+    st = jax.lax.while_loop(cond, body, dict(i=jnp.zeros((), jnp.int32), x=x_best, margin=m0))
+    return st["x"], (st["margin"] <= 0) & active, st["i"] + 1
+
+
+def square(
+    logits_fn: Callable[[Array], Array],
+    *,
+    norm: str = "linf",
+    queries: int = 5000,
+    p_init: float = 0.8,
+    n_restarts: int = 1,
+    rescale_schedule: bool = False,
+    lo: float | None = 0.0,
+    hi: float | None = 1.0,
+) -> Callable[..., AttackResult]:
+    """Square Attack (Andriushchenko et al. 2020, score-based; no gradients).
+
+    Args:
+      logits_fn: per-example ``x (H, W, C) -> logits (K,)``.
+      norm: ``"linf"`` or ``"l2"``.
+      queries: model queries per restart (5000 in AutoAttack).
+      p_init: initial fraction of pixels per square (0.8 in AutoAttack).
+      n_restarts: independent searches; later ones run only while the example is robust.
+      rescale_schedule: map the square-size schedule onto ``queries`` (the paper's schedule is
+        for 10 000 queries; AutoAttack does not rescale).
+      lo, hi: the box.
+
+    Returns:
+      ``attack(x, label, *, eps, key) -> AttackResult``; ``aux["queries"]`` counts the model
+      queries spent.
+    """
+    _checks.check_choice(norm, "norm", _common.NORMS)
+    _checks.check_positive_int(queries, "queries")
+    _checks.check_positive_int(n_restarts, "n_restarts")
+    p_init = _common.check_positive_float(p_init, "p_init")
+    if p_init > 1:
+        raise ValueError(f"`p_init` must lie in (0, 1]; got {p_init}.")
+    lo, hi = _common.check_box_setting(lo, hi)
+
+    def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None) -> AttackResult:
+        if np.ndim(x) != 3:
+            raise ValueError(f"`x` must be one image (H, W, C); got shape {np.shape(x)}.")
+        x, label, eps, key, _, valid = _search.check_call(logits_fn, x, label, eps, key, lo, hi)
+        x_adv, done, used = x, jnp.zeros((), bool), jnp.zeros((), jnp.int32)
+        for r in range(n_restarts):
+            z, s, q = square_search(logits_fn, x, label, eps, jax.random.fold_in(key, r),
+                                    norm=norm, n_queries=queries, p_init=p_init, lo=lo, hi=hi,
+                                    rescale_schedule=rescale_schedule, active=valid & ~done)
+            x_adv = jnp.where(s & ~done, z, jnp.where(done, x_adv, z))
+            used = used + jnp.where(done, 0, q)
+            done = done | s
+        return _search.finish(logits_fn, x, x_adv, label, valid, norm=norm, eps=eps,
+                              aux={"queries": used})
+
+    return attack
+

@@ -1,0 +1,157 @@
+"""AutoAttack parity and speed: advjax ``evaluate`` vs the official AutoAttack, same weights, images.
+
+Side by side in one run, each framework in its own subprocess: the standard ensemble (APGD-CE ->
+APGD-T -> FAB-T -> Square, published settings) on advertorch's clean-trained (``lenet5``) and
+PGD-trained (``lenet5adv``) LeNet5 on the first N MNIST test images, L-infinity and L2. Reported:
+robust accuracy after each stage, wall time per stage (advjax: compilation excluded and reported
+separately), throughput (images / s over the whole ensemble) and the ratio advjax / official.
+
+Usage (needs ADVJAX_DATA_DIR and the bench extra plus ``pip install <auto-attack checkout>``):
+  python benchmarks/autoattack_parity.py --n 200 --out benchmarks/results/autoattack.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+
+EPS = {"linf": 0.3, "l2": 2.0}
+STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def _mnist(n: int):
+    from advjax import data
+    ds = data.load("mnist_local", "all", limit=n)
+    return np.asarray(ds.images), np.asarray(ds.labels)
+
+
+def run_advjax(model: str, norm: str, n: int, batch: int) -> dict:
+    import jax
+
+    from advjax.attacks.evaluate import evaluate
+    from advjax.models import linen_logits_fn, load_lenet5
+
+    module, variables = load_lenet5(Path(os.environ["ADVJAX_DATA_DIR"]) / "advertorch-lenet5",
+                                    "advtrained" if model == "lenet5adv" else "clntrained")
+    xs, ys = _mnist(n)
+    t0 = time.perf_counter()
+    ev = evaluate(linen_logits_fn(module, variables), xs, ys, eps=EPS[norm], norm=norm,
+                  key=jax.random.key(0), batch_size=batch)
+    wall = time.perf_counter() - t0
+    run = sum(ev.seconds.values())
+    return dict(framework="advjax", model=model, norm=norm, n=n, clean=ev.clean_accuracy,
+                robust={s: ev.robust_accuracy[s] for s in ev.stages},
+                seconds=ev.seconds, compile_seconds=ev.compile_seconds, attacked=ev.attacked,
+                run_seconds=run, wall_seconds=wall, images_per_s=n / run)
+
+
+def run_official(model: str, norm: str, n: int, batch: int) -> dict:
+    import torch
+    from autoattack import AutoAttack
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from attacks import _torch_model  # the same PyTorch LeNet5 as the attacks benchmark
+
+    net = _torch_model(model, Path("/nonexistent"))
+    xs, ys = _mnist(n)
+    x = torch.tensor(xs).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor(ys).long()
+    aa = AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=EPS[norm],
+                    version="standard", device="cpu", seed=0)
+    buf = io.StringIO()
+    t0 = time.perf_counter()
+    with redirect_stdout(buf):
+        aa.run_standard_evaluation(x, y, bs=batch)
+    wall = time.perf_counter() - t0
+    log = buf.getvalue()
+    clean = float(re.search(r"initial accuracy: ([\d.]+)%", log).group(1)) / 100
+    robust, total = {}, {}
+    for name, acc, t in re.findall(r"robust accuracy after ([A-Z-]+): ([\d.]+)% "
+                                   r"\(total time ([\d.]+) s\)", log):
+        robust[name.lower()] = float(acc) / 100
+        total[name.lower()] = float(t)
+    seconds, prev = {}, 0.0
+    for s in STAGES:
+        if s in total:
+            seconds[s] = total[s] - prev
+            prev = total[s]
+    for s in STAGES:                      # stages skipped once nothing is robust
+        robust.setdefault(s, robust[list(robust)[-1]] if robust else 0.0)
+    return dict(framework="official", model=model, norm=norm, n=n, clean=clean, robust=robust,
+                seconds=seconds, run_seconds=wall, wall_seconds=wall, images_per_s=n / wall,
+                torch=torch.__version__)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--models", nargs="+", default=["lenet5", "lenet5adv"])
+    ap.add_argument("--norms", nargs="+", default=["linf", "l2"])
+    ap.add_argument("--frameworks", nargs="+", default=["advjax", "official"])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "NORM"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        fw, model, norm = args.one
+        fn = run_advjax if fw == "advjax" else run_official
+        print("RESULT " + json.dumps(fn(model, norm, args.n, args.batch)))
+        return
+    import jax
+    rows = []
+    for model in args.models:
+        for norm in args.norms:
+            for fw in args.frameworks:
+                proc = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--batch",
+                                       str(args.batch), "--one", fw, model, norm],
+                                      capture_output=True, text=True)
+                line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode or not line:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{fw} {model} {norm} failed")
+                rows.append(json.loads(line[0][7:]))
+                r = rows[-1]
+                print(f"{fw:8s} {model:9s} {norm:4s} clean {r['clean']:.3f} "
+                      + " ".join(f"{s} {r['robust'][s]:.3f}" for s in STAGES)
+                      + f"  {r['images_per_s']:.2f} img/s", flush=True)
+    meta = dict(machine=platform.platform(), cores=os.cpu_count(), python=platform.python_version(),
+                jax=jax.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                load_average=os.getloadavg(), n=args.n, batch=args.batch, eps=EPS)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(render(dict(meta=meta, rows=rows)))
+
+
+def render(res: dict) -> str:
+    """Markdown table: per-stage robust accuracy, advjax minus official, time, throughput."""
+    rows = res["rows"]
+    out = ["| model | norm (eps) | framework | clean | " + " | ".join(STAGES)
+           + " | run s | compile s | images/s | advjax speed-up |",
+           "|---|---|---|---|" + "---|" * len(STAGES) + "---|---|---|---|"]
+    for r in rows:
+        peer = [q for q in rows if q["model"] == r["model"] and q["norm"] == r["norm"]
+                and q["framework"] == "official"]
+        ratio = (f"{r['images_per_s'] / peer[0]['images_per_s']:.2f}×"
+                 if peer and r["framework"] == "advjax" else "—")
+        comp = (f"{sum(r['compile_seconds'].values()):.1f}" if "compile_seconds" in r else "—")
+        out.append(f"| {r['model']} | {r['norm']} ({res['meta']['eps'][r['norm']]}) | "
+                   f"{r['framework']} | {r['clean']:.3f} | "
+                   + " | ".join(f"{r['robust'][s]:.3f}" for s in STAGES)
+                   + f" | {r['run_seconds']:.1f} | {comp} | {r['images_per_s']:.2f} | {ratio} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

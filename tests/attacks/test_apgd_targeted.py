@@ -1,0 +1,104 @@
+"""APGD-T: only one wrong class reachable (closed form), target order, budget, vmap/shard."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax.attacks.apgd_targeted import apgd_targeted, eot_value_and_grad
+from tests.attacks.conftest import linear_logits_fn
+
+
+def _one_reachable(norm: str):
+    """A linear 5-class model on 4x4x1 inputs, label 0 for x = 0.5: classes 1, 2, 4 have big
+    clean logits (ranked 2nd-4th) but tiny weight differences (unreachable within eps <= 0.2);
+    class 3 has the lowest clean logit (ranked 5th) and a large weight difference, so it is the
+    only reachable wrong class, at the closed-form distance
+    ``(z_0 - z_3) / ||w_3 - w_0||_dual`` (dual = L1 for linf, L2 for l2)."""
+    rng = np.random.default_rng(3)
+    d = 16
+    W = np.zeros((d, 5))
+    W[:, 1] = 0.01 * rng.normal(size=d)
+    W[:, 2] = 0.01 * rng.normal(size=d)
+    W[:, 4] = 0.01 * rng.normal(size=d)
+    W[:, 3] = rng.normal(size=d)
+    x = np.full((4, 4, 1), 0.5, np.float32)
+    z_no_b = x.reshape(-1) @ W
+    b = np.array([3.0, 2.9, 2.8, 2.0, 2.7]) - z_no_b
+    z = x.reshape(-1) @ W + b
+    w = W[:, 3] - W[:, 0]
+    dual = np.abs(w).sum() if norm == "linf" else np.linalg.norm(w)
+    return linear_logits_fn(W, b, x.shape), x, (z[0] - z[3]) / dual
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_only_one_wrong_class_reachable(norm):
+    logits_fn, x, dist = _one_reachable(norm)
+    assert 0.01 < dist < 0.2 if norm == "linf" else dist < 1.0
+    key = jax.random.key(0)
+    full = jax.jit(apgd_targeted(logits_fn, norm=norm, steps=20, n_targets=4))
+    above = full(x, jnp.int32(0), eps=1.05 * dist, key=key)
+    below = full(x, jnp.int32(0), eps=0.95 * dist, key=key)
+    assert bool(above.success) and int(jnp.argmax(above.logits)) == 3
+    assert not bool(below.success)
+    # The reachable class is ranked 5th: attacking the top 3 others only cannot succeed.
+    top3 = jax.jit(apgd_targeted(logits_fn, norm=norm, steps=20, n_targets=3))
+    assert not bool(top3(x, jnp.int32(0), eps=1.05 * dist, key=key).success)
+    size = above.linf if norm == "linf" else above.l2
+    assert float(size) <= 1.05 * dist * (1 + 1e-5)
+
+
+def test_vmap_shard_and_invalid_flags(tiny_mlp):
+    from advjax.parallel import shard_attack
+
+    p = tiny_mlp
+    xs, ys = jnp.asarray(p.xs), jnp.asarray(p.labels)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(len(ys)))
+    attack = apgd_targeted(p.logits_fn, steps=10, n_targets=3)
+    eps = jnp.full((len(ys),), 0.1)
+    batched = jax.jit(jax.vmap(attack))
+    a = batched(xs, ys, eps=eps, key=keys)
+    b = shard_attack(attack)(xs, ys, eps=eps, key=keys)
+    np.testing.assert_array_equal(np.asarray(a.success), np.asarray(b.success))
+    np.testing.assert_allclose(np.asarray(a.x_adv), np.asarray(b.x_adv), atol=1e-6)
+    assert float(jnp.max(a.linf)) <= 0.1 + 1e-6
+    # Under jit an invalid label / eps is flagged, not attacked.
+    bad = batched(xs, ys.at[0].set(99), eps=eps.at[1].set(-1.0), key=keys)
+    assert not np.any(np.asarray(bad.success[:2]))
+    assert not np.any(np.asarray(bad.aux["valid_input"][:2]))
+    assert np.all(np.asarray(bad.aux["valid_input"][2:]))
+    assert np.all(np.isnan(np.asarray(bad.l2[:2])))
+    np.testing.assert_array_equal(np.asarray(bad.x_adv[:2]), np.asarray(xs[:2]))
+    with pytest.raises(ValueError, match="label"):
+        attack(xs[0], jnp.int32(7), eps=0.1, key=keys[0])
+    with pytest.raises(ValueError, match="eps"):
+        attack(xs[0], ys[0], eps=-0.1, key=keys[0])
+
+
+def test_eot_average_equals_monte_carlo_reference():
+    # Randomised linear model: logits = W^T (x + sigma n), n ~ N(0, I). The EOT loss/gradient
+    # over S draws equals the plain mean over the same draws (computed independently with numpy),
+    # and with many draws approaches the expectation, here in closed form for the linear loss
+    # L = z_1 - z_0: E[L] = (w_1 - w_0).x + b_1 - b_0, E[grad] = w_1 - w_0.
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(6, 3)).astype(np.float32)
+    b = rng.normal(size=3).astype(np.float32)
+    x = rng.uniform(size=6).astype(np.float32)
+    sigma = 0.5
+
+    def loss_fn(z, key):
+        noise = sigma * jax.random.normal(key, z.shape)
+        logits = (z + noise) @ W + b
+        return jnp.tanh(logits[1] - logits[0]), logits
+
+    key = jax.random.key(3)
+    v, _, g = eot_value_and_grad(loss_fn, jnp.asarray(x), key, 16)
+    noises = [sigma * np.asarray(jax.random.normal(jax.random.fold_in(key, i), (6,)))
+              for i in range(16)]
+    w = W[:, 1] - W[:, 0]
+    m = [np.tanh((x + n) @ w + b[1] - b[0]) for n in noises]
+    np.testing.assert_allclose(float(v), np.mean(m), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g), np.mean([(1 - t * t) * w for t in m], 0),
+                               rtol=1e-4, atol=1e-6)

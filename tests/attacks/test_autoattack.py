@@ -1,0 +1,117 @@
+"""AutoAttack ensemble and data-set evaluation: worst case over stages, skipping of broken
+examples, resumable state, sharded = single device, randomised models (EOT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax.attacks.autoattack import autoattack
+from advjax.attacks.evaluate import AutoAttackEvaluator, evaluate
+
+KW = dict(steps=4, queries=30, n_targets=2)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_standard_stages_and_worst_case(tiny_mlp):
+    p = tiny_mlp
+    attack = autoattack(p.logits_fn, **KW)
+    assert attack.stages == ("apgd-ce", "apgd-t", "fab-t", "square")
+    n = len(p.labels)
+    labels = np.asarray(p.labels).copy()
+    labels[3] = (labels[3] + 1) % 5                      # misclassified: not robust, x_adv = x
+    key = jax.random.key(0)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    eps = jnp.full((n,), 0.05).at[0].set(-1.0)           # invalid budget: flagged
+    r = jax.jit(jax.vmap(attack))(jnp.asarray(p.xs), jnp.asarray(labels), eps=eps, key=keys)
+    flags = np.asarray(r.aux["stage_success"])           # (n, 4), at most one stage per example
+    assert flags.sum(axis=1).max() <= 1
+    np.testing.assert_array_equal(flags[:, 0], np.asarray(r.aux["apgd-ce"]))
+    succ = np.asarray(r.success)
+    assert succ[3] and not flags[3].any() and float(r.l2[3]) == 0
+    assert not succ[0] and not bool(r.aux["valid_input"][0]) and np.isnan(float(r.l2[0]))
+    # Worst case: success iff clean-wrong or some stage succeeded, within the budget.
+    np.testing.assert_array_equal(succ[1:], (flags.any(1) | (np.arange(n) == 3))[1:])
+    assert float(jnp.max(r.linf[1:])) <= 0.05 + 1e-6
+    pred = np.asarray(jnp.argmax(r.logits, -1))
+    assert np.all(pred[flags.any(1)] != labels[flags.any(1)])
+    with pytest.raises(ValueError, match="attacks"):
+        autoattack(p.logits_fn, attacks=("apgd-ce", "pgd"))
+    with pytest.raises(ValueError, match="version"):
+        autoattack(p.logits_fn, version="fast")
+
+
+def test_evaluation_compacts_and_resumes(tiny_mlp, tmp_path, monkeypatch):
+    p = tiny_mlp
+    key = jax.random.key(1)
+    ev = AutoAttackEvaluator(p.logits_fn, batch_size=8, **KW)
+    full = ev(p.xs, p.labels, eps=0.08, key=key)
+    # Later stages only see the examples still robust; accuracy never rises.
+    att = [full.attacked[s] for s in full.stages]
+    acc = [full.robust_accuracy[s] for s in full.stages]
+    assert att[0] == int(full.clean_correct.sum()) and all(np.diff(att) <= 0)
+    assert all(np.diff(acc) <= 0) and acc[-1] == full.robust.mean()
+    assert att[1] == round(acc[0] * len(p.labels))
+    # Interrupted during the third stage, resumed by a fresh evaluator from the state file.
+    state = tmp_path / "state.npz"
+    ev2 = AutoAttackEvaluator(p.logits_fn, batch_size=4, **KW)
+    original = ev2._run_chunked
+
+    def crash(name, *a, **k):
+        if name == "fab-t":
+            raise KeyboardInterrupt
+        return original(name, *a, **k)
+
+    monkeypatch.setattr(ev2, "_run_chunked", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ev2(p.xs, p.labels, eps=0.08, key=key, state_path=state)
+    meta = json.loads(str(np.load(state)["meta"]))
+    assert meta["done"] == ["apgd-ce", "apgd-t"]
+    resumed = evaluate(p.logits_fn, p.xs, p.labels, eps=0.08, key=key, state_path=state,
+                       batch_size=16, **KW)
+    np.testing.assert_array_equal(resumed.broken_by, full.broken_by)
+    np.testing.assert_allclose(resumed.x_adv, full.x_adv, atol=1e-6)
+    assert resumed.robust_accuracy == pytest.approx(full.robust_accuracy)
+    with pytest.raises(ValueError, match="state_path"):
+        evaluate(p.logits_fn, p.xs, p.labels, eps=0.09, key=key, state_path=state, **KW)
+    with pytest.raises(ValueError, match="labels"):
+        evaluate(p.logits_fn, p.xs, np.full(len(p.labels), 9), eps=0.1, key=key, **KW)
+
+
+@pytest.mark.slow
+def test_sharded_equals_single_device_and_per_example():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "tests.attacks._aa_sharded_check"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["device_count"] == 8
+    assert out["same_flags"] and out["same_x"] <= 1e-6
+    assert out["direct_flags"] and out["direct_stage"] and out["direct_x"] <= 1e-6
+    assert out["n_broken"] > 0 and out["n_robust"] > 0        # both outcomes are exercised
+
+
+def test_rand_version_uses_eot(tiny_mlp):
+    # A randomised model (Gaussian input noise): the rand version runs APGD-CE / APGD-DLR with
+    # EOT; the deterministic stages are refused for it.
+    p = tiny_mlp
+
+    def noisy(x, key):
+        return p.logits_fn(x + 0.01 * jax.random.normal(key, x.shape))
+
+    attack = autoattack(noisy, version="rand", steps=3, eot_samples=2)
+    assert attack.stages == ("apgd-ce", "apgd-dlr")
+    r = jax.jit(attack)(jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0]), eps=0.3,
+                        key=jax.random.key(0))
+    assert bool(r.success) == bool(r.aux["stage_success"].any())
+    with pytest.raises(ValueError, match="randomised"):
+        autoattack(noisy, version="rand", attacks=("square",))

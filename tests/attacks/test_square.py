@@ -1,0 +1,92 @@
+"""Square Attack: closed-form minimal distances of a linear model, the official window pattern,
+the schedule, the query budget, forward passes only."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax.attacks.square import eta_window, p_schedule, square
+from tests.attacks.conftest import linear_min_l2, linear_min_linf, make_linear_problem
+
+
+@pytest.fixture(scope="module")
+def binary():
+    return make_linear_problem(seed=1, num_classes=2, n=8)
+
+
+def _keys(n, seed=0):
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_linear_model_closed_form_distance(binary, norm):
+    # Binary linear model, box inactive: no point within eps < d = margin / ||w||_dual can be
+    # misclassified (independent truth), so eps = 0.98 d never succeeds; above d the random search
+    # must find it (Linf: the vertex eps sign(w) at 1.3 d; L2: within 1.6 d on 4x4 images, where
+    # its 3x3-minimum windows are coarse).
+    p = binary
+    dist = linear_min_linf if norm == "linf" else linear_min_l2
+    d = np.array([dist(p.W, p.b, x, y) for x, y in zip(p.xs, p.labels, strict=True)])
+    attack = jax.jit(jax.vmap(square(p.logits_fn, norm=norm, queries=600)))
+    xs, ys = jnp.asarray(p.xs), jnp.asarray(p.labels)
+    factors = np.array([0.98] * 8 + [1.3 if norm == "linf" else 2.0] * 8, np.float32)
+    r = attack(jnp.concatenate([xs, xs]), jnp.concatenate([ys, ys]),
+               eps=jnp.asarray(np.tile(d, 2) * factors, jnp.float32), key=_keys(16))
+    success = np.asarray(r.success)
+    assert not success[:8].any()
+    assert success[8:].all()
+    size = np.asarray(r.linf if norm == "linf" else r.l2)
+    assert np.all(size[8:] <= np.tile(d, 2)[8:] * factors[8:] * (1 + 1e-5))
+    # Queries: the budget + 1 where it failed, fewer where it succeeded (early stop per example).
+    q = np.asarray(r.aux["queries"])
+    assert np.all(q[:8] == 601) and np.all(q[8:] < 601)
+
+
+@pytest.mark.parametrize("s", [3, 5, 6, 7])
+def test_window_pattern_matches_the_paper(s):
+    # Written out from the definition (Andriushchenko et al. 2020, L2 update, as in the official
+    # code): top s//2 rows: rings of weight 1/(k+1)^2 around the block centre, normalised; bottom
+    # rows: minus the same for the other block; then the whole window normalised.
+    def rect(a, b):
+        out = np.zeros((a, b))
+        for k in range(max(a // 2, b // 2) + 1):
+            out[max(a // 2 - k, 0):a // 2 + k + 1, max(b // 2 - k, 0):b // 2 + k + 1] += \
+                1 / (k + 1) ** 2
+        return out / np.linalg.norm(out)
+
+    ref = np.concatenate([rect(s // 2, s), -rect(s - s // 2, s)])
+    ref /= np.linalg.norm(ref)
+    window = jax.jit(eta_window, static_argnums=(0, 1))
+    got = np.asarray(window(s + 2, s + 3, 1, 2, jnp.int32(s), False))
+    np.testing.assert_allclose(got[1:1 + s, 2:2 + s], ref, atol=1e-6)
+    assert np.count_nonzero(got) == np.count_nonzero(ref)
+    got_t = np.asarray(window(s, s, 0, 0, jnp.int32(s), True))
+    np.testing.assert_allclose(got_t, ref.T, atol=1e-6)
+
+
+def test_schedule_halves_at_the_published_queries():
+    p = [float(p_schedule(jnp.int32(i), 0.8, 5000, False)) for i in (0, 10, 11, 51, 201, 4001)]
+    np.testing.assert_allclose(p, [0.8, 0.8, 0.4, 0.2, 0.1, 0.8 / 128])
+    # Rescaled: query 2500 of 5000 is query 5000 of the 10 000-query schedule.
+    assert float(p_schedule(jnp.int32(2500), 0.8, 5000, True)) == pytest.approx(0.8 / 128)
+
+
+def test_forward_passes_only_and_invalid_input(binary):
+    # A model without a usable gradient (stop_gradient everywhere) is attacked just as well.
+    p = binary
+    d = np.array([linear_min_linf(p.W, p.b, x, y) for x, y in zip(p.xs, p.labels, strict=True)])
+
+    def blind(x):
+        return jax.lax.stop_gradient(p.logits_fn(x))
+
+    attack = jax.jit(jax.vmap(square(blind, queries=300)))
+    eps = jnp.asarray(2.0 * d, jnp.float32)
+    r = attack(jnp.asarray(p.xs), jnp.asarray(p.labels), eps=eps.at[0].set(jnp.nan), key=_keys(8))
+    assert np.asarray(r.success)[1:].all()
+    assert not bool(r.success[0]) and not bool(r.aux["valid_input"][0])
+    assert np.isnan(float(r.linf[0]))
+    with pytest.raises(ValueError, match="x"):
+        square(blind)(jnp.zeros((16,)), jnp.int32(0), eps=0.1, key=jax.random.key(0))

@@ -467,8 +467,8 @@ def max_eigenvalue_bound(chunks, *, workers: int | None = None) -> float:
     best one raises the running maximum ``λ*`` (a true eigenvalue of some block, so the result is
     never below the true maximum by more than rounding); every other block is then CERTIFIED
     below ``μ = λ*(1 + margin)`` by a successful float64 Cholesky factorisation of ``μI - G`` (it
-    exists iff ``μI - G`` is positive definite), after the cheap bounds ``λ_max <= tr G`` and
-    ``λ_max <= max row-sum |G|`` (Gershgorin) have dropped the blocks far below ``μ``. A block
+    exists iff ``μI - G`` is positive definite), after the cheap bound ``λ_max <= ‖G‖_F`` has
+    dropped the blocks far below ``μ``. A block
     whose factorisation fails gets its exact top eigenvalue, which raises ``λ*``. So the result
     ``μ`` is an upper bound of every block's ``λ_max`` and at most ``(1 + margin)`` times the
     largest one (``margin = 1e-9 + 2n²ε₆₄``, rounding of the Cholesky test included).
@@ -495,7 +495,9 @@ def max_eigenvalue_bound(chunks, *, workers: int | None = None) -> float:
             scale = max(scale, float(diag.max(initial=0.0)))
             lam = max(lam, float(np.linalg.eigvalsh(g[int(np.argmax(_rayleigh_rank(g)))])[-1]))
             mu = lam * (1 + margin) + margin * scale + np.finfo(np.float64).tiny
-            cheap = np.minimum(diag.sum(axis=1), np.abs(g).sum(axis=2).max(axis=1))
+            flat = g.reshape(len(g), -1)
+            flat = flat.view(np.float64) if np.iscomplexobj(flat) else flat
+            cheap = np.sqrt(np.einsum("bi,bi->b", flat, flat))  # ‖G‖_F >= λ_max
             todo = g[cheap >= mu]
             parts = np.array_split(np.arange(len(todo)), min(workers, len(todo)) or 1)
             bad = pool.map(functools.partial(_not_below_part, todo, mu), parts)

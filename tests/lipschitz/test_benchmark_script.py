@@ -30,5 +30,8 @@ def test_benchmark_quick_run(tmp_path, capsys):
     # exact and explicit agree; the Fourier value bounds them (SAME padding)
     assert row["exact"]["value"] == pytest.approx(row["explicit"]["value"], rel=1e-4)
     assert row["fft"]["value"] >= row["explicit"]["value"] * (1 - 1e-5)
-    for m in ("fft", "exact", "explicit"):
+    # the certified host maximum and the previous batched-SVD path agree
+    assert row["fft"]["value"] == pytest.approx(row["fft_svd"]["value"], rel=1e-5)
+    assert result["load_average"]["before"] and result["date"]
+    for m in ("fft", "fft_svd", "exact", "explicit"):
         assert row[m]["compile_s"] > 0 and row[m]["steady_s"] > 0

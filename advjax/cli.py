@@ -103,11 +103,11 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
 def _list() -> int:
     from advjax import pipeline
 
-    print(f"{'study':30s} {'configs':13s} {'quick runtime':14s} data needed (quick config)")
+    print(f"{'study':30s} {'configs':13s} {'quick runtime':18s} data needed (quick config)")
     for name in pipeline.list_experiments():
         module = pipeline.load_experiment(name)
         runtime = getattr(module, "QUICK_RUNTIME", "not recorded")
-        print(f"{name:30s} {', '.join(sorted(module.CONFIGS)):13s} {runtime:14s} "
+        print(f"{name:30s} {', '.join(sorted(module.CONFIGS)):13s} {runtime:18s} "
               f"{pipeline.describe_inputs(module)}")
         doc = (module.__doc__ or "").strip().splitlines()
         if doc:

@@ -19,7 +19,7 @@ from advjax.metrics import stats
 from advjax.models import SZEGEDY_WEIGHT_DECAY, szegedy_model
 from advjax.studies import common
 
-QUICK_RUNTIME = "30 s"
+QUICK_RUNTIME = "339 s (load 15)"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from advjax.studies import (
     woods_explanations,
 )
 
-R, N, I = stats.REPRODUCED, stats.NOT_REPRODUCED, stats.INCONCLUSIVE
+R, N, INC = stats.REPRODUCED, stats.NOT_REPRODUCED, stats.INCONCLUSIVE
 
 
 def ci(value, low, high, n=100):
@@ -40,7 +40,7 @@ def test_quickstart_claims():
     assert verdicts(quickstart.findings(low)) == [N, N]
     failed = {**m, "lbfgs_success": ci(0.0, 0.0, 0.02), "lbfgs_failure": "success 0/190"}
     claims = quickstart.findings(failed)
-    assert verdicts(claims) == [I, I] and all("success 0/190" in c.blocked_by for c in claims)
+    assert verdicts(claims) == [INC, INC] and all("success 0/190" in c.blocked_by for c in claims)
     assert "1 [0.97, 1]" in quickstart.findings(m)[0].evidence  # measured values in the sentence
 
 
@@ -57,10 +57,10 @@ def test_table1_claims_flip_with_the_distortions():
     assert verdicts(szegedy_table1.findings(_table1(ci(0.07, 0.06, 0.08), ci(0.2, 0.18, 0.22),
                                                     DOWN))) == [R, N]
     assert verdicts(szegedy_table1.findings(_table1(ci(0.1, 0.08, 0.12), ci(0.1, 0.08, 0.12),
-                                                    ACROSS)))[1] == I
+                                                    ACROSS)))[1] == INC
     blocked = szegedy_table1.findings(_table1(ci(float("nan"), float("nan"), float("nan")),
                                               ci(0.07, 0.06, 0.08), None, "success 0/100"))
-    assert verdicts(blocked) == [I, I] and "FC10(1)" in blocked[1].blocked_by
+    assert verdicts(blocked) == [INC, INC] and "FC10(1)" in blocked[1].blocked_by
 
 
 def _transfer(diff, failures=None):
@@ -73,9 +73,9 @@ def test_transfer_claims_flip_and_a_failed_attack_blocks_them():
     assert verdicts(szegedy_transfer.findings(_transfer(UP))) == [R, R]
     assert verdicts(szegedy_transfer.findings(_transfer(DOWN))) == [N, N]
     # 0.158 vs 0.158 is no evidence of transfer.
-    assert verdicts(szegedy_transfer.findings(_transfer(ci(0.0, -0.03, 0.03)))) == [I, I]
+    assert verdicts(szegedy_transfer.findings(_transfer(ci(0.0, -0.03, 0.03)))) == [INC, INC]
     claims = szegedy_transfer.findings(_transfer(None, {"FC10(1)": "success 0/100"}))
-    assert verdicts(claims) == [I, I] and "success 0/100" in claims[0].blocked_by
+    assert verdicts(claims) == [INC, INC] and "success 0/100" in claims[0].blocked_by
 
 
 def _pool(err, robust, dist, failures=None):
@@ -89,12 +89,12 @@ def _pool(err, robust, dist, failures=None):
 def test_adversarial_training_claims():
     f = szegedy_adversarial_training.findings
     assert verdicts(f(_pool(UP, UP, UP))) == [R, R, R]
-    assert verdicts(f(_pool(DOWN, ACROSS, DOWN))) == [N, I, N]
-    assert verdicts(f(_pool(UP, UP, None, {"weight decay": "success 0/100"})))[2] == I
+    assert verdicts(f(_pool(DOWN, ACROSS, DOWN))) == [N, INC, N]
+    assert verdicts(f(_pool(UP, UP, None, {"weight decay": "success 0/100"})))[2] == INC
 
 
 @pytest.mark.parametrize("diff, expected", [(ci(0.02, -0.05, 0.08), R), (ci(0.3, 0.2, 0.4), N),
-                                            (ci(0.1, 0.0, 0.2), I)])
+                                            (ci(0.1, 0.0, 0.2), INC)])
 def test_units_claim_is_an_equivalence(diff, expected):
     m = {"purity_difference": diff, "purity_random_ci": ci(0.8, 0.75, 0.85),
          "purity_natural_ci": ci(0.82, 0.78, 0.86), "chance": 0.11}
@@ -112,7 +112,7 @@ def test_spectral_claims_follow_the_bounds():
            "resnet44-robust.pt": {"total": 100.0, "lower": 1.0}}
     assert verdicts(szegedy_spectral.findings(bad)) == [N, N, N]
     failed = {"MnistCNN": {**net, "attack_failure": "success 0/64"}}
-    assert verdicts(szegedy_spectral.findings(failed)) == [R, I]
+    assert verdicts(szegedy_spectral.findings(failed)) == [R, INC]
 
 
 def _ara(vs_plain, ranking, failure=""):
@@ -127,14 +127,14 @@ def _ara(vs_plain, ranking, failure=""):
 def test_ara_claims_flip_with_the_paired_differences():
     assert verdicts(woods_ara.findings(_ara(UP, [UP, UP]))) == [R, R]
     assert verdicts(woods_ara.findings(_ara(DOWN, [UP, DOWN]))) == [N, N]
-    assert verdicts(woods_ara.findings(_ara(ACROSS, [UP, ACROSS]))) == [I, I]
+    assert verdicts(woods_ara.findings(_ara(ACROSS, [UP, ACROSS]))) == [INC, INC]
     claims = woods_ara.findings(_ara(UP, [UP, UP], failure="success 0/24"))
-    assert claims[1].verdict == I and "success 0/24" in claims[1].blocked_by
+    assert claims[1].verdict == INC and "success 0/24" in claims[1].blocked_by
 
 
 def test_explanation_claims():
     assert verdicts(woods_explanations.findings({"real_gain": UP, "second_gain": UP})) == [R, R]
     assert verdicts(woods_explanations.findings({"real_gain": DOWN, "second_gain": ACROSS})) \
-        == [N, I]
+        == [N, INC]
     assert verdicts(woods_explanations.findings({"real_gain": None, "second_gain": None})) \
-        == [I, I]
+        == [INC, INC]

@@ -90,6 +90,7 @@ def test_markdown_table_formats_numbers():
     assert "0.1235" in table and "1.000e-06" in table
 
 
+@pytest.mark.slow
 def test_quickstart_writes_a_complete_run_folder(tmp_path):
     out, metrics = pipeline.execute("quickstart", "quick", tmp_path / "run", {
         "epochs": 25, "attack_examples": 24, "lbfgs_search_steps": 3, "lbfgs_iterations": 20,
@@ -157,3 +158,14 @@ def test_study_scripts_run_on_their_own(tmp_path):
     assert proc.returncode == 2
     assert "field 'top_k' expects an integer" in proc.stderr
     assert not (tmp_path / "u").exists()
+
+
+def test_paper_config_without_tfds_data_says_how_and_writes_nothing(tmp_path, capsys):
+    pytest.importorskip("tensorflow_datasets")
+    out = tmp_path / "run"
+    code = cli.main(["run", "quickstart", "--config", "paper", "--out", str(out),
+                     "--set", f"data_dir={tmp_path / 'tfds'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'mnist' is not prepared" in err and "--download" in err
+    assert not out.exists()

@@ -184,3 +184,31 @@ def test_interrupted_stage_resumes_after_the_finished_ones(tmp_path, sig, monkey
     _, m = pipeline.execute("counter", "quick", out, {"pause": 60.0}, resume=True)
     assert [s["cached"] for s in m["stages"]] == [True, False]
     assert _log(tmp_path / "log.txt") == ["first", "second"]
+
+
+@pytest.mark.slow
+def test_quickstart_interrupted_after_its_attack_resumes_without_redoing_it(tmp_path):
+    out = tmp_path / "run"
+    settings = ["--set", "epochs=2", "--set", "attack_examples=16", "--set",
+                "lbfgs_search_steps=2", "--set", "lbfgs_iterations=10", "--set",
+                "pgd_eps=[0.0, 1.0]"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "advjax.cli", "run", "quickstart", "--out",
+                             str(out), "--no-progress", *settings], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    while not list(out.glob("state/*/stages/lbfgs.pkl")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - start < 600
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, stderr
+    assert not (out / "metrics.json").exists()
+    overrides = dict(s.split("=", 1) for s in settings[1::2])
+    _, m = pipeline.execute("quickstart", "quick", out, overrides, raw=True, resume=True,
+                            progress=False)
+    stages = {s["name"]: s["cached"] for s in m["stages"]}
+    assert stages["lbfgs"] is True

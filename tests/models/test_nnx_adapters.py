@@ -163,6 +163,7 @@ def test_pgd_on_nnx_equals_pgd_on_the_linen_twin():
     assert bool(jnp.all(jnp.max(jnp.abs(b.x_adv - x).reshape(6, -1), -1) <= eps + 1e-6))
 
 
+@pytest.mark.slow
 def test_layer_bounds_of_nnx_equal_linen_twin_and_are_sound():
     lin_fn, nnx_fn, x = _twins()
     r_nnx = lipschitz.layer_bounds(nnx_fn, x[0])
@@ -174,6 +175,7 @@ def test_layer_bounds_of_nnx_equal_linen_twin_and_are_sound():
     assert 0 < float(lower) <= float(r_nnx.total) * (1 + 1e-6)
 
 
+@pytest.mark.slow
 def test_layer_bounds_of_an_nnx_batchnorm_net_in_eval_mode():
     """Eval-mode BatchNorm is an affine map: the bound covers sampled Jacobian norms."""
     net = _bn_net()

@@ -106,3 +106,28 @@ def test_cookbook_runs(capsys):
     assert clean > 0.8, out  # a 3-epoch CNN on digits: measured 0.93
     assert len(curve) == 7 and curve[0] > 0.8, out  # eps = 0: the clean accuracy of 200 digits
     assert all(a >= b for a, b in zip(curve, curve[1:], strict=False)), out  # common keys
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_readme_models_section_runs():
+    """The README's loaders / curve / shard / stream snippet runs on the released weights."""
+    import jax
+    import jax.numpy as jnp
+
+    from tests.conftest import require_data
+
+    require_data("advertorch-lenet5", "lenet5_mnist.npz")
+    root = require_data("woods2019-resnet44", "resnet44-all.pt").parents[1]
+    (code,) = re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    code = code.replace('"advertorch-lenet5/', f'"{root}/advertorch-lenet5/')
+    code = code.replace('"woods2019-resnet44/', f'"{root}/woods2019-resnet44/')
+    n = 8
+    xs = jax.random.uniform(jax.random.key(0), (n, 28, 28, 1))
+    namespace = {"jnp": jnp, "xs": xs, "key": jax.random.key(1),
+                 "keys": jax.random.split(jax.random.key(2), n)}
+    namespace["ys"] = jnp.zeros((n,), jnp.int32)
+    exec(compile(code, "README.md[py]", "exec"), namespace)  # noqa: S102
+    acc = namespace["acc"]
+    assert acc.shape == (7,) and all(a >= b for a, b in zip(acc, acc[1:], strict=False))
+    assert namespace["res"].x_adv.shape == xs.shape  # the streamed result, on the host

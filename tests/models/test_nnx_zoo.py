@@ -74,7 +74,7 @@ CASES = [
     pytest.param("resnet14_hhrelu", lambda: PreActResNet(depth=14, activation="hhrelu"),
                  (3, 32, 32, 3), marks=pytest.mark.slow),
 ]
-IDS = [c[0] if isinstance(c, tuple) else c.values[0] for c in CASES]
+IDS = ["mnist_cnn", "mnist_cnn_digits_tanh", "lenet5", "resnet14_hhrelu"]
 
 
 @pytest.mark.parametrize("name,make,shape", CASES, ids=IDS)

@@ -83,7 +83,7 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
                  axis_name: str = BATCH_AXIS) -> Callable[..., Any]:
     """The batched ``attack`` sharded over ``mesh`` along the batch axis (contract).
 
-    Arguments:
+    Args:
       attack: a per-example function ``attack(x, label, **per_example)`` (e.g. from
         ``advjax.attacks``) — or any per-example function of arrays.
       mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over all devices).
@@ -132,7 +132,7 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
     flat in the number of examples. With more than one device (or an explicit ``mesh``) each chunk
     is sharded over the mesh (``chunk_size`` is rounded up to a multiple of the device count).
 
-    Arguments:
+    Args:
       fn: per-example function ``fn(*rows, **per_example_rows)``.
       *arrays: positional arrays with the same leading size N.
       chunk_size: rows per compiled call.

@@ -67,12 +67,12 @@ class DataFormatError(ValueError):
 def to_float_images(images: np.ndarray, name: str = "images") -> np.ndarray:
     """Converts stored pixels to float32 NHWC in ``[0, 1]``.
 
-    **Arguments:**
+    Args:
         images: ``(N, H, W)`` or ``(N, H, W, C)``; uint8 (divided by 255) or floating (must already
             lie in ``[0, 1]``). A rank-3 array gets a trailing channel axis of size 1.
         name: argument name used in error messages.
 
-    **Returns:**
+    Returns:
         ``(N, H, W, C)`` float32 in ``[0, 1]``.
     """
     images = np.asarray(images)
@@ -98,12 +98,12 @@ def to_float_images(images: np.ndarray, name: str = "images") -> np.ndarray:
 def to_int_labels(labels: np.ndarray, num_examples: int, name: str = "labels") -> np.ndarray:
     """Converts stored labels to ``(N,)`` int32, checking the length and that they are >= 0.
 
-    **Arguments:**
+    Args:
         labels: ``(N,)`` (or ``(N, 1)``) integer array.
         num_examples: expected ``N`` (the number of images).
         name: argument name used in error messages.
 
-    **Returns:**
+    Returns:
         ``(N,)`` int32.
     """
     labels = np.asarray(labels)

@@ -25,7 +25,7 @@ DIGITS_NUM_EXAMPLES = 1797
 def load_digits_all() -> Dataset:
     """All 1,797 digits in scikit-learn's order.
 
-    **Returns:**
+    Returns:
         ``Dataset(images (1797, 8, 8, 1) float32 in [0, 1], labels (1797,) int32 in [0, 10))``.
     """
     from sklearn.datasets import load_digits as _sk_load_digits
@@ -42,10 +42,10 @@ def load_digits_all() -> Dataset:
 def load_digits(split: str) -> Dataset:
     """The ``"digits"`` dataset (see the module docstring for the splits).
 
-    **Arguments:**
+    Args:
         split: ``"train"`` (1,437), ``"test"`` (360) or ``"all"`` (1,797).
 
-    **Returns:**
+    Returns:
         ``Dataset(images (N, 8, 8, 1) float32 in [0, 1], labels (N,) int32 in [0, 10))``.
     """
     data = load_digits_all()

@@ -45,15 +45,15 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads an IDX file (plain or gzip) into a numpy array in native byte order.
 
-    **Arguments:**
+    Args:
         path: the ``*-idx?-ubyte`` file, optionally ``.gz``-compressed.
 
-    **Returns:**
+    Returns:
         An array of the dims stored in the header, e.g. ``(10000, 28, 28)`` uint8 for
         ``t10k-images-idx3-ubyte`` and ``(10000,)`` uint8 for ``t10k-labels-idx1-ubyte``; dtype
         from the magic number (uint8, int8, int16, int32, float32, float64).
 
-    **Raises:**
+    Raises:
         DataNotFoundError: ``path`` does not exist.
         DataFormatError: bad magic number, unknown dtype code, zero dims, or a data length that does
             not match the header (truncated or trailing bytes).

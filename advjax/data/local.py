@@ -42,14 +42,14 @@ CIFAR10_HEAD_FILE = "cifar10_test_first846.npz"
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The real-data folder: ``data_dir`` if given, else the ``ADVJAX_DATA_DIR`` variable.
 
-    **Arguments:**
+    Args:
         data_dir: folder holding ``mnist-test/``, ``cifar10-test-head/``, ...; ``None`` reads
             ``ADVJAX_DATA_DIR``.
 
-    **Returns:**
+    Returns:
         The folder as a ``Path``.
 
-    **Raises:**
+    Raises:
         DataNotFoundError: neither is set, or the folder does not exist.
     """
     if data_dir is None:
@@ -84,10 +84,10 @@ def _subfolder(data_dir, folder: str, files: tuple[str, ...]) -> Path:
 def load_mnist_all(data_dir: str | os.PathLike | None = None) -> Dataset:
     """All 10,000 MNIST test images in the stored order.
 
-    **Arguments:**
+    Args:
         data_dir: the real-data folder (``None``: ``ADVJAX_DATA_DIR``).
 
-    **Returns:**
+    Returns:
         ``Dataset(images (10000, 28, 28, 1) float32 in [0, 1], labels (10000,) int32 in [0, 10))``.
     """
     base = _subfolder(data_dir, MNIST_LOCAL_DIR, (MNIST_LOCAL_IMAGES, MNIST_LOCAL_LABELS))
@@ -106,11 +106,11 @@ def load_mnist_all(data_dir: str | os.PathLike | None = None) -> Dataset:
 def load_mnist_local(split: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """The ``"mnist_local"`` dataset (see the module docstring for the splits).
 
-    **Arguments:**
+    Args:
         split: ``"train"`` (8,000), ``"test"`` (2,000) or ``"all"`` (10,000).
         data_dir: the real-data folder (``None``: ``ADVJAX_DATA_DIR``).
 
-    **Returns:**
+    Returns:
         ``Dataset(images (N, 28, 28, 1) float32 in [0, 1], labels (N,) int32 in [0, 10))``.
     """
     data = load_mnist_all(data_dir)
@@ -124,11 +124,11 @@ def load_mnist_local(split: str, data_dir: str | os.PathLike | None = None) -> D
 def load_cifar10_head(split: str = "test", data_dir: str | os.PathLike | None = None) -> Dataset:
     """The ``"cifar10_head"`` dataset: the first 846 CIFAR-10 test images, canonical order.
 
-    **Arguments:**
+    Args:
         split: ``"test"`` or ``"all"`` (the same 846 images).
         data_dir: the real-data folder (``None``: ``ADVJAX_DATA_DIR``).
 
-    **Returns:**
+    Returns:
         ``Dataset(images (846, 32, 32, 3) float32 in [0, 1], labels (846,) int32 in [0, 10))``.
     """
     del split  # both splits are the whole file

@@ -20,16 +20,16 @@ def read_npz(path: str | os.PathLike, *, images_key: str = "images",
              labels_key: str = "labels") -> Dataset:
     """Reads images and labels from a ``.npz`` archive (never unpickles objects).
 
-    **Arguments:**
+    Args:
         path: the archive.
         images_key: name of the image array: ``(N, H, W)`` or ``(N, H, W, C)``, uint8 (divided by
             255) or floats in ``[0, 1]``.
         labels_key: name of the label array: ``(N,)`` integers >= 0.
 
-    **Returns:**
+    Returns:
         ``Dataset(images (N, H, W, C) float32 in [0, 1], labels (N,) int32)``.
 
-    **Raises:**
+    Raises:
         DataNotFoundError: ``path`` does not exist.
         DataFormatError: not a NumPy archive, a key is missing (the message lists those present),
             object arrays, or shapes/dtypes that do not fit.

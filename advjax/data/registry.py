@@ -73,7 +73,7 @@ _INFOS = types.MappingProxyType({
 def list_datasets() -> list[str]:
     """Names with a built-in description; ``load`` also accepts any other TFDS name.
 
-    **Returns:**
+    Returns:
         The names, the offline default first.
     """
     return list(_INFOS)
@@ -90,11 +90,11 @@ def info(name: str = DEFAULT_DATASET, *, data_dir: str | os.PathLike | None = No
          ) -> DatasetInfo:
     """Static description of a dataset: image shape, classes, class names, split sizes, source.
 
-    **Arguments:**
+    Args:
         name: a name from ``list_datasets()`` or any TFDS image-classification name.
         data_dir: TFDS data folder, used only for names without a built-in description.
 
-    **Returns:**
+    Returns:
         ``DatasetInfo``.
     """
     name = _check_name(name)
@@ -113,7 +113,7 @@ def load(name: str = DEFAULT_DATASET, split: str = "train", *,
          limit: int | None = None) -> Dataset:
     """Loads one split of a dataset as numpy arrays.
 
-    **Arguments:**
+    Args:
         name: ``"digits"`` (offline default), ``"mnist_local"``, ``"cifar10_head"``, ``"mnist"``,
             ``"fashion_mnist"``, ``"cifar10"`` or any TFDS image-classification name.
         split: ``"train"``, ``"test"`` or ``"all"`` for the built-in datasets (see ``info(name)``);
@@ -124,11 +124,11 @@ def load(name: str = DEFAULT_DATASET, split: str = "train", *,
         download: TFDS only: download and prepare missing data (needs internet).
         limit: keep only the first ``limit`` examples of the split.
 
-    **Returns:**
+    Returns:
         ``Dataset(images, labels)`` (a NamedTuple): ``images`` ``(N, H, W, C)`` float32 in
         ``[0, 1]``, ``labels`` ``(N,)`` int32 in ``[0, num_classes)``.
 
-    **Raises:**
+    Raises:
         ValueError: unknown ``name`` (the message lists the known ones) or ``split``.
         DataNotFoundError: the files are missing; the message says what to set or prepare.
     """

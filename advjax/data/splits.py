@@ -32,11 +32,11 @@ def splitmix64(seed: int, n: int) -> np.ndarray:
     Steele, Lea & Flood (2014), "Fast splittable pseudorandom number generators": output ``i``
     (1-based) is ``mix(seed + i * 0x9E3779B97F4A7C15 mod 2**64)``.
 
-    **Arguments:**
+    Args:
         seed: integer in ``[0, 2**64)``.
         n: number of outputs, >= 0.
 
-    **Returns:**
+    Returns:
         ``(n,)`` uint64.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**64:
@@ -56,11 +56,11 @@ def fixed_permutation(n: int, seed: int = 0) -> np.ndarray:
     The permutation sorts the indices by their SplitMix64 hash (``splitmix64(seed, n)``); SplitMix64
     is a bijection of its state, so there are no ties.
 
-    **Arguments:**
+    Args:
         n: length, >= 0.
         seed: integer in ``[0, 2**64)``.
 
-    **Returns:**
+    Returns:
         ``(n,)`` int64, a permutation of ``0 .. n-1``.
     """
     return np.argsort(splitmix64(seed, n), kind="stable").astype(np.int64)
@@ -104,12 +104,12 @@ def shuffle(key: jax.Array, images, labels) -> Dataset:
     Works on numpy arrays (returns numpy; the data stay on the host) and on JAX arrays, also under
     ``jax.jit`` and ``jax.vmap`` over keys (e.g. one shuffle per epoch on the device).
 
-    **Arguments:**
+    Args:
         key: a ``jax.random`` key.
         images: ``(N, ...)``.
         labels: ``(N,)``.
 
-    **Returns:**
+    Returns:
         ``Dataset(images[perm], labels[perm])`` with the same types, shapes and dtypes.
     """
     _check_key(key)
@@ -145,7 +145,7 @@ def split(images, labels, sizes: Sequence[int | float], key: jax.Array | None = 
           ) -> tuple[Dataset, ...]:
     """Splits the examples into consecutive disjoint parts, after an optional shuffle.
 
-    **Arguments:**
+    Args:
         images: ``(N, ...)``.
         labels: ``(N,)``.
         sizes: counts (ints, sum <= N) or fractions (floats in [0, 1], sum <= 1). Fractions are
@@ -153,7 +153,7 @@ def split(images, labels, sizes: Sequence[int | float], key: jax.Array | None = 
             get the leftovers), e.g. ``(0.8, 0.2)`` of 1797 gives 1438 / 359.
         key: optional ``jax.random`` key; ``None`` keeps the stored order.
 
-    **Returns:**
+    Returns:
         One ``Dataset`` per entry of ``sizes``; the parts are disjoint.
     """
     n = _num_examples(images, labels)
@@ -176,12 +176,12 @@ def szegedy_p1_p2(images, labels, key: jax.Array | None = None) -> tuple[Dataset
     order, a key takes the halves of ``jax.random.permutation(key, N)``. With N odd the last
     example (after the shuffle) is left out, so both halves have ``N // 2`` examples.
 
-    **Arguments:**
+    Args:
         images: ``(N, ...)``.
         labels: ``(N,)``.
         key: optional ``jax.random`` key.
 
-    **Returns:**
+    Returns:
         ``(P1, P2)``, each a ``Dataset`` of ``N // 2`` examples.
     """
     n = _num_examples(images, labels)
@@ -198,7 +198,7 @@ def batches(images, labels, batch_size: int, *, key: jax.Array | None = None,
     jax.random.fold_in(key, e), N)``, or in the stored order when ``key`` is None; the order of an
     epoch therefore does not depend on how many epochs are asked for.
 
-    **Arguments:**
+    Args:
         images: ``(N, ...)``.
         labels: ``(N,)``.
         batch_size: examples per batch, >= 1.
@@ -206,7 +206,7 @@ def batches(images, labels, batch_size: int, *, key: jax.Array | None = None,
         drop_remainder: drop the last, smaller batch of each epoch (then ``batch_size`` <= N).
         num_epochs: number of passes, >= 1; ``None`` repeats forever.
 
-    **Returns:**
+    Returns:
         An iterator of ``Dataset(images (B, ...), labels (B,))``; ``B = batch_size`` except the
         last batch of an epoch when ``drop_remainder`` is False.
     """

@@ -84,12 +84,12 @@ def tfds_info(name: str, *, data_dir: str | os.PathLike | None = None,
               known: tuple[str, ...] = ()) -> DatasetInfo:
     """Static description of a TFDS image-classification dataset, read from its builder.
 
-    **Arguments:**
+    Args:
         name: TFDS name, e.g. ``"mnist"``.
         data_dir: TFDS data folder (split sizes are known only when the data are prepared there).
         known: advjax dataset names, listed in the error for an unknown name.
 
-    **Returns:**
+    Returns:
         ``DatasetInfo`` with ``source="tfds"``.
     """
     builder = _builder(name, data_dir, known)
@@ -112,7 +112,7 @@ def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = Non
     The split is read in its stored order (``shuffle_files=False``) in batches through
     ``tfds.as_numpy``.
 
-    **Arguments:**
+    Args:
         name: TFDS name (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, or any registered builder,
             including one defined in user code).
         split: TFDS split string (``"train"``, ``"test"``, ``"train[:10%]"``, ...).
@@ -122,11 +122,11 @@ def load_tfds(name: str, split: str, *, data_dir: str | os.PathLike | None = Non
         limit: keep only the first ``limit`` examples of the split.
         known: advjax dataset names, listed in the error for an unknown name.
 
-    **Returns:**
+    Returns:
         ``Dataset(images (N, H, W, C) float32 in [0, 1], labels (N,) int32)``; uint8 pixels are
         divided by 255.
 
-    **Raises:**
+    Raises:
         ValueError: unknown ``name`` or ``split``.
         DataNotFoundError: the data are not prepared in ``data_dir`` and cannot be downloaded; the
             message says how to prepare them offline.

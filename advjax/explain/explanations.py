@@ -67,7 +67,7 @@ def explanation_strength(
 ) -> Array:
     """Movement towards the target class per unit of perturbation (RMSE).
 
-    Arguments:
+    Args:
       probs_before: ``(..., K)`` clean softmax confidences.
       probs_after: ``(..., K)`` confidences of the explanation.
       target: ``(...)`` int target classes.
@@ -112,12 +112,12 @@ def explain(
     target, whose gradient vanishes) still return. Pure and per example:
     ``jax.jit(jax.vmap(...))`` over images and/or targets works.
 
-    Arguments:
+    Args:
       logits_fn: per-example ``x -> logits (K,)`` of a network in inference mode.
       x: ``(H, W, C)`` float image in ``[lo, hi]``.
       target: int scalar in ``[0, K)``, the class to explain.
-      rho: RMSE radius ρ of the explanation (0.1 in the reference; 0.075 for the paper's COCO
-        figure).
+      rho: RMSE radius ρ of the explanation (0.1 in the reference; 0.075 for the paper's
+        COCO figure).
       steps: T (35).
       eps_overshoot: path budget multiplier, ``S = 5ρ`` (``> 1`` selects ``g_explain``).
       momentum: momentum μ (0 in the reference).
@@ -161,7 +161,7 @@ def explanation_targets(logits: Array, label: Array, targets: str | Sequence[int
                         ) -> Array:
     """The classes to explain for one image.
 
-    Arguments:
+    Args:
       logits: ``(K,)`` clean logits.
       label: int true label.
       targets: ``"real"`` (the true class), ``"second"`` (the most confident wrong class), ``"all"``
@@ -198,7 +198,7 @@ def explain_classes(
     """Explanations of one image for several classes (the reference's ``_real``, ``_second`` and
     per-class outputs), vectorised with ``jax.vmap`` over the targets.
 
-    Arguments:
+    Args:
       logits_fn: per-example ``x -> logits (K,)``.
       x: ``(H, W, C)`` float image in ``[0, 1]``.
       label: int true label.

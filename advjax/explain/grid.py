@@ -19,7 +19,7 @@ def confidence_caption(
 ) -> str:
     """``"cat: 0.412 → 0.957"``: the target's confidence before and after the explanation.
 
-    Arguments:
+    Args:
       probs_before: ``(K,)`` clean softmax confidences.
       probs_after: ``(K,)`` confidences of the explanation image.
       target: the explained class.
@@ -53,7 +53,7 @@ def explanation_grid(
 ) -> Path:
     """A PNG grid: the clean images on the first row, one row of explanations per set below.
 
-    Arguments:
+    Args:
       images: ``(N, H, W, C)`` clean images in ``[0, 1]`` (C = 1 or 3).
       explanations: ``(N, H, W, C)`` explanation images, or ``(R, N, H, W, C)`` for ``R`` rows
         (e.g. one per network or per target); displayed clamped to ``[0, 1]``.

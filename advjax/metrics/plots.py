@@ -45,7 +45,7 @@ def plot_accuracy_vs_distortion(
 ) -> Path:
     """Accuracy versus attack size, the ARA shaded above the naive line ``1/K`` (papers.md §2.10).
 
-    Arguments:
+    Args:
       distortions: ``(n,)`` minimal RMSE distortions of one classifier, or a mapping
         ``{name: (distortions, correct) or AraResult}`` to draw several classifiers on one
         figure (then ``correct`` must be ``None``).
@@ -107,7 +107,7 @@ def plot_transfer_matrix(
 ) -> Path:
     """Heatmap of a transfer matrix (error of each column model on each row's examples).
 
-    Arguments:
+    Args:
       matrix: ``(R, C)`` error rates in ``[0, 1]`` (as returned by ``transfer_matrix``).
       row_names: ``R`` row labels (the sets of examples).
       col_names: ``C`` column labels (the models).

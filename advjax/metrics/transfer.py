@@ -36,7 +36,7 @@ def transfer_matrix(
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """Error rate of every model on every set of (adversarial) examples.
 
-    Arguments:
+    Args:
       models: ``{name: logits_fn}``, per-example ``logits_fn(x) -> (K,)``; the columns.
       adversarial_sets: ``{name: (x_adv, labels)}`` with ``x_adv`` ``(N_i, ...)`` float and
         ``labels`` ``(N_i,)`` int, the TRUE labels of the clean examples; the rows (sets made for
@@ -84,7 +84,7 @@ def gaussian_noise_set(
     evaluation). Following the reproduction of Szegedy et al. the noisy images are clipped to the
     box (papers.md §1.5); the RMS of the applied perturbation is then slightly below ``stddev``.
 
-    Arguments:
+    Args:
       xs: ``(N, ...)`` float clean inputs in ``[lo, hi]``.
       stddev: standard deviation of the noise per element (RMS units, e.g. 0.1 or 0.3).
       key: a PRNG key.
@@ -128,7 +128,7 @@ def amplify(x: Array, x_adv: Array, rms: float = 0.1) -> Array:
     (clipping would change the RMS). A zero perturbation is returned unchanged. Batch with
     ``jax.vmap`` (or :func:`amplify_set`).
 
-    Arguments:
+    Args:
       x: clean example, any shape, float.
       x_adv: adversarial example, same shape.
       rms: the RMS of the returned perturbation (>= 0).

@@ -29,7 +29,7 @@ def half_huber_relu(x: Array, delta: float = 0.5) -> Array:
     code computes the forward pass in place and matches this formula only for ``delta = 0.5``; this
     one is exact for every ``delta``.)
 
-    Arguments:
+    Args:
       x: array of any shape, floating point.
       delta: width of the quadratic bowl, ``> 0`` (a Python float; static).
 
@@ -48,7 +48,7 @@ def half_huber_relu(x: Array, delta: float = 0.5) -> Array:
 def activation(name: str, **kwargs: float) -> Activation:
     """The activation function called ``name``.
 
-    Arguments:
+    Args:
       name: one of ``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"hhrelu"`` (half-Huber ReLU) and
         ``"leaky_relu"``.
       **kwargs: settings of the activation: ``delta`` for ``"hhrelu"`` (default 0.5),

@@ -33,7 +33,7 @@ def linen_logits_fn(
 ) -> LogitsFn:
     """Per-example ``logits_fn`` of a Flax linen module in inference mode.
 
-    Arguments:
+    Args:
       module: a linen module whose ``__call__`` maps a batch ``(B, ...)`` to logits ``(B, K)``.
       variables: its variables (``{"params": ..., "batch_stats": ...}``).
       compute_dtype: optional mixed precision, e.g. ``jnp.bfloat16`` on GPU/TPU: the variables

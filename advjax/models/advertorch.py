@@ -36,7 +36,7 @@ _SHAPES = {
 def lenet5_variables_from_torch(state: dict[str, np.ndarray]) -> dict[str, Any]:
     """Flax variables of :class:`LeNet5` from a PyTorch ``LeNet5`` state dict (numpy arrays).
 
-    Arguments:
+    Args:
       state: ``{"conv1.weight": (32, 1, 3, 3), "conv1.bias": (32,), "conv2.weight": (64, 32, 3, 3),
         "conv2.bias": (64,), "linear1.weight": (200, 3136), "linear1.bias": (200,),
         "linear2.weight": (10, 200), "linear2.bias": (10,)}``, float.
@@ -67,7 +67,7 @@ def lenet5_variables_from_torch(state: dict[str, np.ndarray]) -> dict[str, Any]:
 def load_lenet5_state(path: str | os.PathLike, which: str = "clntrained") -> dict[str, np.ndarray]:
     """The raw PyTorch state dict (numpy arrays, PyTorch layouts) of one advertorch LeNet5.
 
-    Arguments:
+    Args:
       path: ``lenet5_mnist.npz``, or the folder holding it.
       which: ``"clntrained"`` (clean training) or ``"advtrained"`` (PGD adversarial training).
 
@@ -95,7 +95,7 @@ def load_lenet5(
 ) -> tuple[LeNet5, dict[str, Any]]:
     """advertorch's trained MNIST LeNet5 as ``(module, variables)``.
 
-    Arguments:
+    Args:
       path: ``advertorch-lenet5/lenet5_mnist.npz`` (or its folder).
       which: ``"clntrained"`` (published clean accuracy 98.89 %) or ``"advtrained"`` (98.64 %;
         L∞ PGD eps 0.3 robust accuracy 93.2 %).

@@ -11,9 +11,9 @@ train / eval mode attributes) and its state (arrays), and merge a fresh copy ins
   linen-based training steps of :mod:`advjax.train` run NNX models unchanged.
 
 Both take a snapshot: later changes to the module's variables are not seen (build a new function
-after training). The module passed in is never modified: mutations made during a call (BatchNorm running statistics
-in training mode, Dropout's RNG counter) happen on the merged copy and are discarded, except the
-batch statistics that :func:`nnx_apply_fn` returns when asked.
+after training). The module passed in is never modified: mutations made during a call (BatchNorm
+running statistics in training mode, Dropout's RNG counter) happen on fresh Variables of the merged
+copy and are discarded, except the batch statistics that :func:`nnx_apply_fn` returns when asked.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def nnx_logits_fn(
         state = cast_floating(state, compute_dtype)
 
     def logits_fn(x: Array) -> Array:
-        model = nnx.merge(graphdef, state)
+        # fresh Variables in the caller's trace, so training-mode updates are legal and discarded
+        model = nnx.merge(graphdef, _snapshot(state))
         if compute_dtype is None:
             return model(x[None], **call_kwargs)[0]
         out = model(x[None].astype(compute_dtype), **call_kwargs)[0]
@@ -179,7 +180,7 @@ def nnx_apply_fn(module: nnx.Module) -> tuple[ApplyFn, dict[str, dict]]:
                  mutable: Any = False) -> Any:
         params = _fill(params_t, variables["params"])
         stats = _fill(stats_t, variables.get("batch_stats", {}))
-        model = nnx.merge(graphdefs[bool(train)], params, stats, rest)
+        model = nnx.merge(graphdefs[bool(train)], params, stats, _snapshot(rest))
         out = model(x)
         if mutable:
             return out, {"batch_stats": _pure(nnx.state(model, nnx.BatchStat))}

@@ -50,7 +50,7 @@ def _pool_jvp(primals, tangents):
 def max_pool_2x2(x: Array) -> Array:
     """2×2 max pooling with stride 2 and no padding (PyTorch ``MaxPool2d(2)``).
 
-    Arguments:
+    Args:
       x: ``(B, H, W, C)`` NHWC feature maps.
 
     Returns:

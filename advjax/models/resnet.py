@@ -114,7 +114,7 @@ class PreActResNet(nn.Module):
     def __call__(self, x: Array, train: bool) -> Array:
         """Logits ``(B, K)`` of NHWC images ``x`` ``(B, 32, 32, 3)`` in [0, 1].
 
-        Arguments:
+        Args:
           x: ``(B, H, W, 3)`` float images in [0, 1], un-normalised; ``H`` and ``W`` must reduce to
             8×8 after the strides (32×32 for the defaults).
           train: BatchNorm uses batch statistics and updates ``batch_stats`` (pass

@@ -159,7 +159,7 @@ class AutoencoderClassifier(nn.Module):
 def szegedy_model(name: str) -> nn.Module:
     """The module of a Table-1 / Table-3 model name of papers.md §1.5.
 
-    Arguments:
+    Args:
       name: ``"FC10"``, ``"FC100-100-10"``, ``"FC200-200-10"``, ``"FC123-456-10"`` or ``"AE400-10"``
         (a weight-decay suffix such as ``"FC10(1e-4)"`` or a prime, ``"FC100-100-10'"``, is accepted
         and ignored: it names a training setting, not an architecture).

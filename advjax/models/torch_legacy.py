@@ -135,7 +135,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only an explicit allow-list of globals (see the module docstring).
 
-    Arguments:
+    Args:
       file: binary file object positioned at a pickle.
       allow_tensors: allow the tensor/storage globals and storage persistent ids (main pickle).
       stubs: ``(module, name)`` globals to replace by :class:`StubGlobal` subclasses.
@@ -213,7 +213,7 @@ def load_legacy_torch(source: str | os.PathLike | bytes,
                       *, stubs: Iterable[tuple[str, str]] = ()) -> Any:
     """Load a legacy (non-zip) ``torch.save`` file into Python containers and numpy arrays.
 
-    Arguments:
+    Args:
       source: path of the file, or its bytes.
       stubs: ``(module, name)`` globals the file references that should be replaced by inert
         :class:`StubGlobal` placeholders (e.g. ``("__main__", "cifar10_preprocess")``).

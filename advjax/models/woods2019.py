@@ -92,7 +92,7 @@ def _hwio(w: np.ndarray, key: str) -> np.ndarray:
 def woods2019_variables_from_state(state: dict[str, np.ndarray]) -> tuple[PreActResNet, dict]:
     """Module and Flax variables from a Woods et al. ResNet ``state_dict`` (numpy arrays).
 
-    Arguments:
+    Args:
       state: the checkpoint's ``model_params`` (PyTorch names ``pipe.*`` and ``input_offset``).
 
     Returns:
@@ -199,7 +199,7 @@ def _read(path: str | os.PathLike) -> dict[str, Any]:
 def load_woods2019_checkpoint(path: str | os.PathLike) -> Woods2019Checkpoint:
     """Module, variables and ``training_options`` of a Woods et al. (2019) checkpoint.
 
-    Arguments:
+    Args:
       path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``.
 
     Returns:
@@ -235,7 +235,7 @@ def load_woods2019(path: str | os.PathLike) -> tuple[PreActResNet, dict[str, Any
 
     Loads the legacy PyTorch checkpoint without torch and without executing pickled code.
 
-    Arguments:
+    Args:
       path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``.
 
     Returns:
@@ -249,7 +249,7 @@ def load_woods2019(path: str | os.PathLike) -> tuple[PreActResNet, dict[str, Any
 def load_woods2019_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's ``training_options`` as plain data (see :class:`Woods2019Checkpoint`).
 
-    Arguments:
+    Args:
       path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``.
 
     Returns:

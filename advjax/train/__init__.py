@@ -9,8 +9,8 @@
   :func:`adversarial_examples`, :func:`adversarial_training`, :func:`adversarial_pool`.
 * Woods regulariser (papers.md §2.5–§2.6): :func:`input_gradient_penalty`, :func:`tandem_choice`,
   :func:`psi_controller_init`, :func:`psi_controller_update`, :func:`psi`.
-* Loop: :func:`fit` (progress bar, evaluation, atomic metrics JSON, Orbax checkpoints that resume
-  exactly).
+* Loop: :func:`fit` (progress bar, evaluation, atomic metrics JSON, Orbax checkpoints that
+  resume exactly).
 * Presets: :func:`szegedy_config`, :func:`woods_config`, :func:`woods_optimizer`.
 * Flax NNX models: :func:`create_nnx_train_state` (every step and loop above runs them),
   :func:`update_nnx_model`.

@@ -85,10 +85,10 @@ def adversarial_examples(
 ) -> BatchTransform:
     """Batch transform replacing examples by adversarial versions made with the current params.
 
-    Arguments:
+    Args:
       make_attack: attack factory (see the module docstring).
-      eps: attack radius passed as ``eps=`` to every example (the attack's units: PGD norm radius,
-        Woods RMSE).
+      eps: attack radius passed as ``eps=`` to every example, in the attack's units (PGD: norm
+        radius; Woods: RMSE).
       prob: each example is perturbed independently with this probability (the Woods "half-half"
         mask for ``prob = 0.5``); the others stay clean.
       train_mode: generate with the model in training mode (batch statistics; see module docstring).

@@ -81,7 +81,7 @@ def freeze_except(optimizer: optax.GradientTransformation,
     """``optimizer`` on the top-level parameter sub-trees named in ``trainable``; zero updates for
     all others (``optax.multi_transform`` with ``optax.set_to_zero``).
 
-    Arguments:
+    Args:
       optimizer: the optimiser of the trainable parameters.
       trainable: names of top-level parameter sub-trees to train (e.g. ``("classifier",)``).
     """
@@ -103,7 +103,7 @@ def classifier_state(pretrained: TrainState, optimizer: optax.GradientTransforma
                      trainable: Sequence[str] = ("classifier",)) -> TrainState:
     """Stage 2 of AE400-10: a fresh train state where only ``trainable`` sub-trees learn.
 
-    Arguments:
+    Args:
       pretrained: the state after autoencoder pretraining.
       optimizer: optimiser of the trainable sub-trees (wrapped by :func:`freeze_except`).
       trainable: top-level parameter sub-trees to train (the softmax ``classifier``).

@@ -26,7 +26,7 @@ def checkpoint_manager(directory: str | os.PathLike, *, max_to_keep: int | None 
                        ) -> ocp.CheckpointManager:
     """A synchronous Orbax ``CheckpointManager`` on ``directory`` (created if missing).
 
-    Arguments:
+    Args:
       directory: checkpoint folder (one sub-folder per saved step).
       max_to_keep: keep only the latest checkpoints (None: keep all).
     """
@@ -54,7 +54,7 @@ def restore_checkpoint(manager: ocp.CheckpointManager, template: TrainState,
                        step: int | None = None) -> tuple[TrainState, dict[str, Any]] | None:
     """Restores the checkpoint at ``step`` (default: the latest) into the structure of ``template``.
 
-    Arguments:
+    Args:
       manager: the checkpoint manager.
       template: a state with the same structure, shapes and dtypes (e.g. a freshly created one);
         its static fields (apply_fn, tx, ...) are kept.

@@ -78,7 +78,7 @@ def fit(
 ) -> tuple[TrainState, list[dict]]:
     """Trains ``state`` for ``epochs`` epochs over ``data``, resuming from ``checkpoint_dir``.
 
-    Arguments:
+    Args:
       state: the initial state (also the structure template for restoring).
       data: training set, ``(images (N, ...), labels (N,) int)`` or a dict ``image``/``label``.
       key: data-order key: epoch ``e`` visits ``epoch_permutation(key, e, N)`` in batches of

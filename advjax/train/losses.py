@@ -17,7 +17,7 @@ Array = jax.Array
 def cross_entropy(logits: Array, labels: Array, weights: Array | None = None) -> Array:
     """Mean softmax cross-entropy (nats) of logits ``(B, K)`` against integer labels ``(B,)``.
 
-    Arguments:
+    Args:
       logits: ``(B, K)`` float.
       labels: ``(B,)`` int in ``[0, K)``.
       weights: optional ``(B,)`` non-negative example weights; the result is the weighted mean.
@@ -76,7 +76,7 @@ def weight_decay_penalty(params: Mapping[str, Any],
     ``kernel.shape[-1]`` (Dense: output features; Conv: output channels). Only kernels are
     penalised: biases, BatchNorm scales/offsets and other parameters are excluded.
 
-    Arguments:
+    Args:
       params: a Flax parameter tree (see :func:`kernel_layers` for what a layer is).
       lambdas: a float (the same λ for every layer); a sequence of λ in layer order (input side
         first; its length must equal the number of layers); or a mapping from layer name (the full

@@ -24,7 +24,7 @@ WOODS_VARIANTS = ("standard", "adv-train", "robust", "all")
 def szegedy_config(name: str, *, pool: PoolConfig | None = None) -> TrainConfig:
     """The weight decay of a Szegedy model name (``"FC10(1e-4)"``, ``"FC100-100-10"``, ...).
 
-    Arguments:
+    Args:
       name: a key of ``advjax.models.szegedy.SZEGEDY_WEIGHT_DECAY`` (a trailing prime is ignored).
         ``"AE400-10"`` decays only its ``classifier`` (λ = 1e-6; the autoencoder is frozen).
       pool: optional adversarial pool (papers.md §1.5; its sizes are not given in the paper).
@@ -45,7 +45,7 @@ def szegedy_config(name: str, *, pool: PoolConfig | None = None) -> TrainConfig:
 def woods_config(variant: str) -> TrainConfig:
     """The step configuration of a Woods et al. reference variant (papers.md §2.2).
 
-    Arguments:
+    Args:
       variant: ``"standard"`` (cross-entropy only), ``"adv-train"`` (Algorithm 1 "l2", RMSE 0.01,
         7 steps), ``"robust"`` (the Lipschitz regulariser with adaptive ψ; the half-Huber ReLU is a
         model setting) or ``"all"`` (robust additions + L2-min adversarial training at RMSE 0.1
@@ -70,7 +70,7 @@ def woods_optimizer(steps_per_epoch: int, *, epochs: int = 200, num_devices: int
     """The reference SGD (papers.md §2.4): lr ``0.1·G``, momentum 0.9, coupled L2 decay 1e-4 on all
     parameters, lr ÷10 at 85 % and 97.5 % of training (epochs 170 and 195 of 200).
 
-    Arguments:
+    Args:
       steps_per_epoch: optimiser steps per epoch (``ceil(50000 / (128·G))`` on CIFAR-10).
       epochs: total epochs (200); the decay epochs scale with it.
       num_devices: ``G`` (the reference scales lr and batch size by the number of GPUs).

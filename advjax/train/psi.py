@@ -40,7 +40,7 @@ def psi_controller_update(state: PsiState, ce_loss: Array,
                           config: PsiConfig = PsiConfig()) -> PsiState:
     """One integrator step from the batch's mean cross-entropy.
 
-    Arguments:
+    Args:
       state: the controller before this batch.
       ce_loss: scalar, the batch's mean classification loss ``L_t > 0`` (gradients are stopped).
       config: the controller constants.

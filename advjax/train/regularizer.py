@@ -31,7 +31,7 @@ def tandem_choice(key: Array, batch_size: int, num_classes: int,
 
     Example ``b`` draws from ``fold_in(key, b)``, so its choice does not depend on the batch size.
 
-    Arguments:
+    Args:
       key: PRNG key.
       batch_size: ``B`` (static).
       num_classes: ``K`` (static).
@@ -52,7 +52,7 @@ def tandem_choice(key: Array, batch_size: int, num_classes: int,
 def selected_outputs(logits: Array, labels: Array, use_margin: Array, j: Array) -> Array:
     """The penalised scalar output of each example.
 
-    Arguments:
+    Args:
       logits: ``(B, K)``.
       labels: ``(B,)`` int true labels.
       use_margin: ``(B,)`` bool.
@@ -80,9 +80,9 @@ def input_gradient_penalty(
 ) -> tuple[Array, Array]:
     """``mean |∂(Σ_b s_b)/∂x|^z`` of papers.md §2.5, without ψ.
 
-    Arguments:
-      logits_fn: batched model ``(B, ...) -> (B, K)`` (closing over the parameters to
-        differentiate).
+    Args:
+      logits_fn: batched model ``(B, ...) -> (B, K)``, closing over the parameters to
+        differentiate.
       x: ``(B, ...)`` float inputs (the un-normalised [0, 1] images).
       labels: ``(B,)`` int true labels.
       key: PRNG key of the tandem output choice (:func:`tandem_choice`).

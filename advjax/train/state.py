@@ -88,7 +88,7 @@ def create_train_state(
 ) -> TrainState:
     """Initialises a model and its optimiser into a :class:`TrainState`.
 
-    Arguments:
+    Args:
       module: a linen module mapping a batch ``(B, ...)`` to logits ``(B, K)``; ``train`` is passed
         to ``__call__`` when it accepts one (``False`` at initialisation).
       key: a ``jax.random`` key (typed or raw); split into the initialisation key and the state key.
@@ -156,7 +156,7 @@ def apply_model(state: TrainState, params: Any, x: Array, *, train: bool) -> tup
     the same batch statistics as a batched pass. In eval mode the batch statistics are returned
     unchanged.
 
-    Arguments:
+    Args:
       state: the train state (model, batch statistics, static settings).
       params: the parameters to use (differentiable).
       x: ``(B, ...)`` inputs.

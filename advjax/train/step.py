@@ -131,9 +131,9 @@ def make_train_step(
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Composes batch transforms and a loss function into a pure training step.
 
-    Arguments:
-      loss_fn: ``loss_fn(params, state, batch, key) -> (loss, aux)`` (already wrapped by any loss
-        transforms).
+    Args:
+      loss_fn: ``loss_fn(params, state, batch, key) -> (loss, aux)``, already wrapped by any
+        loss transforms.
       batch_transforms: applied in order before the loss, each with its own key.
 
     Returns:
@@ -192,7 +192,7 @@ def train_step(state: TrainState, batch: Any,
                config: TrainConfig = TrainConfig()) -> tuple[TrainState, dict]:
     """One jitted training step of ``config`` (static) on ``batch``.
 
-    Arguments:
+    Args:
       state: the train state.
       batch: ``{"image": (B, ...) float in [0, 1], "label": (B,) int}`` or ``(images, labels)``.
       config: a hashable :class:`TrainConfig` (recompiles per distinct config).
@@ -218,7 +218,7 @@ def _eval_step(state: TrainState, batch: Any) -> dict:
 eval_step = jax.jit(_eval_step)
 eval_step.__doc__ = """Jitted evaluation of one batch in inference mode.
 
-Arguments:
+Args:
   state: the train state.
   batch: ``{"image", "label"}`` and optionally ``"weight" (B,)`` (0 for padding), or a pair.
 
@@ -231,7 +231,7 @@ Returns:
 def evaluate(state: TrainState, images: Any, labels: Any, *, batch_size: int = 512) -> dict:
     """Accuracy and mean cross-entropy over a data set, in batches (the last one zero-padded).
 
-    Arguments:
+    Args:
       state: the train state (inference mode is used).
       images: ``(N, ...)`` inputs.
       labels: ``(N,)`` int labels.

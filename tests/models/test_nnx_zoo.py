@@ -71,11 +71,13 @@ CASES = [
     ("mnist_cnn_digits_tanh", lambda: MnistCNN(features=(4, 8), dense=16, activation="tanh"),
      (4, 8, 8, 1)),
     ("lenet5", lambda: LeNet5(), (4, 28, 28, 1)),
-    ("resnet14_hhrelu", lambda: PreActResNet(depth=14, activation="hhrelu"), (3, 32, 32, 3)),
+    pytest.param("resnet14_hhrelu", lambda: PreActResNet(depth=14, activation="hhrelu"),
+                 (3, 32, 32, 3), marks=pytest.mark.slow),
 ]
+IDS = ["mnist_cnn", "mnist_cnn_digits_tanh", "lenet5", "resnet14_hhrelu"]
 
 
-@pytest.mark.parametrize("name,make,shape", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,make,shape", CASES, ids=IDS)
 def test_linen_to_nnx_outputs_equal(name, make, shape):
     module = make()
     x = _random_images(jax.random.key(1), shape)
@@ -89,7 +91,7 @@ def test_linen_to_nnx_outputs_equal(name, make, shape):
     jax.tree.map(np.testing.assert_array_equal, variables2, jax.tree.map(np.asarray, variables))
 
 
-@pytest.mark.parametrize("name,make,shape", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,make,shape", CASES, ids=IDS)
 def test_nnx_to_linen_outputs_equal(name, make, shape):
     """Start from a freshly initialised NNX twin: the linen model built from it agrees."""
     x = _random_images(jax.random.key(3), shape)
@@ -112,6 +114,7 @@ def test_nnx_to_linen_outputs_equal(name, make, shape):
                                _apply(module, variables, x, train=False), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resnet_training_mode_and_running_statistics_equal():
     """Training-mode logits and the updated BatchNorm statistics agree (momentum convention)."""
     module = PreActResNet(depth=8)

@@ -666,6 +666,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="depth of the synthetic ResNet (the checkpoint is 44)")
     parser.add_argument("--steps", type=int, default=None, help="override every attack's steps")
     parser.add_argument("--n", type=int, default=None, help="images per measurement")
+    parser.add_argument("--n-resnet", type=int, default=None,
+                        help="images per ResNet-44 measurement (default: --n)")
     parser.add_argument("--n-lbfgs", type=int, default=64, help="images per L-BFGS measurement")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
@@ -715,8 +717,10 @@ def main(argv: list[str] | None = None) -> None:
             if not _available(fw):
                 skipped.append(f"{fw}/{model}/{attack}: not installed")
             continue
-        cmd = [sys.executable, __file__, "--only", fw, model, attack, "--n", str(n),
-               "--n-lbfgs", str(args.n_lbfgs), "--batch", str(batch), "--repeats", str(repeats),
+        n_row = (args.n_resnet or n) if model == "resnet44" else n
+        cmd = [sys.executable, __file__, "--only", fw, model, attack, "--n", str(n_row),
+               "--n-lbfgs", str(args.n_lbfgs), "--batch", str(min(batch, n_row)),
+               "--repeats", str(repeats),
                "--cache", str(cache), "--device", args.device,
                "--resnet-depth", str(args.resnet_depth)]
         cmd += ["--synthetic"] if args.synthetic else []
@@ -748,7 +752,8 @@ def main(argv: list[str] | None = None) -> None:
               "load_average_after": load, "matmul_fp32_gflops": peak,
               "synthetic": args.synthetic, "settings": {
                   "pgd_mnist": PGD, "pgd_cifar": PGD_CIFAR, "apgd_cifar": APGD_CIFAR,
-                  "lbfgs": LBFGS, "n": n, "batch": batch, "repeats": repeats,
+                  "lbfgs": LBFGS, "n": n, "n_resnet": args.n_resnet or n, "batch": batch,
+                  "repeats": repeats,
                   "steps_override": args.steps, "resnet_depth": args.resnet_depth},
               "rows": rows, "skipped": skipped}
     try:

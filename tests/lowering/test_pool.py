@@ -63,7 +63,10 @@ def test_window_dilation_and_forward_mode():
     g = lower_convs(f, mode="gemm")
     t = jax.random.normal(jax.random.key(3), x.shape)
     np.testing.assert_array_equal(g(x), f(x))
-    np.testing.assert_array_equal(jax.jvp(g, (x,), (t,))[1], jax.jvp(f, (x,), (t,))[1])
+    # Forward mode on tie-free inputs: XLA's JVP (select_and_gather_add) reduces the window in an
+    # unspecified order, so its choice among tied maxima is not first-max.
+    free = jax.random.normal(jax.random.key(7), x.shape)
+    np.testing.assert_array_equal(jax.jvp(g, (free,), (t,))[1], jax.jvp(f, (free,), (t,))[1])
     ct = jax.random.normal(jax.random.key(4), f(x).shape)
     np.testing.assert_array_equal(jax.vjp(g, x)[1](ct)[0], jax.vjp(f, x)[1](ct)[0])
 

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from advjax.lowering import lower_convs
+
 logger = logging.getLogger(__name__)
 
 BATCH_AXIS = "batch"
@@ -80,13 +82,15 @@ def _broadcast_scalars(tree: Any, n: int) -> Any:
 
 
 def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
-                 axis_name: str = BATCH_AXIS) -> Callable[..., Any]:
+                 axis_name: str = BATCH_AXIS, conv_lowering: str = "auto") -> Callable[..., Any]:
     """The batched ``attack`` sharded over ``mesh`` along the batch axis (contract).
 
     Args:
       attack: a per-example function ``attack(x, label, **per_example)`` (e.g. from
         ``advjax.attacks``) — or any per-example function of arrays.
       mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over all devices).
+      conv_lowering: ``"auto"`` (convolutions as matrix products on CPU backends), ``"gemm"`` or
+        ``"native"``; see :func:`advjax.lowering.lower_convs`.
 
     Returns:
       ``run(xs, labels, **per_example)``: ``xs`` ``(N, ...)``, ``labels`` ``(N,)``; keyword arrays
@@ -98,7 +102,7 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
     mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
     sharding = batch_sharding(mesh, axis_name)
     n_dev = mesh.shape[axis_name]
-    compiled = jax.jit(jax.vmap(attack), out_shardings=sharding)
+    compiled = jax.jit(jax.vmap(lower_convs(attack, mode=conv_lowering)), out_shardings=sharding)
 
     @functools.wraps(attack)
     def run(xs, labels, **per_example):
@@ -124,7 +128,8 @@ def iterate_chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
 
 
 def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress: bool = False,
-           mesh: Mesh | None = None, desc: str = "chunks", **per_example: Any) -> Any:
+           mesh: Mesh | None = None, desc: str = "chunks", conv_lowering: str = "auto",
+           **per_example: Any) -> Any:
     """Applies a per-example ``fn`` to large arrays in fixed-size chunks, results gathered on host.
 
     Every chunk has exactly ``chunk_size`` rows (the last one is padded), so ``fn`` compiles once;
@@ -137,6 +142,8 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
       *arrays: positional arrays with the same leading size N.
       chunk_size: rows per compiled call.
       progress: show a tqdm progress bar.
+      conv_lowering: ``"auto"`` (convolutions as matrix products on CPU backends), ``"gemm"`` or
+        ``"native"``; see :func:`advjax.lowering.lower_convs`.
       **per_example: keyword arrays with leading size N (or scalars, broadcast).
 
     Returns:
@@ -145,6 +152,7 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
     if not arrays:
         raise ValueError("`arrays`: at least one positional array is required")
     n = _leading_size(arrays)
+    fn = lower_convs(fn, mode=conv_lowering)
     if mesh is None and jax.device_count() > 1:
         mesh = make_mesh()
     if mesh is not None:

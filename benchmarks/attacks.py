@@ -1,6 +1,16 @@
 """Attack throughput, compile time, memory and strength: advjax vs the peers, same weights.
 
-Side by side in one run on the same machine:
+Side by side in one run on the same machine (``--suite cnn``, the default):
+
+* PGD-40 L∞ (eps 0.3, step 0.01, no random start) on advertorch's LeNet5 pair, both as advjax's
+  zoo model (``lenet5`` / ``lenet5adv``) and as a plain user-written Flax model with ``nn.Conv``
+  and ``nn.max_pool`` and the same weights (``flaxlenet``); PGD-10 (eps 8/255, step 2/255) and
+  APGD-100 (eps 8/255) on a Woods et al. (2019) ResNet-44 (``resnet44``, CIFAR-10 test head).
+  advjax runs twice: ``advjax`` (``advjax.lowering.lower_convs`` on the logits_fn: convolutions as
+  GEMMs on CPU) and ``advjax-native`` (XLA's convolutions), vs torchattacks, foolbox 3 and ART
+  (PyTorch models with the same weights).
+
+``--suite all`` adds the earlier rows:
 
 * PGD-40 (L∞, eps 0.3, step 0.01, no random start — advertorch's published LeNet5 setting) on
   advertorch's clean-trained (``lenet5``) and PGD-trained (``lenet5adv``, published robust
@@ -15,8 +25,11 @@ Reported: compile (first-call) time, steady-state images/second, robust accuracy
 achieved GFLOP/s (forward + input-gradient FLOPs from XLA's cost analysis × steps) and the fraction
 of the machine's fp32 matmul roofline (measured here), and ratios advjax / peer.
 
-Usage (needs ADVJAX_DATA_DIR with mnist-test/ and advertorch-lenet5/, and the bench extra):
-  python benchmarks/attacks.py --n 512 --out benchmarks/results/attacks.json
+Usage (needs ADVJAX_DATA_DIR with mnist-test/, advertorch-lenet5/, cifar10-test-head/ and
+woods2019-resnet44/, and the bench extra for the peers; ``--synthetic`` uses random weights and
+images instead; rows whose framework is not installed are skipped):
+  python benchmarks/attacks.py --n 256 --batch 256 --out benchmarks/results/attacks.json
+  python benchmarks/attacks.py --device gpu --quick      # accelerator, < 5 minutes
 """
 
 from __future__ import annotations
@@ -34,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 PGD = dict(eps=0.3, step=0.01, steps=40)
+PGD_CIFAR = dict(eps=8 / 255, step=2 / 255, steps=10)
+APGD_CIFAR = dict(eps=8 / 255, steps=100)
 LBFGS = dict(initial_const=1e-2, search_steps=5, max_iterations=100, growth=10.0)
 
 
@@ -110,6 +125,304 @@ def _torch_model(model_name: str, cache: Path):
 
 def _to_nchw(xs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(xs.transpose(0, 3, 1, 2))
+
+
+# ----------------------------------------------------------------------------- CNN suite
+
+CNN_MODELS = ("lenet5", "lenet5adv", "flaxlenet", "resnet44")
+
+
+def _flax_lenet_module():
+    """advertorch's LeNet5 as a user would write it: ``nn.Conv`` and ``nn.max_pool`` only."""
+    import flax.linen as nn
+
+    class FlaxLeNet5(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.max_pool(nn.relu(nn.Conv(32, (3, 3), padding=1, name="conv1")(x)), (2, 2),
+                            (2, 2))
+            x = nn.max_pool(nn.relu(nn.Conv(64, (3, 3), padding=1, name="conv2")(x)), (2, 2),
+                            (2, 2))
+            x = x.reshape((x.shape[0], -1))
+            x = nn.relu(nn.Dense(200, name="linear1")(x))
+            return nn.Dense(10, name="linear2")(x)
+
+    return FlaxLeNet5()
+
+
+def _cnn_data(model: str, n: int, synthetic: bool) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    shape = (32, 32, 3) if model == "resnet44" else (28, 28, 1)
+    if synthetic:
+        return rng.uniform(size=(n, *shape)).astype(np.float32), rng.integers(0, 10, n)
+    from advjax import data
+    ds = data.load("cifar10_head" if model == "resnet44" else "mnist_local", "all", limit=n)
+    xs, ys = np.asarray(ds.images, np.float32), np.asarray(ds.labels)
+    if len(xs) < n:  # the CIFAR-10 head has 846 images: repeat to reach n
+        idx = np.arange(n) % len(xs)
+        xs, ys = xs[idx], ys[idx]
+    return xs, ys
+
+
+def _cnn_jax(model: str, synthetic: bool, depth: int):
+    """(module, variables, batched apply ``f(x (B, ...)) -> (B, K)``)."""
+    import jax
+
+    from advjax.models import LeNet5, PreActResNet, load_lenet5, load_woods2019
+    if model == "resnet44":
+        if synthetic:
+            module = PreActResNet(depth=depth)
+            variables = module.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32),
+                                    train=False)
+        else:
+            module, variables = load_woods2019(
+                    Path(os.environ["ADVJAX_DATA_DIR"]) / "woods2019-resnet44"
+                    / "resnet44-standard.pt")
+        return module, variables, lambda x: module.apply(variables, x, train=False)
+    which = "clntrained" if model == "lenet5" else "advtrained"
+    if synthetic:
+        variables = LeNet5().init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+    else:
+        _, variables = load_lenet5(Path(os.environ["ADVJAX_DATA_DIR"]) / "advertorch-lenet5",
+                                   which)
+    module = _flax_lenet_module() if model == "flaxlenet" else LeNet5()
+    return module, variables, lambda x: module.apply(variables, x)
+
+
+def _torch_cnn(model: str, variables, module, device: str):
+    """The PyTorch twin (NCHW, eval mode) of a CNN with the same (Flax) weights."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    p = variables["params"]
+    t = lambda a: torch.tensor(np.asarray(a, np.float32).copy(), device=device)  # noqa: E731
+    conv_w = lambda k: t(np.asarray(k).transpose(3, 2, 0, 1))  # noqa: E731  HWIO -> OIHW
+
+    if model != "resnet44":
+        # Flax flattens (H, W, C); PyTorch (C, H, W): permute linear1's rows.
+        w1 = np.asarray(p["linear1"]["kernel"]).reshape(7, 7, 64, 200).transpose(2, 0, 1, 3)
+        weights = {"c1": conv_w(p["conv1"]["kernel"]), "b1": t(p["conv1"]["bias"]),
+                   "c2": conv_w(p["conv2"]["kernel"]), "b2": t(p["conv2"]["bias"]),
+                   "l1": t(w1.reshape(3136, 200).T), "lb1": t(p["linear1"]["bias"]),
+                   "l2": t(np.asarray(p["linear2"]["kernel"]).T), "lb2": t(p["linear2"]["bias"])}
+
+        class Net(torch.nn.Module):
+            def forward(self, x):
+                w = weights
+                h = F.max_pool2d(F.relu(F.conv2d(x, w["c1"], w["b1"], padding=1)), 2)
+                h = F.max_pool2d(F.relu(F.conv2d(h, w["c2"], w["b2"], padding=1)), 2)
+                h = F.relu(F.linear(h.flatten(1), w["l1"], w["lb1"]))
+                return F.linear(h, w["l2"], w["lb2"])
+
+        return Net().eval()
+
+    stats = variables["batch_stats"]
+    mean = t(module.mean).view(1, 3, 1, 1)
+    std = t(module.std).view(1, 3, 1, 1)
+    n_blocks = (module.depth - 2) // 6
+
+    def bn(h, scope_p, scope_s):
+        return F.batch_norm(h, t(scope_s["mean"]), t(scope_s["var"]), t(scope_p["scale"]),
+                            t(scope_p["bias"]), training=False, eps=1e-5)
+
+    layers = []
+    for s, (_, stride) in enumerate(zip(module.widths, module.strides, strict=True)):
+        for b in range(n_blocks):
+            name = f"stage{s + 1}_block{b}"
+            bp, bs = p[name], stats[name]
+            layers.append(dict(
+                    stride=int(stride) if b == 0 else 1,
+                    pre=(bp["pre_bn"], bs["pre_bn"]), bn=(bp["bn"], bs["bn"]),
+                    conv1=conv_w(bp["conv1"]["kernel"]), conv2=conv_w(bp["conv2"]["kernel"]),
+                    shortcut=conv_w(bp["shortcut"]["kernel"]) if "shortcut" in bp else None))
+    stem = conv_w(p["stem"]["kernel"])
+    final = (p["final_bn"], stats["final_bn"])
+    cls_w, cls_b = conv_w(p["classifier"]["kernel"]), t(p["classifier"]["bias"])
+
+    class ResNet(torch.nn.Module):
+        def forward(self, x):
+            h = F.conv2d((x - mean) / std, stem, padding=1)
+            for layer in layers:
+                pre = F.relu(bn(h, *layer["pre"]))
+                m = F.conv2d(pre, layer["conv1"], stride=layer["stride"], padding=1)
+                m = F.conv2d(F.relu(bn(m, *layer["bn"])), layer["conv2"], padding=1)
+                sc = h if layer["shortcut"] is None else F.conv2d(
+                        pre, layer["shortcut"], stride=layer["stride"], padding=1)
+                h = m + sc
+            h = F.avg_pool2d(F.relu(bn(h, *final)), 8)
+            return F.conv2d(h, cls_w, cls_b).flatten(1)
+
+    return ResNet().eval()
+
+
+def _attack_settings(model: str, attack: str, steps: int | None) -> dict:
+    base = dict(PGD) if model != "resnet44" else (dict(PGD_CIFAR) if attack == "pgd"
+                                                  else dict(APGD_CIFAR))
+    if steps is not None:
+        base["steps"] = steps
+    return base
+
+
+def _peak_memory_mb(device: str, framework: str) -> float:
+    if device == "gpu":
+        if framework.startswith("advjax"):
+            import jax
+            stats = jax.devices()[0].memory_stats() or {}
+            return stats.get("peak_bytes_in_use", float("nan")) / 2**20
+        import torch
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, repeats: int, *,
+                device: str = "cpu", synthetic: bool = False, depth: int = 44,
+                steps: int | None = None) -> dict:
+    """One row of the CNN suite (run in its own process)."""
+    cfg = _attack_settings(model, attack, steps)
+    xs, ys = _cnn_data(model, n, synthetic)
+    out: dict = {"framework": framework, "model": model, "attack": attack, "n": n,
+                 "batch": batch, "steps": cfg["steps"], "device": device}
+    module, variables, apply = _cnn_jax(model, synthetic, depth)
+    if framework.startswith("advjax"):
+        import jax
+        import jax.numpy as jnp
+
+        from advjax import attacks
+        from advjax.lowering import lower_convs
+
+        def logits_fn(x):
+            return apply(x[None])[0]
+
+        mode = "native" if framework == "advjax-native" else "auto"
+        fast = lower_convs(logits_fn, mode=mode)
+        if attack == "pgd":
+            atk = attacks.pgd(fast, norm="linf", steps=cfg["steps"], step_size=cfg["step"],
+                              random_start=False)
+            run = jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"])))
+        else:
+            atk = attacks.apgd(fast, norm="linf", steps=cfg["steps"])
+            run = jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"], key=k)))
+        xb, yb = jnp.asarray(xs), jnp.asarray(ys)
+        keys = jax.random.split(jax.random.key(0), n)
+        results = []
+
+        def go():
+            results.clear()
+            for i in range(0, n, batch):
+                results.append(run(xb[i:i + batch], yb[i:i + batch], keys[i:i + batch]))
+            jax.block_until_ready(results)
+
+        first, steady = _time_calls(go, repeats)
+        res = jax.tree.map(lambda *a: np.concatenate(a), *results)
+        out["robust_accuracy"] = float(np.mean(~res.success))
+        out["clean_accuracy"] = float(np.mean(
+                np.concatenate([np.argmax(apply(xb[i:i + batch]), -1)
+                                for i in range(0, n, batch)]) == ys))
+        out["gflop"] = _step_flops(logits_fn, xs[:batch]) * (n / batch) * cfg["steps"] / 1e9
+        out["conv_lowering"] = mode
+        out.update(compile_s=max(first - steady, 0.0), seconds=steady)
+    else:
+        import torch
+        dev = "cuda" if device == "gpu" else "cpu"
+        net = _torch_cnn(model, variables, module, dev)
+        xt = torch.tensor(_to_nchw(xs), device=dev)
+        yt = torch.tensor(ys.astype(np.int64), device=dev)
+        eps = cfg["eps"]
+        if framework == "torchattacks":
+            import torchattacks
+            if attack == "pgd":
+                atk = torchattacks.PGD(net, eps=eps, alpha=cfg["step"], steps=cfg["steps"],
+                                       random_start=False)
+            else:
+                atk = torchattacks.APGD(net, norm="Linf", eps=eps, steps=cfg["steps"],
+                                        n_restarts=1, loss="ce", seed=0)
+            call = lambda xb, yb: atk(xb, yb)  # noqa: E731
+        elif framework == "foolbox":
+            import foolbox as fb
+            if attack != "pgd":
+                raise ValueError("foolbox has no APGD")
+            fmodel = fb.PyTorchModel(net, bounds=(0, 1), device=dev)
+            fatk = fb.attacks.LinfPGD(abs_stepsize=cfg["step"], steps=cfg["steps"],
+                                      random_start=False)
+            call = lambda xb, yb: fatk(fmodel, xb, yb, epsilons=eps)[1]  # noqa: E731
+        elif framework == "art":
+            from art.estimators.classification import PyTorchClassifier
+            clf = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(),
+                                    input_shape=tuple(xt.shape[1:]), nb_classes=10,
+                                    clip_values=(0.0, 1.0), device_type=dev)
+            if attack == "pgd":
+                from art.attacks.evasion import ProjectedGradientDescent
+                aatk = ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=cfg["step"],
+                                                max_iter=cfg["steps"], num_random_init=0,
+                                                batch_size=batch, verbose=False)
+            else:
+                from art.attacks.evasion import AutoProjectedGradientDescent
+                aatk = AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps,
+                                                    max_iter=cfg["steps"], nb_random_init=1,
+                                                    batch_size=batch, loss_type="cross_entropy",
+                                                    verbose=False)
+            call = lambda xb, yb: torch.tensor(  # noqa: E731
+                    aatk.generate(xb.cpu().numpy(), y=yb.cpu().numpy()), device=dev)
+        else:
+            raise ValueError(framework)
+        advs = []
+
+        def go():
+            advs.clear()
+            for i in range(0, n, batch):
+                advs.append(call(xt[i:i + batch], yt[i:i + batch]))
+            if dev == "cuda":
+                torch.cuda.synchronize()
+
+        first, steady = _time_calls(go, repeats)
+        with torch.no_grad():
+            preds = torch.cat([net(a).argmax(1) for a in advs])
+            clean = torch.cat([net(xt[i:i + batch]).argmax(1) for i in range(0, n, batch)])
+        out["robust_accuracy"] = float((preds == yt).float().mean())
+        out["clean_accuracy"] = float((clean == yt).float().mean())
+        out.update(compile_s=max(first - steady, 0.0), seconds=steady)
+    out["peak_memory_mb"] = _peak_memory_mb(device, framework)
+    out["images_per_s"] = n / out["seconds"]
+    return out
+
+
+def measure_forms(repeats: int = 5) -> list[dict]:
+    """Forward + input-gradient time of single conv layers: native vs the GEMM forms.
+
+    The shapes are those of the LeNet5 / ResNet-44 layers at batch 256 / 128, plus a wide layer
+    (256 channels) and a 1×1 layer; this is what :func:`advjax.lowering.choose_form` is based on.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from advjax.lowering import lower_convs
+
+    shapes = [((256, 28, 28, 1), (3, 3, 1, 32), 1), ((256, 14, 14, 32), (3, 3, 32, 64), 1),
+              ((128, 32, 32, 16), (3, 3, 16, 16), 1), ((128, 32, 32, 16), (3, 3, 16, 32), 2),
+              ((128, 16, 16, 32), (3, 3, 32, 32), 1), ((128, 8, 8, 64), (3, 3, 64, 64), 1),
+              ((32, 8, 8, 256), (3, 3, 256, 256), 1), ((128, 16, 16, 64), (1, 1, 64, 64), 1)]
+    rows = []
+    for xs, ws, stride in shapes:
+        x = jax.random.normal(jax.random.key(0), xs)
+        w = jax.random.normal(jax.random.key(1), ws) * 0.1
+
+        pad = ((1, 1), (1, 1)) if ws[0] == 3 else "VALID"
+
+        def conv(x, w, s=stride, pad=pad):
+            return lax.conv_general_dilated(x, w, (s, s), pad,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        row = {"x": xs, "w": ws, "stride": stride}
+        for name, fn in [("native", conv),
+                         ("concat", lower_convs(conv, mode="gemm", form="concat")),
+                         ("accumulate", lower_convs(conv, mode="gemm", form="accumulate"))]:
+            f = jax.jit(jax.value_and_grad(lambda x, w, f=fn: jnp.sum(f(x, w) ** 2)))
+            _, t = _time_calls(lambda f=f, x=x, w=w: jax.block_until_ready(f(x, w)), repeats)
+            row[name + "_ms"] = t * 1e3
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -297,50 +610,131 @@ def _scipy_lbfgs(net, xs, ys, repeats) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
-PLAN = [
-    ("advjax", "lenet5", "pgd"), ("torchattacks", "lenet5", "pgd"), ("foolbox", "lenet5", "pgd"),
-    ("art", "lenet5", "pgd"),
-    ("advjax", "lenet5adv", "pgd"), ("torchattacks", "lenet5adv", "pgd"),
-    ("foolbox", "lenet5adv", "pgd"), ("art", "lenet5adv", "pgd"),
+OLD_PLAN = [
     ("advjax", "mlp", "pgd"), ("torchattacks", "mlp", "pgd"), ("foolbox", "mlp", "pgd"),
     ("art", "mlp", "pgd"),
     ("advjax", "mlp", "lbfgs"), ("scipy", "mlp", "lbfgs"),
 ]
+PEERS = ("torchattacks", "foolbox", "art")
 
 
-def main() -> None:
+def cnn_plan(models: list[str]) -> list[tuple[str, str, str]]:
+    plan = []
+    for model in models:
+        attacks = ("pgd", "apgd") if model == "resnet44" else ("pgd",)
+        for attack in attacks:
+            fws = ["advjax", "advjax-native"]
+            if model != "flaxlenet":  # same network as lenet5adv for the peers
+                fws += [p for p in PEERS if not (p == "foolbox" and attack == "apgd")]
+            plan += [(fw, model, attack) for fw in fws]
+    return plan
+
+
+def _available(framework: str) -> bool:
+    mod = {"torchattacks": "torchattacks", "foolbox": "foolbox", "art": "art",
+           "scipy": "torch"}.get(framework)
+    if mod is None:
+        return True
+    import importlib.util
+    return importlib.util.find_spec(mod) is not None and \
+        importlib.util.find_spec("torch") is not None
+
+
+def _row_text(r: dict) -> str:
+    strength = r.get("robust_accuracy", r.get("mean_l2"))
+    mem = r.get("peak_memory_mb", r.get("peak_rss_mb", float("nan")))
+    return (f"{r['framework']:14s}{r['model']:10s}{r['attack']:6s}{r['images_per_s']:10.1f}"
+            f"{r['compile_s']:10.2f}{(strength if strength is not None else float('nan')):11.4f}"
+            f"{mem:9.0f}{r.get('gflops_per_s', float('nan')):9.1f}"
+            f"{r.get('roofline_fraction', float('nan')):6.2f}"
+            f"{r.get('advjax_speedup', float('nan')):9.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=512, help="images per PGD measurement")
+    parser.add_argument("--suite", choices=("cnn", "all"), default="cnn")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help=f"subset of {CNN_MODELS} (default: all of them)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="cpu: JAX_PLATFORMS=cpu, torch on CPU; gpu: JAX and torch on CUDA")
+    parser.add_argument("--quick", action="store_true",
+                        help="lenet5adv, flaxlenet and resnet44 only, 2 repeats; with "
+                             "--device gpu: n = batch = 1024 (under five minutes on one GPU)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="random weights and images (no ADVJAX_DATA_DIR needed)")
+    parser.add_argument("--resnet-depth", type=int, default=44,
+                        help="depth of the synthetic ResNet (the checkpoint is 44)")
+    parser.add_argument("--steps", type=int, default=None, help="override every attack's steps")
+    parser.add_argument("--n", type=int, default=None, help="images per measurement")
+    parser.add_argument("--n-resnet", type=int, default=None,
+                        help="images per ResNet-44 measurement (default: --n)")
     parser.add_argument("--n-lbfgs", type=int, default=64, help="images per L-BFGS measurement")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--only", nargs=3, metavar=("FRAMEWORK", "MODEL", "ATTACK"))
     parser.add_argument("--frameworks", nargs="*", default=None,
-                        help="subset of advjax torchattacks foolbox art scipy")
+                        help="subset of advjax advjax-native torchattacks foolbox art scipy")
+    parser.add_argument("--forms", action="store_true",
+                        help="time single conv layers: native vs the GEMM forms, then exit")
     parser.add_argument("--cache", default="benchmarks/results/mlp_fc100.npz")
-    parser.add_argument("--out", default="benchmarks/results/attacks.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default benchmarks/results/attacks[_gpu].json)")
+    args = parser.parse_args(argv)
+    gpu_quick = args.quick and args.device == "gpu"
+    n = args.n or (1024 if gpu_quick else 256)
+    batch = args.batch or min(n, 1024 if gpu_quick else 256)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
     cache = Path(args.cache)
+    out = Path(args.out or ("benchmarks/results/attacks_gpu.json" if args.device == "gpu"
+                            else "benchmarks/results/attacks.json"))
+    if args.forms:
+        rows = measure_forms()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_name("conv_forms.json").write_text(json.dumps(rows, indent=2))
+        return
     if args.only:
         fw, model, attack = args.only
-        n = args.n if attack == "pgd" else args.n_lbfgs
-        print(json.dumps(measure(fw, model, attack, n, args.batch, args.repeats, cache)))
+        if model in CNN_MODELS:
+            row = measure_cnn(fw, model, attack, n, batch, repeats, device=args.device,
+                              synthetic=args.synthetic, depth=args.resnet_depth,
+                              steps=args.steps)
+        else:
+            row = measure(fw, model, attack, n if attack == "pgd" else args.n_lbfgs, batch,
+                          repeats, cache)
+        print(json.dumps(row))
         return
-    _mlp_jax(cache)  # train once, shared by every subprocess
-    rows = []
-    for fw, model, attack in PLAN:
-        if args.frameworks and fw not in args.frameworks:
+    models = args.models or (["lenet5adv", "flaxlenet", "resnet44"] if args.quick
+                             else list(CNN_MODELS))
+    plan = cnn_plan(models)
+    if args.suite == "all":
+        _mlp_jax(cache)  # train once, shared by every subprocess
+        plan += OLD_PLAN
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               JAX_PLATFORMS="cuda" if args.device == "gpu" else "cpu")
+    rows, skipped = [], []
+    for fw, model, attack in plan:
+        if (args.frameworks and fw not in args.frameworks) or not _available(fw):
+            if not _available(fw):
+                skipped.append(f"{fw}/{model}/{attack}: not installed")
             continue
-        cmd = [sys.executable, __file__, "--only", fw, model, attack, "--n", str(args.n),
-               "--n-lbfgs", str(args.n_lbfgs), "--batch", str(args.batch), "--repeats",
-               str(args.repeats), "--cache", str(cache)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        n_row = (args.n_resnet or n) if model == "resnet44" else n
+        cmd = [sys.executable, __file__, "--only", fw, model, attack, "--n", str(n_row),
+               "--n-lbfgs", str(args.n_lbfgs), "--batch", str(min(batch, n_row)),
+               "--repeats", str(repeats),
+               "--cache", str(cache), "--device", args.device,
+               "--resnet-depth", str(args.resnet_depth)]
+        cmd += ["--synthetic"] if args.synthetic else []
+        cmd += ["--steps", str(args.steps)] if args.steps is not None else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(f"{fw}/{model}/{attack} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            skipped.append(f"{fw}/{model}/{attack}: failed ({proc.stderr.strip()[-200:]})")
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(json.dumps(row), flush=True)
+    os.environ.update(JAX_PLATFORMS=env["JAX_PLATFORMS"], XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    import jax
     peak = measure_matmul_roofline()
     for row in rows:
         if "gflop" in row:
@@ -350,33 +744,32 @@ def main() -> None:
                     and r["attack"] == row["attack"]), None)
         if ref is not None:
             row["advjax_speedup"] = row["seconds"] / ref["seconds"] * ref["n"] / row["n"]
-    import jax
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "python": platform.python_version(),
-              "jax": jax.__version__, "matmul_fp32_gflops": peak, "settings": {
-                  "pgd": PGD, "lbfgs": LBFGS, "n": args.n, "n_lbfgs": args.n_lbfgs,
-                  "batch": args.batch}, "rows": rows}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": platform.platform(), "cpus": os.cpu_count(),
+              "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+              "python": platform.python_version(), "jax": jax.__version__,
+              "load_average_after": load, "matmul_fp32_gflops": peak,
+              "synthetic": args.synthetic, "settings": {
+                  "pgd_mnist": PGD, "pgd_cifar": PGD_CIFAR, "apgd_cifar": APGD_CIFAR,
+                  "lbfgs": LBFGS, "n": n, "n_resnet": args.n_resnet or n, "batch": batch,
+                  "repeats": repeats,
+                  "steps_override": args.steps, "resnet_depth": args.resnet_depth},
+              "rows": rows, "skipped": skipped}
     try:
         import torch
         record["torch"] = torch.__version__
     except ImportError:
         pass
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, out)
-    hdr = f"{'framework':14s}{'model':8s}{'attack':7s}{'img/s':>10s}{'compile s':>10s}" \
-          f"{'rob.acc/L2':>11s}{'RSS MB':>8s}{'GFLOP/s':>9s}{'roof':>6s}{'advjax x':>9s}"
-    print(hdr)
+    print(f"{'framework':14s}{'model':10s}{'attack':6s}{'img/s':>10s}{'compile s':>10s}"
+          f"{'rob.acc/L2':>11s}{'peak MB':>9s}{'GFLOP/s':>9s}{'roof':>6s}{'advjax x':>9s}")
     for r in rows:
-        strength = r.get("robust_accuracy", r.get("mean_l2"))
-        print(f"{r['framework']:14s}{r['model']:8s}{r['attack']:7s}{r['images_per_s']:10.1f}"
-              f"{r['compile_s']:10.2f}{(strength if strength is not None else float('nan')):11.4f}"
-              f"{r['peak_rss_mb']:8.0f}{r.get('gflops_per_s', float('nan')):9.1f}"
-              f"{r.get('roofline_fraction', float('nan')):6.2f}"
-              f"{r.get('advjax_speedup', float('nan')):9.2f}")
-    print(f"fp32 matmul roofline here: {peak:.1f} GFLOP/s")
+        print(_row_text(r))
+    print(f"fp32 matmul roofline here: {peak:.1f} GFLOP/s; load average {load}; wrote {out}")
 
 
 if __name__ == "__main__":

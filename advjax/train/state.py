@@ -28,6 +28,7 @@ import optax
 from flax.training import train_state
 
 from advjax._checks import check_rank
+from advjax.lowering import MODES, lower_convs
 from advjax.train.psi import PsiState, psi_controller_init
 
 Array = jax.Array
@@ -85,6 +86,7 @@ def create_train_state(
     *,
     bn_axis_name: str | None = None,
     pool_size: int | None = None,
+    conv_lowering: str = "auto",
 ) -> TrainState:
     """Initialises a model and its optimiser into a :class:`TrainState`.
 
@@ -99,11 +101,17 @@ def create_train_state(
         module's ``bn_axis_name`` / ``axis_name`` attribute if it has one, else plain batch BN).
       pool_size: when given, an empty adversarial pool of this many examples is allocated (needed
         by :class:`~advjax.train.PoolConfig` training).
+      conv_lowering: ``"auto"`` (convolutions as matrix products and a fast max-pool gradient
+        on CPU backends, XLA's kernels elsewhere), ``"gemm"`` (always) or ``"native"`` (never);
+        see :func:`advjax.lowering.lower_convs`. Applies to every forward pass of the state's
+        model: training loss, adversarial-example generation, evaluation.
 
     Returns:
       The state at step 0 with ψ integrator ``I = 0``.
     """
     check_rank(sample_input, "sample_input", range(1, 8))
+    if conv_lowering not in MODES:
+        raise ValueError(f"`conv_lowering` must be one of {MODES}; got {conv_lowering!r}.")
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise TypeError("`optimizer` must be an optax GradientTransformation (init/update).")
     init_key, state_key = jax.random.split(_raw_key(key))
@@ -121,7 +129,7 @@ def create_train_state(
     if pool_size is not None:
         pool = empty_pool(pool_size, jnp.shape(sample_input)[1:], jnp.result_type(sample_input))
     return TrainState.create(
-            apply_fn=module.apply,
+            apply_fn=lower_convs(module.apply, mode=conv_lowering),
             params=params,
             tx=optimizer,
             batch_stats=batch_stats,

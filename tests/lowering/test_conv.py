@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the configuration table reads best as one case per line)
 """Lowered convolutions equal XLA's and an independent float64 NumPy reference.
 
 Tolerance: every output (or input-gradient) element is a sum of ``n`` products; float32 recursive
@@ -148,46 +149,38 @@ def _data(case, seed=0):
     return jax.random.normal(kx, xs), jax.random.normal(kw, ws), kc
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_values_equal_reference_and_native(case):
-    conv, ref, (n_terms, _) = _make(case)
-    x, w, _ = _data(case)
-    lowered = lower_convs(conv, mode="gemm")
-    # The rewrite really happened: no convolution is left in the lowered program.
-    assert "conv_general_dilated" not in str(jax.make_jaxpr(lowered)(x, w))
-    y = np.asarray(jax.jit(lowered)(x, w))
-    want = ref(x, w)
-    bound = ref(np.abs(x), np.abs(w))
-    tol = 2 * n_terms * EPS * bound
-    assert y.shape == want.shape
-    np.testing.assert_array_less(np.abs(y - want), tol + 1e-30)
-    if "neg" not in case[0]:
-        # XLA's own convolution (trusted only without negative padding).
-        np.testing.assert_array_less(np.abs(y - np.asarray(conv(x, w))), 2 * tol + 1e-7)
+def _value_and_vjp(fn):
+    """One compiled program: ``fn(x, w)`` and its vector-Jacobian product with ``ct``."""
+    def run(x, w, ct):
+        y, vjp = jax.vjp(fn, x, w)
+        return (y, *vjp(ct))
+    return jax.jit(run)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_gradients_equal_native(case):
-    conv, ref, (_, n_grad) = _make(case)
+def test_values_and_gradients_equal_reference_and_native(case):
+    conv, ref, (n_terms, n_grad) = _make(case)
     x, w, kc = _data(case)
     ct = jax.random.normal(kc, jax.eval_shape(conv, x, w).shape)
     lowered = lower_convs(conv, mode="gemm")
-    gx, gw = jax.vjp(lowered, x, w)[1](ct)
-    # Reference: the transposed float64 loops; bound: the same with |x|, |w|, |ct|.
+    # The rewrite really happened: no convolution is left in the lowered program or its VJP.
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(_value_and_vjp(lowered))(x, w, ct))
+    y, gx, gw = (np.asarray(a) for a in _value_and_vjp(lowered)(x, w, ct))
+    want, bound = ref(x, w), ref(np.abs(x), np.abs(w))
+    assert y.shape == want.shape
+    np.testing.assert_array_less(np.abs(y - want), 2 * n_terms * EPS * bound + 1e-30)
+    # Gradients: the transposed float64 loops; bounds: the same with |x|, |w|, |ct|.
     want_gx, want_gw = ref(x, w, ct)
     bound_gx, bound_gw = ref(np.abs(x), np.abs(w), np.abs(ct))
-    np.testing.assert_array_less(np.abs(np.asarray(gx) - want_gx),
-                                 2 * n_grad * EPS * bound_gx + 1e-30)
-    n_w = int(np.prod(jax.eval_shape(conv, x, w).shape))  # products per kernel-gradient element
-    np.testing.assert_array_less(np.abs(np.asarray(gw) - want_gw),
-                                 2 * n_w * EPS * bound_gw + 1e-30)
-    # And XLA's own gradients where its convolution is trusted (no negative padding).
+    n_w = int(np.prod(want.shape))  # at most this many products per kernel-gradient element
+    np.testing.assert_array_less(np.abs(gx - want_gx), 2 * n_grad * EPS * bound_gx + 1e-30)
+    np.testing.assert_array_less(np.abs(gw - want_gw), 2 * n_w * EPS * bound_gw + 1e-30)
     if "neg" not in case[0]:
-        nx, nw = jax.vjp(conv, x, w)[1](ct)
-        np.testing.assert_array_less(np.abs(np.asarray(gx) - np.asarray(nx)),
-                                     4 * n_grad * EPS * bound_gx + 1e-30)
-        np.testing.assert_array_less(np.abs(np.asarray(gw) - np.asarray(nw)),
-                                     4 * n_w * EPS * bound_gw + 1e-30)
+        # XLA's own convolution and gradients (trusted only without negative padding).
+        ny, nx, nw = (np.asarray(a) for a in _value_and_vjp(conv)(x, w, ct))
+        np.testing.assert_array_less(np.abs(y - ny), 4 * n_terms * EPS * bound + 1e-30)
+        np.testing.assert_array_less(np.abs(gx - nx), 4 * n_grad * EPS * bound_gx + 1e-30)
+        np.testing.assert_array_less(np.abs(gw - nw), 4 * n_w * EPS * bound_gw + 1e-30)
 
 
 def test_negative_padding_against_numpy_and_cropped_native():

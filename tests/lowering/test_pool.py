@@ -63,9 +63,16 @@ def test_window_dilation_and_forward_mode():
     g = lower_convs(f, mode="gemm")
     t = jax.random.normal(jax.random.key(3), x.shape)
     np.testing.assert_array_equal(g(x), f(x))
-    np.testing.assert_array_equal(jax.jvp(g, (x,), (t,))[1], jax.jvp(f, (x,), (t,))[1])
-    ct = jax.random.normal(jax.random.key(4), f(x).shape)
-    np.testing.assert_array_equal(jax.vjp(g, x)[1](ct)[0], jax.vjp(f, x)[1](ct)[0])
+    # Forward mode on tie-free inputs: XLA's JVP (select_and_gather_add) reduces the window in an
+    # unspecified order, so its choice among tied maxima is not first-max.
+    free = jax.random.normal(jax.random.key(7), x.shape)
+    np.testing.assert_array_equal(jax.jvp(g, (free,), (t,))[1], jax.jvp(f, (free,), (t,))[1])
+    # Reverse mode: XLA has no VJP with window dilation; the lowered VJP must be the adjoint of
+    # XLA's JVP: <ct, J t> = <J^T ct, t> (sums of a few hundred float32 products: rtol 1e-5).
+    ct = jax.random.normal(jax.random.key(4), f(free).shape)
+    lhs = jnp.vdot(ct, jax.jvp(f, (free,), (t,))[1])
+    rhs = jnp.vdot(jax.vjp(g, free)[1](ct)[0], t)
+    np.testing.assert_allclose(rhs, lhs, rtol=1e-5)
 
 
 def test_matches_max_pool_2x2_rule_and_vmap():

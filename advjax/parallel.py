@@ -82,15 +82,17 @@ def _broadcast_scalars(tree: Any, n: int) -> Any:
 
 
 def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
-                 axis_name: str = BATCH_AXIS, conv_lowering: str = "auto") -> Callable[..., Any]:
+                 axis_name: str = BATCH_AXIS, conv_lowering: str = "native") -> Callable[..., Any]:
     """The batched ``attack`` sharded over ``mesh`` along the batch axis (contract).
 
     Args:
       attack: a per-example function ``attack(x, label, **per_example)`` (e.g. from
         ``advjax.attacks``) — or any per-example function of arrays.
       mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over all devices).
-      conv_lowering: ``"auto"`` (convolutions as matrix products on CPU backends), ``"gemm"`` or
-        ``"native"``; see :func:`advjax.lowering.lower_convs`.
+      conv_lowering: ``"native"`` (default: XLA's convolution kernels), ``"auto"`` (convolutions
+        as matrix products on CPU backends only) or ``"gemm"`` (always); see
+        :func:`advjax.lowering.lower_convs`. Opt-in: it pays on small CNNs (LeNet5) on the CPU,
+        not yet on deep ones (ResNet-44 compiles ~3x longer), see ``benchmarks/README.md``.
 
     Returns:
       ``run(xs, labels, **per_example)``: ``xs`` ``(N, ...)``, ``labels`` ``(N,)``; keyword arrays
@@ -128,7 +130,7 @@ def iterate_chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
 
 
 def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress: bool = False,
-           mesh: Mesh | None = None, desc: str = "chunks", conv_lowering: str = "auto",
+           mesh: Mesh | None = None, desc: str = "chunks", conv_lowering: str = "native",
            **per_example: Any) -> Any:
     """Applies a per-example ``fn`` to large arrays in fixed-size chunks, results gathered on host.
 
@@ -142,8 +144,10 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
       *arrays: positional arrays with the same leading size N.
       chunk_size: rows per compiled call.
       progress: show a tqdm progress bar.
-      conv_lowering: ``"auto"`` (convolutions as matrix products on CPU backends), ``"gemm"`` or
-        ``"native"``; see :func:`advjax.lowering.lower_convs`.
+      conv_lowering: ``"native"`` (default: XLA's convolution kernels), ``"auto"`` (convolutions
+        as matrix products on CPU backends only) or ``"gemm"`` (always); see
+        :func:`advjax.lowering.lower_convs`. Opt-in: it pays on small CNNs (LeNet5) on the CPU,
+        not yet on deep ones (ResNet-44 compiles ~3x longer), see ``benchmarks/README.md``.
       **per_example: keyword arrays with leading size N (or scalars, broadcast).
 
     Returns:

@@ -86,7 +86,7 @@ def create_train_state(
     *,
     bn_axis_name: str | None = None,
     pool_size: int | None = None,
-    conv_lowering: str = "auto",
+    conv_lowering: str = "native",
 ) -> TrainState:
     """Initialises a model and its optimiser into a :class:`TrainState`.
 
@@ -101,8 +101,8 @@ def create_train_state(
         module's ``bn_axis_name`` / ``axis_name`` attribute if it has one, else plain batch BN).
       pool_size: when given, an empty adversarial pool of this many examples is allocated (needed
         by :class:`~advjax.train.PoolConfig` training).
-      conv_lowering: ``"auto"`` (convolutions as matrix products and a fast max-pool gradient
-        on CPU backends, XLA's kernels elsewhere), ``"gemm"`` (always) or ``"native"`` (never);
+      conv_lowering: ``"native"`` (default: XLA's kernels), ``"auto"`` (convolutions as matrix
+        products and a fast max-pool gradient on CPU backends only), or ``"gemm"`` (always);
         see :func:`advjax.lowering.lower_convs`. Applies to every forward pass of the state's
         model: training loss, adversarial-example generation, evaluation.
 

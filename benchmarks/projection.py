@@ -103,7 +103,7 @@ def main() -> None:
             row[f"{name}_ms"] = 1e3 * _median_time(jax.jit(jax.vmap(fn)), x + step, x, eps,
                                                    repeats=args.repeats)
         logits_fn = _mlp(int(np.prod(shape)), key)
-        grad = jax.jit(jax.vmap(jax.grad(lambda z: jax.nn.logsumexp(logits_fn(z)))))
+        grad = jax.jit(jax.vmap(jax.grad(lambda z, f=logits_fn: jax.nn.logsumexp(f(z)))))
         row["grad_ms"] = 1e3 * _median_time(grad, x, repeats=args.repeats)
         rows.append(row)
         print(json.dumps(row))
@@ -128,7 +128,7 @@ def main() -> None:
             try:
                 attack = build("clip" if proj_name == "clip" else "exact")
                 run = jax.jit(jax.vmap(attack))
-                t = _median_time(lambda a, b, c, d: run(a, b, eps=c, key=d).x_adv, x, labels,
+                t = _median_time(lambda a, b, c, d, r=run: r(a, b, eps=c, key=d).x_adv, x, labels,
                                  eps, keys, repeats=max(3, args.repeats // 2))
             finally:
                 projections.project_l2_box = original

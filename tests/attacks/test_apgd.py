@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advjax.attacks import losses
+from advjax.attacks import losses, projections
 from advjax.attacks.apgd import apgd, checkpoints
 from advjax.attacks.pgd import pgd
 from tests.attacks.conftest import linear_min_l2

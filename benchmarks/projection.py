@@ -5,7 +5,7 @@ leave the box and the ball, as in PGD):
 
 * ``bisect40``: the former exact projection, 40 bisection passes on the KKT multiplier
   (re-implemented here for the comparison);
-* ``exact``: ``advjax.attacks.projections.project_l2_box`` (one sort of the box breakpoints);
+* ``exact``: ``advjax.attacks.projections.project_l2_box`` (active-set iteration, 2-3 passes);
 * ``clip``: rescale onto the ball, then clip (``method="clip"``);
 * ``grad``: for scale, one input gradient of a 784-256-256-10 MLP at the same batch.
 
@@ -64,7 +64,7 @@ def _median_time(fn, *args, repeats):
 
 def _mlp(d, key):
     sizes = [d, 256, 256, 10]
-    keys = jax.random.split(key, len(sizes))
+    keys = jax.random.split(key, len(sizes) - 1)
     ws = [jax.random.normal(k, (a, b)) / np.sqrt(a) for k, a, b in
           zip(keys, sizes[:-1], sizes[1:], strict=True)]
 

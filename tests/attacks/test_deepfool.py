@@ -81,3 +81,55 @@ def test_already_misclassified_and_errors():
         deepfool(p.logits_fn, overshoot=-1)
     with pytest.raises(ValueError, match="num_classes"):
         deepfool(p.logits_fn, num_classes=1)
+
+
+def _wide_linear(k, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    w = jnp.asarray(rng.normal(size=(d, k)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(k,)), jnp.float32)
+    return (lambda x: x.reshape(-1) @ w + b), w, b
+
+
+def test_candidates_are_the_top_clean_logits():
+    # With candidates=2 the only class considered is the runner-up of the clean logits; a class
+    # whose boundary is closer but whose logit is lower must be ignored (foolbox semantics).
+    f, w, b = _wide_linear(10, seed=1)
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        x = jnp.asarray(rng.uniform(0.3, 0.7, size=(32,)), jnp.float32)
+        z = np.asarray(f(x))
+        y = int(np.argmax(z))
+        runner_up = int(np.argsort(z)[-2])
+        dist = [(z[y] - z[j]) / np.linalg.norm(np.asarray(w[:, y] - w[:, j]))
+                if j != y else np.inf for j in range(10)]
+        if int(np.argmin(dist)) != runner_up:
+            break
+    else:
+        pytest.skip("no example whose closest boundary is not the runner-up")
+    res2 = deepfool(f, candidates=2, steps=1, overshoot=0.0, lo=None, hi=None)(x, jnp.int32(y))
+    # One exact linear step towards the runner-up: its closed form (plus DeepFool's 1e-4).
+    wv = np.asarray(w[:, runner_up] - w[:, y], np.float64)
+    expected = (z[y] - z[runner_up] + 1e-4) / np.dot(wv, wv) * wv
+    np.testing.assert_allclose(np.asarray(res2.x_adv - x), expected, rtol=1e-3, atol=1e-6)
+    res_all = deepfool(f, candidates=None, steps=1, overshoot=0.0, lo=None, hi=None)(
+        x, jnp.int32(y))
+    assert float(res_all.l2) < float(res2.l2)
+
+
+def test_cost_scales_with_candidates_not_classes():
+    # XLA's cost analysis of one compiled DeepFool on a K-class linear model: with k = 10
+    # candidates, going from K = 100 to K = 1000 may grow the FLOPs about linearly (the forward
+    # pass and the k vector-Jacobian products are O(K d)), not quadratically as the full
+    # Jacobian (K products of cost O(K d)) does; and at K = 1000, k = 10 is far cheaper than all.
+    def flops(k_classes, candidates):
+        f, *_ = _wide_linear(k_classes)
+        attack = deepfool(f, candidates=candidates, steps=3, lo=None, hi=None)
+        x = jnp.full((32,), 0.5, jnp.float32)
+        compiled = jax.jit(attack).lower(x, jnp.int32(0)).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        return float(cost["flops"])
+
+    small, large, full = flops(100, 10), flops(1000, 10), flops(1000, None)
+    assert large < 20 * small, (small, large)
+    assert full > 20 * large, (large, full)

@@ -276,3 +276,28 @@ def test_reset_misclassified_option(linear_problem):
     a = pgd(p.logits_fn, steps=3)(x, jnp.asarray(y), eps=0.05, key=key)
     b = pgd(p.logits_fn, steps=3, reset_misclassified=False)(x, jnp.asarray(y), eps=0.05, key=key)
     np.testing.assert_array_equal(a.x_adv, b.x_adv)
+
+
+def test_returns_best_iterate_not_last(tiny_mlp):
+    # A step of 0.6 eps on an eps = 0.05 L-inf ball makes the iterates bounce; written out as a
+    # loop, the best iterate ("success first, then loss") is not the last one, so returning the
+    # last iterate is caught.
+    from advjax.attacks import losses
+
+    f = tiny_mlp.logits_fn
+    eps, steps = 0.05, 10
+    attack = pgd(f, steps=steps, step_size=0.6 * eps, random_start=False)
+    checked_any = False
+    for i in range(6):
+        x, y = jnp.asarray(tiny_mlp.xs[i]), jnp.int32(tiny_mlp.labels[i])
+        value_and_grad = jax.jit(jax.value_and_grad(lambda z, y=y: losses.ce_loss(f(z), y)))
+        z, scored = x, []
+        for _ in range(steps + 1):
+            value, g = value_and_grad(z)
+            scored.append((bool(jnp.argmax(f(z)) != y), float(value), z))
+            z = projections.project_linf_box(z + 0.6 * eps * jnp.sign(g), x, eps, 0.0, 1.0)
+        best = max(scored, key=lambda t: (t[0], t[1]))
+        res = attack(x, y, eps=jnp.float32(eps))
+        np.testing.assert_allclose(res.x_adv, best[2], atol=1e-6)
+        checked_any |= not np.allclose(best[2], scored[-1][2])
+    assert checked_any

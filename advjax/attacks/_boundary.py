@@ -297,10 +297,6 @@ def per_example(
             _checks.check_in_range(x, "x", lo, hi)
         else:
             _checks.check_finite(x, "x")
-        if (targeted_given and not target_may_equal_label and _checks.is_concrete(target_in)
-                and _checks.is_concrete(label_in) and int(target_in) == int(label_in)):
-            raise ValueError(f"`target` must differ from `label` (both {int(label_in)}): a "
-                             "targeted attack towards the true class is not an attack.")
         if needs_key or key is not None:
             key = check_key(key, x=x if needs_key else None)
         extra = {}
@@ -313,6 +309,10 @@ def per_example(
                 if spec.host_check is not None:
                     spec.host_check(value, name)
             extra[name] = value
+        if (targeted_given and not target_may_equal_label and _checks.is_concrete(target_in)
+                and _checks.is_concrete(label_in) and int(target_in) == int(label_in)):
+            raise ValueError(f"`target` must differ from `label` (both {int(label_in)}): a "
+                             "targeted attack towards the true class is not an attack.")
         # ... and the same checks as per-example flags
         fails = {_LABEL: ~_checks.labels_ok(label, k)}
         x_ok = _checks.in_range_ok(x, lo, hi) if box else _checks.finite_ok(x)

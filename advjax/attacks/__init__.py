@@ -8,10 +8,17 @@
 * ``lbfgs`` (Szegedy et al.'s box-constrained L-BFGS), ``cw_l2``, ``deepfool``: minimum distortion;
 * ``woods_l2``: Algorithm 1 of Woods et al. (``l2``, ``l2_min``, ``btr``; explanations);
 * ``gaussian_noise``: the random control.
+
+Shared vocabularies: ``advjax.attacks.projections`` (norms, ball ∩ box projections, ball sampling)
+and ``advjax.attacks.losses`` (CE, margin, DLR and their targeted forms). Invalid input (label,
+target, budget or image) is never a success: ``success=False``, NaN distortions, ``x_adv = x``
+and ``aux["valid_input"] = False``; ``checked(jax.vmap(attack))`` raises instead.
 """
 
 # The constructors are imported by name so that they shadow their modules of the same name
 # (``advjax.attacks.pgd`` is the function; its module is ``sys.modules["advjax.attacks.pgd"]``).
+from advjax.attacks import losses, projections
+from advjax.attacks._boundary import checked
 from advjax.attacks.apgd import apgd
 from advjax.attacks.cw import cw_l2
 from advjax.attacks.deepfool import deepfool
@@ -25,6 +32,7 @@ from advjax.attacks.woods import woods_l2
 __all__ = [
     "AttackResult",
     "apgd",
+    "checked",
     "cw_l2",
     "deepfool",
     "distortions",
@@ -32,8 +40,10 @@ __all__ = [
     "gaussian_noise",
     "is_success",
     "lbfgs",
+    "losses",
     "make_result",
     "pgd",
+    "projections",
     "random_wrong_target",
     "second_most_likely_target",
     "woods_l2",

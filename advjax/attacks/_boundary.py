@@ -288,10 +288,6 @@ def per_example(
             target_in = target
             target = _check_class(target, "target")
             _checks.check_labels(target_in, "target", k)
-            if (not target_may_equal_label and _checks.is_concrete(target_in)
-                    and _checks.is_concrete(label_in) and int(target_in) == int(label_in)):
-                raise ValueError(f"`target` must differ from `label` (both {int(label_in)}): a "
-                                 "targeted attack towards the true class is not an attack.")
         elif targeted and default_target is None:
             raise ValueError("`target` is required (scalar class index) for a targeted attack.")
         eps = None
@@ -313,6 +309,10 @@ def per_example(
                 if spec.host_check is not None:
                     spec.host_check(value, name)
             extra[name] = value
+        if (targeted_given and not target_may_equal_label and _checks.is_concrete(target_in)
+                and _checks.is_concrete(label_in) and int(target_in) == int(label_in)):
+            raise ValueError(f"`target` must differ from `label` (both {int(label_in)}): a "
+                             "targeted attack towards the true class is not an attack.")
         # ... and the same checks as per-example flags
         fails = {_LABEL: ~_checks.labels_ok(label, k)}
         x_ok = _checks.in_range_ok(x, lo, hi) if box else _checks.finite_ok(x)
@@ -374,8 +374,9 @@ def describe_errors(errors) -> dict[str, int]:
 
 
 def checked(batched_attack: Callable[..., AttackResult]) -> Callable[..., AttackResult]:
-    """Opt-in checked call: ``batched_attack`` (e.g. ``jax.vmap(attack)``) jitted with
-    ``jax.experimental.checkify``; raises after the call when any example had invalid input.
+    """Opt-in checked call: ``batched_attack`` (e.g. ``jax.vmap(attack)``) jitted, then its
+    ``aux["input_errors"]`` checked with ``jax.experimental.checkify`` (on device); raises after
+    the call when any example had invalid input.
 
     Args:
       batched_attack: a function returning a batched :class:`AttackResult` whose ``aux`` holds
@@ -387,20 +388,21 @@ def checked(batched_attack: Callable[..., AttackResult]) -> Callable[..., Attack
       examples failed it (e.g. ``"invalid input in 3 of 8 example(s): label in [0, K): 2; ..."``).
     """
 
-    def fn(*args, **kwargs):
-        res = batched_attack(*args, **kwargs)
-        errors = jnp.asarray(res.aux["input_errors"]).reshape(-1)
+    compiled = jax.jit(batched_attack)
+
+    def check(errors):
+        errors = errors.reshape(-1)
         counts = {f"c{i}": jnp.sum((errors >> i) & 1) for i in range(len(CHECKS))}
         n_bad = jnp.sum(errors != 0)
         detail = "; ".join(f"{name}: {{c{i}}}" for i, name in enumerate(CHECKS))
         checkify.check(n_bad == 0, "invalid input in {n} of " + str(errors.shape[0])
                        + " example(s): " + detail, n=n_bad, **counts)
-        return res
 
-    compiled = jax.jit(checkify.checkify(fn))
+    checker = jax.jit(checkify.checkify(check))
 
     def run(*args, **kwargs):
-        err, res = compiled(*args, **kwargs)
+        res = compiled(*args, **kwargs)
+        err, _ = checker(jnp.asarray(res.aux["input_errors"]))
         err.throw()
         return res
 

@@ -22,13 +22,29 @@ Array = jax.Array
 LogitsFn = Callable[[Array], Array]
 
 
-def _check_batch(xs, labels) -> None:
+def _check_batch(xs, labels, logits_fn: LogitsFn | None = None) -> None:
+    """Validates a batch; with ``logits_fn`` also the label range ``[0, K)`` (``K`` read from the
+    output shape of ``logits_fn`` on one example, no computation)."""
     if np.ndim(xs) < 1 or np.shape(xs)[0] < 1:
         raise ValueError(f"`xs` must be a non-empty batch (N, ...); got shape {np.shape(xs)}.")
     check_floating(xs, "xs")
     check_finite(xs, "xs")
     check_shape(labels, "labels", (np.shape(xs)[0],))
-    check_labels(labels, "labels", None)
+    k = None
+    if logits_fn is not None:
+        one = jax.ShapeDtypeStruct(np.shape(xs)[1:], jnp.result_type(xs))
+        out = jax.eval_shape(logits_fn, one)
+        if len(out.shape) != 1:
+            raise ValueError("`logits_fn` must map one example (no batch axis) to logits (K,); "
+                             f"got {out.shape} for an input of shape {one.shape}.")
+        k = int(out.shape[0])
+    check_labels(labels, "labels", k)
+
+
+def _valid_rows(res) -> Array:
+    """``aux["valid_input"]`` of an attack result (True when the attack reports none)."""
+    aux = getattr(res, "aux", None) or {}
+    return jnp.asarray(aux.get("valid_input", True), bool)
 
 
 def correct_predictions(logits_fn: LogitsFn, xs: Array, labels: Array, *,
@@ -44,7 +60,7 @@ def correct_predictions(logits_fn: LogitsFn, xs: Array, labels: Array, *,
     Returns:
       ``(N,)`` bool.
     """
-    _check_batch(xs, labels)
+    _check_batch(xs, labels, logits_fn)
     check_positive_int(batch_size, "batch_size")
     labels = jnp.asarray(labels)
 
@@ -65,7 +81,7 @@ def accuracy(logits_fn: LogitsFn, xs: Array, labels: Array, *, batch_size: int =
     Arguments:
       logits_fn: per-example ``x -> logits (K,)``.
       xs: ``(N, ...)`` float inputs (e.g. images in ``[0, 1]``, NHWC).
-      labels: ``(N,)`` int labels.
+      labels: ``(N,)`` int labels in ``[0, K)`` (checked; ``K`` from ``logits_fn``).
       batch_size: examples per vectorised chunk.
 
     Returns:
@@ -91,6 +107,10 @@ def robust_accuracy_curve(
     batched with ``jax.vmap`` over the grid and over examples (per-example ``eps``); example ``b``
     gets the key ``fold_in(key, b)`` for every ``ε`` (common random numbers), so results do not
     depend on ``batch_size`` and a monotone attack gives a non-increasing curve.
+
+    Results with invalid input (``aux["valid_input"]`` False: an image outside the attack's box,
+    a label out of range) are refused with a ``ValueError`` giving their number: such a row is
+    neither robust nor broken.
 
     Arguments:
       attack_fn: per-example ``attack(x, label, *, eps, key) -> AttackResult`` (any
@@ -119,15 +139,22 @@ def robust_accuracy_curve(
     def robust_one(x, y, k):
         def at(e):
             res = attack_fn(x, y, eps=e, key=k)
-            return jnp.logical_and(res.clean_correct, jnp.logical_not(res.success))
+            robust = jnp.logical_and(res.clean_correct, jnp.logical_not(res.success))
+            return robust, ~_valid_rows(res)
 
-        return jax.vmap(at)(eps_j)  # (G,)
+        return jax.vmap(at)(eps_j)  # (G,), (G,)
 
     @jax.jit
     def run(xs, labels):
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
-        robust = jax.lax.map(lambda a: robust_one(*a), (xs, labels, keys),
-                             batch_size=min(batch_size, n))
-        return jnp.sum(robust.astype(jnp.int32), axis=0)
+        robust, invalid = jax.lax.map(lambda a: robust_one(*a), (xs, labels, keys),
+                                      batch_size=min(batch_size, n))
+        return (jnp.sum(robust.astype(jnp.int32), axis=0),
+                jnp.sum(jnp.any(invalid, axis=1).astype(jnp.int32)))
 
-    return eps, np.asarray(run(xs, labels), dtype=np.float64) / n
+    counts, n_invalid = run(xs, labels)
+    if int(n_invalid):
+        raise ValueError(f"{int(n_invalid)} of {n} example(s) had invalid input for the attack "
+                         "(aux['valid_input'] False: image outside the attack's box [lo, hi] or "
+                         "label out of range); refusing to count them as robust or broken.")
+    return eps, np.asarray(counts, dtype=np.float64) / n

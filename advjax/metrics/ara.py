@@ -40,6 +40,10 @@ def _as_distortions(distortions, correct) -> np.ndarray:
     d = d.astype(np.float64)
     if d.size == 0:
         raise ValueError("`distortions` must hold at least one example; got shape (0,).")
+    if np.isnan(d).any():
+        raise ValueError(f"`distortions` contains {int(np.isnan(d).sum())} NaN value(s): attack "
+                         "results with invalid input (aux['valid_input'] False) have NaN "
+                         "distortions; drop those rows (and say how many) before the ARA.")
     check_nonnegative(d, "distortions")
     if correct is None:
         return d

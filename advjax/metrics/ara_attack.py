@@ -55,6 +55,10 @@ class AraResult:
         found no crossing (its distortion 0 under-states its robustness).
       sanity: ``(n,)`` bool, the attack's sanity flag (boundary crossed within the first half of
         the steps, ``aux["boundary_by_half"]``); all True when the attack reports none.
+      stalled: ``(n,)`` bool, among ``failed``: Algorithm 1 stopped moving (it travelled less than
+        half its path: the gradient vanished, typically a saturated softmax whose CE gradient
+        underflows against the ``1e-8`` of the normalisation). Their distortion 0 is an artefact
+        of the attack, not a property of the model; ``loss="margin"`` avoids it.
       clean_accuracy: fraction correct before the attack.
       criterion: ``"l2_min"`` or ``"btr"``.
       num_classes: ``K``.
@@ -72,6 +76,17 @@ class AraResult:
     criterion: str
     num_classes: int
     settings: dict
+    stalled: np.ndarray | None = None
+
+    @property
+    def num_failed(self) -> int:
+        """Examples that started on the near side and never crossed (counted at distortion 0)."""
+        return int(np.count_nonzero(self.failed))
+
+    @property
+    def num_stalled(self) -> int:
+        """Failed examples on which Algorithm 1 stopped moving (see ``stalled``)."""
+        return 0 if self.stalled is None else int(np.count_nonzero(self.stalled))
 
     @property
     def sanity_ok(self) -> bool:
@@ -79,8 +94,10 @@ class AraResult:
         return bool(np.all(self.sanity))
 
     def to_dict(self) -> dict:
-        """Scalars and per-example arrays, JSON-ready through ``advjax.io.atomic_write_json``."""
-        return dataclasses.asdict(self)
+        """Scalars and per-example arrays, JSON-ready through ``advjax.io.atomic_write_json``;
+        includes ``num_failed`` and ``num_stalled``."""
+        return {**dataclasses.asdict(self), "num_failed": self.num_failed,
+                "num_stalled": self.num_stalled}
 
 
 def _woods_ara(
@@ -139,8 +156,10 @@ def _woods_ara(
         else:
             crossed = jnp.argmax(res.logits) != y
             started_inside = res.clean_correct
-        sanity = res.aux.get("boundary_by_half", jnp.asarray(True))
-        return res.rmse, res.clean_correct, crossed, started_inside, jnp.asarray(sanity, bool)
+        sanity = jnp.asarray(res.aux.get("boundary_by_half", True), bool)
+        stalled = jnp.asarray(res.aux.get("stalled", False), bool)
+        valid = jnp.asarray(res.aux.get("valid_input", True), bool)
+        return res.rmse, res.clean_correct, crossed, started_inside, sanity, stalled, valid
 
     def indexed(x, y, i):
         return one(x, y, None if key is None else jax.random.fold_in(key, i))
@@ -151,15 +170,20 @@ def _woods_ara(
     xs = np.asarray(xs)
     labels = np.asarray(labels)
     n = xs.shape[0]
-    rmse, correct, crossed, inside, sanity = stream(
+    rmse, correct, crossed, inside, sanity, stalled, valid = stream(
         indexed, xs, labels, np.arange(n), chunk_size=min(chunk_size, n),
         desc=f"{criterion} ARA")
+    if not valid.all():
+        raise ValueError(f"{criterion} ARA: {int((~valid).sum())} example(s) had invalid input "
+                         "for the attack (aux['valid_input'] False); refusing to count them.")
     rmse = rmse.astype(np.float64)
     failed = inside & ~crossed
+    stalled = failed & stalled.astype(bool)
     distortions = np.where(inside & crossed, rmse, 0.0)
     if failed.any():
-        logger.warning("%s ARA: %d example(s) never crossed the boundary; counted with "
-                       "distortion 0", criterion, int(failed.sum()))
+        logger.warning("%s ARA: %d example(s) never crossed the boundary (%d of them stalled: "
+                       "the attack stopped moving); counted with distortion 0", criterion,
+                       int(failed.sum()), int(stalled.sum()))
     if not sanity.all():
         logger.warning("%s ARA: %d example(s) crossed the boundary only in the second half of "
                        "the steps; the distortions may not be minimal", criterion,
@@ -178,6 +202,7 @@ def _woods_ara(
         criterion=criterion,
         num_classes=int(num_classes),
         settings={**settings, "eps": float(eps), "bins": int(bins)},
+        stalled=stalled,
     )
 
 

@@ -15,7 +15,9 @@ class DistortionStats:
     """Summary of a batch of attack results (host-side floats, JSON-ready via :meth:`to_dict`).
 
     Attributes:
-      n: number of examples.
+      n: number of examples summarised (valid ones only).
+      invalid: number of examples excluded because the attack flagged their input invalid
+        (``aux["valid_input"]`` False); they count nowhere else.
       clean_accuracy: fraction classified correctly before the attack.
       attacked: number of clean-correct examples (the ones an untargeted attack must move).
       success_rate: fraction of ``attacked`` examples where the attack succeeded (NaN if none).
@@ -32,6 +34,7 @@ class DistortionStats:
     """
 
     n: int
+    invalid: int
     clean_accuracy: float
     attacked: int
     success_rate: float
@@ -61,6 +64,9 @@ def distortion_stats(results, mask=None) -> DistortionStats:
         ``linf``, ``rmse`` and ``clean_correct`` of shape ``(N,)``.
       mask: optional ``(N,)`` bool selecting the examples to summarise.
 
+    Rows whose ``results.aux["valid_input"]`` is False (invalid label, budget or image) are
+    excluded and counted in ``DistortionStats.invalid``.
+
     Returns:
       A :class:`DistortionStats`.
     """
@@ -76,13 +82,21 @@ def distortion_stats(results, mask=None) -> DistortionStats:
     n_all = fields["success"].shape[0]
     for name, value in fields.items():
         check_shape(value, f"results.{name}", (n_all,))
+    keep = np.ones(n_all, bool)
     if mask is not None:
         check_shape(mask, "mask", (n_all,))
         keep = np.asarray(mask).astype(bool)
-        fields = {k: v[keep] for k, v in fields.items()}
+    aux = getattr(results, "aux", None) or {}
+    valid = np.ones(n_all, bool)
+    if "valid_input" in aux:
+        valid = np.broadcast_to(np.asarray(aux["valid_input"]).astype(bool), (n_all,))
+    n_invalid = int(np.count_nonzero(keep & ~valid))
+    keep = keep & valid
+    fields = {k: v[keep] for k, v in fields.items()}
     n = int(fields["success"].shape[0])
     if n == 0:
-        raise ValueError("`results` (after `mask`) must hold at least one example.")
+        raise ValueError("`results` (after `mask`, without the "
+                         f"{n_invalid} invalid example(s)) must hold at least one example.")
     success = fields["success"].astype(bool)
     clean = fields["clean_correct"].astype(bool)
     fooled = success & clean
@@ -93,6 +107,7 @@ def distortion_stats(results, mask=None) -> DistortionStats:
     d_all = np.where(clean, rmse, 0.0)[wrong_after]
     return DistortionStats(
         n=n,
+        invalid=n_invalid,
         clean_accuracy=float(np.count_nonzero(clean)) / n,
         attacked=attacked,
         success_rate=float(np.count_nonzero(fooled)) / attacked if attacked else math.nan,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advjax.attacks import losses
+from advjax.attacks import losses, projections
 from advjax.attacks.apgd import apgd, checkpoints
 from advjax.attacks.pgd import pgd
 from tests.attacks.conftest import linear_min_l2
@@ -144,3 +144,66 @@ def test_advertorch_lenet5_apgd_not_weaker_than_published_pgd():
     assert acc_apgd <= acc_pgd
     assert abs(acc_apgd - 0.932) <= 0.1
     assert float(jnp.max(r_apgd.linf)) <= 0.3 + 1e-6
+
+
+def apgd_reference(logits_fn, x, y, eps, key, steps, norm="l2", rho=0.75, alpha=0.75):
+    """Algorithm 1 of Croce & Hein (2020), one untargeted CE run, as a plain Python loop.
+
+    Returns ``(x_max, f_max, eta, log)`` with ``log`` counting the checkpoints that halved the
+    step, kept it, and halvings whose restart from ``x_max`` moved the iterate.
+    """
+    f = jax.jit(lambda z: losses.ce_loss(logits_fn(z), y))
+    grad = jax.jit(jax.grad(lambda z: losses.ce_loss(logits_fn(z), y)))
+
+    def proj(z):
+        return projections.project(z, x, eps, norm, 0.0, 1.0)
+
+    def d(g):
+        return projections.steepest_direction(g, norm)
+
+    ckpts = [int(w) for w in checkpoints(steps)]
+    x0 = proj(x + projections.sample_ball(key, x.shape, eps, norm, x.dtype))
+    eta = 2.0 * eps
+    x1 = proj(x0 + eta * d(grad(x0)))
+    f0, f1 = float(f(x0)), float(f(x1))
+    x_max, f_max = (x1, f1) if f1 > f0 else (x0, f0)
+    x_prev, x_k, f_k = x0, x1, f1
+    n_inc, f_max_ckpt, reduced, w_prev = int(f1 > f0), f0, True, 0
+    log = {"halved": 0, "kept": 0, "restart_moved": 0}
+    for k in range(1, steps):
+        z = proj(x_k + eta * d(grad(x_k)))
+        x_new = proj(x_k + alpha * (z - x_k) + (1 - alpha) * (x_k - x_prev))
+        f_new = float(f(x_new))
+        n_inc += f_new > f_k
+        if f_new > f_max:
+            x_max, f_max = x_new, f_new
+        x_prev, x_k, f_k = x_k, x_new, f_new
+        if k + 1 in ckpts:
+            halve = n_inc < rho * (k + 1 - w_prev) or (not reduced and f_max_ckpt >= f_max)
+            if halve:
+                eta = 0.5 * eta
+                log["restart_moved"] += int(not np.array_equal(np.asarray(x_k), np.asarray(x_max)))
+                x_k, f_k = x_max, f_max
+            log["halved" if halve else "kept"] += 1
+            reduced, f_max_ckpt, n_inc, w_prev = halve, f_max, 0, k + 1
+    return x_max, f_max, eta, log
+
+
+def test_matches_plain_loop_of_algorithm_1(tiny_mlp):
+    # L2, eps 0.1 on the tiny MLP: no success (so the result is the max-loss point), and the
+    # run exercises every branch: checkpoints that halve and one that keeps the step, and
+    # restarts from x_max that move the iterate. So dropping the halving, halving always,
+    # dropping momentum or the restart from the best point all change loss, eta or x_adv.
+    attack = apgd(tiny_mlp.logits_fn, norm="l2", steps=40)
+    for i in (0, 2):
+        x, y = jnp.asarray(tiny_mlp.xs[i]), jnp.int32(tiny_mlp.labels[i])
+        key = jax.random.key(i)
+        x_max, f_max, eta, log = apgd_reference(tiny_mlp.logits_fn, x, y, jnp.float32(0.1), key,
+                                                40)
+        assert log["halved"] >= 1 and log["kept"] >= 1 and log["restart_moved"] >= 1, log
+        res = attack(x, y, eps=jnp.float32(0.1), key=key)
+        assert not bool(res.success)
+        # float32 rounding of the same operations in another order: 1e-5 relative on the loss.
+        np.testing.assert_allclose(float(res.aux["loss"]), f_max, rtol=1e-5)
+        np.testing.assert_allclose(float(res.aux["eta"]), eta, rtol=1e-6)
+        np.testing.assert_allclose(res.x_adv, x_max, atol=1e-4)

@@ -155,3 +155,76 @@ def test_bad_inputs(targeted):
         cw_l2(p.logits_fn, steps=0)
     with pytest.raises(ValueError, match="box"):
         cw_l2(p.logits_fn, lo=0.5, hi=0.5)
+
+
+def _cw_trajectory(logits_fn, x, y, c, steps, lr=1e-2):
+    """CW's untargeted Adam run at a fixed ``c`` written out as a loop: ``(dist2, success)`` of
+    every iterate (box [0, 1], confidence 0)."""
+    import optax
+
+    from advjax.attacks.cw import _TANH_SHRINK
+
+    opt = optax.adam(lr)
+    w = jnp.arctanh((x / 0.5 - 1.0) * _TANH_SHRINK)
+    state = opt.init(w)
+
+    def loss(w):
+        xa = 0.5 * (jnp.tanh(w) + 1.0)
+        logits = logits_fn(xa)
+        d2 = jnp.sum((xa - x) ** 2)
+        return d2 + c * f6_objective(logits, y, None, 0.0), (d2, logits)
+
+    vg = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    out = []
+    for _ in range(steps):
+        (_, (d2, logits)), g = vg(w)
+        out.append((float(d2), bool(jnp.argmax(logits) != y)))
+        updates, state = opt.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+    return out
+
+
+def test_keeps_the_closest_success_not_the_last(tiny_mlp):
+    # With c = 10 Adam overshoots the boundary: the last successful iterate is twice as far as the
+    # closest one, so returning the last success instead of the closest is caught.
+    x, y = jnp.asarray(tiny_mlp.xs[3]), jnp.int32(tiny_mlp.labels[3])
+    traj = _cw_trajectory(tiny_mlp.logits_fn, x, y, 10.0, 100)
+    succ = [d for d, s in traj if s]
+    closest, last = np.sqrt(min(succ)), np.sqrt(succ[-1])
+    assert last > 1.5 * closest
+    res = cw_l2(tiny_mlp.logits_fn, steps=100, search_steps=1, initial_const=10.0,
+                abort_early=False)(x, y)
+    # Same float32 operations in another program: 1e-5 relative.
+    np.testing.assert_allclose(float(res.l2), closest, rtol=1e-5)
+
+
+def test_early_abort_never_gives_up_on_saturated_images(tiny_mlp):
+    # Binary images (every pixel at a box face): tanh is flat there, so the loss does not move for
+    # many steps while Adam walks w back inside. A per-example stall test on the loss alone gives
+    # up on them and c climbs to its cap; the abort must leave exactly the successes of the full
+    # run, and still save iterations.
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.integers(0, 2, size=(6, 4, 4, 1)).astype(np.float32))
+    ys = jnp.argmax(jax.vmap(tiny_mlp.logits_fn)(xs), -1)
+    runs = {abort: jax.jit(jax.vmap(cw_l2(tiny_mlp.logits_fn, abort_early=abort)))(xs, ys)
+            for abort in (True, False)}
+    assert bool(jnp.all(runs[False].success))
+    np.testing.assert_array_equal(runs[True].success, runs[False].success)
+    np.testing.assert_allclose(runs[True].l2, runs[False].l2, rtol=0.02)
+    full = 1000 * 9
+    assert np.all(np.asarray(runs[False].aux["iterations"]) == full)
+    assert np.all(np.asarray(runs[True].aux["iterations"]) < full)
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0])
+def test_early_abort_fires_with_and_without_confidence(tiny_mlp, confidence):
+    # With confidence > 0 the objective is negative after success; the stall test is relative to
+    # |loss| so it still fires. Without the abort every example runs steps x search_steps.
+    xs, ys = jnp.asarray(tiny_mlp.xs[:4]), jnp.asarray(tiny_mlp.labels[:4])
+    res = {abort: jax.jit(jax.vmap(cw_l2(tiny_mlp.logits_fn, steps=200, confidence=confidence,
+                                         abort_early=abort)))(xs, ys)
+           for abort in (True, False)}
+    iters = np.asarray(res[True].aux["iterations"])
+    assert iters.sum() < 0.95 * 4 * 200 * 9, iters
+    np.testing.assert_array_equal(res[True].success, res[False].success)
+    np.testing.assert_allclose(res[True].l2, res[False].l2, rtol=0.02, atol=1e-3)

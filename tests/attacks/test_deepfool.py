@@ -81,3 +81,29 @@ def test_already_misclassified_and_errors():
         deepfool(p.logits_fn, overshoot=-1)
     with pytest.raises(ValueError, match="num_classes"):
         deepfool(p.logits_fn, num_classes=1)
+
+
+def _wide_linear(k, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    w = jnp.asarray(rng.normal(size=(d, k)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(k,)), jnp.float32)
+    return (lambda x: x.reshape(-1) @ w + b), w, b
+
+
+def test_cost_scales_with_candidates_not_classes():
+    # XLA's cost analysis of one compiled DeepFool on a K-class linear model: with k = 10
+    # candidates, going from K = 100 to K = 1000 may grow the FLOPs about linearly (the forward
+    # pass and the k vector-Jacobian products are O(K d)), not quadratically as the full
+    # Jacobian (K products of cost O(K d)) does; and at K = 1000, k = 10 is far cheaper than all.
+    def flops(k_classes, candidates):
+        f, *_ = _wide_linear(k_classes)
+        attack = deepfool(f, candidates=candidates, steps=3, lo=None, hi=None)
+        x = jnp.full((32,), 0.5, jnp.float32)
+        compiled = jax.jit(attack).lower(x, jnp.int32(0)).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        return float(cost["flops"])
+
+    small, large, full = flops(100, 10), flops(1000, 10), flops(1000, None)
+    assert large < 20 * small, (small, large)
+    assert full > 20 * large, (large, full)

@@ -203,10 +203,14 @@ def test_already_target_and_default_targets(multiclass):
     p, attack, _, _, _ = multiclass
     fn = jax.jit(attack)  # the same compiled function as in test_jit_vmap_equals_python_loop
     x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])
-    # Target = the clean prediction: reported at zero distortion with x_adv = x.
-    res = fn(x, y, target=y, initial_const=jnp.asarray(1e-2))
+    # Target = the clean prediction of an example labelled otherwise: reported at zero distortion
+    # with x_adv = x. (target == label itself is invalid input: not an attack.)
+    wrong = (y + 1) % p.W.shape[1]
+    res = fn(x, wrong, target=y, initial_const=jnp.asarray(1e-2))
     assert bool(res.success) and float(res.l2) == 0.0
     np.testing.assert_array_equal(np.asarray(res.x_adv), np.asarray(x))
+    res = fn(x, y, target=y, initial_const=jnp.asarray(1e-2))
+    assert not bool(res.aux["valid_input"]) and not bool(res.success)
     # No target, no key: the second most likely class (cleverhans' default). Not jitted.
     res = attack(x, y)
     assert int(res.aux["target"]) == int(np.argsort(np.asarray(p.logits_fn(x)))[-2])

@@ -276,3 +276,39 @@ def test_reset_misclassified_option(linear_problem):
     a = pgd(p.logits_fn, steps=3)(x, jnp.asarray(y), eps=0.05, key=key)
     b = pgd(p.logits_fn, steps=3, reset_misclassified=False)(x, jnp.asarray(y), eps=0.05, key=key)
     np.testing.assert_array_equal(a.x_adv, b.x_adv)
+
+
+def test_returns_best_iterate_not_last(tiny_mlp):
+    # L2 steps of 2 eps on an eps = 0.3 ball make the iterates jump around the sphere; written out
+    # as a scan, the best of the steps + 1 iterates ("success first, then loss") is a different
+    # point from the last one on several examples, so returning the last iterate is caught.
+    from advjax.attacks import losses
+
+    f = tiny_mlp.logits_fn
+    eps, steps = 0.3, 10
+
+    @jax.jit
+    def trajectory(x, y):
+        def body(z, _):
+            (value, logits), g = jax.value_and_grad(
+                lambda z: (losses.ce_loss(f(z), y), f(z)), has_aux=True)(z)
+            z_next = projections.project_l2_box(z + 2 * eps * projections.normalize_l2(g), x, eps,
+                                                 0.0, 1.0)
+            return z_next, (z, value, jnp.argmax(logits) != y)
+
+        last, (zs, values, success) = jax.lax.scan(body, x, None, length=steps)
+        logits = f(last)
+        return (jnp.concatenate([zs, last[None]]),
+                jnp.append(values, losses.ce_loss(logits, y)),
+                jnp.append(success, jnp.argmax(logits) != y))
+
+    attack = jax.jit(pgd(f, norm="l2", steps=steps, step_size=2 * eps, random_start=False))
+    not_last = 0
+    for i in range(8):
+        x, y = jnp.asarray(tiny_mlp.xs[i]), jnp.int32(tiny_mlp.labels[i])
+        zs, values, success = (np.asarray(a) for a in trajectory(x, y))
+        best = max(range(steps + 1), key=lambda j: (success[j], values[j]))
+        res = attack(x, y, eps=jnp.float32(eps))
+        np.testing.assert_allclose(res.x_adv, zs[best], atol=1e-5)
+        not_last += not np.allclose(zs[best], zs[-1], atol=1e-3)
+    assert not_last >= 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from advjax.attacks.woods import step_sizes, woods_l2
-from tests.attacks.conftest import linear_min_l2, make_linear_problem
+from tests.attacks.conftest import linear_logits_fn, linear_min_l2, make_linear_problem
 
 
 def reference_algorithm1(logits_fn, x, label, eps, *, steps, criterion, momentum=0.0,
@@ -290,3 +290,32 @@ def test_invalid_values_flagged_under_jit(tiny_mlp):
     assert bool(attack(x, y, eps=0.1).aux["valid_input"])
     assert not bool(attack(x, y, eps=-0.1).aux["valid_input"])
     assert not bool(attack(x, jnp.asarray(-1), eps=0.1).aux["valid_input"])
+
+
+def test_saturated_softmax_stalls_with_ce_and_margin_variant_moves():
+    # Logits scaled by 1e4: p(label) rounds to exactly 1 in float32, the CE gradient is exactly 0,
+    # and Algorithm 1's step g / (1e-8 + RMSE(g)) is 0: the reference attack never moves
+    # ("stalled"). The margin's gradient is w_j - w_y whatever the scale, so the margin variant
+    # reaches the boundary, at no less than the closed-form minimal distance (scale-free).
+    from advjax.metrics import attack_ara
+
+    p = make_linear_problem(seed=5, num_classes=3, n=4)
+    scale = 1e4
+    f = linear_logits_fn(p.W * scale, p.b * scale, p.shape)
+    ce = jax.jit(jax.vmap(woods_l2(f, steps=30, criterion="l2_min")))
+    mg = jax.jit(jax.vmap(woods_l2(f, steps=30, criterion="l2_min", loss="margin")))
+    eps = jnp.full((4,), 0.5)
+    r_ce = ce(jnp.asarray(p.xs), jnp.asarray(p.labels), eps=eps)
+    r_mg = mg(jnp.asarray(p.xs), jnp.asarray(p.labels), eps=eps)
+    assert bool(jnp.all(r_ce.aux["stalled"])) and not bool(jnp.any(r_ce.success))
+    assert not bool(jnp.any(r_mg.aux["stalled"])) and bool(jnp.all(r_mg.success))
+    truth = np.array([linear_min_l2(p.W, p.b, x, y) for x, y in zip(p.xs, p.labels,
+                                                                       strict=True)])
+    assert np.all(np.asarray(r_mg.l2) >= truth * (1 - 1e-4))
+    # Every ARA result reports the stalled examples.
+    res = attack_ara(f, p.xs, p.labels, num_classes=3, steps=30, eps=0.5, momentum=0.0)
+    assert res.num_stalled == 4 and res.num_failed == 4 and res.to_dict()["num_stalled"] == 4
+    res_m = attack_ara(f, p.xs, p.labels, num_classes=3, steps=30, eps=0.5, momentum=0.0,
+                       loss="margin")
+    assert res_m.num_stalled == 0 and res_m.num_failed == 0
+    np.testing.assert_allclose(res_m.distortions, np.asarray(r_mg.rmse), rtol=1e-5)

@@ -188,3 +188,41 @@ def test_rule_table_is_immutable_and_extensible():
     with pytest.raises(UnsupportedPrimitiveError, match="tanh"):
         layer_bounds(jnp.tanh, jnp.zeros(5), rules=DEFAULT_RULES.without("tanh"))
     assert math.isfinite(layer_bounds(jnp.tanh, jnp.zeros(5)).total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations with exponential left tails (expm1) and piecewise forms
+# ---------------------------------------------------------------------------------------------
+
+_SELU = 1.0507009873554805 * 1.6732632423543772  # λ·α: SELU's slope as x -> 0⁻
+
+
+@pytest.mark.parametrize("fn,expected", [
+        (jax.nn.elu, 1.0),
+        (lambda x: jax.nn.elu(x, 2.0), 2.0),
+        (lambda x: jax.nn.celu(x, 0.5), 1.0),
+        (jax.nn.selu, _SELU),
+        (jax.nn.hard_swish, 1.5),
+        (jax.nn.relu6, 1.0),
+        (jax.nn.log_sigmoid, 1.0),
+], ids=["elu", "elu-alpha2", "celu", "selu", "hard_swish", "relu6", "log_sigmoid"])
+def test_activation_family_constants(fn, expected):
+    total = layer_bounds(fn, jnp.zeros(3)).total
+    assert total == pytest.approx(expected, rel=1e-6)
+    # truth: difference quotients on a float64 grid reach the constant and never exceed it
+    with jax.enable_x64(True):
+        grid = np.linspace(-12.0, 12.0, 48001)
+        vals = np.asarray(fn(jnp.asarray(grid, jnp.float64)), np.float64)
+    slopes = np.abs(np.diff(vals)) / np.diff(grid)
+    assert slopes.max() <= expected * (1 + 1e-6)
+    assert slopes.max() >= expected * 0.999
+
+
+@pytest.mark.parametrize("fn", [jax.nn.gelu, jax.nn.silu, jax.nn.soft_sign, jax.nn.mish,
+                                lambda x: jnp.exp(-x * x)],
+                         ids=["gelu", "silu", "softsign", "mish", "gaussian"])
+def test_activations_with_polynomial_times_decaying_tails_are_refused_not_guessed(fn):
+    # globally Lipschitz, but the interval analysis cannot yet bound u·φ'(u) on an unbounded
+    # piece: an explicit refusal, never a guess
+    with pytest.raises(UnsupportedPrimitiveError, match="unbounded"):
+        layer_bounds(fn, jnp.zeros(3))

@@ -218,11 +218,30 @@ def test_activation_family_constants(fn, expected):
     assert slopes.max() >= expected * 0.999
 
 
-@pytest.mark.parametrize("fn", [jax.nn.gelu, jax.nn.silu, jax.nn.soft_sign, jax.nn.mish,
+@pytest.mark.parametrize("fn,true,slack", [
+        (jax.nn.silu, 1.0998393194, 1.05),                             # max σ(u)(1 + u(1-σ(u)))
+        (lambda x: jax.nn.gelu(x, approximate=False), 1.1289110243, 1.05),  # 1 + √2·φ(√2)
+        (lambda x: 2.0 * jax.nn.silu(3.0 * x - 1.0), 6 * 1.0998393194, 1.05),
+        (lambda x: (x + 1.0) * jax.nn.sigmoid(x), 1.1989924712, 1.05),  # the (a·d − c·b) term
+        # tanh(u) and u·tanh'(u) are bounded separately on each piece: a looser (sound) sum
+        (lambda x: x * jnp.tanh(x), 1.1996786402, 1.10),
+], ids=["silu", "gelu-exact", "scaled-silu", "shifted-silu", "x-tanh"])
+def test_growing_times_decaying_products_are_bounded_soundly(fn, true, slack):
+    total = layer_bounds(fn, jnp.zeros(3)).total
+    # truth: float64 difference quotients on a fine grid (they reach the true constant to 1e-6)
+    with jax.enable_x64(True):
+        grid = np.linspace(-30.0, 30.0, 600001)
+        vals = np.asarray(fn(jnp.asarray(grid, jnp.float64)), np.float64)
+    slopes = np.abs(np.diff(vals)) / np.diff(grid)
+    assert slopes.max() == pytest.approx(true, rel=1e-5)
+    assert true <= total <= slack * true  # sound, and close (interval pieces of width 1/4)
+
+
+@pytest.mark.parametrize("fn", [jax.nn.gelu, jax.nn.soft_sign, jax.nn.mish,
                                 lambda x: jnp.exp(-x * x)],
-                         ids=["gelu", "silu", "softsign", "mish", "gaussian"])
+                         ids=["gelu-tanh", "softsign", "mish", "gaussian"])
 def test_activations_with_polynomial_times_decaying_tails_are_refused_not_guessed(fn):
-    # globally Lipschitz, but the interval analysis cannot yet bound u·φ'(u) on an unbounded
-    # piece: an explicit refusal, never a guess
+    # globally Lipschitz, but the interval analysis cannot yet bound u^k·φ'(p(u)) (non-affine
+    # p) or u/(1+|u|)² on an unbounded piece: an explicit refusal, never a guess
     with pytest.raises(UnsupportedPrimitiveError, match="unbounded"):
         layer_bounds(fn, jnp.zeros(3))

@@ -80,6 +80,22 @@ class Node:
 INPUT = Node("input")
 
 
+def structure_key(root: Node) -> tuple:
+    """A hashable key equal for structurally identical expressions (same ops, params, constants)."""
+    index: dict[int, int] = {}
+    rows: list[tuple] = []
+
+    def visit(n: Node) -> int:
+        if id(n) not in index:
+            args = tuple(visit(a) for a in n.args)
+            rows.append((n.op, args, n.value, n.params))
+            index[id(n)] = len(rows) - 1
+        return index[id(n)]
+
+    visit(root)
+    return tuple(rows)
+
+
 def const(value: float) -> Node:
     """A constant leaf; non-finite constants are refused (they make the result NaN or infinite)."""
     value = float(value)
@@ -90,7 +106,7 @@ def const(value: float) -> Node:
 
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 CASTS = ("convert_element_type", "copy", "copy_p")
-UNARY = ("logistic", "tanh", "erf", "exp", "expm1", "log", "log1p", "sqrt", "rsqrt",
+UNARY = ("logistic", "tanh", "erf", "erfc", "exp", "expm1", "log", "log1p", "sqrt", "rsqrt",
          "integer_pow", "square", "sin", "cos")
 SUPPORTED = ("add", "add_any", "sub", "mul", "div", "neg", "max", "min", "abs", "select_n",
              *UNARY, *CASTS, *COMPARISONS)
@@ -206,6 +222,8 @@ def _unary(op: str, v, params):
         return (math.tanh(lo), math.tanh(hi)), _unimodal(_dtanh, 0.0, lo, hi)
     if op == "erf":
         return (math.erf(lo), math.erf(hi)), _unimodal(_derf, 0.0, lo, hi)
+    if op == "erfc":
+        return (math.erfc(hi), math.erfc(lo)), ineg(_unimodal(_derf, 0.0, lo, hi))
     if op == "exp":
         r = (_exp(lo), _exp(hi))
         return r, r
@@ -248,6 +266,77 @@ class _R:
     d: tuple[float, float]                 # derivative range
     aff: tuple[Fraction, Fraction] | None  # value = a·u + b on the piece (exact), when affine
     pred: bool | None = None               # comparison outcome (predicate nodes)
+    lu: tuple | None = None                # value = p·f(a·u + b) + q: (p, q, f, a, b)
+
+
+_DERIVS = {"logistic": _dsig, "tanh": _dtanh, "erf": _derf}
+
+
+def _peak(fp: Callable[[float], float]) -> float:
+    """Maximiser on [0, 20] of ``t·f'(t)`` (unimodal there), by golden-section search."""
+    lo, hi = 0.0, 20.0
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(200):
+        m1, m2 = hi - g * (hi - lo), lo + g * (hi - lo)
+        if m1 * fp(m1) < m2 * fp(m2):
+            lo = m1
+        else:
+            hi = m2
+    return 0.5 * (lo + hi)
+
+
+_PEAKS = {k: _peak(f) for k, f in _DERIVS.items()}
+
+
+def _tfp_range(op: str, lo: float, hi: float) -> tuple[float, float]:
+    """Range of ``h(t) = t·f'(t)`` on ``[lo, hi]`` (f = logistic, tanh, erf).
+
+    ``h`` is odd, ``0`` at ``0`` and ``±∞``, and unimodal on each half-line with its extremum at
+    ``±t*``: the range is spanned by the end values and ``±t*`` where inside; the peak value is
+    enlarged by a relative 1e-9 (``t*`` is located numerically; the error is second order).
+    """
+    fp = _DERIVS[op]
+
+    def h(t):
+        return 0.0 if math.isinf(t) else t * fp(t)
+
+    ts = _PEAKS[op]
+    vals = [h(lo), h(hi)]
+    for c in (ts, -ts):
+        if lo <= c <= hi:
+            vals.append(h(c) * (1 + 1e-9))
+    return (min(vals), max(vals))
+
+
+def _lu_affine(r: _R, k: float, add: float) -> tuple | None:
+    """``lu`` of ``k·r + add``."""
+    if r.lu is None:
+        return None
+    p, q, f, a, b = r.lu
+    return (k * p, k * q + add, f, a, b)
+
+
+def _const_of(r: _R) -> float | None:
+    return float(r.aff[1]) if r.aff is not None and r.aff[0] == 0 else None
+
+
+def _affine_times_lu(x: _R, y: _R) -> tuple[float, float] | None:
+    """Derivative range of ``x·y`` with ``x = c·u + d`` and ``y = p·f(a·u + b) + q``.
+
+    ``(x·y)' = c·y + x·y'`` and ``x·y' = p·(c·t·f'(t) + (a·d − c·b)·f'(t))`` with ``t = a·u + b``:
+    the product of a growing and a decaying factor is bounded through ``t·f'(t)`` itself, which
+    keeps ``u·σ'(u)`` (SiLU, exact GELU) finite on unbounded pieces.
+    """
+    if x.aff is None or x.aff[0] == 0 or y.lu is None:
+        return None
+    c, d = float(x.aff[0]), float(x.aff[1])
+    p, _, f, a, b = y.lu
+    t = sorted((a * x_ + b if math.isfinite(x_) else math.copysign(INF, a * x_))
+               for x_ in (float(x.v[0] - d) / c if c else 0.0, float(x.v[1] - d) / c if c else 0.0))
+    lo, hi = t
+    fp = _unimodal(_DERIVS[f], 0.0, lo, hi)
+    term = iadd(imul((p * c, p * c), _tfp_range(f, lo, hi)), imul((p * (a * d - c * b),) * 2, fp))
+    return iadd(imul((c, c), y.v), term)
 
 
 def _faff(a: Fraction, b: Fraction) -> tuple[Fraction, Fraction]:
@@ -322,12 +411,19 @@ class _Evaluator:
             y = a[1] if op != "sub" else _R(ineg(a[1].v), ineg(a[1].d),
                                             None if a[1].aff is None else
                                             (-a[1].aff[0], -a[1].aff[1]))
+            if op == "sub":
+                y.lu = _lu_affine(a[1], -1.0, 0.0)
             aff = None if a[0].aff is None or y.aff is None else \
                 (a[0].aff[0] + y.aff[0], a[0].aff[1] + y.aff[1])
-            return _R(iadd(a[0].v, y.v), iadd(a[0].d, y.d), aff)
+            lu = None
+            if _const_of(y) is not None:
+                lu = _lu_affine(a[0], 1.0, _const_of(y))
+            elif _const_of(a[0]) is not None:
+                lu = _lu_affine(y, 1.0, _const_of(a[0]))
+            return _R(iadd(a[0].v, y.v), iadd(a[0].d, y.d), aff, lu=lu)
         if op == "neg":
             aff = None if a[0].aff is None else (-a[0].aff[0], -a[0].aff[1])
-            return _R(ineg(a[0].v), ineg(a[0].d), aff)
+            return _R(ineg(a[0].v), ineg(a[0].d), aff, lu=_lu_affine(a[0], -1.0, 0.0))
         if op == "mul":
             x, y = a
             aff = None
@@ -336,7 +432,14 @@ class _Evaluator:
                     aff = (x.aff[1] * y.aff[0], x.aff[1] * y.aff[1])
                 elif y.aff[0] == 0:
                     aff = (y.aff[1] * x.aff[0], y.aff[1] * x.aff[1])
-            return _R(imul(x.v, y.v), iadd(imul(x.d, y.v), imul(x.v, y.d)), aff)
+            d = _affine_times_lu(x, y) or _affine_times_lu(y, x) or \
+                iadd(imul(x.d, y.v), imul(x.v, y.d))
+            lu = None
+            if _const_of(x) is not None:
+                lu = _lu_affine(y, _const_of(x), 0.0)
+            elif _const_of(y) is not None:
+                lu = _lu_affine(x, _const_of(y), 0.0)
+            return _R(imul(x.v, y.v), d, aff, lu=lu)
         if op == "div":
             x, y = a
             rv = irecip(y.v)
@@ -393,7 +496,12 @@ class _Evaluator:
             idx = int(which.pred) if which.pred is not None else int(which.v[0])
             return cases[idx]
         v, fd = _unary(op, a[0].v, n.params)
-        return _R(v, imul(fd, a[0].d), None)
+        lu = None
+        if op in (*_DERIVS, "erfc") and a[0].aff is not None and a[0].aff[0] != 0:
+            # erfc = 1 - erf
+            p, q, f = (-1.0, 1.0, "erf") if op == "erfc" else (1.0, 0.0, op)
+            lu = (p, q, f, float(a[0].aff[0]), float(a[0].aff[1]))
+        return _R(v, imul(fd, a[0].d), None, lu=lu)
 
 
 def _compare(op: str, x, y) -> bool:
@@ -406,7 +514,7 @@ def _compare(op: str, x, y) -> bool:
 
 
 _POINT_FNS: dict[str, Callable[[float], float]] = {
-        "logistic": _sig, "tanh": math.tanh, "erf": math.erf, "exp": math.exp,
+        "logistic": _sig, "tanh": math.tanh, "erf": math.erf, "erfc": math.erfc, "exp": math.exp,
         "expm1": math.expm1, "log": math.log, "log1p": math.log1p, "sqrt": math.sqrt,
         "sin": math.sin, "cos": math.cos, "rsqrt": lambda v: 1.0 / math.sqrt(v)}
 
@@ -526,6 +634,14 @@ def lipschitz_constant(root: Node, *, max_rounds: int = 64) -> float:
     else:
         raise NotLipschitzError("the piecewise structure did not settle")
     bound = max(_mag(r.d) for r, _ in results)
+    if root.ops() & set(UNARY) and math.isfinite(bound):
+        # tighten: the derivative ranges on finer pieces (no switch lies inside any of them)
+        grid = {Fraction(k, 4) for k in range(-32, 33)} | {Fraction(v) for v in (-64, -32, -16,
+                                                                                   16, 32, 64)}
+        edges = [-INF, *sorted(set(bps) | grid), INF]
+        fine = max(_mag(_Evaluator(lo, hi).ev(root).d)
+                   for lo, hi in zip(edges[:-1], edges[1:], strict=True))
+        bound = min(bound, fine)
     if not math.isfinite(bound):
         raise NotLipschitzError("its derivative is unbounded on "
                                 + ", ".join(f"({float(lo):g}, {float(hi):g})"

@@ -105,6 +105,9 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
     ins = norm_ins
     deps = [a for a in ins if isinstance(a, Dep)]
     consts = [a for a in ins if isinstance(a, Const)]
+    identity = {"max": -np.inf, "min": np.inf}.get(prim)
+    if identity is not None and len(deps) == 1 and uniform(consts[0].value) == identity:
+        return deps[0]  # max(v, -inf) = v (softmax's running maximum), min(v, +inf) = v
     for c in consts:
         if jnp.issubdtype(np.asarray(c.value).dtype, jnp.inexact):
             check_finite(c.value, f"a constant operand of {prim!r} at {name!r}")

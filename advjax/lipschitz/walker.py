@@ -154,8 +154,15 @@ class Walker:
                         f"a non-float value ({dep.dtype}) computed from the input at {dep.name!r} "
                         "is used outside an elementwise function (comparisons / integer casts of "
                         "the input are piecewise constant, not Lipschitz)")
+            cache = self.options.get("cache")
+            key = ("elementwise", ew.structure_key(dep.node))
             try:
-                g = ew.lipschitz_constant(dep.node)
+                if cache is not None and key in cache:
+                    g = cache[key]
+                else:
+                    g = ew.lipschitz_constant(dep.node)
+                    if cache is not None:
+                        cache[key] = g
             except ew.NotLipschitzError as err:
                 raise UnsupportedPrimitiveError(
                         f"the elementwise function ({'+'.join(sorted(dep.node.ops()))}) at "

@@ -184,11 +184,11 @@ def _random_expr(rng, depth, knots):
     if depth == 0 or rng.random() < 0.2:
         return ("x",)
     kind = rng.choice(["aff", "relu", "tanh", "sin", "abs", "where", "where-same", "max",
-                       "clip", "step"])
+                       "clip", "step", "silu"])
     sub = lambda: _random_expr(rng, depth - 1, knots)
     if kind == "aff":
         return ("aff", float(rng.integers(-8, 9)) / 4, float(rng.integers(-8, 9)) / 4, sub())
-    if kind in ("relu", "tanh", "sin", "abs"):
+    if kind in ("relu", "tanh", "sin", "abs", "silu"):
         return (kind, sub())
     if kind in ("where", "where-same", "step"):
         c = float(rng.integers(-8, 9)) / 4
@@ -215,6 +215,9 @@ def _eval(t, x, xp):
         return xp.maximum(_eval(t[1], x, xp), 0.0)
     if k in ("tanh", "sin", "abs"):
         return getattr(xp, k)(_eval(t[1], x, xp))
+    if k == "silu":
+        s = _eval(t[1], x, xp)
+        return s / (1.0 + xp.exp(-s))
     if k == "max":
         return xp.maximum(_eval(t[1], x, xp), _eval(t[2], x, xp))
     if k == "clip":

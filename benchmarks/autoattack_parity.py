@@ -1,4 +1,4 @@
-"""AutoAttack parity and speed: advjax ``evaluate`` vs the official AutoAttack, same weights, images.
+"""AutoAttack parity and speed: advjax ``evaluate`` vs the official AutoAttack, same weights.
 
 Side by side in one run, each framework in its own subprocess: the standard ensemble (APGD-CE ->
 APGD-T -> FAB-T -> Square, published settings) on advertorch's clean-trained (``lenet5``) and
@@ -101,7 +101,8 @@ def main() -> None:
     ap.add_argument("--norms", nargs="+", default=["linf", "l2"])
     ap.add_argument("--frameworks", nargs="+", default=["advjax", "official"])
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "NORM"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "NORM"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         fw, model, norm = args.one

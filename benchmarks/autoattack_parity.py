@@ -1,4 +1,4 @@
-"""AutoAttack parity and speed: advjax ``evaluate`` vs the official AutoAttack, same weights, images.
+"""AutoAttack parity and speed: advjax ``evaluate`` vs the official AutoAttack, same weights.
 
 Side by side in one run, each framework in its own subprocess: the standard ensemble (APGD-CE ->
 APGD-T -> FAB-T -> Square, published settings) on advertorch's clean-trained (``lenet5``) and
@@ -93,6 +93,36 @@ def run_official(model: str, norm: str, n: int, batch: int) -> dict:
                 torch=torch.__version__)
 
 
+def skip_cost(n: int) -> dict:
+    """Cost of ONE compiled ``jit(vmap(autoattack))`` call as the robust set shrinks: the same
+    images with their labels (most robust on the PGD-trained LeNet5) vs with labels replaced by a
+    wrong class for a fraction of the batch (already broken: every stage skips them)."""
+    import jax
+    import jax.numpy as jnp
+
+    from advjax.attacks import autoattack
+    from advjax.models import linen_logits_fn, load_lenet5
+
+    module, variables = load_lenet5(Path(os.environ["ADVJAX_DATA_DIR"]) / "advertorch-lenet5",
+                                    "advtrained")
+    xs, ys = _mnist(n)
+    attack = jax.jit(jax.vmap(autoattack(linen_logits_fn(module, variables), norm="linf")))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(n))
+    eps = jnp.full((n,), 0.3)
+    out = {}
+    for frac in (0.0, 0.5, 1.0):
+        labels = np.asarray(ys).copy()
+        m = int(round(frac * n))
+        labels[:m] = (labels[:m] + 1) % 10
+        args = (jnp.asarray(xs), jnp.asarray(labels))
+        jax.block_until_ready(attack(*args, eps=eps, key=keys))            # compile
+        t0 = time.perf_counter()
+        r = jax.block_until_ready(attack(*args, eps=eps, key=keys))
+        out[f"{frac:.1f}"] = dict(seconds=time.perf_counter() - t0,
+                                  robust=float(1 - np.asarray(r.success).mean()))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
@@ -101,8 +131,14 @@ def main() -> None:
     ap.add_argument("--norms", nargs="+", default=["linf", "l2"])
     ap.add_argument("--frameworks", nargs="+", default=["advjax", "official"])
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "NORM"), help=argparse.SUPPRESS)
+    ap.add_argument("--skip-cost", action="store_true",
+                    help="time one jit(vmap(autoattack)) call as the robust set shrinks")
+    ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "NORM"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.skip_cost:
+        print(json.dumps(skip_cost(args.n), indent=1))
+        return
     if args.one:
         fw, model, norm = args.one
         fn = run_advjax if fw == "advjax" else run_official

@@ -7,7 +7,9 @@
 * ``fgsm``, ``pgd`` (L-infinity / L2, restarts), ``apgd`` (CE / DLR): fixed-budget attacks;
 * ``lbfgs`` (Szegedy et al.'s box-constrained L-BFGS), ``cw_l2``, ``deepfool``: minimum distortion;
 * ``woods_l2``: Algorithm 1 of Woods et al. (``l2``, ``l2_min``, ``btr``; explanations);
-* ``gaussian_noise``: the random control.
+* ``gaussian_noise``: the random control;
+* ``apgd_targeted``, ``fab``, ``square`` and the ``autoattack`` ensemble, with ``evaluate`` (data
+  sets, sharded, resumable), ``min_eps`` (per-example minimal budget) and ``diagnostics``.
 
 Shared vocabularies: ``advjax.attacks.projections`` (norms, ball ∩ box projections, ball sampling)
 and ``advjax.attacks.losses`` (CE, margin, DLR and their targeted forms). Invalid input (label,
@@ -20,13 +22,19 @@ and ``aux["valid_input"] = False``; ``checked(jax.vmap(attack))`` raises instead
 from advjax.attacks import losses, projections
 from advjax.attacks._boundary import checked
 from advjax.attacks.apgd import apgd
+from advjax.attacks.apgd_targeted import apgd_targeted
+from advjax.attacks.autoattack import autoattack
 from advjax.attacks.cw import cw_l2
 from advjax.attacks.deepfool import deepfool
+from advjax.attacks.evaluate import AutoAttackEvaluator, Evaluation, evaluate
+from advjax.attacks.fab import fab
 from advjax.attacks.fgsm import fgsm
 from advjax.attacks.lbfgs import lbfgs, random_wrong_target, second_most_likely_target
+from advjax.attacks.min_eps import accuracy_vs_eps, min_eps
 from advjax.attacks.noise import gaussian_noise
 from advjax.attacks.pgd import pgd
 from advjax.attacks.result import AttackResult, distortions, is_success, make_result
+from advjax.attacks.square import square
 from advjax.attacks.woods import woods_l2
 
 __all__ = [
@@ -47,4 +55,13 @@ __all__ = [
     "random_wrong_target",
     "second_most_likely_target",
     "woods_l2",
+    "AutoAttackEvaluator",
+    "Evaluation",
+    "accuracy_vs_eps",
+    "apgd_targeted",
+    "autoattack",
+    "evaluate",
+    "fab",
+    "min_eps",
+    "square",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from advjax.attacks import diagnostics as dg
 
@@ -47,4 +46,3 @@ def test_each_masked_model_trips_its_check(tiny_mlp):
     assert sq.tripped and abs(sq.value - 0.05) < 1e-12
     assert not dg.check_square({"apgd-ce": 0.5, "square": 0.499}).tripped
     assert "zero gradient" in dg.report([z["zero_gradients"]])
-    del jnp

@@ -20,12 +20,13 @@ def _reference(p, w, b, norm):
         c = np.r_[np.zeros(n), 1.0]
         a_ub = np.block([[np.eye(n), -np.ones((n, 1))], [-np.eye(n), -np.ones((n, 1))]])
         res = scipy.optimize.linprog(c, A_ub=a_ub, b_ub=np.zeros(2 * n), A_eq=np.r_[w, 0][None],
-                                     b_eq=[b - w @ p], bounds=[*zip(-p, 1 - p), (0, None)])
+                                     b_eq=[b - w @ p],
+                                     bounds=[*zip(-p, 1 - p, strict=True), (0, None)])
         return res.fun
     res = scipy.optimize.minimize(
         lambda r: r @ r, np.zeros(n), jac=lambda r: 2 * r, method="SLSQP",
         constraints=[{"type": "eq", "fun": lambda r: w @ (p + r) - b, "jac": lambda r: w}],
-        bounds=list(zip(-p, 1 - p)), options={"ftol": 1e-14, "maxiter": 500})
+        bounds=list(zip(-p, 1 - p, strict=True)), options={"ftol": 1e-14, "maxiter": 500})
     return np.linalg.norm(res.x)
 
 

@@ -1,0 +1,88 @@
+"""Minimum budget per example: bisection on ``eps`` around any fixed-budget attack, and the
+robust-accuracy-vs-eps curve read off the per-example minima (one compiled call, no loop over eps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advjax import _checks
+from advjax.attacks import _common
+from advjax.attacks.result import AttackResult
+
+Array = jax.Array
+
+
+def min_eps(attack: Callable[..., AttackResult], *, eps_max: float, steps: int = 12
+            ) -> Callable[..., tuple[Array, AttackResult]]:
+    """Smallest budget at which ``attack`` succeeds, per example, by bisection.
+
+    The bracket starts at ``[0, eps_max]``; each of the ``steps`` bisection steps runs the attack
+    once at the midpoint (same ``key`` every time) and keeps the half where the success switches.
+    The result ``eps_min`` is the upper end: the attack DID succeed there (a certified upper bound
+    of the true minimal distortion, within ``eps_max / 2**steps`` of the smallest budget at which
+    this attack succeeds when its success is monotone in ``eps``). ``inf`` when it fails at
+    ``eps_max``; 0 for an example already misclassified.
+
+    Args:
+      attack: per-example ``attack(x, label, *, eps, key, ...) -> AttackResult``.
+      eps_max: upper end of the search (input units of the attack's norm), > 0.
+      steps: bisection steps (tolerance ``eps_max / 2**steps``).
+
+    Returns:
+      ``search(x, label, *, key, **kw) -> (eps_min, result)``: ``result`` is the attack's result at
+      ``eps_min`` (the clean point's result when ``eps_min`` is ``inf``).
+    """
+    eps_max = _common.check_positive_float(eps_max, "eps_max")
+    _checks.check_positive_int(steps, "steps")
+
+    def search(x: Array, label: Array, *, key: Array | None = None, **kw) -> tuple[Array,
+                                                                                  AttackResult]:
+        top = attack(x, label, eps=jnp.asarray(eps_max, jnp.result_type(float)), key=key, **kw)
+        zero = jnp.zeros((), jnp.result_type(float))
+
+        def body(_, carry):
+            a, b, best = carry
+            mid = 0.5 * (a + b)
+            r = attack(x, label, eps=mid, key=key, **kw)
+            ok = r.success
+            best = jax.tree.map(lambda new, old: jnp.where(ok, new, old), r, best)
+            return jnp.where(ok, a, mid), jnp.where(ok, mid, b), best
+
+        a, b, best = jax.lax.fori_loop(0, steps, body, (zero, zero + eps_max, top))
+        already = ~top.clean_correct & top.success
+        eps_min = jnp.where(top.success, b, jnp.inf)
+        eps_min = jnp.where(already, 0.0, eps_min)
+        if "valid_input" in top.aux:
+            eps_min = jnp.where(top.aux["valid_input"], eps_min, jnp.nan)
+        del a
+        return eps_min, best
+
+    return search
+
+
+def accuracy_vs_eps(eps_min, eps_grid) -> np.ndarray:
+    """Robust accuracy at every budget of ``eps_grid`` from per-example minimal budgets.
+
+    ``acc(e) = mean(eps_min > e)``: an example counts as broken at ``e`` when the attack
+    succeeded at some budget ``<= e`` (its point is inside every larger ball). NaN entries
+    (invalid examples) are excluded from the mean.
+
+    Args:
+      eps_min: ``(N,)`` from :func:`min_eps` (``inf`` = never broken, 0 = misclassified).
+      eps_grid: ``(M,)`` budgets.
+
+    Returns:
+      ``(M,)`` robust accuracies in ``[0, 1]``.
+    """
+    eps_min = np.asarray(eps_min, np.float64)
+    grid = np.asarray(eps_grid, np.float64).reshape(-1)
+    valid = ~np.isnan(eps_min)
+    if not valid.any():
+        raise ValueError("`eps_min` holds no valid (non-NaN) example.")
+    e = eps_min[valid]
+    return (e[None, :] > grid[:, None]).mean(axis=1)

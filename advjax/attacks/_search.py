@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from advjax.attacks import _common
+from advjax import _checks
+from advjax.attacks import _boundary, losses
 from advjax.attacks.result import AttackResult, make_result
 
 Array = jax.Array
@@ -45,12 +46,24 @@ def check_call(logits_fn: LogitsFn, x, label, eps, key, lo, hi):
     Returns:
       ``(x, label, eps, key, num_classes, valid)``.
     """
-    x, label, k = _common.check_inputs(logits_fn, x, label, lo, hi)
-    eps = _common.check_eps(eps).astype(x.dtype)
-    key = _common.check_key(key)
-    valid = _common.input_flag(x, label, k, eps=eps)
+    _checks.check_floating(x, "x")
+    if jnp.ndim(x) < 1:
+        raise ValueError("`x` must be one example with rank >= 1 (no batch axis); got a scalar.")
+    x = jnp.asarray(x)
+    k = _boundary.num_classes(logits_fn, x)
+    _checks.check_labels(label, "label", k)
+    label = _boundary._check_class(label, "label")
+    eps = _boundary._check_budget(eps, "eps").astype(x.dtype)
     if lo is not None:
-        valid = valid & jnp.all(x >= lo) & jnp.all(x <= hi)
+        _checks.check_in_range(x, "x", lo, hi)
+    else:
+        _checks.check_finite(x, "x")
+    key = _boundary.check_key(key, x=x)
+    # the same checks as a per-example flag (the boundary's predicates), for jit / vmap
+    valid = (_checks.finite_ok(x) & _checks.labels_ok(label, k) & jnp.isfinite(eps)
+             & (eps >= 0))
+    if lo is not None:
+        valid = valid & _checks.in_range_ok(x, lo, hi)
     return x, label, eps, key, k, valid
 
 
@@ -87,4 +100,4 @@ def finish(logits_fn: LogitsFn, x: Array, x_adv: Array, label: Array, valid: Arr
 
 def margin(logits: Array, label: Array) -> Array:
     """``z_label - max_{j != label} z_j`` (<= 0 iff misclassified)."""
-    return -_common.margin_loss(logits, label)
+    return -losses.margin_loss(logits, label)

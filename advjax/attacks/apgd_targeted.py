@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _common, _search
+from advjax.attacks import _boundary, _search, losses, projections
 from advjax.attacks.apgd import checkpoints
 from advjax.attacks.pgd import better
 from advjax.attacks.result import AttackResult
@@ -31,7 +31,7 @@ def _start(key: Array, x: Array, eps: Array, norm: str) -> Array:
     if norm == "linf":
         return x + eps * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
     g = jax.random.normal(key, x.shape, x.dtype)
-    return x + eps * _common.normalize_l2(g)
+    return x + eps * projections.normalize_l2(g)
 
 
 def eot_value_and_grad(loss_fn: LossFn, z: Array, key: Array, samples: int):
@@ -90,7 +90,7 @@ def apgd_search(loss_fn: LossFn, x: Array, label: Array, eps: Array, key: Array,
     active = jnp.asarray(active, bool)
 
     def proj(z):
-        return _common.project(z, x, eps, norm, lo, hi)
+        return projections.project(z, x, eps, norm, lo, hi)
 
     def evaluate(z, i):
         v, logits, g = eot_value_and_grad(loss_fn, z, jax.random.fold_in(key, i + 1), eot_samples)
@@ -108,7 +108,7 @@ def apgd_search(loss_fn: LossFn, x: Array, label: Array, eps: Array, key: Array,
 
     def body(st):
         i = st["i"]
-        z = proj(st["x"] + st["eta"] * _common.steepest_direction(st["g"], norm))
+        z = proj(st["x"] + st["eta"] * projections.steepest_direction(st["g"], norm))
         # The first step has no momentum (alpha = 1), as in the paper.
         a = jnp.where(i == 1, 1.0, alpha).astype(x.dtype)
         x_cur = st["x"]
@@ -159,7 +159,7 @@ def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
 
         def loss_fn(z, _key):
             logits = logits_fn(z)
-            return _common.targeted_dlr_loss(logits, label, target), logits
+            return losses.targeted_dlr_loss(logits, label, target), logits
 
         for r in range(n_restarts):
             run_key = jax.random.fold_in(jax.random.fold_in(key, t_index), r)
@@ -201,15 +201,15 @@ def apgd_targeted(
     Returns:
       ``attack(x, label, *, eps, key) -> AttackResult``; ``key`` is required (random starts).
     """
-    _checks.check_choice(norm, "norm", _common.NORMS)
+    _checks.check_choice(norm, "norm", projections.NORMS)
     _checks.check_positive_int(steps, "steps")
     _checks.check_positive_int(n_targets, "n_targets")
     _checks.check_positive_int(n_restarts, "n_restarts")
-    rho = _common.check_positive_float(rho, "rho")
-    alpha = _common.check_positive_float(alpha, "alpha")
+    rho = _boundary.check_positive_float(rho, "rho")
+    alpha = _boundary.check_positive_float(alpha, "alpha")
     if rho > 1 or alpha > 1:
         raise ValueError(f"`rho` and `alpha` must lie in (0, 1]; got rho={rho}, alpha={alpha}.")
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
 
     def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None) -> AttackResult:
         x, label, eps, key, k, valid = _search.check_call(logits_fn, x, label, eps, key, lo, hi)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import _checks
-from advjax.attacks import _common, _search
+from advjax.attacks import _boundary, _search, losses, projections
 from advjax.attacks.apgd_targeted import apgd_search, apgd_t_search
 from advjax.attacks.fab import fab_multi_search
 from advjax.attacks.result import AttackResult
@@ -86,7 +86,7 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
         def search(x, label, eps, key, active):
             def loss_fn(z, k):
                 logits = model(z, k)
-                return _common.attack_loss(loss, logits, label), logits
+                return losses.attack_loss(loss, logits, label), logits
 
             best, done = x, jnp.zeros((), bool)
             for r in range(cfg.apgd_restarts):
@@ -104,7 +104,7 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
         return apgd_untargeted("dlr")
     if name == "apgd-t":
         def search(x, label, eps, key, active):
-            k = _common.num_classes(det, x)
+            k = _boundary.num_classes(det, x)
             return apgd_t_search(det, x, label, eps, key, norm=cfg.norm, steps=cfg.steps,
                                  n_targets=min(n_targets, k - 1), lo=cfg.lo, hi=cfg.hi,
                                  active=active)[0]
@@ -113,7 +113,7 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
         targeted = name == "fab-t"
 
         def search(x, label, eps, key, active):
-            k = _common.num_classes(det, x)
+            k = _boundary.num_classes(det, x)
             return fab_multi_search(det, x, label, key, norm=cfg.norm, steps=cfg.steps,
                                     lo=cfg.lo, hi=cfg.hi, targeted=targeted,
                                     n_targets=min(n_targets, k - 1),
@@ -146,7 +146,7 @@ def verified_success(logits_fn: Callable, cfg: Settings, x: Array, z: Array, lab
 def settings_for(version: str, norm: str, **overrides) -> Settings:
     """The published settings of ``version`` (then ``overrides``)."""
     _checks.check_choice(version, "version", VERSIONS)
-    _checks.check_choice(norm, "norm", _common.NORMS)
+    _checks.check_choice(norm, "norm", projections.NORMS)
     base = dict(norm=norm)
     if version == "plus":
         base.update(apgd_restarts=5, fab_restarts=5)
@@ -184,7 +184,7 @@ def autoattack(
       ``aux[name]`` each stage's success flag, ``aux["stage_success"]`` the flags stacked in
       stage order (``attack.stages``). Keys: stage ``i`` uses ``fold_in(key, i)``.
     """
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
     cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
     stages = tuple(VERSION_STAGES[version] if attacks is None else attacks)
     if not stages:

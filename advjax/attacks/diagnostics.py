@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax.attacks import _common
+from advjax.attacks import _boundary, losses
 
 Array = jax.Array
 
@@ -86,7 +86,7 @@ def check_softmax_output(logits_fn: Callable, xs, *, tol: float = 1e-5) -> Check
 def check_zero_gradients(logits_fn: Callable, xs, labels) -> Check:
     """Number of examples whose cross-entropy input gradient is exactly zero at the clean point."""
     def grad_l1(x, y):
-        g = jax.grad(lambda z: _common.ce_loss(logits_fn(z), y))(x)
+        g = jax.grad(lambda z: losses.ce_loss(logits_fn(z), y))(x)
         return jnp.sum(jnp.abs(g))
 
     g = np.asarray(jax.jit(jax.vmap(grad_l1))(jnp.asarray(xs), jnp.asarray(labels)))
@@ -147,7 +147,7 @@ def diagnose(logits_fn: Callable, xs, labels, *, robust_accuracy: Mapping[str, f
       The list of :class:`Check` (``[c for c in checks if c.tripped]`` are the warnings).
     """
     det = (lambda z: logits_fn(z, jax.random.key(0))) if randomized else logits_fn
-    k = _common.num_classes(det, jnp.asarray(xs[0]))
+    k = _boundary.num_classes(det, jnp.asarray(xs[0]))
     checks = [check_randomness(logits_fn, xs, randomized=randomized),
               check_softmax_output(det, xs), check_zero_gradients(det, xs, labels),
               check_target_classes(k, n_targets, stages)]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import _checks, parallel
-from advjax.attacks import _common
+from advjax.attacks import _boundary
 from advjax.attacks.autoattack import (
     VERSION_STAGES,
     settings_for,
@@ -95,7 +95,7 @@ class AutoAttackEvaluator:
                  attacks: Sequence[str] | None = None, batch_size: int = 256, mesh=None,
                  lo: float | None = 0.0, hi: float | None = 1.0, **settings: Any) -> None:
         _checks.check_positive_int(batch_size, "batch_size")
-        lo, hi = _common.check_box_setting(lo, hi)
+        lo, hi = _boundary.check_box_setting(lo, hi)
         self.cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
         self.stages = tuple(VERSION_STAGES[version] if attacks is None else attacks)
         self.version = version
@@ -188,11 +188,11 @@ class AutoAttackEvaluator:
             _checks.check_in_range(xs, "xs", self.cfg.lo, self.cfg.hi)
         else:
             _checks.check_finite(xs, "xs")
-        k = _common.num_classes(self._det, jnp.asarray(xs[0]))
+        k = _boundary.num_classes(self._det, jnp.asarray(xs[0]))
         _checks.check_labels(labels, "labels", k)
         eps = np.broadcast_to(np.asarray(eps, xs.dtype), (n,)).copy()
         _checks.check_nonnegative(eps, "eps")
-        key = _common.check_key(key, "key")
+        key = _boundary.check_key(key)
         keys = np.asarray(jax.random.key_data(
             jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))))
         labels = labels.astype(np.int32)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import _checks
-from advjax.attacks import _common, _search
+from advjax.attacks import _boundary, _search, projections
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -98,7 +98,7 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
     """
     shape = x.shape
     x0 = x.reshape(-1)
-    k = _common.num_classes(logits_fn, x)
+    k = _boundary.num_classes(logits_fn, x)
 
     def flat_logits(z):
         return logits_fn(z.reshape(shape))
@@ -108,8 +108,8 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
             t = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
             t = t / jnp.max(jnp.abs(t))
         else:
-            t = _common.normalize_l2(jax.random.normal(key, x0.shape, x0.dtype))
-        x1 = jnp.where(random_start, _common.clip_box(x0 + 0.5 * start_radius * t, lo, hi), x0)
+            t = projections.normalize_l2(jax.random.normal(key, x0.shape, x0.dtype))
+        x1 = jnp.where(random_start, projections.clip_box(x0 + 0.5 * start_radius * t, lo, hi), x0)
     else:
         x1 = x0
 
@@ -149,7 +149,8 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
         a1 = jnp.maximum(_size(d1, norm), 1e-8)
         a2 = jnp.maximum(_size(d2, norm), 1e-8)
         alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)
-        x_new = _common.clip_box((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, lo, hi)
+        x_new = projections.clip_box((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha,
+                                     lo, hi)
         adv = jnp.argmax(flat_logits(x_new)) != label
         t = _size(x_new - x0, norm)
         improve = adv & (t < st["size"])
@@ -229,16 +230,16 @@ def fab(
       such a point is found. ``aux["size"]`` is the ``norm`` of the smallest perturbation found
       (``inf`` if none, 0 if already misclassified).
     """
-    _checks.check_choice(norm, "norm", _common.NORMS)
+    _checks.check_choice(norm, "norm", projections.NORMS)
     _checks.check_positive_int(steps, "steps")
     _checks.check_positive_int(n_restarts, "n_restarts")
     _checks.check_positive_int(n_targets, "n_targets")
-    alpha_max = _common.check_nonneg_float(alpha_max, "alpha_max")
-    eta = _common.check_positive_float(eta, "eta")
-    beta = _common.check_positive_float(beta, "beta")
+    alpha_max = _boundary.check_nonneg_float(alpha_max, "alpha_max")
+    eta = _boundary.check_positive_float(eta, "eta")
+    beta = _boundary.check_positive_float(beta, "beta")
     if alpha_max > 1 or beta > 1:
         raise ValueError(f"`alpha_max` and `beta` must lie in [0, 1]; got {alpha_max}, {beta}.")
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
     targeted = bool(targeted)
 
     def attack(x: Array, label: Array, *, key: Array | None = None,

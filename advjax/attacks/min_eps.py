@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _common
+from advjax.attacks import _boundary
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -37,7 +37,7 @@ def min_eps(attack: Callable[..., AttackResult], *, eps_max: float, steps: int =
       ``search(x, label, *, key, **kw) -> (eps_min, result)``: ``result`` is the attack's result at
       ``eps_min`` (the clean point's result when ``eps_min`` is ``inf``).
     """
-    eps_max = _common.check_positive_float(eps_max, "eps_max")
+    eps_max = _boundary.check_positive_float(eps_max, "eps_max")
     _checks.check_positive_int(steps, "steps")
 
     def search(x: Array, label: Array, *, key: Array | None = None, **kw) -> tuple[Array,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _common, _search
+from advjax.attacks import _boundary, _search, projections
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -95,7 +95,7 @@ def square_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
     n_pixels = h * w
 
     def clip(z):
-        return _common.clip_box(z, lo, hi)
+        return projections.clip_box(z, lo, hi)
 
     def score(z):
         return _search.margin(logits_fn(z), label)
@@ -115,7 +115,7 @@ def square_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
             k_t, k_s = jax.random.split(keys[n])
             pattern = eta_window(h, w, vh, vw, jnp.int32(s0), jax.random.bernoulli(k_t))
             delta = delta + pattern[:, :, None] * _signs(k_s, (c,))
-        x_best = clip(x + eps * _common.normalize_l2(delta).astype(x.dtype))
+        x_best = clip(x + eps * projections.normalize_l2(delta).astype(x.dtype))
     m0 = score(x_best)
     active = jnp.asarray(active, bool)
 
@@ -191,13 +191,13 @@ def square(
       ``attack(x, label, *, eps, key) -> AttackResult``; ``aux["queries"]`` counts the model
       queries spent.
     """
-    _checks.check_choice(norm, "norm", _common.NORMS)
+    _checks.check_choice(norm, "norm", projections.NORMS)
     _checks.check_positive_int(queries, "queries")
     _checks.check_positive_int(n_restarts, "n_restarts")
-    p_init = _common.check_positive_float(p_init, "p_init")
+    p_init = _boundary.check_positive_float(p_init, "p_init")
     if p_init > 1:
         raise ValueError(f"`p_init` must lie in (0, 1]; got {p_init}.")
-    lo, hi = _common.check_box_setting(lo, hi)
+    lo, hi = _boundary.check_box_setting(lo, hi)
 
     def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None) -> AttackResult:
         if np.ndim(x) != 3:

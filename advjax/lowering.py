@@ -76,7 +76,7 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
                 form: str = "auto") -> Callable[..., Any]:
     """``fn`` with its convolutions as matrix products and a fast max-pool derivative.
 
-    Arguments:
+    Args:
       fn: any function of arrays (pytrees allowed; non-array leaves such as Python bools or
         strings are static), e.g. a per-example ``logits_fn(x) -> (K,)``, a batched model
         apply or a loss.
@@ -180,7 +180,7 @@ def choose_form(kernel: Sequence[int], out_spatial: Sequence[int], batch: int,
                 in_per_group: int, groups: int, itemsize: int = 4) -> str:
     """The GEMM form for one convolution, by shape.
 
-    Arguments:
+    Args:
       kernel: spatial kernel sizes ``(K_1, ..., K_d)``.
       out_spatial: output spatial sizes.
       batch: lhs batch size (per batch group).
@@ -224,7 +224,7 @@ def conv_gemm(lhs: jax.Array, rhs: jax.Array, *, window_strides, padding, lhs_di
               form: str = "auto", **unused: Any) -> jax.Array:
     """``lax.conv_general_dilated`` (primitive parameters) as strided slices and matrix products.
 
-    Arguments:
+    Args:
       lhs, rhs: the convolution's operands in the layouts of ``dimension_numbers`` (a
         ``lax.ConvDimensionNumbers``).
       window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count,

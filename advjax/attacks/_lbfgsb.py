@@ -122,7 +122,7 @@ def minimize_box(
 ) -> LbfgsbResult:
     """Minimises ``fun(x)`` subject to ``lower <= x <= upper`` by projected L-BFGS (one problem).
 
-    Arguments:
+    Args:
       fun: smooth scalar objective of an array shaped like ``x0``; differentiated with
         ``jax.value_and_grad``.
       x0: starting point, any shape, floating dtype; projected onto the box first.

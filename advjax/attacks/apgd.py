@@ -64,7 +64,7 @@ def apgd(
     Every iterate is scored; the point returned is the best by "success first, then loss" over all
     iterates and all ``n_restarts`` runs (a ``lax.scan``; each run draws a new random start).
 
-    **Arguments:**
+    Args:
       logits_fn: per-example ``x -> logits (K,)``.
       loss: ``"ce"`` (targeted: ``-CE(target)``) or ``"dlr"`` (Eq. 6 / targeted Eq. 7: needs
         ``K >= 3`` / ``K >= 4``).
@@ -79,7 +79,7 @@ def apgd(
       reset_misclassified: report already-misclassified examples unperturbed (default).
       lo, hi: the box; ``lo = hi = None`` disables it.
 
-    **Returns:**
+    Returns:
       ``attack(x, label, *, eps, key, target=None) -> AttackResult``; ``key`` (required) draws
       the random starts. ``aux["loss"]`` is the loss at ``x_adv``, ``aux["eta"]`` the final step
       size of the run that produced ``x_adv``.

@@ -76,7 +76,7 @@ def c_search(
 ) -> CSearchResult:
     """Geometric-then-bisection search of the smallest successful ``c`` for ONE example.
 
-    Arguments:
+    Args:
       solve: ``solve(c) -> (candidate, success, distortion[, work])``: the inner solve at the
         constant ``c`` (scalar float array); ``candidate`` has the shape and dtype of ``fallback``,
         ``success`` is a bool scalar, ``distortion`` a non-negative float scalar (the quantity the

@@ -39,7 +39,7 @@ _TANH_SHRINK = 0.999999  # CW's factor keeping arctanh finite at the box faces
 def f6_objective(logits: Array, label: Array, target: Array | None, confidence: float) -> Array:
     """CW's objective ``f6`` (to MINIMISE; ``<= 0`` once the goal is met with margin ``kappa``).
 
-    Arguments:
+    Args:
       logits: ``(K,)``.
       label: true label (int scalar), used when ``target is None`` (untargeted).
       target: target class (int scalar) or ``None``.
@@ -84,7 +84,7 @@ def cw_l2(
 ) -> Callable[..., AttackResult]:
     """Builds the per-example Carlini-Wagner L2 attack.
 
-    Arguments:
+    Args:
       logits_fn: per-example ``x -> logits (K,)`` (no batch axis), differentiable.
       confidence: ``kappa >= 0``, required logit margin of the adversarial class (CW default 0).
       learning_rate: Adam step size in ``w`` space (CW default 1e-2).

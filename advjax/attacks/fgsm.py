@@ -29,7 +29,7 @@ def fgsm(
     (fast gradient method). Untargeted attacks ascend ``CE(label)``; targeted ones descend
     ``CE(target)``.
 
-    **Arguments:**
+    Args:
       logits_fn: per-example ``x -> logits (K,)``.
       norm: ``"linf"`` or ``"l2"``.
       targeted: whether the attack takes a ``target=`` and succeeds when it is predicted.
@@ -37,7 +37,7 @@ def fgsm(
         ``False`` perturbs every example (adversarial training).
       lo, hi: the box (input units); ``lo = hi = None`` disables clipping.
 
-    **Returns:**
+    Returns:
       ``attack(x, label, *, eps, target=None, key=None) -> AttackResult`` where ``x`` is one
       example (any shape, float, in ``[lo, hi]``), ``label`` the true class (int scalar),
       ``eps >= 0`` the step in ``norm`` (input units, per example under ``vmap``), ``target`` the

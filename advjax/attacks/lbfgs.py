@@ -34,7 +34,7 @@ __all__ = ["lbfgs", "random_wrong_target", "second_most_likely_target"]
 def random_wrong_target(key: Array, label: Array, num_classes: int) -> Array:
     """A target class drawn uniformly from the ``num_classes - 1`` classes other than ``label``.
 
-    Arguments:
+    Args:
       key: PRNG key (one example; under ``vmap`` a per-example key).
       label: the true label, int scalar in ``[0, num_classes)``.
       num_classes: static number of classes ``K >= 2``.
@@ -53,7 +53,7 @@ def random_wrong_target(key: Array, label: Array, num_classes: int) -> Array:
 def second_most_likely_target(logits: Array) -> Array:
     """The class with the second-largest logit (cleverhans' default target, papers.md App. A).
 
-    Arguments:
+    Args:
       logits: ``(K,)`` logits of the clean example, ``K >= 2``.
 
     Returns:
@@ -83,7 +83,7 @@ def lbfgs(
 ) -> Callable[..., AttackResult]:
     """Builds the per-example Szegedy L-BFGS attack (papers.md §1.3, Appendix A).
 
-    Arguments:
+    Args:
       logits_fn: per-example ``x -> logits (K,)`` (no batch axis), differentiable.
       initial_const: first penalty constant ``c`` on the cross-entropy (> 0; cleverhans: 1e-2).
         A per-example value can be given at call time instead.

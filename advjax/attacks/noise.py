@@ -21,13 +21,13 @@ def gaussian_noise(
 ) -> Callable[..., AttackResult]:
     """Adds i.i.d. ``N(0, rms^2)`` noise to ONE example (Szegedy et al. §4.2 control rows).
 
-    **Arguments:**
+    Args:
       logits_fn: per-example ``x -> logits (K,)``.
       lo, hi: the box (input units).
       clip: clip ``x + noise`` to ``[lo, hi]`` (default). With ``clip=False`` (or no box) the
         RMSE of ``x_adv - x`` is ``rms`` in expectation (``E[rmse^2] = rms^2``).
 
-    **Returns:**
+    Returns:
       ``attack(x, label, *, rms, key) -> AttackResult``: ``rms >= 0`` the per-pixel standard
       deviation of the noise (input units, per example under ``vmap``), ``key`` a PRNG key
       (required). ``success`` means the noisy example is misclassified.

@@ -67,7 +67,7 @@ def pgd(
     start included) is scored and the best one kept: a success beats a failure, then the larger
     loss wins. Restarts (new random starts) keep the best over runs by the same rule.
 
-    **Arguments:**
+    Args:
       logits_fn: per-example ``x -> logits (K,)``.
       norm: ``"linf"`` or ``"l2"``.
       steps: gradient steps per run (``lax.fori_loop``).
@@ -86,7 +86,7 @@ def pgd(
         library convention). ``False`` attacks every example (adversarial training, Madry et al.).
       lo, hi: the box; ``lo = hi = None`` disables it.
 
-    **Returns:**
+    Returns:
       ``attack(x, label, *, eps, key=None, target=None) -> AttackResult``: ``x`` one example in
       the box, ``label`` the true class, ``eps >= 0`` the radius (input units, per example under
       ``vmap``), ``key`` a PRNG key (required when ``random_start``), ``target`` (targeted only).

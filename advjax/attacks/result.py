@@ -71,7 +71,7 @@ def make_result(
 ) -> AttackResult:
     """Builds an :class:`AttackResult` for ONE example: the only result builder of the attacks.
 
-    Arguments:
+    Args:
       logits_fn: per-example ``x -> logits (K,)``.
       x: the clean example; x_adv: the attack's point (same shape).
       label: true class (int scalar); target: the target class of a targeted attack, else None.

@@ -21,12 +21,12 @@ WOODS_LOSSES = ("ce", "margin")
 def step_sizes(eps: Array, steps: int, eps_overshoot: float = 1.0) -> Array:
     """Linear ramp-down step sizes of Algorithm 1: ``ss_i = S (T - i) / (T (T + 1) / 2)``.
 
-    **Arguments:**
+    Args:
       eps: RMSE budget (scalar, >= 0).
       steps: ``T``.
       eps_overshoot: multiplier; the total path is ``S = eps * eps_overshoot``.
 
-    **Returns:**
+    Returns:
       ``(T,)`` step sizes (RMSE units) with ``sum = S`` exactly (up to rounding).
     """
     i = jnp.arange(steps, dtype=jnp.result_type(eps, jnp.float32))
@@ -72,7 +72,7 @@ def woods_l2(
     by default (``clip=False``) ``x + delta`` may leave ``[lo, hi]`` (the box then only
     validates ``x``); ``clip=True`` clips the returned point (not the iterates).
 
-    **Arguments:**
+    Args:
       logits_fn: per-example ``x -> logits (K,)``; may use batch statistics under
         ``jax.vmap(..., axis_name=...)`` (the attack adds no collectives of its own).
       steps: ``T``.
@@ -101,7 +101,7 @@ def woods_l2(
       lo, hi: the box of the clean ``x``.
       clip: clip the returned point to ``[lo, hi]`` (default False, as the reference).
 
-    **Returns:**
+    Returns:
       ``attack(x, label, *, eps, target=None, affected=True, key=None) -> AttackResult``:
       ``eps >= 0`` RMSE budget, ``target`` (only with ``encourage``), ``affected`` a bool / 0-1
       scalar (unaffected examples are left clean), ``key`` (only with ``half_half``). ``aux``:

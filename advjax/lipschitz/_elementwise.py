@@ -522,7 +522,7 @@ _POINT_FNS: dict[str, Callable[[float], float]] = {
 def point_value(root: Node, t: Fraction, forced: dict[int, object] | None = None):
     """Value of the expression at ``u = t``: exact rationals for algebraic operations.
 
-    Arguments:
+    Args:
       root: the expression.
       t: the point.
       forced: comparison outcomes by node id (a one-sided limit: the outcomes on the adjacent
@@ -603,7 +603,7 @@ def _mag(d: tuple[float, float]) -> float:
 def lipschitz_constant(root: Node, *, max_rounds: int = 64) -> float:
     """Sound upper bound of ``sup_u |g'(u)|`` for the scalar expression ``root`` of ``INPUT``.
 
-    Arguments:
+    Args:
       root: expression DAG built from :data:`INPUT`, :func:`const` and primitive nodes.
       max_rounds: maximum piece refinements.
 

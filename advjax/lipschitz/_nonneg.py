@@ -25,7 +25,7 @@ def norm_upper_bound(apply: Callable[[jax.Array], jax.Array], in_shape: Sequence
                      iters: int = 50) -> float:
     """Certified upper bound of ``‖M‖₂`` for a linear ``apply`` with nonnegative matrix entries.
 
-    Arguments:
+    Args:
       apply: ``x (in_shape) -> M x``, linear, with every matrix entry ``>= 0`` (the caller's
         responsibility, e.g. a convolution with an entrywise nonnegative kernel); it is called on
         float64 arrays.

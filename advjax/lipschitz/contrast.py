@@ -64,7 +64,7 @@ def contrast_normalize(
 ) -> Array:
     """Contrast normalisation ``x / (ε + ‖x‖²)^γ`` (Szegedy et al. 2013, §4.3).
 
-    Arguments:
+    Args:
       x: float array of any shape.
       eps: ``ε > 0``.
       gamma: ``γ ∈ [0, 1]`` (Szegedy: ``[0.5, 1]``).

@@ -59,7 +59,7 @@ def layer_bounds(
     table. It runs on the host, outside ``jit``: it reads the concrete parameter values that
     ``logits_fn`` closes over (the per-layer norms themselves are jitted computations).
 
-    Arguments:
+    Args:
       logits_fn: ``x -> logits`` for ONE example, closing over its parameters (e.g.
         :func:`advjax.models.linen_logits_fn`); models with BatchNorm must be in eval mode.
       x_example: an input ``(...)`` of the right shape and dtype (values unused).

@@ -27,7 +27,7 @@ Array = jax.Array
 def jacobian_norm(logits_fn: Callable[[Array], Array], x: Array) -> Array:
     """Spectral norm of the Jacobian of ``logits_fn`` at one input.
 
-    Arguments:
+    Args:
       logits_fn: ``x -> logits (K,)`` for one example.
       x: one input (any shape).
 
@@ -54,7 +54,7 @@ def local_lower_bound(
 ) -> Array:
     """Largest Jacobian spectral norm over points: a lower bound of the Lipschitz constant.
 
-    Arguments:
+    Args:
       logits_fn: ``x -> logits (K,)`` for ONE example.
       xs: ``(N, ...)`` points (a batch of inputs).
       refine_steps: gradient-ascent steps on each point maximising ``‖J(x)‖₂`` (``lax.fori_loop``;
@@ -127,7 +127,7 @@ def certified_radius(
     ``‖δ‖₂ < min_j m_j / (√2 L)``. With ``pairwise=True``, ``lipschitz[j]`` is instead a bound of
     the Lipschitz constant of ``z_y - z_j`` itself and the radius is ``min_j m_j / L_j``.
 
-    Arguments:
+    Args:
       logits: ``(K,)`` logits at the clean input (vmap for a batch).
       label: scalar int, the class to certify (usually the prediction; if it is not the top class
         the radius is 0).

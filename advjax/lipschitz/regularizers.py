@@ -135,7 +135,7 @@ def spectral_penalty(
 ) -> SpectralPenalty:
     """Penalty on the per-layer upper Lipschitz bounds (Szegedy §4.3), as ``init``/``update``.
 
-    Arguments:
+    Args:
       specs: the layers (:func:`dense_spec`, :func:`conv_spec`).
       n_iters: power iterations per ``update`` (static, >= 1; warm-started from the state).
       reduce: ``"sum"`` (``Σ σ_k``), ``"log_sum"`` (``Σ log σ_k = log ∏ σ_k``) or ``"sum_squares"``.
@@ -192,7 +192,7 @@ def spectral_normalize(
 ) -> tuple[Array, Array]:
     """Spectral normalisation of a kernel (power iteration on the reshaped ``(-1, d_out)`` matrix).
 
-    Arguments:
+    Args:
       kernel: float kernel, last axis = outputs (dense ``(d_in, d_out)``, conv HWIO, ...).
       u: ``(d_out,)`` persistent vector (e.g. a Flax ``"spectral"`` variable; start from a random
         unit vector).

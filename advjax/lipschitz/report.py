@@ -94,7 +94,7 @@ def _stride(row: LayerBound) -> str:
 def table5(report: LipschitzReport, *, digits: int = 4) -> str:
     """Markdown table with columns Layer / Kind / Size / Stride / Upper bound, plus the total.
 
-    Arguments:
+    Args:
       report: a :class:`LipschitzReport`.
       digits: significant digits of the bounds.
 

@@ -59,7 +59,7 @@ def power_iteration(
 ) -> tuple[Array, Array, Array]:
     """Largest singular value of a linear map by power iteration on ``A^T A`` (``lax.while_loop``).
 
-    Arguments:
+    Args:
       op: the linear map ``A``, array of ``v0``'s shape -> any shape.
       op_t: its transpose ``A^T``.
       v0: start vector (any shape, not orthogonal to the top right singular vector; a random normal
@@ -120,7 +120,7 @@ def subspace_iteration(
     of ``‖A‖`` whatever ``V`` is, up to the rounding of one evaluation of ``A`` (relative
     ``O(ε · fan-in)``).
 
-    Arguments:
+    Args:
       op: the linear map ``A`` on arrays of shape ``v0.shape[1:]``.
       op_t: its transpose.
       v0: ``(b, ...)`` start block (random normal).
@@ -197,7 +197,7 @@ def dense_norm(
 ) -> Array:
     """Largest singular value of a dense kernel (Szegedy §4.3: ``‖W‖`` of a fully connected layer).
 
-    Arguments:
+    Args:
       kernel: ``(d_in, d_out)`` float matrix (Flax ``Dense`` layout; the norm is that of ``x @ W``
         and equally of ``W^T x``).
       method: ``"svd"`` (``jnp.linalg.svd(..., compute_uv=False)``, exact to float precision) or
@@ -307,7 +307,7 @@ def fourier_singular_values(kernel: Array, torus: tuple[int, int],
                             strides: tuple[int, int]) -> Array:
     """Singular values of the circular strided convolution on an ``Nh × Nw`` torus, per frequency.
 
-    Arguments:
+    Args:
       kernel: ``(kh, kw, C, D)`` HWIO kernel (taps beyond the torus wrap around).
       torus: ``(Nh, Nw)``, multiples of the strides.
       strides: ``(Δh, Δw)``.
@@ -384,7 +384,7 @@ def fourier_gram_blocks(kernel, torus: tuple[int, int], strides: tuple[int, int]
     * input side with a stride (``C·Δh·Δw < D``): ``conj(M) M^T / Δ`` with ``M`` the ``Δ``
       stacked ``K̂(ξ + lN/Δ)`` (``C·Δ × D``), each a DFT of the taps.
 
-    Arguments:
+    Args:
       kernel: ``(kh, kw, C, D)`` real HWIO kernel (array-like; taps beyond the torus wrap around).
       torus: ``(Nh, Nw)``, multiples of the strides.
       strides: ``(Δh, Δw)``.
@@ -481,7 +481,7 @@ def max_eigenvalue_bound(chunks, *, workers: int | None = None) -> float:
     LAPACK runs single-threaded per call (multi-threaded BLAS on many small matrices thrashes on a
     loaded machine) and the Cholesky tests of a chunk are spread over ``workers`` threads.
 
-    Arguments:
+    Args:
       chunks: iterable of ``(b, n, n)`` complex128 (or float64) Hermitian PSD arrays.
       workers: threads for the Cholesky tests (default: the CPUs this process may use).
 
@@ -519,7 +519,7 @@ def fourier_norm(kernel, torus: tuple[int, int], strides: tuple[int, int]) -> fl
     :func:`max_eigenvalue_bound`, in float64 (numpy LAPACK). It is an upper bound of the
     exact-arithmetic norm for the given kernel values, within a relative ``1e-9`` of it.
 
-    Arguments:
+    Args:
       kernel: ``(kh, kw, C, D)`` real HWIO kernel (array-like).
       torus: ``(Nh, Nw)``, multiples of the strides.
       strides: ``(Δh, Δw)``.
@@ -627,7 +627,7 @@ def conv_norm(
     explicit matrix at ``tol=1e-7``, low-rank operators included. Use ``"fft"`` where an upper
     bound is needed.
 
-    Arguments:
+    Args:
       kernel: ``(kh, kw, C, D)`` float HWIO kernel.
       input_shape: ``(H, W, C)`` of ONE input (static).
       strides: ``Δ`` or ``(Δh, Δw)``, positive ints.

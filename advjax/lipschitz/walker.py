@@ -80,7 +80,7 @@ Rule = Callable[["Walker", Any, list], Any]
 class RuleTable(Mapping):
     """Immutable mapping ``primitive name -> rule``.
 
-    Arguments:
+    Args:
       rules: the initial ``{name: rule}`` entries.
     """
 
@@ -112,7 +112,7 @@ def is_float(dtype) -> bool:
 class Walker:
     """Interprets a jaxpr with a :class:`RuleTable` (see the module docstring).
 
-    Arguments:
+    Args:
       rules: the rule table.
       options: read-only settings the rules consult (e.g. ``conv_method``, ``conv_kwargs``).
     """

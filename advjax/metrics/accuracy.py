@@ -51,7 +51,7 @@ def correct_predictions(logits_fn: LogitsFn, xs: Array, labels: Array, *,
                         batch_size: int = 256) -> Array:
     """Per-example correctness ``argmax logits_fn(x) == label``.
 
-    Arguments:
+    Args:
       logits_fn: per-example ``x -> logits (K,)`` (no batch axis).
       xs: ``(N, ...)`` float inputs.
       labels: ``(N,)`` int labels in ``[0, K)``.
@@ -78,7 +78,7 @@ def correct_predictions(logits_fn: LogitsFn, xs: Array, labels: Array, *,
 def accuracy(logits_fn: LogitsFn, xs: Array, labels: Array, *, batch_size: int = 256) -> float:
     """Fraction of examples classified correctly.
 
-    Arguments:
+    Args:
       logits_fn: per-example ``x -> logits (K,)``.
       xs: ``(N, ...)`` float inputs (e.g. images in ``[0, 1]``, NHWC).
       labels: ``(N,)`` int labels in ``[0, K)`` (checked; ``K`` from ``logits_fn``).
@@ -112,7 +112,7 @@ def robust_accuracy_curve(
     a label out of range) are refused with a ``ValueError`` giving their number: such a row is
     neither robust nor broken.
 
-    Arguments:
+    Args:
       attack_fn: per-example ``attack(x, label, *, eps, key) -> AttackResult`` (any
         ``advjax.attacks`` constructor's output taking a per-example ``eps``).
       xs: ``(N, ...)`` float inputs.

@@ -73,7 +73,7 @@ def ara(
 ) -> float:
     """Accuracy-Robustness Area of per-example minimal distortions (papers.md §2.10).
 
-    Arguments:
+    Args:
       distortions: ``(n,)`` non-negative floats, the minimal RMSE distortion (``L2 / sqrt(d)`` of
         ``x_adv - x``, pixels in ``[0, 1]``) that changes the decision on each example; 0 for
         examples that are already misclassified.
@@ -119,7 +119,7 @@ def accuracy_vs_distortion(distortions, correct, grid) -> np.ndarray:
     empirical survival function ``A(ε) = (1/n) #{b : correct_b and d_b > ε}`` integrated by
     :func:`ara`. ``A(0)`` is the clean accuracy.
 
-    Arguments:
+    Args:
       distortions: ``(n,)`` non-negative minimal distortions (any unit; RMSE for the ARA).
       correct: ``(n,)`` bool clean correctness, or ``None`` for all correct.
       grid: ``(G,)`` non-negative attack sizes ``ε`` in the units of ``distortions``.

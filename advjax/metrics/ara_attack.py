@@ -223,7 +223,7 @@ def attack_ara(
 ) -> AraResult:
     """Attack ARA: minimal misclassifying RMSE per example (Algorithm 1, ``"l2_min"``), then ARA.
 
-    Arguments:
+    Args:
       logits_fn: per-example ``x -> logits (K,)``, model in inference mode.
       xs: ``(N, H, W, C)`` float images in ``[0, 1]``.
       labels: ``(N,)`` int true labels in ``[0, K)``.

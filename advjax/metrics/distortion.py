@@ -59,7 +59,7 @@ def _stat(fn, values: np.ndarray) -> float:
 def distortion_stats(results, mask=None) -> DistortionStats:
     """Statistics of a batched :class:`~advjax.attacks.AttackResult` (leading axis = examples).
 
-    Arguments:
+    Args:
       results: a batched ``AttackResult`` (``jax.vmap`` of an attack) with ``success``, ``l2``,
         ``linf``, ``rmse`` and ``clean_correct`` of shape ``(N,)``.
       mask: optional ``(N,)`` bool selecting the examples to summarise.

@@ -81,16 +81,14 @@ CONFIGS = {
 
 
 def _train_config(variant: str, input_size: int) -> train.TrainConfig:
-    """Step config of a variant. The regulariser is a mean over input elements, so the paper's
-    k_psi0 = 220 (for 3·32·32 CIFAR inputs) is scaled by ``input_size / 3072`` to give the same
-    penalty per unit of summed squared input gradient; unscaled, small inputs collapse training."""
+    """Step config of a variant; ψ scaled to the input size (`train.woods_psi_config`)."""
     if variant == "plain":
         return train.TrainConfig()
     if variant == "adversarial":
         return train.TrainConfig(adversarial=train.WoodsAdversarialConfig.l2())
     if variant.startswith("lipschitz"):
-        psi = train.PsiConfig(k_psi0=220.0 * input_size / 3072)
-        return train.TrainConfig(lipschitz=train.LipschitzConfig(psi=psi))
+        return train.TrainConfig(
+            lipschitz=train.LipschitzConfig(psi=train.woods_psi_config(input_size)))
     raise ValueError(f"unknown variant {variant!r}")
 
 

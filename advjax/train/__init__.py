@@ -11,7 +11,8 @@
   :func:`psi_controller_init`, :func:`psi_controller_update`, :func:`psi`.
 * Loop: :func:`fit` (progress bar, evaluation, atomic metrics JSON, Orbax checkpoints that
   resume exactly).
-* Presets: :func:`szegedy_config`, :func:`woods_config`, :func:`woods_optimizer`.
+* Presets: :func:`szegedy_config`, :func:`woods_config`, :func:`woods_optimizer`,
+  :func:`woods_psi_config`.
 * Flax NNX models: :func:`create_nnx_train_state` (every step and loop above runs them),
   :func:`update_nnx_model`.
 * AE400-10 (papers.md §1.5): :func:`autoencoder_train_step`, :func:`freeze_except`,
@@ -52,6 +53,7 @@ from advjax.train.presets import (
     woods_config,
     woods_learning_rate,
     woods_optimizer,
+    woods_psi_config,
 )
 from advjax.train.psi import PsiState, psi, psi_controller_init, psi_controller_update
 from advjax.train.regularizer import input_gradient_penalty, selected_outputs, tandem_choice
@@ -132,4 +134,5 @@ __all__ = [
         "woods_config",
         "woods_learning_rate",
         "woods_optimizer",
+        "woods_psi_config",
 ]

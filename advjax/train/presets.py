@@ -3,7 +3,8 @@
 * :func:`szegedy_config`: per-layer weight decay of Table 1 / Table 3 (papers.md §1.5), optionally
   with the adversarial pool of the adversarial-training paragraph.
 * :func:`woods_config` / :func:`woods_optimizer`: the four variants of the reference code (standard,
-  adversarial training, robust additions, all; papers.md §2.2, §2.4–§2.7) and its SGD schedule.
+  adversarial training, robust additions, all; papers.md §2.2, §2.4–§2.7) and its SGD schedule;
+  :func:`woods_psi_config` scales the ψ controller to the input size.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from advjax._checks import check_choice, check_positive_int
 from advjax.train.config import (
     LipschitzConfig,
     PoolConfig,
+    PsiConfig,
     TrainConfig,
     WoodsAdversarialConfig,
 )
@@ -42,7 +44,28 @@ def szegedy_config(name: str, *, pool: PoolConfig | None = None) -> TrainConfig:
     return TrainConfig(weight_decay=tuple(lambdas), pool=pool)
 
 
-def woods_config(variant: str) -> TrainConfig:
+CIFAR10_INPUT_SIZE = 3 * 32 * 32
+
+
+def woods_psi_config(input_size: int = CIFAR10_INPUT_SIZE) -> PsiConfig:
+    """The reference ψ controller, its initial strength scaled to the input size.
+
+    The regulariser is a mean over input elements, so the reference ``k_psi0 = 220`` (for
+    3·32·32 CIFAR-10 inputs) is scaled by ``input_size / 3072`` to give the same penalty per unit
+    of summed squared input gradient; unscaled, small inputs (8·8 digits, 28·28 MNIST) collapse
+    training.
+
+    Args:
+      input_size: number of elements of one input (``H·W·C``), ``>= 1``.
+
+    Returns:
+      A :class:`PsiConfig` with ``k_psi0 = 220 · input_size / 3072`` and the reference constants.
+    """
+    check_positive_int(input_size, "input_size")
+    return PsiConfig(k_psi0=PsiConfig().k_psi0 * input_size / CIFAR10_INPUT_SIZE)
+
+
+def woods_config(variant: str, *, input_size: int = CIFAR10_INPUT_SIZE) -> TrainConfig:
     """The step configuration of a Woods et al. reference variant (papers.md §2.2).
 
     Args:
@@ -50,6 +73,8 @@ def woods_config(variant: str) -> TrainConfig:
         7 steps), ``"robust"`` (the Lipschitz regulariser with adaptive ψ; the half-Huber ReLU is a
         model setting) or ``"all"`` (robust additions + L2-min adversarial training at RMSE 0.1
         with the half-half mask).
+      input_size: elements of one input; scales ψ (:func:`woods_psi_config`). The default is
+        CIFAR-10's 3072, the reference setting.
 
     Returns:
       A :class:`TrainConfig` (weight decay is in :func:`woods_optimizer`, coupled as in SGD).
@@ -59,10 +84,11 @@ def woods_config(variant: str) -> TrainConfig:
         return TrainConfig()
     if variant == "adv-train":
         return TrainConfig(adversarial=WoodsAdversarialConfig.l2())
+    lipschitz = LipschitzConfig(psi=woods_psi_config(input_size))
     if variant == "robust":
-        return TrainConfig(lipschitz=LipschitzConfig())
+        return TrainConfig(lipschitz=lipschitz)
     return TrainConfig(adversarial=WoodsAdversarialConfig.l2_min(half_half=True),
-                       lipschitz=LipschitzConfig())
+                       lipschitz=lipschitz)
 
 
 def woods_optimizer(steps_per_epoch: int, *, epochs: int = 200, num_devices: int = 1,

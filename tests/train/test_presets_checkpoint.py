@@ -22,6 +22,7 @@ from advjax.train import (
     woods_config,
     woods_learning_rate,
     woods_optimizer,
+    woods_psi_config,
 )
 
 
@@ -72,6 +73,18 @@ def test_presets():
     assert woods_config("adv-train").adversarial.eps == 0.01
     with pytest.raises(ValueError, match="variant"):
         woods_config("nope")
+
+
+def test_woods_psi_scales_with_input_size():
+    # The reference k_psi0 = 220 belongs to 3·32·32 inputs; the penalty is a mean over input
+    # elements, so 8·8 digits get 220·64/3072 and 28·28 MNIST 220·784/3072.
+    assert woods_psi_config().k_psi0 == 220.0
+    assert woods_psi_config(64).k_psi0 == pytest.approx(220.0 * 64 / 3072)
+    assert woods_config("all", input_size=784).lipschitz.psi.k_psi0 == pytest.approx(
+        220.0 * 784 / 3072)
+    assert woods_config("robust", input_size=784).lipschitz.psi.k_psi == 0.02
+    with pytest.raises(ValueError, match="input_size"):
+        woods_psi_config(0)
 
 
 @pytest.mark.slow

@@ -207,3 +207,27 @@ def test_matches_plain_loop_of_algorithm_1(tiny_mlp):
         np.testing.assert_allclose(float(res.aux["loss"]), f_max, rtol=1e-5)
         np.testing.assert_allclose(float(res.aux["eta"]), eta, rtol=1e-6)
         np.testing.assert_allclose(res.x_adv, x_max, atol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [6, 12])
+def test_momentum_and_best_point_on_an_interior_maximum(steps):
+    # A concave loss with its maximum INSIDE the ball and the box (the second logit peaks at
+    # x = a, 0.6 eps from x) and no success possible (z_0 = 5 > 0 >= z_1 always wins; a much
+    # larger z_0 would round the loss to 0): the iterates circle the maximum, so the momentum
+    # term and the restarts from x_max decide where the short run ends. Plain Algorithm 1 is the
+    # independent truth; dropping the momentum or the restart from the best point changes x_adv
+    # by far more than float32 rounding (1e-4).
+    x = jnp.full((4, 4, 1), 0.5)
+    direction = jax.random.normal(jax.random.key(3), x.shape)
+    eps = jnp.float32(0.5)
+    a = x + 0.6 * eps * direction / jnp.linalg.norm(direction)
+
+    def logits_fn(z):
+        return jnp.stack([jnp.float32(5.0), -10.0 * jnp.sum((z - a) ** 2)])
+
+    y, key = jnp.int32(0), jax.random.key(5)
+    x_max, f_max, eta, _ = apgd_reference(logits_fn, x, y, eps, key, steps)
+    res = apgd(logits_fn, norm="l2", steps=steps)(x, y, eps=eps, key=key)
+    assert not bool(res.success)
+    np.testing.assert_allclose(float(res.aux["loss"]), f_max, rtol=1e-5)
+    np.testing.assert_allclose(res.x_adv, x_max, atol=1e-4)

@@ -72,8 +72,7 @@ def contrast_normalize(
 
     Returns:
       Array of the shape of ``x``. Its Lipschitz constant is ``<= eps ** -gamma`` (module
-      docstring);
-      :func:`advjax.lipschitz.layer_bounds` uses exactly that.
+      docstring); :func:`advjax.lipschitz.layer_bounds` uses exactly that.
     """
     check_floating(x, "x")
     if not eps > 0:

@@ -16,8 +16,7 @@ step's vectors, as in spectral normalisation), in the optax style of two pure fu
 Dense layers use the kernel matrix; convolutional layers use the true convolution operator on their
 input shape (the conv and its transpose), not the reshaped kernel matrix, so ``σ_k`` estimates the
 bound of :func:`advjax.lipschitz.conv_norm`. The estimates approach the norm from below; the
-gradient
-is that of ``‖A v‖`` at the current vector (``u vᵀ`` for a matrix), the standard choice.
+gradient is that of ``‖A v‖`` at the current vector (``u vᵀ`` for a matrix), the standard choice.
 
 :func:`spectral_normalize` divides a kernel by its (reshaped-matrix) power-iteration estimate.
 """

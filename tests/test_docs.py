@@ -119,7 +119,8 @@ def test_readme_models_section_runs():
 
     require_data("advertorch-lenet5", "lenet5_mnist.npz")
     root = require_data("woods2019-resnet44", "resnet44-all.pt").parents[1]
-    (code,) = re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (code,) = [b for b in blocks if "load_lenet5" in b]  # the models section (not AutoAttack's)
     code = code.replace('"advertorch-lenet5/', f'"{root}/advertorch-lenet5/')
     code = code.replace('"woods2019-resnet44/', f'"{root}/woods2019-resnet44/')
     n = 8

@@ -134,7 +134,8 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
            **per_example: Any) -> Any:
     """Applies a per-example ``fn`` to large arrays in fixed-size chunks, results gathered on host.
 
-    Every chunk has exactly ``chunk_size`` rows (the last one is padded), so ``fn`` compiles once;
+    Every chunk has the same number of rows, ``min(chunk_size, N)`` (the last one is padded), so
+    ``fn`` compiles once and a set smaller than ``chunk_size`` is not padded up to it;
     each chunk's result is copied to host memory (numpy) before the next starts, so device memory is
     flat in the number of examples. With more than one device (or an explicit ``mesh``) each chunk
     is sharded over the mesh (``chunk_size`` is rounded up to a multiple of the device count).
@@ -156,6 +157,9 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
     if not arrays:
         raise ValueError("`arrays`: at least one positional array is required")
     n = _leading_size(arrays)
+    if n == 0:
+        raise ValueError("`arrays`: at least one row is required")
+    chunk_size = min(chunk_size, n)
     fn = lower_convs(fn, mode=conv_lowering)
     if mesh is None and jax.device_count() > 1:
         mesh = make_mesh()

@@ -61,6 +61,18 @@ def test_stream_equals_vmap_and_pads_last_chunk():
     assert isinstance(got["x"], np.ndarray) and got["x"].shape == (11, 3)
 
 
+def test_stream_does_not_pad_a_small_set_up_to_the_chunk_size(monkeypatch):
+    padded_to = []
+    pad = parallel._pad_leading
+    monkeypatch.setattr(parallel, "_pad_leading",
+                        lambda rows, n, size: (padded_to.append(size), pad(rows, n, size))[1])
+    out = parallel.stream(lambda x: 2 * x, jnp.ones((5, 2)), chunk_size=256)
+    np.testing.assert_array_equal(out, 2 * np.ones((5, 2)))
+    assert padded_to == [5]
+    with pytest.raises(ValueError, match="`arrays`"):
+        parallel.stream(lambda x: x, jnp.ones((0, 2)))
+
+
 def test_stream_broadcasts_scalar_and_compiles_once():
     calls = []
 

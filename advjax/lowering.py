@@ -53,7 +53,7 @@ from jax._src import linear_util as lu
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "native", "gemm")
-FORMS = ("auto", "concat", "accumulate")
+FORMS = ("auto", "concat", "accumulate", "tangent")
 
 # Shape rules of choose_form, from benchmarks/attacks.py --forms on a 2-core x86 CPU: the concat
 # (im2col) form is fastest for the narrow layers of MNIST / CIFAR CNNs; per-tap accumulation
@@ -83,7 +83,12 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
       mode: ``"auto"`` (rewrite on the CPU backend only), ``"gemm"`` (always) or ``"native"``
         (return ``fn`` itself).
       form: ``"auto"`` (per layer by shape, :func:`choose_form`), or force ``"concat"`` /
-        ``"accumulate"`` for every convolution (for measurements).
+        ``"accumulate"`` for every convolution (for measurements); ``"tangent"`` keeps XLA's
+        convolution for the values and uses the GEMM form (shape rule of ``"auto"``) only for
+        derivatives (:func:`conv_tangent_gemm`): forward-only programs run native kernels and
+        input gradients run as matrix products. ``"tangent"`` applies to the convolutions of
+        an undifferentiated ``fn`` (a ``logits_fn``); a gradient already inside ``fn`` stays
+        native.
 
     Returns:
       A function with ``fn``'s signature, outputs and derivatives (equal up to float32 summation
@@ -327,6 +332,47 @@ def conv_gemm(lhs: jax.Array, rhs: jax.Array, *, window_strides, padding, lhs_di
     return _to_out(y, ospec, d)
 
 
+def conv_tangent_gemm(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Array:
+    """``lax.conv_general_dilated`` (primitive parameters) whose derivatives are GEMM-form.
+
+    The value is XLA's own convolution; the JVP is :func:`conv_gemm` applied to the tangents
+    (the convolution is bilinear: ``d conv(x, w) = conv(dx, w) + conv(x, dw)``), so reverse mode
+    transposes the GEMM form (strided slices and matrix products) instead of running XLA:CPU's
+    transposed convolution. A tangent that is a symbolic zero (the weights of an attacked
+    model) costs nothing.
+    """
+    return _conv_native_value(lhs, rhs, _freeze_conv(params))
+
+
+def _freeze_conv(params: dict[str, Any]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _conv_native_value(lhs, rhs, frozen):
+    return _CONV.bind(lhs, rhs, **dict(frozen))
+
+
+def _conv_native_value_jvp(frozen, primals, tangents):
+    lhs, rhs = primals
+    t_lhs, t_rhs = tangents
+    out = _conv_native_value(lhs, rhs, frozen)
+    params = dict(frozen)
+    zero = jax.custom_derivatives.SymbolicZero
+    t_out = None
+    if not isinstance(t_lhs, zero):
+        t_out = conv_gemm(t_lhs, rhs, **params)
+    if not isinstance(t_rhs, zero):
+        term = conv_gemm(lhs, t_rhs, **params)
+        t_out = term if t_out is None else t_out + term
+    if t_out is None:
+        t_out = jnp.zeros_like(out)
+    return out, t_out
+
+
+_conv_native_value.defjvp(_conv_native_value_jvp, symbolic_zeros=True)
+
+
 def _to_out(y: jax.Array, ospec: Sequence[int], d: int) -> jax.Array:
     """(N, S..., F) canonical → the layout of ``out_spec``."""
     canonical = {0: 0, 1: d + 1, **{2 + i: 1 + i for i in range(d)}}
@@ -479,6 +525,8 @@ def _eval_eqn(eqn, invals, form: str):
     if prim is _CONV:
         lhs_aval, rhs_aval = (v.aval for v in eqn.invars)
         if _native_reason(params, lhs_aval, rhs_aval) is None:
+            if form == "tangent":
+                return conv_tangent_gemm(*invals, **params)
             return conv_gemm(*invals, **params, form=form)
     elif prim is _WINDOW_MAX:
         return window_max(invals[0], **params)

@@ -295,7 +295,8 @@ def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, rep
             return apply(x[None])[0]
 
         mode = "native" if framework == "advjax-native" else "auto"
-        fast = lower_convs(logits_fn, mode=mode)
+        form = "tangent" if framework == "advjax-tangent" else "auto"
+        fast = lower_convs(logits_fn, mode=mode, form=form)
         if attack == "pgd":
             atk = attacks.pgd(fast, norm="linf", steps=cfg["steps"], step_size=cfg["step"],
                               random_start=False)
@@ -320,7 +321,7 @@ def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, rep
                 np.concatenate([np.argmax(apply(xb[i:i + batch]), -1)
                                 for i in range(0, n, batch)]) == ys))
         out["gflop"] = _step_flops(logits_fn, xs[:batch]) * (n / batch) * cfg["steps"] / 1e9
-        out["conv_lowering"] = mode
+        out["conv_lowering"] = mode if form == "auto" else f"{mode}/{form}"
         out.update(compile_s=max(first - steady, 0.0), seconds=steady)
     else:
         import torch
@@ -623,7 +624,7 @@ def cnn_plan(models: list[str]) -> list[tuple[str, str, str]]:
     for model in models:
         attacks = ("pgd", "apgd") if model == "resnet44" else ("pgd",)
         for attack in attacks:
-            fws = ["advjax", "advjax-native"]
+            fws = ["advjax", "advjax-native", "advjax-tangent"]
             if model != "flaxlenet":  # same network as lenet5adv for the peers
                 fws += [p for p in PEERS if not (p == "foolbox" and attack == "apgd")]
             plan += [(fw, model, attack) for fw in fws]

@@ -216,3 +216,14 @@ def test_fourier_norm_is_the_same_for_any_thread_count(workers):
     truth = float(sv.max())
     value = fourier_norm(kernel, torus, (1, 1), workers=workers)
     assert truth <= value <= truth * (1 + 1e-9)
+
+
+def test_max_eigenvalue_bound_catches_a_block_just_above_the_seed():
+    """Block 1 (top 10 - 5e-4) seeds the running maximum; block 0's top, 10, exceeds it by 5e-5
+    relative and must still be found: a Cholesky test at any level above 10 - 5e-4 would miss it.
+    """
+    g0 = np.diag([9.0, 5.0, 5.0, 0.0])
+    g0[1, 2] = g0[2, 1] = 5.0  # eigenvalues 10, 9, 0, 0; power steps from e1 see only 9
+    g1 = np.diag([10.0 - 5e-4, 1.0, 1.0, 1.0])
+    bound = max_eigenvalue_bound([np.stack([g0, g1]).astype(np.complex128)])
+    assert 10.0 <= bound <= 10.0 * (1 + 1e-8)

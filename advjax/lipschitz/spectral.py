@@ -17,9 +17,9 @@ it is the largest singular value of the (huge, structured) matrix of the map
 
 Everything here is traceable: ``jax.jit(functools.partial(conv_norm, input_shape=...,
 padding=...))(kernel)`` and ``jax.vmap`` work; shapes, strides, padding and methods are static.
-The Fourier maximum runs on the host through ``jax.pure_callback`` (numpy LAPACK; one call per
-kernel under ``vmap``): the batched complex SVD of the blocks took minutes on XLA:CPU for wide
-layers (benchmarks/README.md). It is not differentiable.
+The Fourier maximum runs on the host through ``jax.pure_callback`` (numpy/SciPy LAPACK; one
+call per kernel under ``vmap``): the batched complex SVD of the blocks took minutes on XLA:CPU
+for wide layers (benchmarks/README.md). It is not differentiable.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -334,11 +335,11 @@ def fourier_singular_values(kernel: Array, torus: tuple[int, int],
 
 
 # Relative margin on σ² of the certified Fourier norm: it covers the float64 rounding of the Gram
-# matrices (sums of fan-in·taps products), of the Cholesky tests and of eigvalsh, all of relative
-# size n·ε₆₄ ≈ 1e-13 for the block sizes n of neural networks (plus n²ε₆₄ from the Cholesky
-# backward error, added where it is larger). Invisible at float32 output precision.
+# matrices (sums of fan-in·taps products) and of eigvalsh, of relative size n·ε₆₄ ≈ 1e-13 for the
+# block sizes n of neural networks. The backward error of the Cholesky tests is added on top
+# (:func:`max_eigenvalue_bound`). Invisible at float32 output precision.
 _GRAM_MARGIN = 1e-9
-_CHUNK_BYTES = 32 * 2**20  # Gram matrices held at once by fourier_norm
+_CHUNK_BYTES = 8 * 2**20  # Gram matrices one worker holds at once (cache-sized)
 
 
 def _half_plane(mh: int, mw: int) -> np.ndarray:
@@ -367,6 +368,122 @@ def _tap_gram(taps: np.ndarray, offset_ok) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(offs, np.int64).reshape(-1, 2), np.stack(mats)
 
 
+class _Grams:
+    """``count`` Hermitian PSD ``n × n`` blocks, written NEGATED into caller buffers on request.
+
+    ``fill(idx, out, scratch)`` writes ``-G_i`` for ``i`` in ``idx`` into ``out[:len(idx)]`` and
+    returns the largest real diagonal entry; ``scores()`` estimates ``‖G_i‖_F²`` (zeros where
+    unknown). Scores order the blocks and decide which ones get the exact Frobenius test; the
+    certificate does not depend on them.
+    """
+
+    n: int
+    count: int
+
+    def scores(self) -> np.ndarray:
+        return np.zeros(self.count)
+
+    def scratch(self, b: int) -> np.ndarray | None:
+        return None
+
+    def fill(self, idx, out, scratch) -> float:
+        raise NotImplementedError
+
+
+class _ArrayGrams(_Grams):
+    """Blocks given as a ``(b, n, n)`` array."""
+
+    def __init__(self, g):
+        self._g = np.asarray(g, np.complex128)
+        self.count, self.n = self._g.shape[0], self._g.shape[-1]
+
+    def scores(self):
+        return np.linalg.norm(self._g.reshape(self.count, -1), axis=1) ** 2
+
+    def fill(self, idx, out, scratch):
+        g = self._g[idx]
+        np.negative(g, out=out[:len(idx)])
+        return float(np.real(np.einsum("bii->bi", g)).max(initial=0.0))
+
+
+class _TapGrams(_Grams):
+    """``G(ξ) = Σ_s Q_s e^{-2πi⟨ξ, s/N⟩}`` from tap-offset matrices (see fourier_gram_blocks).
+
+    One block costs one real matrix product row pair: ``[cos; sin](phases) @ Q`` (``2b × S``
+    times ``S × n²``), interleaved into complex storage.
+    """
+
+    def __init__(self, xi, offs, mats):
+        self._xi, self._offs = xi, offs  # (F, 2) alias-grid frequencies; (S, 2) offsets / N
+        self.count, self.n = len(xi), mats.shape[-1]
+        self._mats = mats.reshape(len(mats), -1)
+
+    def _phase(self, idx):
+        return -2.0 * np.pi * (self._xi[idx] @ self._offs.T)  # (b, S)
+
+    def scores(self):
+        # ‖G(ξ)‖_F² = Σ_{s,s'} e^{i(φ_s - φ_s')} ⟨Q_s, Q_s'⟩ for all ξ at once
+        c = np.exp(1j * self._phase(slice(None)))
+        return np.real(np.einsum("fs,fs->f", c @ (self._mats @ self._mats.T), c.conj()))
+
+    def scratch(self, b):
+        return np.empty((2 * b, self.n * self.n))
+
+    def fill(self, idx, out, scratch):
+        b, n = len(idx), self.n
+        phase = self._phase(idx)
+        r = scratch[:2 * b]
+        np.matmul(np.concatenate([np.cos(phase), np.sin(phase)]), self._mats, out=r)
+        flat = out[:b].reshape(b, n * n)
+        np.negative(r[:b], out=flat.real)
+        np.negative(r[b:], out=flat.imag)
+        return float(r[:b, ::n + 1].max(initial=0.0))
+
+
+class _StackedGrams(_Grams):
+    """Input side with a stride (``CΔ < D``): ``conj(M) M^T / Δ``, ``M`` the ``Δ`` stacked DFTs."""
+
+    def __init__(self, xi, kernel, torus, strides):
+        kh, kw, c, d = kernel.shape
+        sh, sw = strides
+        mh, mw = torus[0] // sh, torus[1] // sw
+        self._xi, self._torus, self._strides = xi, np.asarray(torus, np.float64), strides
+        self._shape = (c, d)
+        self.count, self.n = len(xi), c * sh * sw
+        taps = np.stack(np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij"), -1)
+        self._taps = taps.reshape(-1, 2).astype(np.float64)
+        self._flat = kernel.reshape(kh * kw, c * d)
+        alias = np.stack(np.meshgrid(np.arange(sh) * mh, np.arange(sw) * mw, indexing="ij"), -1)
+        self._alias = alias.reshape(-1, 2).astype(np.float64)  # (Δ, 2) offsets on the N-grid
+
+    def fill(self, idx, out, scratch):
+        b, (c, d) = len(idx), self._shape
+        delta = self._strides[0] * self._strides[1]
+        zeta = (self._xi[idx][:, None, :] + self._alias[None]).reshape(-1, 2) / self._torus
+        k_hat = np.exp(-2j * np.pi * (zeta @ self._taps.T)) @ self._flat  # (bΔ, C·D)
+        m = k_hat.reshape(b, delta * c, d)
+        g = np.matmul(m.conj(), m.transpose(0, 2, 1)) / delta
+        np.negative(g, out=out[:b])
+        return float(np.real(np.einsum("bii->bi", g)).max(initial=0.0))
+
+
+def _gram_source(kernel, torus: tuple[int, int], strides: tuple[int, int]) -> _Grams:
+    """The Gram blocks of :func:`fourier_gram_blocks`, in its order, as a :class:`_Grams`."""
+    k = np.asarray(kernel, np.float64)
+    kh, kw, c, d = k.shape
+    nh, nw = torus
+    sh, sw = strides
+    mh, mw = nh // sh, nw // sw
+    xi = np.stack(np.divmod(_half_plane(mh, mw), mw), axis=1).astype(np.float64)  # (F, 2)
+    if c * sh * sw < d and (sh, sw) != (1, 1):
+        return _StackedGrams(xi, k, torus, strides)
+    if d <= c * sh * sw:
+        offs, mats = _tap_gram(k, lambda a, b: a % sh == 0 and b % sw == 0)
+    else:
+        offs, mats = _tap_gram(k.transpose(0, 1, 3, 2), lambda a, b: True)
+    return _TapGrams(xi, offs.astype(np.float64) / np.array([nh, nw], np.float64), mats)
+
+
 def fourier_gram_blocks(kernel, torus: tuple[int, int], strides: tuple[int, int]):
     """Hermitian Gram matrices of the Fourier blocks of a circular strided conv (host, float64).
 
@@ -391,43 +508,58 @@ def fourier_gram_blocks(kernel, torus: tuple[int, int], strides: tuple[int, int]
 
     Yields:
       ``(b, n, n)`` complex128 chunks of Gram matrices (``n = min(D, C·Δh·Δw)``, or ``min(C, D)``
-      for stride 1), together covering every alias group up to conjugation.
+      for stride 1), together covering every alias group up to conjugation, in the order of
+      :func:`_half_plane`.
     """
-    k = np.asarray(kernel, np.float64)
-    kh, kw, c, d = k.shape
-    nh, nw = torus
-    sh, sw = strides
-    mh, mw = nh // sh, nw // sw
-    idx = _half_plane(mh, mw)
-    xi = np.stack(np.divmod(idx, mw), axis=1).astype(np.float64)  # (F, 2) on the alias grid
-    direct = c * sh * sw < d and (sh, sw) != (1, 1)
-    if direct:
-        n = c * sh * sw
-        taps = np.stack(np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij"), -1)
-        taps = taps.reshape(-1, 2).astype(np.float64)
-        flat = k.reshape(kh * kw, c * d)
-        alias = np.stack(np.meshgrid(np.arange(sh) * mh, np.arange(sw) * mw, indexing="ij"), -1)
-        alias = alias.reshape(-1, 2).astype(np.float64)  # (Δ, 2) offsets on the N-grid
-    else:
-        if d <= c * sh * sw:
-            offs, mats = _tap_gram(k, lambda a, b: a % sh == 0 and b % sw == 0)
-        else:
-            offs, mats = _tap_gram(k.transpose(0, 1, 3, 2), lambda a, b: True)
-        n = mats.shape[-1]
-        mats = mats.reshape(len(mats), n * n)
-        offs = offs.astype(np.float64) / np.array([nh, nw], np.float64)
-    chunk = max(1, _CHUNK_BYTES // (16 * n * n))
-    for lo in range(0, len(idx), chunk):
-        z = xi[lo:lo + chunk]
-        if direct:
-            zeta = (z[:, None, :] + alias[None]).reshape(-1, 2) / np.array([nh, nw])  # (bΔ, 2)
-            k_hat = np.exp(-2j * np.pi * (zeta @ taps.T)) @ flat  # (bΔ, C·D)
-            m = k_hat.reshape(len(z), sh * sw * c, d)
-            yield np.matmul(m.conj(), m.transpose(0, 2, 1)) / (sh * sw)
-        else:
-            phase = -2.0 * np.pi * (z @ offs.T)  # (b, S)
-            g = np.cos(phase) @ mats + 1j * (np.sin(phase) @ mats)
-            yield g.reshape(len(z), n, n)
+    src = _gram_source(kernel, torus, strides)
+    n = src.n
+    b = max(1, _CHUNK_BYTES // (16 * max(n, 1) ** 2))
+    scratch = src.scratch(b)
+    for lo in range(0, src.count, b):
+        idx = np.arange(lo, min(lo + b, src.count))
+        out = np.empty((len(idx), n, n), np.complex128)
+        src.fill(idx, out, scratch)
+        yield np.negative(out, out=out)
+
+
+@functools.cache
+def _cholesky_test() -> Callable[[np.ndarray], bool]:
+    """``test(a)``: whether LAPACK's ``zpotrf`` factors the Hermitian ``a`` (overwritten).
+
+    ``a`` is a C-contiguous ``(n, n)`` complex128 array; LAPACK reads it column-major, i.e. reads
+    ``a^T = conj(a)``, which is positive definite iff ``a`` is. The routine is SciPy's LAPACK
+    (``scipy.linalg.cython_lapack``) called through ``ctypes``, which releases the GIL, so the tests
+    of a chunk run in parallel threads; where that pointer is unavailable, SciPy's Python wrapper
+    (which holds the GIL: correct, single-threaded).
+    """
+    try:
+        import ctypes
+
+        from scipy.linalg import cython_lapack
+
+        capsule = cython_lapack.__pyx_capi__["zpotrf"]
+        name = ctypes.pythonapi.PyCapsule_GetName
+        name.restype, name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+        pointer = ctypes.pythonapi.PyCapsule_GetPointer
+        pointer.restype, pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        if b"int *" not in name(capsule):  # LAPACK's integers are C ints here
+            raise TypeError(name(capsule))
+        ip = ctypes.POINTER(ctypes.c_int)
+        zpotrf = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ip, ctypes.c_void_p, ip, ip)(
+            pointer(capsule, name(capsule)))
+
+        def test(a: np.ndarray) -> bool:
+            if not (a.flags.c_contiguous and a.dtype == np.complex128 and a.ndim == 2):
+                raise ValueError("the Cholesky test needs a C-contiguous complex128 matrix")
+            n, info = ctypes.c_int(a.shape[0]), ctypes.c_int(0)
+            zpotrf(b"U", ctypes.byref(n), a.ctypes.data, ctypes.byref(n), ctypes.byref(info))
+            return info.value == 0
+
+        return test
+    except (ImportError, AttributeError, KeyError, TypeError):  # pragma: no cover
+        from scipy.linalg import lapack
+
+        return lambda a: lapack.zpotrf(a.T, lower=0, overwrite_a=1, clean=0)[1] == 0
 
 
 def _rayleigh_rank(g: np.ndarray, steps: int = 8) -> np.ndarray:
@@ -444,90 +576,140 @@ def _rayleigh_rank(g: np.ndarray, steps: int = 8) -> np.ndarray:
     return rq
 
 
-def _not_below(blocks: np.ndarray, mu: float) -> list[int]:
-    """Indices of the blocks for which ``μI - G`` has no Cholesky factor (``λ_max(G) >= μ``)."""
-    eye = mu * np.eye(blocks.shape[-1])
-    try:
-        np.linalg.cholesky(eye - blocks)
-        return []
-    except np.linalg.LinAlgError:
-        pass
-    bad = []
-    for i, block in enumerate(blocks):
-        try:
-            np.linalg.cholesky(eye - block)
-        except np.linalg.LinAlgError:
-            bad.append(i)
-    return bad
+def _certify(src: _Grams, lam: float, scale: float,
+             pool: ThreadPoolExecutor) -> tuple[float, float]:
+    """Raise ``(λ*, scale)`` until every block of ``src`` is certified below the test level.
+
+    The test level is ``μ = λ*(1 + margin) + margin·scale + tiny`` at the time of the test (it only
+    grows). Seed: the exact top eigenvalue (``eigvalsh``) of the block that a few power steps rank
+    highest among the ``b`` best-scored ones. Then, chunk by chunk (in score order, over the
+    threads of ``pool``): a block with ``‖G‖_F < μ`` is below ``μ``; every other one gets a
+    float64 Cholesky test of ``μI - G`` (it succeeds iff ``μI - G`` is positive definite, up to
+    its backward error), and a block whose test fails gets its exact top eigenvalue, which raises
+    ``λ*``. Returns the final ``(λ*, scale)``; ``scale`` is the largest diagonal entry seen.
+    """
+    n = src.n
+    scores = src.scores()
+    order = np.argsort(-scores, kind="stable")
+    b = int(max(1, min(src.count, _CHUNK_BYTES // (16 * n * n))))
+    local = threading.local()
+
+    def buffers():
+        if not hasattr(local, "out"):
+            local.out, local.scratch = np.empty((b, n, n), np.complex128), src.scratch(b)
+        return local.out, local.scratch
+
+    out, scratch = buffers()
+    seed = order[:b]
+    top_diag = src.fill(seed, out, scratch)
+    g = -out[:len(seed)]
+    lam = max(lam, float(np.linalg.eigvalsh(g[int(np.argmax(_rayleigh_rank(g)))])[-1]))
+    state = {"lam": lam, "scale": max(scale, top_diag)}
+    lock = threading.Lock()
+    positive_definite = _cholesky_test()
+    tiny = np.finfo(np.float64).tiny
+
+    def level() -> float:
+        return state["lam"] * (1 + _GRAM_MARGIN) + _GRAM_MARGIN * state["scale"] + tiny
+
+    def run(idx):
+        out, scratch = buffers()
+        top_diag = src.fill(idx, out, scratch)
+        with lock:
+            state["scale"] = max(state["scale"], top_diag)
+        failed = []
+        for j, i in enumerate(idx):
+            mu = level()
+            # λ_max <= ‖G‖_F, computed exactly where the score says it may be below μ
+            if scores[i] < 1.01 * mu * mu and np.linalg.norm(out[j]) < mu:
+                continue
+            a = out[j]
+            a.reshape(-1)[::n + 1] += mu  # μI - G
+            if not positive_definite(a):
+                failed.append(i)
+        for i in failed:
+            src.fill(np.array([i]), out, scratch)
+            top = -float(np.linalg.eigvalsh(out[0])[0])  # out[0] = -G_i
+            with lock:
+                state["lam"] = max(state["lam"], top)
+
+    list(pool.map(run, [order[lo:lo + b] for lo in range(0, src.count, b)]))
+    return state["lam"], state["scale"]
 
 
-def _not_below_part(blocks: np.ndarray, mu: float, part: np.ndarray) -> list[int]:
-    return [int(part[i]) for i in _not_below(blocks[part], mu)]
+def _bound(sources, workers: int | None) -> float:
+    """Certified ``max λ_max`` over the blocks of every source (see max_eigenvalue_bound)."""
+    if workers is None:
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    lam, scale, n_max = 0.0, 0.0, 0
+    _cholesky_test()  # loads SciPy's LAPACK before threadpool_limits looks for BLAS libraries
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for src in sources:
+            if src.count and src.n:
+                n_max = max(n_max, src.n)
+                lam, scale = _certify(src, lam, scale, pool)
+    eps = np.finfo(np.float64).eps
+    mu = lam * (1 + _GRAM_MARGIN) + _GRAM_MARGIN * scale + np.finfo(np.float64).tiny
+    return mu * (1 + 2.0 * (n_max + 1) ** 2 * eps)
 
 
 def max_eigenvalue_bound(chunks, *, workers: int | None = None) -> float:
     """Certified upper bound of ``max_b λ_max(G_b)`` over Hermitian PSD blocks, exact to 1e-9.
 
-    Per chunk: a few power steps rank the blocks; the exact top eigenvalue (``eigvalsh``) of the
-    best one raises the running maximum ``λ*`` (a true eigenvalue of some block, so the result is
-    never below the true maximum by more than rounding); every other block is then CERTIFIED
-    below ``μ = λ*(1 + margin)`` by a successful float64 Cholesky factorisation of ``μI - G`` (it
-    exists iff ``μI - G`` is positive definite), after the cheap bound ``λ_max <= ‖G‖_F`` has
-    dropped the blocks far below ``μ``. A block
-    whose factorisation fails gets its exact top eigenvalue, which raises ``λ*``. So the result
-    ``μ`` is an upper bound of every block's ``λ_max`` and at most ``(1 + margin)`` times the
-    largest one (``margin = 1e-9 + 2n²ε₆₄``, rounding of the Cholesky test included).
+    The exact top eigenvalue (``eigvalsh``) of the most promising block (a few power steps on the
+    blocks of largest Frobenius norm) sets the running maximum ``λ*`` (a true eigenvalue of some
+    block, so the result is never below the true maximum by more than rounding); every block is
+    then CERTIFIED below the test level ``μ = λ*(1 + 1e-9) + 1e-9·scale`` (``scale`` the largest
+    diagonal entry) either by ``λ_max <= ‖G‖_F < μ`` or by a successful float64 Cholesky
+    factorisation of ``μI - G`` (it exists iff ``μI - G`` is positive definite); a block whose
+    factorisation fails gets its exact top eigenvalue, which raises ``λ*`` and ``μ``.
+
+    Rounding: a Cholesky factorisation that runs to completion in floating point is the exact
+    factorisation of ``μI - G + E`` with ``‖E‖_2 <= γ_{n+1} trace(R^H R) <~ (n+1)·n·u·μ``
+    (Demmel; Higham, Thm 10.3; a few times that in complex arithmetic), so a certified block has
+    ``λ_max(G) <= μ(1 + 2(n+1)²ε₆₄)``, the factor applied to the result. The ``1e-9`` margins cover
+    the rounding of the Gram matrices and of ``eigvalsh``. So the result is an upper bound of
+    every block's ``λ_max`` and within ``1e-9 + 2(n+1)²ε₆₄`` (relative, plus ``1e-9·scale``) of
+    the largest one.
 
     LAPACK runs single-threaded per call (multi-threaded BLAS on many small matrices thrashes on a
-    loaded machine) and the Cholesky tests of a chunk are spread over ``workers`` threads.
+    loaded machine); the chunks are spread over ``workers`` threads.
 
     Args:
-      chunks: iterable of ``(b, n, n)`` complex128 (or float64) Hermitian PSD arrays.
+      chunks: iterable of ``(b, n, n)`` complex128 (or float64) Hermitian PSD arrays (``n`` may
+        differ between chunks).
       workers: threads for the Cholesky tests (default: the CPUs this process may use).
 
     Returns:
       The bound ``μ >= 0`` (float).
     """
-    if workers is None:
-        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count() or 1)
-    lam, scale, margin = 0.0, 0.0, _GRAM_MARGIN
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as pool:
-        for g in chunks:
-            n = g.shape[-1]
-            margin = max(margin, _GRAM_MARGIN + 2.0 * n * n * np.finfo(np.float64).eps)
-            diag = np.real(np.einsum("bii->bi", g))
-            scale = max(scale, float(diag.max(initial=0.0)))
-            lam = max(lam, float(np.linalg.eigvalsh(g[int(np.argmax(_rayleigh_rank(g)))])[-1]))
-            mu = lam * (1 + margin) + margin * scale + np.finfo(np.float64).tiny
-            flat = g.reshape(len(g), -1)
-            flat = flat.view(np.float64) if np.iscomplexobj(flat) else flat
-            cheap = np.sqrt(np.einsum("bi,bi->b", flat, flat))  # ‖G‖_F >= λ_max
-            todo = g[cheap >= mu]
-            parts = np.array_split(np.arange(len(todo)), min(workers, len(todo)) or 1)
-            bad = pool.map(functools.partial(_not_below_part, todo, mu), parts)
-            for i in (i for part in bad for i in part):
-                lam = max(lam, float(np.linalg.eigvalsh(todo[i])[-1]))
-    return lam * (1 + margin) + margin * scale
+    return _bound((_ArrayGrams(g) for g in chunks), workers)
 
 
-def fourier_norm(kernel, torus: tuple[int, int], strides: tuple[int, int]) -> float:
+def fourier_norm(kernel, torus: tuple[int, int], strides: tuple[int, int],
+                 *, workers: int | None = None) -> float:
     """``max_ξ σ_max(B(ξ)) / sqrt(Δh Δw)``: the circular strided conv's norm, certified (host).
 
     The value of ``fourier_singular_values(kernel, torus, strides).max()`` without an SVD: the
-    Gram matrices of :func:`fourier_gram_blocks` and the certified maximum eigenvalue of
-    :func:`max_eigenvalue_bound`, in float64 (numpy LAPACK). It is an upper bound of the
+    Gram matrices of :func:`fourier_gram_blocks` (formed chunk by chunk into reused buffers, in
+    decreasing order of their Frobenius norm) and the certified maximum eigenvalue of
+    :func:`max_eigenvalue_bound`, in float64 (numpy/SciPy LAPACK). It is an upper bound of the
     exact-arithmetic norm for the given kernel values, within a relative ``1e-9`` of it.
 
     Args:
       kernel: ``(kh, kw, C, D)`` real HWIO kernel (array-like).
       torus: ``(Nh, Nw)``, multiples of the strides.
       strides: ``(Δh, Δw)``.
+      workers: threads (default: the CPUs this process may use).
 
     Returns:
       The norm as a Python float.
     """
-    return math.sqrt(max_eigenvalue_bound(fourier_gram_blocks(kernel, torus, strides)))
+    def sources():  # built inside _bound's single-threaded BLAS scope
+        yield _gram_source(kernel, torus, strides)
+
+    return math.sqrt(_bound(sources(), workers))
 
 
 def _fourier_norm_callback(kernel, torus, strides):

@@ -14,6 +14,7 @@ import pytest
 
 from advjax.lipschitz import conv_norm, conv_operator, fourier_singular_values
 from advjax.lipschitz.spectral import (
+    _cholesky_test,
     _half_plane,
     circular_size,
     fourier_gram_blocks,
@@ -186,3 +187,43 @@ def test_max_eigenvalue_bound_on_random_blocks():
     assert truth <= bound <= truth * (1 + 1e-8)
     zero = np.zeros((3, 4, 4), np.complex128)
     assert 0.0 <= max_eigenvalue_bound([zero]) <= 1e-290
+
+
+def test_cholesky_test_decides_positive_definiteness():
+    """The GIL-free zpotrf call accepts exactly the positive definite matrices (eigvalsh truth)."""
+    rng = np.random.default_rng(3)
+    test = _cholesky_test()
+    for n in (1, 4, 37):
+        a = rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+        g = a @ np.conj(a.T)
+        top = float(np.linalg.eigvalsh(g)[-1])
+        # margins of 1e-6 relative: far above the float64 Cholesky backward error (~n²ε)
+        for mu, expect in [(top * (1 + 1e-6), True), (top * (1 - 1e-6), False)]:
+            m = np.ascontiguousarray(mu * np.eye(n) - g)
+            assert test(m) is expect, (n, mu, top)
+    with pytest.raises(ValueError, match="C-contiguous complex128"):
+        test(np.eye(3))
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_fourier_norm_is_the_same_for_any_thread_count(workers):
+    """Threads change the order in which blocks raise the running maximum, never the result
+    beyond the certificate's margin; the SVD of the blocks is the truth (float64 numpy)."""
+    kernel = np.random.default_rng(5).normal(size=(3, 3, 12, 12))
+    torus = (10, 9)
+    sv = np.linalg.svd(np.fft.fft2(kernel, s=torus, axes=(0, 1)).reshape(-1, 12, 12),
+                       compute_uv=False)
+    truth = float(sv.max())
+    value = fourier_norm(kernel, torus, (1, 1), workers=workers)
+    assert truth <= value <= truth * (1 + 1e-9)
+
+
+def test_max_eigenvalue_bound_catches_a_block_just_above_the_seed():
+    """Block 1 (top 10 - 5e-4) seeds the running maximum; block 0's top, 10, exceeds it by 5e-5
+    relative and must still be found: a Cholesky test at any level above 10 - 5e-4 would miss it.
+    """
+    g0 = np.diag([9.0, 5.0, 5.0, 0.0])
+    g0[1, 2] = g0[2, 1] = 5.0  # eigenvalues 10, 9, 0, 0; power steps from e1 see only 9
+    g1 = np.diag([10.0 - 5e-4, 1.0, 1.0, 1.0])
+    bound = max_eigenvalue_bound([np.stack([g0, g1]).astype(np.complex128)])
+    assert 10.0 <= bound <= 10.0 * (1 + 1e-8)

@@ -132,7 +132,7 @@ class _Matcher:
     # ---- references --------------------------------------------------------------------------
 
     def node(self, var, scope: _Scope):
-        """("lit", value) | ("eqn", eqn, scope) | ("leaf", var)."""
+        """("lit", value) | ("eqn", eqn, scope, var) | ("leaf", var), through calls."""
         if isinstance(var, jcore.Literal):
             return ("lit", np.asarray(var.val))
         if var in scope.producers:
@@ -146,7 +146,7 @@ class _Matcher:
                     inner = self.scopes[key]
                     return self.node(sub.jaxpr.outvars[eqn.outvars.index(var)], inner)
                 raise _NoMatch
-            return ("eqn", eqn, scope)
+            return ("eqn", eqn, scope, var)
         if scope.parent is not None:
             eqn, outer = scope.parent
             if var in scope.jaxpr.invars:
@@ -194,7 +194,10 @@ class _Matcher:
             try:
                 self.memo[key] = (var, self._form(var, scope))
             except _NoMatch:
-                self.memo[key] = (var, None)
+                # any other value of the walked jaxpr may be the normalised one
+                leaf = scope is self.root and not isinstance(var, jcore.Literal) \
+                    and np.issubdtype(var.aval.dtype, np.floating)
+                self.memo[key] = (var, _leaf(var) if leaf else None)
         return self.memo[key][1]
 
     def _form(self, var, scope):
@@ -202,12 +205,12 @@ class _Matcher:
         if nd[0] == "lit":
             raise _NoMatch
         if nd[0] == "leaf":
-            var = nd[1]  # the variable of the walked jaxpr (through calls)
-            shape = tuple(var.aval.shape)
-            if not np.issubdtype(var.aval.dtype, np.floating):
+            if not np.issubdtype(nd[1].aval.dtype, np.floating):
                 raise _NoMatch
-            return _Full("x", var, np.arange(math.prod(shape)).reshape(shape), None)
+            return _leaf(nd[1])  # the variable of the walked jaxpr (through calls)
         eqn, sc = nd[1], nd[2]
+        if nd[3] is not var or sc is not scope:  # reached through a call: its own memo entry
+            return self.need(nd[3], sc)
         prim = eqn.primitive.name
         out_shape = tuple(eqn.outvars[0].aval.shape)
         ins = eqn.invars
@@ -325,6 +328,11 @@ class _Matcher:
                 return dataclasses.replace(f, fvars=(*f.fvars, other),
                                            probe=_bcast(f.probe, out_shape))
         raise _NoMatch
+
+
+def _leaf(var) -> _Full:
+    shape = tuple(var.aval.shape)
+    return _Full("x", var, np.arange(math.prod(shape)).reshape(shape), None)
 
 
 def _same_var(a, b) -> bool:

@@ -137,6 +137,8 @@ _LOOKALIKES = {
         / jnp.sqrt((2.0 * v).var(-1, keepdims=True) + EPS),
         "fast-var-wrong-coef": lambda v: (v - _mean(v))
         / jnp.sqrt(_mean(v * v) - 0.5 * _mean(v) ** 2 + EPS),
+        "var-centred-on-other-axis": lambda v: (v - _mean(v))
+        / jnp.sqrt(((v - _mean(v, 0)) ** 2).mean(-1, keepdims=True) + EPS),
         "rolled-stats": lambda v: (v - _mean(v)) / jnp.sqrt(
                 jnp.roll(v.var(-1, keepdims=True), 1, axis=0) + EPS),
         "transposed-stats": lambda v: (v - _mean(v)) / jnp.sqrt(

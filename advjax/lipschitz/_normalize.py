@@ -45,7 +45,7 @@ import numpy as np
 _CALLS = ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "remat", "remat2",
           "checkpoint", "named_call")
 _SHAPE = ("reshape", "transpose", "squeeze", "expand_dims", "broadcast_in_dim",
-          "convert_element_type", "copy", "copy_p")
+          "convert_element_type", "copy", "copy_p", "stop_gradient")
 
 
 class _NoMatch(Exception):
@@ -63,6 +63,8 @@ class Match:
       factor_consts: constant factors known from the jaxpr itself.
       centred: LayerNorm/GroupNorm (True) or RMSNorm (False).
       group: the number of entries per group.
+      kind: ``layer_norm``, ``rms_norm``, ``softmax``, ``log_softmax`` or ``logsumexp``.
+      constant: the constant of the map before the factors (``1/√ε`` for the norms).
     """
 
     base: Any
@@ -71,10 +73,12 @@ class Match:
     factor_consts: tuple
     centred: bool
     group: int
+    kind: str = "layer_norm"
+    constant: float = 0.0
 
     def bound(self, factor_values) -> float:
-        """``Π max|γ| / √ε`` (rounded up), from the walk-time values of ``factor_vars``."""
-        b = 1.0 / math.sqrt(self.eps)
+        """``constant · Π max|γ|`` (rounded up), from the walk-time values of ``factor_vars``."""
+        b = self.constant
         for f in (*factor_values, *self.factor_consts):
             b *= float(np.max(np.abs(np.asarray(f, np.float64)))) if np.size(f) else 0.0
         return b * (1 + 1e-12)
@@ -101,6 +105,7 @@ class _Full:
     base: Any
     probe: np.ndarray           # base flat index of each entry
     groups: np.ndarray | None   # for c / c2: label (smallest member) of each base index's group
+    token: Any = None           # for xs / e: the shift ``s``'s token
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -119,6 +124,7 @@ class _Stat:
     eps: float = 0.0
     fvars: tuple = ()
     fconsts: tuple = ()
+    token: Any = None           # pg / se / lse0: the variable where the shift ``s`` was made
 
 
 class _Matcher:
@@ -184,7 +190,7 @@ class _Matcher:
         if v is None or v.size == 0 or not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
             return None
         first = float(v.ravel()[0])
-        return first if np.all(v == v.ravel()[0]) and math.isfinite(first) else None
+        return first if np.all(v == v.ravel()[0]) and not math.isnan(first) else None
 
     # ---- forms -------------------------------------------------------------------------------
 
@@ -223,6 +229,30 @@ class _Matcher:
             if isinstance(f, _Full) and prim == "broadcast_in_dim" and probe.size != f.probe.size:
                 raise _NoMatch  # an input-shaped value is never copied
             return dataclasses.replace(f, probe=probe)
+        if prim in ("reduce_max", "reduce_min"):
+            f = self.need(ins[0], sc)
+            if not (isinstance(f, _Full) and f.kind == "x"):
+                raise _NoMatch
+            r = _reduce(dataclasses.replace(f, kind="x"), tuple(eqn.params["axes"]))
+            # the same reduction of the same value over the same groups: the same shift
+            return dataclasses.replace(r, kind="pg", token=(prim, id(f.base), r.groups.tobytes()))
+        if prim == "is_finite":
+            f = self.need(ins[0], sc)
+            if not (isinstance(f, _Stat) and f.kind == "pg"):
+                raise _NoMatch
+            return dataclasses.replace(f, token=var)
+        if prim == "exp":
+            f = self.need(ins[0], sc)
+            if not (isinstance(f, _Full) and f.kind == "xs"):
+                raise _NoMatch
+            return dataclasses.replace(f, kind="e")
+        if prim in ("log", "abs"):
+            f = self.need(ins[0], sc)
+            if not (isinstance(f, _Stat) and f.kind == "se"):  # Σ exp > 0: abs is the identity
+                raise _NoMatch
+            return f if prim == "abs" else dataclasses.replace(f, kind="lse0")
+        if prim == "select_n" and self.scalar(ins[0], sc) is None:
+            return self._per_group(var, ins, sc, out_shape)
         if prim == "select_n":
             p = self.scalar(ins[0], sc)
             if p is None:
@@ -239,6 +269,8 @@ class _Matcher:
             return self._product(prim, ins, sc, out_shape)
         if prim in ("add", "add_any", "sub"):
             return self._sum(prim, ins, sc, out_shape)
+        if prim == "max" and any(self.scalar(v, sc) == -math.inf for v in ins):
+            return self._per_group(var, ins, sc, out_shape)  # max(-inf, m) = m
         if prim == "max":
             for i in (0, 1):
                 z = self.scalar(ins[i], sc)
@@ -260,8 +292,32 @@ class _Matcher:
             raise _NoMatch
         return f
 
+    def _per_group(self, var, ins, sc, out_shape):
+        """An elementwise function of per-group values of one partition (finite constants
+        allowed) is a per-group value: ``max(-inf, m)``, ``where(isfinite(m), m, 0)``."""
+        stats = []
+        for v in ins:
+            c = self.scalar(v, sc)
+            if c is not None:
+                continue
+            f = self.need(v, sc)
+            if not (isinstance(f, _Stat) and f.kind == "pg"):
+                raise _NoMatch
+            stats.append(f)
+        if not stats:
+            raise _NoMatch
+        first = stats[0]
+        for f in stats[1:]:
+            if not (f.base is first.base and np.array_equal(f.groups, first.groups)
+                    and np.array_equal(_bcast(f.probe, out_shape),
+                                       _bcast(first.probe, out_shape))):
+                raise _NoMatch
+        return dataclasses.replace(first, token=var, probe=_bcast(first.probe, out_shape))
+
     def _sum(self, prim, ins, sc, out_shape):
         zs = [self.scalar(v, sc) for v in ins]
+        if any(z is not None and not math.isfinite(z) for z in zs):
+            raise _NoMatch
         for i in (0, 1):
             if zs[i] is not None and (i == 1 or prim != "sub"):
                 f = self.need(ins[1 - i], sc)
@@ -272,9 +328,20 @@ class _Matcher:
                     return dataclasses.replace(var, kind="vareps", eps=float(zs[i]),
                                                probe=_bcast(var.probe, out_shape))
                 raise _NoMatch
+        a, b = self.need(ins[0], sc), self.need(ins[1], sc)
+        if prim != "sub" and isinstance(a, _Stat) and isinstance(b, _Stat) and \
+                {a.kind, b.kind} == {"lse0", "pg"}:
+            lse, shift = (a, b) if a.kind == "lse0" else (b, a)
+            return _softmax_family("logsumexp", lse, shift, out_shape)
         if prim != "sub":
             raise _NoMatch
-        a, b = self.need(ins[0], sc), self.need(ins[1], sc)
+        if isinstance(a, _Full) and isinstance(b, _Stat) and a.kind == "x" and b.kind == "pg":
+            if not (a.base is b.base and a.probe.shape == out_shape
+                    and _aligned(a.probe, b, out_shape)):
+                raise _NoMatch
+            return _Full("xs", a.base, a.probe, b.groups, b.token)
+        if isinstance(a, _Full) and isinstance(b, _Stat) and a.kind == "xs" and b.kind == "lse0":
+            return _softmax_family("log_softmax", b, a, out_shape)
         if isinstance(a, _Full) and isinstance(b, _Stat):
             if not (a.kind == "x" and b.kind == "s1" and b.base is a.base
                     and b.coef == Fraction(1, b.n) and a.probe.shape == out_shape
@@ -303,6 +370,9 @@ class _Matcher:
                 if isinstance(num, _Full):
                     return _norm(num, den, out_shape)
                 raise _NoMatch
+            if isinstance(num, _Full) and num.kind == "e" and isinstance(den, _Stat) \
+                    and den.kind == "se":
+                return _softmax_family("softmax", den, num, out_shape)
             if isinstance(num, _Stat) and num.kind in ("s1", "s2", "c2") and c not in (None, 0.0):
                 return dataclasses.replace(num, coef=num.coef / Fraction(c))
             raise _NoMatch
@@ -349,7 +419,7 @@ def _bcast(probe: np.ndarray, shape) -> np.ndarray:
 
 
 def _shape_op(prim, params, probe, out_shape) -> np.ndarray:
-    if prim in ("convert_element_type", "copy", "copy_p"):
+    if prim in ("convert_element_type", "copy", "copy_p", "stop_gradient"):
         return probe
     if prim == "reshape":
         if params.get("dimensions") is not None:
@@ -371,7 +441,7 @@ def _shape_op(prim, params, probe, out_shape) -> np.ndarray:
 
 
 def _reduce(f, axes) -> _Stat:
-    if not (isinstance(f, _Full) and f.kind in ("x", "x2", "c2")):
+    if not (isinstance(f, _Full) and f.kind in ("x", "x2", "c2", "e")):
         raise _NoMatch
     p = f.probe
     if not np.array_equal(np.sort(p.ravel()), np.arange(p.size)):
@@ -384,10 +454,11 @@ def _reduce(f, axes) -> _Stat:
     labels = rows.min(axis=1)
     groups = np.empty(p.size, np.int64)
     groups[rows] = labels[:, None]
-    if f.kind == "c2" and not np.array_equal(groups, f.groups):
-        raise _NoMatch
-    kind = {"x": "s1", "x2": "s2", "c2": "c2"}[f.kind]
-    return _Stat(kind, f.base, groups, n, Fraction(1), labels.reshape([p.shape[a] for a in rest]))
+    if f.kind in ("c2", "e") and not np.array_equal(groups, f.groups):
+        raise _NoMatch  # a sum over other groups than the centring / the shift
+    kind = {"x": "s1", "x2": "s2", "c2": "c2", "e": "se"}[f.kind]
+    return _Stat(kind, f.base, groups, n, Fraction(1), labels.reshape([p.shape[a] for a in rest]),
+                 token=f.token)
 
 
 def _square(f):
@@ -423,7 +494,31 @@ def _norm(num: _Full, inv: _Stat, out_shape) -> Match:
         ok = False
     if not ok or not (inv.eps > 0 and math.isfinite(inv.eps)):
         raise _NoMatch
-    return Match(num.base, inv.eps, inv.fvars, inv.fconsts, inv.centred, inv.n)
+    return Match(num.base, inv.eps, inv.fvars, inv.fconsts, inv.centred, inv.n,
+                 "layer_norm" if inv.centred else "rms_norm", 1.0 / math.sqrt(inv.eps))
+
+
+def _same_token(a, b) -> bool:
+    return a == b if isinstance(a, tuple) and isinstance(b, tuple) else a is b
+
+
+def _softmax_family(kind: str, stat: _Stat, other, out_shape) -> Match:
+    """softmax ``e / Σe``, log_softmax ``(x − s) − log Σe`` or logsumexp ``log Σe + s``, with
+    ``e = exp(x − s)`` and ``s`` one per-group value: all three equal the shift-free map exactly
+    for any finite ``s`` (the shift cancels), so ``s`` itself needs no bound."""
+    ok = other.base is stat.base and other.token is not None \
+        and _same_token(stat.token, other.token) \
+        and np.array_equal(other.groups, stat.groups)
+    if kind == "logsumexp":
+        ok = ok and np.array_equal(_bcast(other.probe, out_shape), _bcast(stat.probe, out_shape))
+        copies = np.bincount(_bcast(stat.probe, out_shape).ravel()).max() if ok else 0
+        constant = math.sqrt(float(copies))  # ‖∇ LSE‖₂ = ‖p‖₂ <= 1 per copy of a group's value
+    else:
+        ok = ok and other.probe.shape == out_shape and _aligned(other.probe, stat, out_shape)
+        constant = 0.5 if kind == "softmax" else math.sqrt(stat.n)
+    if not ok:
+        raise _NoMatch
+    return Match(stat.base, 0.0, (), (), False, stat.n, kind, constant)
 
 
 def find(jaxpr, consts=()) -> dict[int, Match]:
@@ -431,7 +526,7 @@ def find(jaxpr, consts=()) -> dict[int, Match]:
     m = _Matcher(jaxpr, consts)
     found = {}
     for i, eqn in enumerate(jaxpr.eqns):
-        if eqn.primitive.name in ("mul", "div") and len(eqn.outvars) == 1:
+        if eqn.primitive.name in ("mul", "div", "add", "sub") and len(eqn.outvars) == 1:
             f = m.form(eqn.outvars[0], m.root)
             if isinstance(f, Match):
                 found[i] = f

@@ -272,7 +272,7 @@ class Walker:
         shape, dtype = out_aval(eqn)
         name = self.name(eqn, "norm")
         self.row(eqn, "norm", base.shape, shape, bound, name=name,
-                 primitive="layer_norm" if match.centred else "rms_norm")
+                 primitive=match.kind)
         return [self.fresh(self.lip(base) * bound, shape, dtype, name)]
 
 

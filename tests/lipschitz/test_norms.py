@@ -1,5 +1,6 @@
-"""LayerNorm / GroupNorm / RMSNorm (ε > 0): the bound max|γ|/√ε against explicit Jacobians (at
-random and at adversarial small-variance inputs), and look-alikes that must stay refused."""
+"""LayerNorm / GroupNorm / RMSNorm (ε > 0): the bound max|γ|/√ε, and softmax (1/2), log_softmax
+(√n) and logsumexp (1), against explicit Jacobians at random and adversarial inputs; look-alikes
+must stay refused."""
 
 from __future__ import annotations
 
@@ -162,3 +163,60 @@ def test_a_value_of_the_inside_used_elsewhere_is_walked_as_is():
     fn = lambda v: (_HAND["jnp.var"](v), v.var(-1))
     with pytest.raises(UnsupportedPrimitiveError):
         layer_bounds(fn, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax family
+# ---------------------------------------------------------------------------------------------
+
+
+def _logit_points(shape, seed=0, n=8):
+    """Random logits at several scales, and the adversarial ones: two equal top logits (softmax's
+    ‖diag(p) − ppᵀ‖ = 1/2 there) and one dominant logit (p → e₁: ‖I − 1pᵀ‖ → √n, ‖p‖ → 1)."""
+    keys = jax.random.split(jax.random.key(seed), n)
+    scales = [(0.1, 1.0, 3.0, 10.0)[i % 4] for i in range(n)]
+    rand = [s * jax.random.normal(k, shape) for k, s in zip(keys, scales, strict=True)]
+    tie = jnp.zeros(shape).at[..., 2:].set(-30.0)
+    top = jnp.zeros(shape).at[..., 0].set(30.0)
+    return [*rand, tie, top]
+
+
+_FAMILY = {  # fn, bound for groups of n = 5, least true sup over the adversarial points
+        "softmax": (jax.nn.softmax, 0.5, 0.5),
+        "softmax-axis0": (lambda v: jax.nn.softmax(v.T, axis=0), 0.5, 0.5),
+        "log_softmax": (jax.nn.log_softmax, math.sqrt(5), 0.999 * math.sqrt(5)),
+        "logsumexp-rows": (lambda v: jax.nn.logsumexp(v, axis=-1), 1.0, 0.999),
+        "logsumexp-keepdims": (lambda v: jax.nn.logsumexp(v, axis=-1, keepdims=True), 1.0, 0.999),
+        "logsumexp-all": (jax.nn.logsumexp, 1.0, 0.999),
+        "hand-softmax": (lambda v: jnp.exp(v - v.max(-1, keepdims=True))
+                         / jnp.exp(v - v.max(-1, keepdims=True)).sum(-1, keepdims=True), 0.5, 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FAMILY))
+def test_softmax_family_constants_are_sound_and_attained(name):
+    fn, bound, least = _FAMILY[name]
+    x = jnp.zeros((3, 5))
+    report = layer_bounds(fn, x)  # logsumexp-all: one group of all 15 entries, still ‖p‖₂ <= 1
+    assert report.total == pytest.approx(bound, rel=1e-9)
+    truth = _sigma_max(fn, _logit_points(x.shape))
+    assert truth <= report.total * (1 + 1e-5)  # float32 Jacobian rounding
+    if name != "logsumexp-all":  # (its adversarial point is a one-hot over all 15 entries)
+        assert truth >= least * (1 - 1e-4)
+
+
+_FAMILY_LOOKALIKES = {
+        "sum-over-other-axis": lambda v: jnp.exp(v - v.max(-1, keepdims=True))
+        / jnp.exp(v - v.max(-1, keepdims=True)).sum(0, keepdims=True),
+        "shift-not-per-group": lambda v: jnp.exp(v - v.max(0, keepdims=True))
+        / jnp.exp(v - v.max(0, keepdims=True)).sum(-1, keepdims=True),
+        "log_softmax-other-denominator": lambda v: (v - v.max(-1, keepdims=True)) - jnp.log(
+                jnp.exp(2.0 * v - v.max(-1, keepdims=True)).sum(-1, keepdims=True)),
+        "softmax-times-input": lambda v: jax.nn.softmax(v) * v,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FAMILY_LOOKALIKES))
+def test_softmax_lookalikes_stay_refused(name):
+    with pytest.raises(UnsupportedPrimitiveError):
+        layer_bounds(_FAMILY_LOOKALIKES[name], jnp.zeros((5, 5)))

@@ -212,6 +212,10 @@ _FAMILY_LOOKALIKES = {
         / jnp.exp(v - v.max(0, keepdims=True)).sum(-1, keepdims=True),
         "log_softmax-other-denominator": lambda v: (v - v.max(-1, keepdims=True)) - jnp.log(
                 jnp.exp(2.0 * v - v.max(-1, keepdims=True)).sum(-1, keepdims=True)),
+        "different-shifts": lambda v: jnp.exp(v - v.max(-1, keepdims=True))
+        / jnp.exp(v - v.min(-1, keepdims=True)).sum(-1, keepdims=True),
+        "logsumexp-other-shift-added": lambda v: jnp.log(jnp.exp(
+                v - v.max(-1, keepdims=True)).sum(-1, keepdims=True)) + v.min(-1, keepdims=True),
         "softmax-times-input": lambda v: jax.nn.softmax(v) * v,
 }
 

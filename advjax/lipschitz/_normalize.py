@@ -1,4 +1,5 @@
-"""Recognising LayerNorm / GroupNorm / RMSNorm (ε > 0) in a jaxpr, with their Lipschitz constant.
+"""Recognising LayerNorm / GroupNorm / RMSNorm (ε > 0) and softmax / log_softmax / logsumexp in a
+jaxpr, with their Lipschitz constants.
 
 A normalisation multiplies two input-dependent values (the centred input and ``1/√(var + ε)``),
 which the walk refuses in general. :func:`find` matches, before the walk, every ``mul``/``div``
@@ -30,6 +31,21 @@ The symmetric matrix ``I − k c cᵀ/s²`` has eigenvalue 1 on ``c^⊥`` and ``
 ``(1/n)Σx² − μ² = (1/n)‖Px‖²`` exactly. Multiplying by ``diag(γ)`` adds the factor ``max |γ|``. The
 map is C¹ (``s >= √ε > 0``), so its Lipschitz constant is ``sup ‖∂y/∂x‖ <= max|γ| / √ε`` times that
 of ``x``. As everywhere in the walk, this bounds the exact-arithmetic function.
+
+The softmax family is matched the same way, per group of ``n`` entries, with ``e = exp(x − s)``
+for one per-group shift ``s`` (a ``reduce_max``/``reduce_min`` of ``x`` over the groups, possibly
+through ``max(-inf, ·)``, ``where(isfinite(·), ·, 0)``, ``stop_gradient``); numerator and
+denominator must use the same shift (the same reduction of the same value), and the shift cancels
+exactly, so its own (discontinuous) derivative never enters:
+
+* softmax ``e / Σ_G e``: ``J = diag(p) − ppᵀ`` and ``vᵀJv = Var_p(v) <= (max v − min v)²/4 <=
+  ‖v‖²/2`` (Popoviciu), so ``‖J‖ <= 1/2`` (attained at two equal top logits);
+* log_softmax ``(x − s) − log Σ_G e``: ``J = I − 1pᵀ`` and ``‖Jv‖² = Σ_i (v_i − m)²`` with ``m =
+  pᵀv`` between ``min v`` and ``max v``; convex in ``m``, so at most ``Σ_i (v_i − v_k)² <=
+  (√Q + √(n−1)|v_k|)² <= n‖v‖²`` (``Q = Σ_{i≠k} v_i²``, Cauchy–Schwarz twice): ``‖J‖ <= √n``,
+  approached as ``p → e_k``;
+* logsumexp ``log Σ_G e + s``: the gradient is ``p`` with ``‖p‖₂ <= ‖p‖₁ = 1``; groups are
+  disjoint, so ``1`` per output copy of a group's value (``√copies`` when broadcast).
 """
 
 from __future__ import annotations

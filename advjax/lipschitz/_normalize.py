@@ -150,6 +150,13 @@ class _Matcher:
         self.memo: dict = {}
         self.smemo: dict = {}
         self.scopes: dict = {}  # keeps every scope alive, so the ids in the memo keys are unique
+        for eqn in jaxpr.eqns:  # static values of the walked jaxpr, in order (no deep recursion)
+            if eqn.primitive.name not in _CALLS and all(
+                    isinstance(v, jcore.Literal) or (id(v), id(self.root)) in self.smemo
+                    and self.smemo[(id(v), id(self.root))][1] is not None for v in eqn.invars):
+                for v in eqn.outvars:
+                    self.static(v, self.root)
+        self.ready = True  # every other value of the walked jaxpr is not static
 
     # ---- references --------------------------------------------------------------------------
 
@@ -184,6 +191,9 @@ class _Matcher:
         """The value of ``var`` when it is computed from literals only."""
         key = (id(var), id(scope))
         if key not in self.smemo:
+            if scope is self.root and getattr(self, "ready", False) \
+                    and not isinstance(var, jcore.Literal):
+                return None
             self.smemo[key] = (None, self._static(var, scope))
         return self.smemo[key][1]
 
@@ -543,7 +553,10 @@ def find(jaxpr, consts=()) -> dict[int, Match]:
     found = {}
     for i, eqn in enumerate(jaxpr.eqns):
         if eqn.primitive.name in ("mul", "div", "add", "sub") and len(eqn.outvars) == 1:
-            f = m.form(eqn.outvars[0], m.root)
+            try:
+                f = m.form(eqn.outvars[0], m.root)
+            except RecursionError:  # a very long chain: not matched (the walk decides)
+                f = None
             if isinstance(f, Match):
                 found[i] = f
     return found

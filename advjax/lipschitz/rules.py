@@ -33,7 +33,9 @@ sound (one rule per idea; several primitives share a rule where the argument is 
   index or loop condition is refused (the function generally jumps where the branch changes).
 
 Products of two input-dependent values (attention scores, gating) are refused: they are not
-globally Lipschitz.
+globally Lipschitz. The exceptions are recognised by the walker before these rules apply
+(:mod:`advjax.lipschitz._normalize`): LayerNorm / GroupNorm / RMSNorm with ``ε > 0``
+(``max|γ|/√ε``), softmax (1/2), log_softmax (``√n``) and logsumexp (1) over groups of ``n``.
 """
 
 from __future__ import annotations

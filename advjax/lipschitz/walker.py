@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax.lipschitz import _elementwise as ew
+from advjax.lipschitz import _normalize
 from advjax.lipschitz.report import LayerBound, UnsupportedPrimitiveError
 
 
@@ -196,8 +197,16 @@ class Walker:
     # ---- walk ----------------------------------------------------------------------------------
 
     def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
-        """Walks ``jaxpr`` with constants ``consts`` and arguments ``args`` (Const / Dep)."""
+        """Walks ``jaxpr`` with constants ``consts`` and arguments ``args`` (Const / Dep).
+
+        Normalisations (LayerNorm, GroupNorm, RMSNorm with ε > 0) are recognised first
+        (:mod:`advjax.lipschitz._normalize`); the equations needed only inside them are walked with
+        their errors deferred (a value that reaches anything else re-raises its error), and the
+        matched product is bounded from its base value.
+        """
         env: dict[Any, Any] = {}
+        matches = _normalize.find(jaxpr) if self.options.get("normalize", True) else {}
+        live = _normalize.live_eqns(jaxpr, matches) if matches else None
 
         def read(v):
             if isinstance(v, jcore.Literal):
@@ -208,25 +217,70 @@ class Walker:
             env[var] = c if isinstance(c, Const | Dep) else Const(c)
         for var, a in zip(jaxpr.invars, args, strict=True):
             env[var] = a
-        for eqn in jaxpr.eqns:
+        for i, eqn in enumerate(jaxpr.eqns):
             self.counter += 1
             ins = [read(v) for v in eqn.invars]
-            prim = eqn.primitive.name
-            if all(isinstance(a, Const) for a in ins):
-                vals = eqn.primitive.bind(*[a.value for a in ins], **eqn.params)
-                vals = vals if eqn.primitive.multiple_results else [vals]
-                outs = [Const(v) for v in vals]
-            elif prim in self.rules:
-                outs = self.rules[prim](self, eqn, ins)
-                outs = outs if isinstance(outs, list) else [outs]
+            if i in matches and (outs := self._normalization(eqn, matches[i], read)) is not None:
+                pass
+            elif live is not None and not live[i]:
+                n_rows = len(self.rows)
+                try:
+                    outs = self._apply(eqn, ins)
+                except UnsupportedPrimitiveError as err:
+                    outs = [_Deferred(err)] * len(eqn.outvars)
+                del self.rows[n_rows:]  # rows of a recognised normalisation's inside
             else:
-                raise UnsupportedPrimitiveError(
-                        f"no Lipschitz rule for primitive {prim!r} (at "
-                        f"{str(eqn.source_info.name_stack) or 'top level'}) applied to a value "
-                        f"that depends on the input; supported: {sorted(self.rules)}")
+                outs = self._apply(eqn, ins)
             for var, out in zip(eqn.outvars, outs, strict=True):
                 env[var] = out
-        return [read(v) for v in jaxpr.outvars]
+        outs = [read(v) for v in jaxpr.outvars]
+        for o in outs:
+            if isinstance(o, _Deferred):
+                raise o.error
+        return outs
+
+    def _apply(self, eqn, ins) -> list:
+        prim = eqn.primitive.name
+        for a in ins:
+            if isinstance(a, _Deferred):
+                raise a.error
+        if all(isinstance(a, Const) for a in ins):
+            vals = eqn.primitive.bind(*[a.value for a in ins], **eqn.params)
+            vals = vals if eqn.primitive.multiple_results else [vals]
+            return [Const(v) for v in vals]
+        if prim in self.rules:
+            outs = self.rules[prim](self, eqn, ins)
+            return outs if isinstance(outs, list) else [outs]
+        raise UnsupportedPrimitiveError(
+                f"no Lipschitz rule for primitive {prim!r} (at "
+                f"{str(eqn.source_info.name_stack) or 'top level'}) applied to a value "
+                f"that depends on the input; supported: {sorted(self.rules)}")
+
+    def _normalization(self, eqn, match: _normalize.Match, read) -> list | None:
+        """The recognised normalisation's output, or None when the walk-time values do not fit
+        (a constant base, an input-dependent or non-finite factor): then it is walked as is."""
+        base = read(match.base)
+        factors = [read(v) for v in match.factor_vars]
+        if not (isinstance(base, Dep) and is_float(base.dtype)
+                and all(isinstance(f, Const) for f in factors)):
+            return None
+        values = [np.asarray(f.value, np.float64) for f in factors]
+        if not all(np.all(np.isfinite(v)) for v in [*values, *map(np.asarray,
+                                                                   match.factor_consts)]):
+            return None
+        bound = match.bound(values)
+        shape, dtype = out_aval(eqn)
+        name = self.name(eqn, "norm")
+        self.row(eqn, "norm", base.shape, shape, bound, name=name,
+                 primitive=match.kind)
+        return [self.fresh(self.lip(base) * bound, shape, dtype, name)]
+
+
+@dataclasses.dataclass(eq=False)
+class _Deferred:
+    """A value computed only inside a recognised normalisation whose own rule refused it."""
+
+    error: UnsupportedPrimitiveError
 
 
 def uniform(value) -> float | None:

@@ -78,7 +78,8 @@ def run_advjax(model: str, norm: str, n: int, batch: int) -> dict:
                   key=jax.random.key(0), batch_size=batch)
     wall = time.perf_counter() - t0
     run = sum(ev.seconds.values())
-    return dict(framework="advjax", model=model, norm=norm, eps=_eps(model, norm), n=n, clean=ev.clean_accuracy,
+    return dict(framework="advjax", model=model, norm=norm, eps=_eps(model, norm), n=n,
+                clean=ev.clean_accuracy,
                 robust={s: ev.robust_accuracy[s] for s in ev.stages},
                 seconds=ev.seconds, compile_seconds=ev.compile_seconds, attacked=ev.attacked,
                 run_seconds=run, wall_seconds=wall, images_per_s=n / run)
@@ -197,7 +198,8 @@ def main() -> None:
                       + f"  {r['images_per_s']:.2f} img/s", flush=True)
     meta = dict(machine=platform.platform(), cores=os.cpu_count(), python=platform.python_version(),
                 jax=jax.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                load_average=os.getloadavg(), n=args.n, batch=args.batch, eps=EPS, eps_cifar=EPS_CIFAR)
+                load_average=os.getloadavg(), n=args.n, batch=args.batch, eps=EPS,
+                eps_cifar=EPS_CIFAR)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))

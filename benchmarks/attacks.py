@@ -164,7 +164,10 @@ def _cnn_data(model: str, n: int, synthetic: bool) -> tuple[np.ndarray, np.ndarr
     return xs, ys
 
 
-def _cnn_jax(model: str, synthetic: bool, depth: int):
+RESNET_CHECKPOINTS = ("standard", "adv-train", "all", "robust")  # woods2019-resnet44/*.pt
+
+
+def _cnn_jax(model: str, synthetic: bool, depth: int, checkpoint: str = "standard"):
     """(module, variables, batched apply ``f(x (B, ...)) -> (B, K)``)."""
     import jax
 
@@ -177,7 +180,7 @@ def _cnn_jax(model: str, synthetic: bool, depth: int):
         else:
             module, variables = load_woods2019(
                     Path(os.environ["ADVJAX_DATA_DIR"]) / "woods2019-resnet44"
-                    / "resnet44-standard.pt")
+                    / f"resnet44-{checkpoint}.pt")
         return module, variables, lambda x: module.apply(variables, x, train=False)
     which = "clntrained" if model == "lenet5" else "advtrained"
     if synthetic:
@@ -217,43 +220,9 @@ def _torch_cnn(model: str, variables, module, device: str):
 
         return Net().eval()
 
-    stats = variables["batch_stats"]
-    mean = t(module.mean).view(1, 3, 1, 1)
-    std = t(module.std).view(1, 3, 1, 1)
-    n_blocks = (module.depth - 2) // 6
-
-    def bn(h, scope_p, scope_s):
-        return F.batch_norm(h, t(scope_s["mean"]), t(scope_s["var"]), t(scope_p["scale"]),
-                            t(scope_p["bias"]), training=False, eps=1e-5)
-
-    layers = []
-    for s, (_, stride) in enumerate(zip(module.widths, module.strides, strict=True)):
-        for b in range(n_blocks):
-            name = f"stage{s + 1}_block{b}"
-            bp, bs = p[name], stats[name]
-            layers.append(dict(
-                    stride=int(stride) if b == 0 else 1,
-                    pre=(bp["pre_bn"], bs["pre_bn"]), bn=(bp["bn"], bs["bn"]),
-                    conv1=conv_w(bp["conv1"]["kernel"]), conv2=conv_w(bp["conv2"]["kernel"]),
-                    shortcut=conv_w(bp["shortcut"]["kernel"]) if "shortcut" in bp else None))
-    stem = conv_w(p["stem"]["kernel"])
-    final = (p["final_bn"], stats["final_bn"])
-    cls_w, cls_b = conv_w(p["classifier"]["kernel"]), t(p["classifier"]["bias"])
-
-    class ResNet(torch.nn.Module):
-        def forward(self, x):
-            h = F.conv2d((x - mean) / std, stem, padding=1)
-            for layer in layers:
-                pre = F.relu(bn(h, *layer["pre"]))
-                m = F.conv2d(pre, layer["conv1"], stride=layer["stride"], padding=1)
-                m = F.conv2d(F.relu(bn(m, *layer["bn"])), layer["conv2"], padding=1)
-                sc = h if layer["shortcut"] is None else F.conv2d(
-                        pre, layer["shortcut"], stride=layer["stride"], padding=1)
-                h = m + sc
-            h = F.avg_pool2d(F.relu(bn(h, *final)), 8)
-            return F.conv2d(h, cls_w, cls_b).flatten(1)
-
-    return ResNet().eval()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _torch_models import torch_preact_resnet  # ReLU or HHReLU, as the checkpoint says
+    return torch_preact_resnet(module, variables, device)
 
 
 def _attack_settings(model: str, attack: str, steps: int | None) -> dict:
@@ -277,13 +246,15 @@ def _peak_memory_mb(device: str, framework: str) -> float:
 
 def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, repeats: int, *,
                 device: str = "cpu", synthetic: bool = False, depth: int = 44,
-                steps: int | None = None) -> dict:
+                steps: int | None = None, checkpoint: str = "standard") -> dict:
     """One row of the CNN suite (run in its own process)."""
     cfg = _attack_settings(model, attack, steps)
     xs, ys = _cnn_data(model, n, synthetic)
     out: dict = {"framework": framework, "model": model, "attack": attack, "n": n,
                  "batch": batch, "steps": cfg["steps"], "device": device}
-    module, variables, apply = _cnn_jax(model, synthetic, depth)
+    module, variables, apply = _cnn_jax(model, synthetic, depth, checkpoint)
+    if model == "resnet44" and not synthetic:
+        out["checkpoint"] = f"resnet44-{checkpoint}"
     if framework.startswith("advjax"):
         import jax
         import jax.numpy as jnp
@@ -663,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
                              "--device gpu: n = batch = 1024 (under five minutes on one GPU)")
     parser.add_argument("--synthetic", action="store_true",
                         help="random weights and images (no ADVJAX_DATA_DIR needed)")
+    parser.add_argument("--resnet-checkpoint", choices=RESNET_CHECKPOINTS, default="standard",
+                        help="which Woods et al. (2019) ResNet-44 the resnet44 rows attack")
     parser.add_argument("--resnet-depth", type=int, default=44,
                         help="depth of the synthetic ResNet (the checkpoint is 44)")
     parser.add_argument("--steps", type=int, default=None, help="override every attack's steps")
@@ -698,7 +671,7 @@ def main(argv: list[str] | None = None) -> None:
         if model in CNN_MODELS:
             row = measure_cnn(fw, model, attack, n, batch, repeats, device=args.device,
                               synthetic=args.synthetic, depth=args.resnet_depth,
-                              steps=args.steps)
+                              steps=args.steps, checkpoint=args.resnet_checkpoint)
         else:
             row = measure(fw, model, attack, n if attack == "pgd" else args.n_lbfgs, batch,
                           repeats, cache)
@@ -723,7 +696,8 @@ def main(argv: list[str] | None = None) -> None:
                "--n-lbfgs", str(args.n_lbfgs), "--batch", str(min(batch, n_row)),
                "--repeats", str(repeats),
                "--cache", str(cache), "--device", args.device,
-               "--resnet-depth", str(args.resnet_depth)]
+               "--resnet-depth", str(args.resnet_depth),
+               "--resnet-checkpoint", args.resnet_checkpoint]
         cmd += ["--synthetic"] if args.synthetic else []
         cmd += ["--steps", str(args.steps)] if args.steps is not None else []
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -755,7 +729,8 @@ def main(argv: list[str] | None = None) -> None:
                   "pgd_mnist": PGD, "pgd_cifar": PGD_CIFAR, "apgd_cifar": APGD_CIFAR,
                   "lbfgs": LBFGS, "n": n, "n_resnet": args.n_resnet or n, "batch": batch,
                   "repeats": repeats,
-                  "steps_override": args.steps, "resnet_depth": args.resnet_depth},
+                  "steps_override": args.steps, "resnet_depth": args.resnet_depth,
+                  "resnet_checkpoint": args.resnet_checkpoint},
               "rows": rows, "skipped": skipped}
     try:
         import torch

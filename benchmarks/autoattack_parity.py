@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 EPS = {"linf": 0.3, "l2": 2.0}
+EPS_CIFAR = {"linf": 8 / 255, "l2": 0.5}  # published standard-version CIFAR-10 settings
+RESNETS = ("resnet44-standard", "resnet44-robust")  # Woods et al. (2019), CIFAR-10 test head
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
@@ -36,21 +38,48 @@ def _mnist(n: int):
     return np.asarray(ds.images), np.asarray(ds.labels)
 
 
+def _eps(model: str, norm: str) -> float:
+    return (EPS_CIFAR if model in RESNETS else EPS)[norm]
+
+
+def _images(model: str, n: int):
+    if model not in RESNETS:
+        return _mnist(n)
+    from advjax import data
+    ds = data.load("cifar10_head", "all", limit=n)
+    return np.asarray(ds.images, np.float32), np.asarray(ds.labels)
+
+
+def _flax_model(model: str):
+    """``(module, variables)`` of a LeNet5 (advertorch) or a Woods et al. ResNet-44."""
+    from advjax.models import load_lenet5, load_woods2019
+
+    root = Path(os.environ["ADVJAX_DATA_DIR"])
+    if model in RESNETS:
+        return load_woods2019(root / "woods2019-resnet44" / f"{model}.pt")
+    return load_lenet5(root / "advertorch-lenet5",
+                       "advtrained" if model == "lenet5adv" else "clntrained")
+
+
 def run_advjax(model: str, norm: str, n: int, batch: int) -> dict:
     import jax
 
     from advjax.attacks.evaluate import evaluate
-    from advjax.models import linen_logits_fn, load_lenet5
+    from advjax.models import linen_logits_fn
 
-    module, variables = load_lenet5(Path(os.environ["ADVJAX_DATA_DIR"]) / "advertorch-lenet5",
-                                    "advtrained" if model == "lenet5adv" else "clntrained")
-    xs, ys = _mnist(n)
+    module, variables = _flax_model(model)
+    if model in RESNETS:
+        apply = linen_logits_fn(module, variables, train=False)
+    else:
+        apply = linen_logits_fn(module, variables)
+    xs, ys = _images(model, n)
     t0 = time.perf_counter()
-    ev = evaluate(linen_logits_fn(module, variables), xs, ys, eps=EPS[norm], norm=norm,
+    ev = evaluate(apply, xs, ys, eps=_eps(model, norm), norm=norm,
                   key=jax.random.key(0), batch_size=batch)
     wall = time.perf_counter() - t0
     run = sum(ev.seconds.values())
-    return dict(framework="advjax", model=model, norm=norm, n=n, clean=ev.clean_accuracy,
+    return dict(framework="advjax", model=model, norm=norm, eps=_eps(model, norm), n=n,
+                clean=ev.clean_accuracy,
                 robust={s: ev.robust_accuracy[s] for s in ev.stages},
                 seconds=ev.seconds, compile_seconds=ev.compile_seconds, attacked=ev.attacked,
                 run_seconds=run, wall_seconds=wall, images_per_s=n / run)
@@ -63,11 +92,16 @@ def run_official(model: str, norm: str, n: int, batch: int) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from attacks import _torch_model  # the same PyTorch LeNet5 as the attacks benchmark
 
-    net = _torch_model(model, Path("/nonexistent"))
-    xs, ys = _mnist(n)
+    if model in RESNETS:
+        from _torch_models import torch_preact_resnet
+        torch.set_num_threads(os.cpu_count() or 1)
+        net = torch_preact_resnet(*_flax_model(model))
+    else:
+        net = _torch_model(model, Path("/nonexistent"))
+    xs, ys = _images(model, n)
     x = torch.tensor(xs).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor(ys).long()
-    aa = AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=EPS[norm],
+    aa = AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=_eps(model, norm),
                     version="standard", device="cpu", seed=0)
     buf = io.StringIO()
     t0 = time.perf_counter()
@@ -88,7 +122,8 @@ def run_official(model: str, norm: str, n: int, batch: int) -> dict:
             prev = total[s]
     for s in STAGES:                      # stages skipped once nothing is robust
         robust.setdefault(s, robust[list(robust)[-1]] if robust else 0.0)
-    return dict(framework="official", model=model, norm=norm, n=n, clean=clean, robust=robust,
+    return dict(framework="official", model=model, norm=norm, eps=_eps(model, norm), n=n,
+                clean=clean, robust=robust,
                 seconds=seconds, run_seconds=wall, wall_seconds=wall, images_per_s=n / wall,
                 torch=torch.__version__)
 
@@ -163,7 +198,8 @@ def main() -> None:
                       + f"  {r['images_per_s']:.2f} img/s", flush=True)
     meta = dict(machine=platform.platform(), cores=os.cpu_count(), python=platform.python_version(),
                 jax=jax.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                load_average=os.getloadavg(), n=args.n, batch=args.batch, eps=EPS)
+                load_average=os.getloadavg(), n=args.n, batch=args.batch, eps=EPS,
+                eps_cifar=EPS_CIFAR)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
@@ -182,7 +218,8 @@ def render(res: dict) -> str:
         ratio = (f"{r['images_per_s'] / peer[0]['images_per_s']:.2f}×"
                  if peer and r["framework"] == "advjax" else "—")
         comp = (f"{sum(r['compile_seconds'].values()):.1f}" if "compile_seconds" in r else "—")
-        out.append(f"| {r['model']} | {r['norm']} ({res['meta']['eps'][r['norm']]}) | "
+        eps = r.get("eps", res["meta"]["eps"][r["norm"]])
+        out.append(f"| {r['model']} | {r['norm']} ({eps:.4g}) | "
                    f"{r['framework']} | {r['clean']:.3f} | "
                    + " | ".join(f"{r['robust'][s]:.3f}" for s in STAGES)
                    + f" | {r['run_seconds']:.1f} | {comp} | {r['images_per_s']:.2f} | {ratio} |")

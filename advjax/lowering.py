@@ -81,7 +81,8 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
         strings are static), e.g. a per-example ``logits_fn(x) -> (K,)``, a batched model
         apply or a loss.
       mode: ``"auto"`` (rewrite on the CPU backend only), ``"gemm"`` (always) or ``"native"``
-        (return ``fn`` itself).
+        (never: ``fn`` is called as it is; the wrapper marks the choice, so the attacks, which
+        apply ``mode="auto", form="tangent"`` to a plain ``logits_fn``, keep it).
       form: ``"auto"`` (per layer by shape, :func:`choose_form`), or force ``"concat"`` /
         ``"accumulate"`` for every convolution (for measurements); ``"tangent"`` keeps XLA's
         convolution for the values and uses the GEMM form (shape rule of ``"auto"``) only for
@@ -100,8 +101,6 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
         raise ValueError(f"`form` must be one of {FORMS}; got {form!r}.")
     if not callable(fn):
         raise ValueError(f"`fn` must be callable; got {type(fn).__name__}.")
-    if mode == "native":
-        return fn
     return LoweredFunction(fn, mode, form)
 
 

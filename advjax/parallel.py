@@ -91,8 +91,10 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
       mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over all devices).
       conv_lowering: ``"native"`` (default: XLA's convolution kernels), ``"auto"`` (convolutions
         as matrix products on CPU backends only) or ``"gemm"`` (always); see
-        :func:`advjax.lowering.lower_convs`. Opt-in: it pays on small CNNs (LeNet5) on the CPU,
-        not yet on deep ones (ResNet-44 compiles ~3x longer), see ``benchmarks/README.md``.
+        :func:`advjax.lowering.lower_convs`, applied to the whole ``fn``. The attacks already
+        run their model's convolution derivatives as matrix products on CPU backends
+        (``form="tangent"``), so the default leaves ``fn`` as it is; see
+        ``benchmarks/README.md``.
 
     Returns:
       ``run(xs, labels, **per_example)``: ``xs`` ``(N, ...)``, ``labels`` ``(N,)``; keyword arrays
@@ -147,8 +149,10 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
       progress: show a tqdm progress bar.
       conv_lowering: ``"native"`` (default: XLA's convolution kernels), ``"auto"`` (convolutions
         as matrix products on CPU backends only) or ``"gemm"`` (always); see
-        :func:`advjax.lowering.lower_convs`. Opt-in: it pays on small CNNs (LeNet5) on the CPU,
-        not yet on deep ones (ResNet-44 compiles ~3x longer), see ``benchmarks/README.md``.
+        :func:`advjax.lowering.lower_convs`, applied to the whole ``fn``. The attacks already
+        run their model's convolution derivatives as matrix products on CPU backends
+        (``form="tangent"``), so the default leaves ``fn`` as it is; see
+        ``benchmarks/README.md``.
       **per_example: keyword arrays with leading size N (or scalars, broadcast).
 
     Returns:

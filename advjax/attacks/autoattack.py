@@ -194,6 +194,7 @@ def autoattack(
     if cfg.randomized and any(s in ("fab", "fab-t", "square", "apgd-t") for s in stages):
         raise ValueError("`attacks`: with a randomised model only 'apgd-ce' and 'apgd-dlr' use "
                          "EOT; got " + repr(stages))
+    logits_fn = _boundary._prepare_logits_fn(logits_fn)
     searches = [stage_search(s, logits_fn, cfg) for s in stages]
     det = (lambda z: logits_fn(z, jax.random.key(0))) if cfg.randomized else logits_fn
 

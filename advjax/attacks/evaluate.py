@@ -99,7 +99,7 @@ class AutoAttackEvaluator:
         self.cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
         self.stages = tuple(VERSION_STAGES[version] if attacks is None else attacks)
         self.version = version
-        self.logits_fn = logits_fn
+        self.logits_fn = logits_fn = _boundary._prepare_logits_fn(logits_fn)
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.n_dev = self.mesh.shape[parallel.BATCH_AXIS]
         self.batch_size = -(-batch_size // self.n_dev) * self.n_dev

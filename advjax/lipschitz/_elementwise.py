@@ -12,6 +12,11 @@ The graph walk collects chains of elementwise primitives applied to one input-de
    the piece (its outcome is then constant); otherwise the analysis refuses.
 2. On each piece, interval arithmetic propagates (value range, derivative range) through the DAG
    with the switches resolved; ``|g'|`` on the piece is at most the largest endpoint magnitude.
+   On the unbounded end pieces ``[T, ∞)``, ``(-∞, -T]`` every node also carries growth bounds
+   ``C·|u|^p·exp(-a·|u|^q)`` (see "Tail growth bounds" below), so products of a growing and a
+   decaying factor (``u·sech²(u + c·u³)``, ``u/(1+|u|)²``, ``u·exp(-u²)``) stay finite where
+   intervals see ``∞·0``. Finite pieces are bisected (each half is bounded soundly on its own)
+   until the largest piece bound is within ``2e-3`` of the largest midpoint derivative.
 3. At every breakpoint ``t`` (including isolated points from ``==``/``!=``) the function must be
    continuous. Three *point values* are computed at ``t`` through the whole DAG: the left limit (the
    switches of the left piece), the right limit (those of the right piece) and the actual value
@@ -356,8 +361,11 @@ def _affine_times_lu(x: _R, y: _R) -> tuple[float, float] | None:
 # factor times a decaying one (``u·sech²(p(u))``, ``u/(1+|u|)²``, ``u·exp(-u²)``) thus stays finite
 # where interval arithmetic sees ``∞·0``. The decay of transcendental factors comes from elementary
 # inequalities on their argument ``x`` with ``|x| ≥ c·s^q``: ``tanh'(x) ≤ 4e^{-2|x|}``,
-# ``σ'(x) ≤ e^{-|x|}``, ``σ(x) ≤ e^{x}``, ``erf'(x) ≤ (2/√π)e^{-x²}``, ``erfc(x) ≤ e^{-x²}`` (x ≥ 0),
-# ``exp(x) ≤ e^{-|x|}`` (x ≤ 0), ``|tanh x|, |erf x|·√π/2, log1p(x) ≤ |x|`` (x ≥ 0). The
+# ``σ'(x) ≤ e^{-|x|}``, ``σ(x) ≤ e^{x}``, ``erf'(x) ≤ (2/√π)e^{-x²}``, ``erfc(x) ≤ e^{-x²}``
+# (x ≥ 0), ``exp(x) ≤ e^{-|x|}`` (x ≤ 0), ``|tanh x| ≤ |x|``, ``|erf x| ≤ (2/√π)|x|``,
+# ``log1p(x) ≤ x`` (x ≥ 0). Bounds are magnitudes (sign-blind, sums of suprema): loose near
+# ``T`` (``x²/(1+|x|)`` gets 3, not 1), tight where the tail is flat (``T = 64`` for inputs of
+# unit scale; a function whose derivative peaks beyond ``64`` gets a sound, looser bound). The
 # derivative magnitude on the tail is then at most ``sup_{s ≥ T} D``, a real argument over the
 # whole unbounded piece (no sampling, no float range cut-off).
 
@@ -855,7 +863,7 @@ def _mag(d: tuple[float, float]) -> float:
 
 
 def _point_slope(root: Node, t: Fraction) -> float:
-    """``|g'(t)|`` (the derivative interval of the degenerate piece ``[t, t]``): a lower estimate."""
+    """``|g'(t)|`` (derivative interval of the degenerate piece ``[t, t]``): a lower estimate."""
     m = _mag(_Evaluator(t, t).ev(root).d)
     return m if math.isfinite(m) else 0.0
 

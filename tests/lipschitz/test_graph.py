@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ from advjax.lipschitz import (
     local_lower_bound,
     table5,
 )
+from advjax.lipschitz import _elementwise as ew
 from advjax.lipschitz._elementwise import INPUT, Node, NotLipschitzError, const, lipschitz_constant
 
 
@@ -388,3 +392,46 @@ def test_piecewise_linear_functions_are_exact_property():
         assert lipschitz_constant(node) == pytest.approx(max(abs(s) for s in slopes), abs=1e-9)
 
     check()
+
+
+def _ipow(x: Node, k: int) -> Node:
+    return Node("integer_pow", (x,), params=(("y", k),))
+
+
+_K = math.sqrt(2 / math.pi)
+_TAIL_CASES = {  # expression of INPUT, numpy closed form
+        "gelu-tanh": (Node("mul", (Node("mul", (const(0.5), INPUT)), Node("add", (const(1.0), Node(
+            "tanh", (Node("mul", (const(_K), Node("add", (INPUT, Node("mul", (const(0.044715),
+                                                                          _ipow(INPUT, 3))))))),
+                     )))))), lambda x: 0.5 * x * (1 + np.tanh(_K * (x + 0.044715 * x ** 3)))),
+        "gaussian": (Node("exp", (Node("neg", (Node("mul", (INPUT, INPUT)),)),)),
+                     lambda x: np.exp(-x * x)),
+        "softsign": (Node("div", (INPUT, Node("add", (const(1.0), Node("abs", (INPUT,)))))),
+                     lambda x: x / (1 + np.abs(x))),
+        "squareplus": (Node("mul", (const(0.5), Node("add", (INPUT, Node("sqrt", (Node("add", (
+            Node("mul", (INPUT, INPUT)), const(4.0))),)))))),
+                       lambda x: 0.5 * (x + np.sqrt(x * x + 4))),
+        "silu": (Node("mul", (INPUT, Node("logistic", (INPUT,)))),
+                 lambda x: x * 0.5 * (1 + np.tanh(x / 2))),
+        "rsqrt": (Node("rsqrt", (Node("add", (Node("mul", (INPUT, INPUT)), const(1.0))),)),
+                  lambda x: 1 / np.sqrt(x * x + 1)),
+        "log1p-square": (Node("log1p", (Node("mul", (INPUT, INPUT)),)), lambda x: np.log1p(x * x)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TAIL_CASES))
+def test_tail_growth_bounds_are_sound_on_unbounded_pieces(name):
+    # The growth bounds alone decide the pieces [1, ∞) and (-∞, -1] here (the driver only uses them
+    # beyond ±64, where they are tiny): each must dominate sup|f'| on its piece. Truth: float64
+    # difference quotients on a geometric grid 1..1e6 (relative step 7e-6: they reach the sup to
+    # ~1e-5, the derivative is smooth there); tolerance 1e-4 relative. They are sign-blind
+    # magnitude bounds, so only finiteness is asked of their size.
+    root, f = _TAIL_CASES[name]
+    grid = np.geomspace(1.0, 1e6, 2_000_001)
+    for lo, hi, xs in ((Fraction(1), math.inf, grid), (-math.inf, Fraction(-1), -grid[::-1])):
+        ev = ew._Evaluator(lo, hi)
+        bound = ev.tail_bound(ev.ev(root))
+        vals = f(xs)
+        truth = float((np.abs(np.diff(vals)) / np.diff(xs)).max())
+        assert math.isfinite(bound)
+        assert truth <= bound * (1 + 1e-4), (lo, hi, truth, bound)

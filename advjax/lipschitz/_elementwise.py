@@ -12,6 +12,11 @@ The graph walk collects chains of elementwise primitives applied to one input-de
    the piece (its outcome is then constant); otherwise the analysis refuses.
 2. On each piece, interval arithmetic propagates (value range, derivative range) through the DAG
    with the switches resolved; ``|g'|`` on the piece is at most the largest endpoint magnitude.
+   On the unbounded end pieces ``[T, ∞)``, ``(-∞, -T]`` every node also carries growth bounds
+   ``C·|u|^p·exp(-a·|u|^q)`` (see "Tail growth bounds" below), so products of a growing and a
+   decaying factor (``u·sech²(u + c·u³)``, ``u/(1+|u|)²``, ``u·exp(-u²)``) stay finite where
+   intervals see ``∞·0``. Finite pieces are bisected (each half is bounded soundly on its own)
+   until the largest piece bound is within ``2e-3`` of the largest midpoint derivative.
 3. At every breakpoint ``t`` (including isolated points from ``==``/``!=``) the function must be
    continuous. Three *point values* are computed at ``t`` through the whole DAG: the left limit (the
    switches of the left piece), the right limit (those of the right piece) and the actual value
@@ -36,6 +41,7 @@ module.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 from collections.abc import Callable
 from fractions import Fraction
@@ -267,6 +273,7 @@ class _R:
     aff: tuple[Fraction, Fraction] | None  # value = a·u + b on the piece (exact), when affine
     pred: bool | None = None               # comparison outcome (predicate nodes)
     lu: tuple | None = None                # value = p·f(a·u + b) + q: (p, q, f, a, b)
+    g: _G | None = None                    # tail growth bounds (tail pieces only)
 
 
 _DERIVS = {"logistic": _dsig, "tanh": _dtanh, "erf": _derf}
@@ -339,6 +346,195 @@ def _affine_times_lu(x: _R, y: _R) -> tuple[float, float] | None:
     return iadd(imul((c, c), y.v), term)
 
 
+# --------------------------------------------------------------------------------------------------
+# Tail growth bounds (unbounded pieces)
+# --------------------------------------------------------------------------------------------------
+#
+# On a tail piece ``[T, ∞)`` or ``(-∞, -T]`` (``T > 0``) write ``s = |u| ≥ T``. Next to its
+# intervals every node carries bounds valid for all ``s ≥ T``:
+#   U = (C, p, a, q): |value| ≤ C·s^p·exp(-a·s^q)      (a ≥ 0, q > 0; None: none known)
+#   L = (c, q):       |value| ≥ c·s^q                   (c > 0;        None: none known)
+#   D = (C, p, a, q): |derivative| ≤ C·s^p·exp(-a·s^q)
+# Products multiply such bounds; a sum is bounded after rewriting both terms to a common form
+# with the exact supremum ``S(m, a, q) = sup_{s ≥ T} s^m·exp(-a·s^q)`` (attained at
+# ``s* = (m/(a·q))^{1/q}`` or at ``T``), e.g. ``C·s^p·e^{-a s^q} ≤ C·S(p - r, a, q)·s^r``. A growing
+# factor times a decaying one (``u·sech²(p(u))``, ``u/(1+|u|)²``, ``u·exp(-u²)``) thus stays finite
+# where interval arithmetic sees ``∞·0``. The decay of transcendental factors comes from elementary
+# inequalities on their argument ``x`` with ``|x| ≥ c·s^q``: ``tanh'(x) ≤ 4e^{-2|x|}``,
+# ``σ'(x) ≤ e^{-|x|}``, ``σ(x) ≤ e^{x}``, ``erf'(x) ≤ (2/√π)e^{-x²}``, ``erfc(x) ≤ e^{-x²}``
+# (x ≥ 0), ``exp(x) ≤ e^{-|x|}`` (x ≤ 0), ``|tanh x| ≤ |x|``, ``|erf x| ≤ (2/√π)|x|``,
+# ``log1p(x) ≤ x`` (x ≥ 0). Bounds are magnitudes (sign-blind, sums of suprema): loose near
+# ``T`` (``x²/(1+|x|)`` gets 3, not 1), tight where the tail is flat (``T = 64`` for inputs of
+# unit scale; a function whose derivative peaks beyond ``64`` gets a sound, looser bound). The
+# derivative magnitude on the tail is then at most ``sup_{s ≥ T} D``, a real argument over the
+# whole unbounded piece (no sampling, no float range cut-off).
+
+_UNIT = (1.0, 0.0, 0.0, 1.0)
+
+
+def _sup(m: float, a: float, q: float, t: float) -> float:
+    """``sup_{s >= t} s^m·exp(-a·s^q)`` for ``t > 0``."""
+    if a <= 0.0:
+        return INF if m > 0 else t ** m
+    s = t
+    if m > 0:
+        s = max(t, (m / (a * q)) ** (1.0 / q))
+    with_log = m * math.log(s) - a * s ** q
+    return _exp(with_log) * (1 + 1e-12)
+
+
+def _gsup(b, t: float) -> float:
+    if b is None:
+        return INF
+    c, p, a, q = b
+    return 0.0 if c == 0 else c * _sup(p, a, q, t)
+
+
+def _gpoly(b, r: float, t: float):
+    """``b`` rewritten as ``K·s^r`` (no exponential factor)."""
+    c, p, a, q = b
+    return (0.0 if c == 0 else c * _sup(p - r, a, q, t), r, 0.0, 1.0)
+
+
+def _gadd(x, y, t: float):
+    if x is None or y is None:
+        return None
+    if x[0] == 0:
+        return y
+    if y[0] == 0:
+        return x
+    if x[2] > 0 and y[2] > 0 and x[3] == y[3]:
+        a, p, q = min(x[2], y[2]), max(x[1], y[1]), x[3]
+        c = sum(b[0] * _sup(b[1] - p, b[2] - a, q, t) for b in (x, y))
+        return (c, p, a, q)
+    if x[2] > 0 and y[2] == 0:
+        x, y = y, x
+    if y[2] > 0 and x[2] == 0:  # x polynomial, y decaying
+        return (x[0] + _gpoly(y, x[1], t)[0], x[1], 0.0, 1.0)
+    r = max(x[1], y[1])
+    return (_gpoly(x, r, t)[0] + _gpoly(y, r, t)[0], r, 0.0, 1.0)
+
+
+def _gmul(x, y):
+    if x is None or y is None:
+        if (x is not None and x[0] == 0) or (y is not None and y[0] == 0):
+            return (0.0, 0.0, 0.0, 1.0)
+        return None
+    c, p = x[0] * y[0], x[1] + y[1]
+    if x[2] > 0 and y[2] > 0 and x[3] == y[3]:
+        return (c, p, x[2] + y[2], x[3])
+    e = max((x, y), key=lambda b: (b[3] if b[2] > 0 else 0.0, b[2]))
+    return (c, p, e[2], e[3])
+
+
+def _grecip(lo):
+    """Upper bound of ``1/|x|`` from the lower bound ``lo`` of ``|x|``."""
+    return None if lo is None else (1.0 / lo[0], -lo[1], 0.0, 1.0)
+
+
+def _gpow(b, k: float):
+    """``b^k`` for ``k > 0``."""
+    return None if b is None else (b[0] ** k, b[1] * k, b[2] * k, b[3])
+
+
+def _decays(b) -> bool:
+    return b is not None and (b[1] < 0 or b[2] > 0 or b[0] == 0)
+
+
+def _gbest(x, y):
+    """The more useful of two valid upper bounds (faster decay, then smaller)."""
+    if x is None or y is None:
+        return y if x is None else x
+
+    def key(b):
+        return (b[0] == 0, b[3] if b[2] > 0 else 0.0, b[2], -b[1], -b[0])
+    return max(x, y, key=key)
+
+
+def _lbest(x, y):
+    if x is None or y is None:
+        return y if x is None else x
+    return max(x, y, key=lambda b: (b[1], b[0]))
+
+
+def _from_interval(v):
+    """(U, L) from a value interval: constants."""
+    m = max(abs(v[0]), abs(v[1]))
+    u = (m, 0.0, 0.0, 1.0) if math.isfinite(m) else None
+    lo = min(abs(v[0]), abs(v[1])) if (v[0] > 0 or v[1] < 0) else 0.0
+    return u, ((lo, 0.0) if lo > 0 else None)
+
+
+@dataclasses.dataclass
+class _G:
+    u: tuple | None
+    lo: tuple | None
+    d: tuple | None
+
+
+def _glower_sum(x: _R, y: _R, t: float):
+    """Lower bound of ``|x + y|`` on the tail."""
+    gx, gy = x.g, y.g
+    same = (x.v[0] >= 0 and y.v[0] >= 0) or (x.v[1] <= 0 and y.v[1] <= 0)
+    if same:
+        if gx.lo is not None and gy.lo is not None and gx.lo[1] == gy.lo[1]:
+            return (gx.lo[0] + gy.lo[0], gx.lo[1])
+        return _lbest(gx.lo, gy.lo)
+    out = None
+    for a, b in ((gx, gy), (gy, gx)):
+        if a.lo is not None and b.u is not None:
+            c = a.lo[0] - _gpoly(b.u, a.lo[1], t)[0]
+            if c > 0:
+                out = _lbest(out, (c, a.lo[1]))
+    return out
+
+
+def _grow_unary(op: str, x: _R, params, t: float) -> tuple:
+    """``(U, F)`` on the tail: a bound of ``|f(x)|`` and of ``|f'(x)|``."""
+    gx = x.g
+    lx = gx.lo
+    c, q = lx if lx is not None else (0.0, 0.0)
+    growing = lx is not None and q > 0
+    neg = x.v[1] <= 0
+    small = gx.u if _decays(gx.u) else None
+    if op == "logistic":
+        u = (1.0, 0.0, c, q) if neg and growing else _UNIT
+        return u, ((1.0, 0.0, c, q) if growing else (0.25, 0.0, 0.0, 1.0))
+    if op == "tanh":
+        return _gbest(_UNIT, small), ((4.0, 0.0, 2 * c, q) if growing else _UNIT)
+    if op in ("erf", "erfc"):
+        k = 2.0 / math.sqrt(math.pi)
+        f = (k, 0.0, c * c, 2 * q) if growing else (k, 0.0, 0.0, 1.0)
+        if op == "erf":
+            return _gbest(_UNIT, _gmul((k, 0.0, 0.0, 1.0), small)), f
+        return ((1.0, 0.0, c * c, 2 * q) if x.v[0] >= 0 and growing else (2.0, 0.0, 0.0, 1.0)), f
+    if op in ("exp", "expm1"):
+        e = (1.0, 0.0, c, q) if neg and growing else None
+        return (e if op == "exp" else None), e
+    if op in ("log", "log1p"):
+        shift = 1.0 if op == "log1p" else 0.0
+        if x.v[0] + shift >= 1.0:  # log(y) <= y - 1 <= |x| and 1/y <= 1
+            return gx.u, _gbest(_UNIT, _grecip(lx) if x.v[0] >= 0 else None)
+        return None, (_grecip(lx) if x.v[0] >= 0 else None)
+    if op == "sqrt":
+        return _gpow(gx.u, 0.5), (None if lx is None else (0.5 * c ** -0.5, -q / 2, 0.0, 1.0))
+    if op == "rsqrt":
+        if lx is None:
+            return None, None
+        return (c ** -0.5, -q / 2, 0.0, 1.0), (0.5 * c ** -1.5, -1.5 * q, 0.0, 1.0)
+    if op in ("integer_pow", "square"):
+        k = 2 if op == "square" else int(dict(params)["y"])
+        if k == 0:
+            return _UNIT, (0.0, 0.0, 0.0, 1.0)
+        if k > 0:
+            f = (float(k), 0.0, 0.0, 1.0) if k == 1 else _gmul((float(k), 0.0, 0.0, 1.0),
+                                                              _gpow(gx.u, k - 1))
+            return _gpow(gx.u, k), f
+        r = _grecip(lx)
+        return _gpow(r, -k), _gmul((float(-k), 0.0, 0.0, 1.0), _gpow(r, 1 - k))
+    return _UNIT, _UNIT  # sin, cos
+
+
 def _faff(a: Fraction, b: Fraction) -> tuple[Fraction, Fraction]:
     return (Fraction(a), Fraction(b))
 
@@ -352,6 +548,12 @@ class _Evaluator:
         self.memo: dict[int, _R] = {}
         self.decisions: dict[int, object] = {}
         self.breakpoints: set[Fraction] = set()
+        # tail pieces [T, inf) / (-inf, -T], T > 0: growth bounds in s = |u| >= T
+        self.t: float | None = None
+        if self.fhi == INF and self.flo > 0:
+            self.t = self.flo
+        elif self.flo == -INF and self.fhi < 0:
+            self.t = -self.fhi
 
     def mid(self) -> Fraction:
         lo, hi = self.lo, self.hi
@@ -391,8 +593,68 @@ class _Evaluator:
     def ev(self, node: Node) -> _R:
         key = id(node)
         if key not in self.memo:
-            self.memo[key] = self._ev(node)
+            r = self._ev(node)
+            if self.t is not None and r.g is None and r.pred is None:
+                r.g = self._grow(node, r)
+            self.memo[key] = r
         return self.memo[key]
+
+    def tail_bound(self, r: _R) -> float:
+        """``sup |g'|`` on the piece: the interval bound, or the growth bound on a tail."""
+        m = _mag(r.d)
+        if self.t is not None and r.g is not None:
+            m = min(m, _gsup(r.g.d, self.t))
+        return m
+
+    def _grow(self, n: Node, r: _R) -> _G:
+        t = self.t
+        iu, ilo = _from_interval(r.v)
+        idd = _from_interval(r.d)[0]
+        op = n.op
+        u = lo = d = None
+        if op == "input":
+            u, lo, d = (1.0, 1.0, 0.0, 1.0), (1.0, 1.0), _UNIT
+        elif op == "const":
+            d = (0.0, 0.0, 0.0, 1.0)
+        else:
+            a = [self.memo[id(x)] for x in n.args]
+            gs = [x.g for x in a]
+            if any(x.pred is None and x.g is None for x in a):
+                gs = None
+            if gs is None:
+                pass
+            elif op in ("add", "add_any", "sub"):
+                x, y = a
+                if op == "sub":
+                    y = _R(ineg(y.v), y.d, None, g=y.g)
+                u, d = _gadd(gs[0].u, gs[1].u, t), _gadd(gs[0].d, gs[1].d, t)
+                lo = _glower_sum(x, y, t)
+            elif op in ("neg", "abs"):
+                u, lo, d = gs[0].u, gs[0].lo, gs[0].d
+            elif op == "mul":
+                u = _gmul(gs[0].u, gs[1].u)
+                d = _gadd(_gmul(gs[0].d, gs[1].u), _gmul(gs[0].u, gs[1].d), t)
+                if gs[0].lo is not None and gs[1].lo is not None:
+                    lo = (gs[0].lo[0] * gs[1].lo[0], gs[0].lo[1] + gs[1].lo[1])
+            elif op == "div":
+                rl = _grecip(gs[1].lo)
+                u = _gmul(gs[0].u, rl)
+                d = _gadd(_gmul(gs[0].d, rl), _gmul(_gmul(gs[0].u, gs[1].d), _gmul(rl, rl)), t)
+                uy = gs[1].u
+                if gs[0].lo is not None and uy is not None and uy[2] == 0 and uy[0] > 0:
+                    lo = (gs[0].lo[0] / uy[0], gs[0].lo[1] - uy[1])
+            elif op in ("max", "min"):  # undecided: |max(x, y)| <= |x| + |y|
+                u, d = _gadd(gs[0].u, gs[1].u, t), _gadd(gs[0].d, gs[1].d, t)
+            elif op in UNARY:
+                u, f = _grow_unary(op, a[0], n.params, t)
+                f = _gbest(f, _from_interval(_unary(op, a[0].v, n.params)[1])[0])
+                d = _gmul(f, gs[0].d)
+                if op in ("integer_pow", "square", "sqrt") and gs[0].lo is not None:
+                    k = 0.5 if op == "sqrt" else (2 if op == "square" else
+                                                  int(dict(n.params)["y"]))
+                    if k > 0:
+                        lo = (gs[0].lo[0] ** k, gs[0].lo[1] * k)
+        return _G(_gbest(u, iu), _lbest(lo, ilo), _gbest(d, idd))
 
     def _ev(self, n: Node) -> _R:
         op = n.op
@@ -600,6 +862,42 @@ def _mag(d: tuple[float, float]) -> float:
     return INF if math.isnan(m) else m
 
 
+def _point_slope(root: Node, t: Fraction) -> float:
+    """``|g'(t)|`` (derivative interval of the degenerate piece ``[t, t]``): a lower estimate."""
+    m = _mag(_Evaluator(t, t).ev(root).d)
+    return m if math.isfinite(m) else 0.0
+
+
+def _refine(root: Node, edges: list[Point], *, rel: float = 2e-3, max_splits: int = 1500) -> float:
+    """Sound ``sup |g'|`` over pieces with no switch inside, tightened by bisection.
+
+    Each piece's bound is sound by itself; the piece with the largest finite bound is halved
+    (halves have no switch inside either) until that bound is within ``rel`` of the largest
+    derivative value seen at a piece midpoint, or ``max_splits`` halvings. The result is the
+    largest bound over all pieces: bisection only ever replaces a piece by two sound sub-bounds.
+    """
+    heap: list[tuple[float, Fraction, Fraction]] = []
+    fixed = 0.0  # tail pieces and unbounded pieces
+    seen = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        ev = _Evaluator(lo, hi)
+        m = ev.tail_bound(ev.ev(root))
+        if lo == -INF or hi == INF or not math.isfinite(m):
+            fixed = max(fixed, m)
+        else:
+            heapq.heappush(heap, (-m, Fraction(lo), Fraction(hi)))
+            seen = max(seen, _point_slope(root, (Fraction(lo) + Fraction(hi)) / 2))
+    for _ in range(max_splits):
+        if not heap or -heap[0][0] <= max(fixed, seen * (1 + rel)):
+            break
+        _, lo, hi = heapq.heappop(heap)
+        mid = (lo + hi) / 2
+        for a, b in ((lo, mid), (mid, hi)):
+            heapq.heappush(heap, (-_mag(_Evaluator(a, b).ev(root).d), a, b))
+            seen = max(seen, _point_slope(root, (a + b) / 2))
+    return max(fixed, -heap[0][0] if heap else 0.0)
+
+
 def lipschitz_constant(root: Node, *, max_rounds: int = 64) -> float:
     """Sound upper bound of ``sup_u |g'(u)|`` for the scalar expression ``root`` of ``INPUT``.
 
@@ -627,27 +925,25 @@ def lipschitz_constant(root: Node, *, max_rounds: int = 64) -> float:
             ev = _Evaluator(lo, hi)
             r = ev.ev(root)
             new |= {t for t in ev.breakpoints if lo < t < hi}
-            results.append((r, ev.decisions))
+            results.append((r, ev.decisions, ev.tail_bound(r)))
         if not new:
             break
         bps = sorted(set(bps) | new)
     else:
         raise NotLipschitzError("the piecewise structure did not settle")
-    bound = max(_mag(r.d) for r, _ in results)
-    if root.ops() & set(UNARY) and math.isfinite(bound):
+    bound = max(m for _, _, m in results)
+    if root.ops() & set(UNARY) or not math.isfinite(bound):
         # tighten: the derivative ranges on finer pieces (no switch lies inside any of them)
         grid = {Fraction(k, 4) for k in range(-32, 33)} | {Fraction(v) for v in (-64, -32, -16,
                                                                                    16, 32, 64)}
         edges = [-INF, *sorted(set(bps) | grid), INF]
-        fine = max(_mag(_Evaluator(lo, hi).ev(root).d)
-                   for lo, hi in zip(edges[:-1], edges[1:], strict=True))
-        bound = min(bound, fine)
+        bound = min(bound, _refine(root, edges))
     if not math.isfinite(bound):
         raise NotLipschitzError("its derivative is unbounded on "
                                 + ", ".join(f"({float(lo):g}, {float(hi):g})"
-                                            for (lo, hi), (r, _) in
+                                            for (lo, hi), (_, _, m) in
                                             zip(pieces, results, strict=True)
-                                            if not math.isfinite(_mag(r.d))))
+                                            if not math.isfinite(m)))
     for i, t in enumerate(bps):
         left = point_value(root, t, results[i][1])
         right = point_value(root, t, results[i + 1][1])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ from advjax.lipschitz import (
     local_lower_bound,
     table5,
 )
+from advjax.lipschitz import _elementwise as ew
 from advjax.lipschitz._elementwise import INPUT, Node, NotLipschitzError, const, lipschitz_constant
 
 
@@ -388,3 +392,73 @@ def test_piecewise_linear_functions_are_exact_property():
         assert lipschitz_constant(node) == pytest.approx(max(abs(s) for s in slopes), abs=1e-9)
 
     check()
+
+
+def _ipow(x: Node, k: int) -> Node:
+    return Node("integer_pow", (x,), params=(("y", k),))
+
+
+_K = math.sqrt(2 / math.pi)
+_TAIL_CASES = {  # expression of INPUT, numpy closed form
+        "gelu-tanh": (Node("mul", (Node("mul", (const(0.5), INPUT)), Node("add", (const(1.0), Node(
+            "tanh", (Node("mul", (const(_K), Node("add", (INPUT, Node("mul", (const(0.044715),
+                                                                          _ipow(INPUT, 3))))))),
+                     )))))), lambda x: 0.5 * x * (1 + np.tanh(_K * (x + 0.044715 * x ** 3)))),
+        "gaussian": (Node("exp", (Node("neg", (Node("mul", (INPUT, INPUT)),)),)),
+                     lambda x: np.exp(-x * x)),
+        "softsign": (Node("div", (INPUT, Node("add", (const(1.0), Node("abs", (INPUT,)))))),
+                     lambda x: x / (1 + np.abs(x))),
+        "squareplus": (Node("mul", (const(0.5), Node("add", (INPUT, Node("sqrt", (Node("add", (
+            Node("mul", (INPUT, INPUT)), const(4.0))),)))))),
+                       lambda x: 0.5 * (x + np.sqrt(x * x + 4))),
+        "silu": (Node("mul", (INPUT, Node("logistic", (INPUT,)))),
+                 lambda x: x * np.exp(-np.logaddexp(0.0, -x))),  # x·σ(x), no cancellation
+        "rsqrt": (Node("rsqrt", (Node("add", (Node("mul", (INPUT, INPUT)), const(1.0))),)),
+                  lambda x: 1 / np.sqrt(x * x + 1)),
+        "log1p-square": (Node("log1p", (Node("mul", (INPUT, INPUT)),)), lambda x: np.log1p(x * x)),
+}
+
+
+_TAIL_CASES["tanh-of-cube"] = (Node("tanh", (_ipow(INPUT, 3),)), lambda x: np.tanh(x ** 3))
+_TAIL_CASES["shifted-rsqrt"] = (  # (u - 2)² + 1 written as u² - 4u + 5: opposite-sign sum
+        Node("rsqrt", (Node("add", (Node("sub", (Node("mul", (INPUT, INPUT)),
+                                                 Node("mul", (const(4.0), INPUT)))),
+                                    const(5.0))),)), lambda x: 1 / np.sqrt((x - 2) ** 2 + 1))
+
+
+def _at(b, s):
+    """The growth bound ``C·s^p·exp(-a·s^q)`` at ``s`` (log space: no underflow)."""
+    c, p, a, q = b
+    return np.exp(np.log(c) + p * np.log(s) - a * s ** q) if c > 0 else np.zeros_like(s)
+
+
+@pytest.mark.parametrize("t", [Fraction(1, 4), Fraction(1), Fraction(8)], ids=["T.25", "T1", "T8"])
+@pytest.mark.parametrize("name", sorted(_TAIL_CASES))
+def test_tail_growth_bounds_are_sound_on_unbounded_pieces(name, t):
+    # The growth bounds alone decide the pieces [T, ∞) and (-∞, -T] here (the driver only uses
+    # them beyond ±64, where they are tiny): pointwise, U(s) >= |f| and D(s) >= |f'|, and the
+    # piece bound dominates sup|f'|. Truth: float64 values and difference quotients on a
+    # geometric grid T..1e6 (relative step 7e-6: quotients match f' to ~1e-5 where f' is not
+    # tiny); tolerance 1e-4 relative plus the rounding of the values (4 ulp of |f| over the step).
+    # They are sign-blind magnitude bounds, so only finiteness is asked of their size (the
+    # opposite-sign lower bound of u² - 4u needs T > 4).
+    root, f = _TAIL_CASES[name]
+    grid = np.geomspace(float(t), 1e6, 2_000_001)
+    for lo, hi, xs in ((t, math.inf, grid), (-math.inf, -t, -grid[::-1])):
+        ev = ew._Evaluator(lo, hi)
+        r = ev.ev(root)
+        bound = ev.tail_bound(r)
+        vals = f(xs)
+        quot = np.abs(np.diff(vals)) / np.diff(xs)
+        s_mid = np.abs(0.5 * (xs[1:] + xs[:-1]))
+        if name != "shifted-rsqrt" or t > 4:
+            assert math.isfinite(bound)
+        assert quot.max() <= bound * (1 + 1e-4), (lo, hi, quot.max(), bound)
+        # pointwise (a bound of the derivative at s between two grid points: the larger end)
+        if r.g.d is None:
+            continue
+        d_at = np.maximum(_at(r.g.d, s_mid * (1 - 1e-5)), _at(r.g.d, s_mid * (1 + 1e-5)))
+        tol = 4 * np.finfo(np.float64).eps * np.maximum(np.abs(vals[1:]), np.abs(vals[:-1]))
+        assert np.all(quot <= d_at * (1 + 1e-4) + tol / np.diff(xs) + 1e-300), (lo, hi)
+        if r.g.u is not None:
+            assert np.all(np.abs(vals) <= _at(r.g.u, np.abs(xs)) * (1 + 1e-9) + 1e-300), (lo, hi)

@@ -89,12 +89,7 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
       attack: a per-example function ``attack(x, label, **per_example)`` (e.g. from
         ``advjax.attacks``) — or any per-example function of arrays.
       mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over all devices).
-      conv_lowering: ``"native"`` (default: XLA's convolution kernels), ``"auto"`` (convolutions
-        as matrix products on CPU backends only) or ``"gemm"`` (always); see
-        :func:`advjax.lowering.lower_convs`, applied to the whole ``fn``. The attacks already
-        run their model's convolution derivatives as matrix products on CPU backends
-        (``form="tangent"``), so the default leaves ``fn`` as it is; see
-        ``benchmarks/README.md``.
+      conv_lowering: as in :func:`stream`.
 
     Returns:
       ``run(xs, labels, **per_example)``: ``xs`` ``(N, ...)``, ``labels`` ``(N,)``; keyword arrays

@@ -212,6 +212,7 @@ def apgd_targeted(
     lo, hi = _boundary.check_box_setting(lo, hi)
 
     logits_fn = _boundary._prepare_logits_fn(logits_fn)
+
     def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None) -> AttackResult:
         x, label, eps, key, k, valid = _search.check_call(logits_fn, x, label, eps, key, lo, hi)
         if k < 4:

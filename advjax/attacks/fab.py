@@ -243,6 +243,7 @@ def fab(
     targeted = bool(targeted)
 
     logits_fn = _boundary._prepare_logits_fn(logits_fn)
+
     def attack(x: Array, label: Array, *, key: Array | None = None,
                eps: Array | None = None) -> AttackResult:
         budget = eps is not None

@@ -200,6 +200,7 @@ def square(
     lo, hi = _boundary.check_box_setting(lo, hi)
 
     logits_fn = _boundary._prepare_logits_fn(logits_fn)
+
     def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None) -> AttackResult:
         if np.ndim(x) != 3:
             raise ValueError(f"`x` must be one image (H, W, C); got shape {np.shape(x)}.")

@@ -82,6 +82,36 @@ def test_pgd_on_lowered_lenet_matches_native():
     np.testing.assert_array_equal(runs[0].success, runs[1].success)
 
 
+def _convs_in(attack, x, y, keys):
+    jaxpr = jax.make_jaxpr(jax.vmap(lambda a, b, k: attack(a, b, eps=0.1, key=k)))(x, y, keys)
+    return str(jaxpr).count("conv_general_dilated")
+
+
+@pytest.mark.parametrize("make", ["pgd", "apgd", "square", "autoattack"])
+def test_attacks_lower_only_the_derivatives_by_default_and_honour_the_opt_out(make):
+    """On CPU a plain logits_fn's input gradients contain no convolution (GEMM-form tangents),
+    only its forward passes do; lower_convs(fn, mode="native") keeps XLA's backward convs."""
+    from advjax import attacks
+    if jax.default_backend() != "cpu":
+        pytest.skip("the default lowering applies on CPU backends only")
+    logits_fn, x, _ = _model("lenet5")
+    y = jnp.zeros(3, jnp.int32)
+    ctor = {"pgd": lambda f: attacks.pgd(f, steps=2, step_size=0.01, random_start=False),
+            "apgd": lambda f: attacks.apgd(f, steps=2),
+            "square": lambda f: attacks.square(f, queries=2),
+            "autoattack": lambda f: attacks.autoattack(f, steps=2, queries=2)}[make]
+    keys = jax.random.split(jax.random.key(0), 3)
+    by_default = _convs_in(ctor(logits_fn), x, y, keys)
+    native = _convs_in(ctor(lower_convs(logits_fn, mode="native")), x, y, keys)
+    # forward passes only: 2 convolutions per logits_fn call site, the same count either way
+    forward = str(jax.make_jaxpr(logits_fn)(x[0])).count("conv_general_dilated")
+    assert forward == 2 and by_default % forward == 0
+    if make == "square":                     # forward passes only: nothing to lower
+        assert by_default == native
+    else:                                    # the native program adds the transposed convs
+        assert native > by_default
+
+
 def test_train_state_applies_the_setting_and_steps_match():
     module = LeNet5()
     x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))

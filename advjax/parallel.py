@@ -74,10 +74,23 @@ def _leading_size(tree: Any) -> int:
     return sizes.pop()
 
 
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
 def _broadcast_scalars(tree: Any, n: int) -> Any:
+    """Scalars to ``(n,)``; a single typed PRNG key to the per-example keys ``fold_in(key, i)``.
+
+    Example ``i`` (its row in the whole set) gets ``fold_in(key, i)``, so examples draw independent
+    randomness and a result depends neither on the chunk size nor on the device count.
+    """
     def expand(leaf):
         leaf = jnp.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
-        return jnp.broadcast_to(leaf, (n,)) if leaf.ndim == 0 else leaf
+        if leaf.ndim != 0:
+            return leaf
+        if _is_key(leaf):
+            return jax.vmap(lambda i: jax.random.fold_in(leaf, i))(jnp.arange(n))
+        return jnp.broadcast_to(leaf, (n,))
     return jax.tree.map(expand, tree)
 
 
@@ -93,8 +106,10 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
 
     Returns:
       ``run(xs, labels, **per_example)``: ``xs`` ``(N, ...)``, ``labels`` ``(N,)``; keyword arrays
-      with a leading axis of size N are per-example (keys from ``jax.random.split``, eps, targets),
-      scalars are broadcast to every example. N need not divide the device count: the batch is
+      with a leading axis of size N are per-example (keys, eps, targets), scalars are broadcast
+      to every example, and a single typed PRNG key ``k`` becomes ``fold_in(k, i)`` for example
+      ``i`` (independent randomness per example; raw ``uint32`` keys must be given per example,
+      ``(N, 2)``). N need not divide the device count: the batch is
       padded and the result unpadded. The result is the attack's pytree with leading axis N, each
       leaf sharded over the mesh. Equal to ``jax.jit(jax.vmap(attack))`` on one device.
     """
@@ -148,7 +163,9 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
         run their model's convolution derivatives as matrix products on CPU backends
         (``form="tangent"``), so the default leaves ``fn`` as it is; see
         ``benchmarks/README.md``.
-      **per_example: keyword arrays with leading size N (or scalars, broadcast).
+      **per_example: keyword arrays with leading size N, or scalars (broadcast), or a single
+        typed PRNG key ``k`` (example ``i`` of the whole set gets ``fold_in(k, i)``, whatever
+        ``chunk_size`` and the device count).
 
     Returns:
       The pytree of ``fn``'s outputs stacked over the N examples, as numpy arrays.

@@ -38,15 +38,21 @@ def transfer_matrix(
 
     Args:
       models: ``{name: logits_fn}``, per-example ``logits_fn(x) -> (K,)``; the columns.
-      adversarial_sets: ``{name: (x_adv, labels)}`` with ``x_adv`` ``(N_i, ...)`` float and
-        ``labels`` ``(N_i,)`` int, the TRUE labels of the clean examples; the rows (sets made for
+      adversarial_sets: ``{name: (x_adv, labels)}`` or ``{name: (x_adv, labels, valid)}`` with
+        ``x_adv`` ``(N_i, ...)`` float, ``labels`` ``(N_i,)`` int, the TRUE labels of the clean
+        examples, and ``valid`` ``(N_i,)`` bool, the attack's ``aux["valid_input"]``: rows whose
+        input the attack refused (it returned the clean image) are left out of that set's
+        denominator instead of being counted as non-transferring examples; the rows (sets made for
         one model, Gaussian-noise controls, amplified sets, ...).
       batch_size: examples per vectorised chunk.
 
     Returns:
-      ``(matrix, row_names, col_names)``: ``matrix[i, j]`` is the fraction of set ``i`` that model
-      ``j`` misclassifies (``argmax logits != label``), float64 in ``[0, 1]``, shape
-      ``(len(adversarial_sets), len(models))``; names in the mappings' order.
+      ``(matrix, row_names, col_names)``: ``matrix[i, j]`` is the fraction of the valid examples
+      of set ``i`` that model ``j`` misclassifies (``argmax logits != label``), float64 in
+      ``[0, 1]``, shape ``(len(adversarial_sets), len(models))``; names in the mappings' order.
+
+    Raises:
+      ValueError: a set whose ``valid`` mask is not ``(N_i,)`` bool or keeps no example.
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("`models` must be a non-empty mapping {name: logits_fn}.")
@@ -55,18 +61,39 @@ def transfer_matrix(
     for name, fn in models.items():
         if not callable(fn):
             raise TypeError(f"`models[{name!r}]` must be a callable logits_fn; got {type(fn)}.")
-    for name, pair in adversarial_sets.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"`adversarial_sets[{name!r}]` must be a pair (x_adv, labels).")
+    kept = {}
+    for name, entry in adversarial_sets.items():
+        if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3):
+            raise ValueError(f"`adversarial_sets[{name!r}]` must be (x_adv, labels) or "
+                             "(x_adv, labels, valid).")
+        kept[name] = _valid_mask(entry, f"adversarial_sets[{name!r}]")
     rows, cols = list(adversarial_sets), list(models)
     matrix = np.zeros((len(rows), len(cols)), dtype=np.float64)
     for i, row in enumerate(rows):
-        x_adv, labels = adversarial_sets[row]
+        x_adv, labels = adversarial_sets[row][:2]
+        if kept[row] is not None:
+            check_shape(labels, f"adversarial_sets[{row!r}] labels", (kept[row].shape[0],))
+            x_adv, labels = np.asarray(x_adv)[kept[row]], np.asarray(labels)[kept[row]]
         for j, col in enumerate(cols):
             correct = np.asarray(correct_predictions(models[col], x_adv, labels,
                                                      batch_size=batch_size))
             matrix[i, j] = np.count_nonzero(~correct) / correct.shape[0]
     return matrix, rows, cols
+
+
+def _valid_mask(entry: tuple, where: str) -> np.ndarray | None:
+    """The rows of one set to count: its ``valid`` mask (``None``: every row)."""
+    if len(entry) == 2:
+        return None
+    n = np.shape(entry[0])[0] if np.ndim(entry[0]) else 0
+    valid = np.asarray(entry[2])
+    if valid.dtype != np.bool_ or valid.shape != (n,):
+        raise ValueError(f"`{where}` valid mask must be bool of shape ({n},) (one flag per "
+                         f"example of x_adv); got {valid.dtype} {valid.shape}.")
+    if not valid.any():
+        raise ValueError(f"`{where}`: every example is flagged invalid (valid all False); "
+                         "no error rate can be given for this set.")
+    return valid
 
 
 def gaussian_noise_set(

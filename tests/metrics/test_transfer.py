@@ -62,6 +62,32 @@ def test_transfer_matrix_errors():
                                                    np.zeros(1, np.int32))})
 
 
+def test_transfer_matrix_leaves_out_examples_the_attack_refused():
+    from advjax import attacks
+
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.normal(size=(3, 6)).astype(np.float32))
+    model = lambda x: w @ x                                            # noqa: E731
+    xs = rng.uniform(0.3, 0.7, size=(6, 6)).astype(np.float32)
+    ys = np.asarray(jnp.argmax(jax.vmap(model)(xs), -1))
+    eps = np.full(6, 0.5, np.float32)
+    eps[[1, 4]] = -1.0                                                 # invalid budgets
+    res = jax.jit(jax.vmap(attacks.pgd(model, norm="linf", steps=20)))(
+        xs, ys, eps=eps, key=jax.random.split(jax.random.key(0), 6))
+    valid = np.asarray(res.aux["valid_input"])
+    assert valid.tolist() == [True, False, True, True, False, True]
+    x_adv = np.asarray(res.x_adv)
+    matrix, _, _ = transfer_matrix({"m": model}, {"pgd": (x_adv, ys, valid),
+                                                  "unmasked": (x_adv, ys)})
+    wrong = np.argmax(x_adv @ np.asarray(w).T, 1) != ys
+    assert matrix[0, 0] == np.mean(wrong[valid]) == 1.0                # every valid one broken
+    assert matrix[1, 0] == np.mean(wrong) == 4 / 6                     # refused rows look robust
+    with pytest.raises(ValueError, match="valid mask must be bool of shape"):
+        transfer_matrix({"m": model}, {"a": (x_adv, ys, valid[:3])})
+    with pytest.raises(ValueError, match="every example is flagged invalid"):
+        transfer_matrix({"m": model}, {"a": (x_adv, ys, np.zeros(6, bool))})
+
+
 def test_gaussian_noise_rows():
     key = jax.random.key(0)
     xs = np.full((8, 28, 28, 1), 0.5, np.float32)

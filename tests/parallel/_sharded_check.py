@@ -45,6 +45,15 @@ def main():
     out["distinct_devices"] = len({s.device for s in shards})
     streamed = parallel.stream(gradient_step, xs, labels, chunk_size=5, key=keys, eps=eps)
     out["stream_max_abs_diff"] = float(np.max(np.abs(np.asarray(ref["x_adv"]) - streamed["x_adv"])))
+    # One key for the whole set: example i must get fold_in(key, i) on every path.
+    one_key = jax.random.key(7)
+    folded = jax.vmap(lambda i: jax.random.fold_in(one_key, i))(jnp.arange(n))
+    ref_k = jax.jit(jax.vmap(gradient_step))(xs, labels, key=folded, eps=eps)["x_adv"]
+    got_k = [parallel.shard_attack(gradient_step)(xs, labels, key=one_key, eps=eps)["x_adv"],
+             parallel.stream(gradient_step, xs, labels, chunk_size=5, key=one_key,
+                             eps=eps)["x_adv"]]
+    out["single_key_max_abs_diff"] = max(float(np.max(np.abs(np.asarray(ref_k) - np.asarray(g))))
+                                         for g in got_k)
     out.update(library_checks())
     print(json.dumps(out))
 

@@ -41,6 +41,7 @@ def test_sharded_equals_unsharded_on_eight_devices(n):
     assert out["num_shards"] == 8 and out["distinct_devices"] == 8
     assert out["shard_rows"] == [2]
     assert out["stream_max_abs_diff"] == 0.0
+    assert out["single_key_max_abs_diff"] == 0.0
     assert out["pgd_diff"] < 1e-5 and out["pgd_success_equal"] and out["pgd_devices"] == 8
     assert out["lbfgs_diff"] < 1e-5
     single = _run_with_devices("_sharded_check.py", str(n), devices=1)
@@ -93,6 +94,24 @@ def test_shard_attack_single_device_matches_vmap():
     got = run(xs, labels, eps=0.25)
     ref = jax.vmap(_step)(xs, labels, eps=jnp.full(5, 0.25))
     np.testing.assert_array_equal(np.asarray(got["x"]), np.asarray(ref["x"]))
+
+
+def _noisy(x, label, *, key):
+    return {"x": x + jax.random.normal(key, x.shape), "label": label}
+
+
+def test_a_single_key_becomes_fold_in_per_example_whatever_the_chunking():
+    xs = jnp.zeros((7, 3))
+    labels = jnp.arange(7)
+    key = jax.random.key(3)
+    ref = jax.vmap(_noisy)(xs, labels, key=jax.vmap(lambda i: jax.random.fold_in(key, i))(
+        jnp.arange(7)))["x"]
+    for chunk in (2, 3, 7):
+        got = parallel.stream(_noisy, xs, labels, chunk_size=chunk, key=key)["x"]
+        np.testing.assert_array_equal(got, np.asarray(ref))
+    got = parallel.shard_attack(_noisy)(xs, labels, key=key)["x"]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    assert len({tuple(np.round(r, 6)) for r in np.asarray(got)}) == 7  # no two examples alike
 
 
 def test_mismatched_batch_sizes_are_rejected():

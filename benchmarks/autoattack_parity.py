@@ -2,7 +2,9 @@
 
 Side by side in one run, each framework in its own subprocess: the standard ensemble (APGD-CE ->
 APGD-T -> FAB-T -> Square, published settings) on advertorch's clean-trained (``lenet5``) and
-PGD-trained (``lenet5adv``) LeNet5 on the first N MNIST test images, L-infinity and L2. Reported:
+PGD-trained (``lenet5adv``) LeNet5 on the first N MNIST test images, or on the Woods et al.
+ResNet-44s (``resnet44-standard``, ``resnet44-robust``) on the CIFAR-10 test head, L-infinity and
+L2; ``--frameworks ... torchattacks`` adds torchattacks' ``AutoAttack``. Reported:
 robust accuracy after each stage, wall time per stage (advjax: compilation excluded and reported
 separately), throughput (images / s over the whole ensemble) and the ratio advjax / official.
 
@@ -128,6 +130,54 @@ def run_official(model: str, norm: str, n: int, batch: int) -> dict:
                 torch=torch.__version__)
 
 
+def run_torchattacks(model: str, norm: str, n: int, batch: int) -> dict:
+    """torchattacks' ``AutoAttack(version="standard")`` on the same PyTorch twin and images.
+
+    Its stages are run one after another on the still-robust images exactly as its
+    ``MultiAttack.forward`` does, timed per stage. Note its defaults: APGD-CE, APGD-T and FAB-T
+    take ``steps=10`` (the published standard version takes 100), so it is a weaker ensemble.
+    """
+    import torch
+    import torchattacks
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from attacks import _torch_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    if model in RESNETS:
+        from _torch_models import torch_preact_resnet
+        net = torch_preact_resnet(*_flax_model(model))
+    else:
+        net = _torch_model(model, Path("/nonexistent"))
+    xs, ys = _images(model, n)
+    x = torch.tensor(xs).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor(ys).long()
+    aa = torchattacks.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm],
+                                 eps=_eps(model, norm), version="standard", n_classes=10, seed=0)
+    with torch.no_grad():
+        robust = net(x).argmax(1) == y
+    clean = float(robust.float().mean())
+    out_robust, seconds, steps = {}, {}, {}
+    t_all = time.perf_counter()
+    for name, attack in zip(STAGES, aa._autoattack.attacks, strict=True):
+        steps[name] = getattr(attack, "steps", getattr(attack, "n_queries", None))
+        idx = torch.nonzero(robust).reshape(-1)
+        t0 = time.perf_counter()
+        if len(idx):
+            for i in range(0, len(idx), batch):
+                part = idx[i:i + batch]
+                adv = attack(x[part], y[part])
+                with torch.no_grad():
+                    robust[part] = net(adv).argmax(1) == y[part]
+        seconds[name] = time.perf_counter() - t0
+        out_robust[name] = float(robust.float().mean())
+    wall = time.perf_counter() - t_all
+    return dict(framework="torchattacks", model=model, norm=norm, eps=_eps(model, norm), n=n,
+                clean=clean, robust=out_robust, seconds=seconds, steps=steps, run_seconds=wall,
+                wall_seconds=wall, images_per_s=n / wall, torch=torch.__version__,
+                torchattacks=torchattacks.__version__)
+
+
 def skip_cost(n: int) -> dict:
     """Cost of ONE compiled ``jit(vmap(autoattack))`` call as the robust set shrinks: the same
     images with their labels (most robust on the PGD-trained LeNet5) vs with labels replaced by a
@@ -164,7 +214,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--models", nargs="+", default=["lenet5", "lenet5adv"])
     ap.add_argument("--norms", nargs="+", default=["linf", "l2"])
-    ap.add_argument("--frameworks", nargs="+", default=["advjax", "official"])
+    ap.add_argument("--frameworks", nargs="+", default=["advjax", "official"],
+                    choices=["advjax", "official", "torchattacks"])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--skip-cost", action="store_true",
                     help="time one jit(vmap(autoattack)) call as the robust set shrinks")
@@ -176,7 +227,8 @@ def main() -> None:
         return
     if args.one:
         fw, model, norm = args.one
-        fn = run_advjax if fw == "advjax" else run_official
+        fn = {"advjax": run_advjax, "official": run_official,
+              "torchattacks": run_torchattacks}[fw]
         print("RESULT " + json.dumps(fn(model, norm, args.n, args.batch)))
         return
     import jax

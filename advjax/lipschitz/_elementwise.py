@@ -86,19 +86,36 @@ class Node:
 INPUT = Node("input")
 
 
+def postorder(root: Node, done: Callable[[Node], bool] = lambda n: False) -> list[Node]:
+    """The nodes below ``root`` once each, every node after its arguments, without recursion.
+
+    The order is that of a left-to-right depth-first recursion, so evaluating in it is
+    evaluating recursively, with no limit on the depth of the expression (a chain of thousands of
+    elementwise operations). Nodes for which ``done`` is true are neither listed nor descended.
+    """
+    seen: set[int] = set()
+    out: list[Node] = []
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        n, expanded = stack.pop()
+        if expanded:
+            out.append(n)
+            continue
+        if id(n) in seen or done(n):
+            continue
+        seen.add(id(n))
+        stack.append((n, True))
+        stack.extend((a, False) for a in reversed(n.args))
+    return out
+
+
 def structure_key(root: Node) -> tuple:
     """A hashable key equal for structurally identical expressions (same ops, params, constants)."""
     index: dict[int, int] = {}
     rows: list[tuple] = []
-
-    def visit(n: Node) -> int:
-        if id(n) not in index:
-            args = tuple(visit(a) for a in n.args)
-            rows.append((n.op, args, n.value, n.params))
-            index[id(n)] = len(rows) - 1
-        return index[id(n)]
-
-    visit(root)
+    for n in postorder(root):
+        rows.append((n.op, tuple(index[id(a)] for a in n.args), n.value, n.params))
+        index[id(n)] = len(rows) - 1
     return tuple(rows)
 
 
@@ -591,13 +608,13 @@ class _Evaluator:
         return None
 
     def ev(self, node: Node) -> _R:
-        key = id(node)
-        if key not in self.memo:
-            r = self._ev(node)
-            if self.t is not None and r.g is None and r.pred is None:
-                r.g = self._grow(node, r)
-            self.memo[key] = r
-        return self.memo[key]
+        if id(node) not in self.memo:     # arguments first: no recursion below ``_ev``
+            for n in postorder(node, lambda n: id(n) in self.memo):
+                r = self._ev(n)
+                if self.t is not None and r.g is None and r.pred is None:
+                    r.g = self._grow(n, r)
+                self.memo[id(n)] = r
+        return self.memo[id(node)]
 
     def tail_bound(self, r: _R) -> float:
         """``sup |g'|`` on the piece: the interval bound, or the growth bound on a tail."""
@@ -801,10 +818,10 @@ def point_value(root: Node, t: Fraction, forced: dict[int, object] | None = None
     memo: dict[int, object] = {}
 
     def ev(n: Node):
-        key = id(n)
-        if key not in memo:
-            memo[key] = _pv(n)
-        return memo[key]
+        if id(n) not in memo:             # arguments first: no recursion below ``_pv``
+            for m in postorder(n, lambda m: id(m) in memo):
+                memo[id(m)] = _pv(m)
+        return memo[id(n)]
 
     def _pv(n: Node):
         op = n.op

@@ -85,11 +85,13 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
         apply ``mode="auto", form="tangent"`` to a plain ``logits_fn``, keep it).
       form: ``"auto"`` (per layer by shape, :func:`choose_form`), or force ``"concat"`` /
         ``"accumulate"`` for every convolution (for measurements); ``"tangent"`` keeps XLA's
-        convolution for the values and uses the GEMM form (shape rule of ``"auto"``) only for
-        derivatives (:func:`conv_tangent_gemm`): forward-only programs run native kernels and
-        input gradients run as matrix products. ``"tangent"`` applies to the convolutions of
-        an undifferentiated ``fn`` (a ``logits_fn``); a gradient already inside ``fn`` stays
-        native.
+        convolution for the values and changes only the derivatives (:func:`conv_tangent_gemm`):
+        the input gradient of a unit-stride, ungrouped convolution is a forward convolution over
+        the flipped, physically transposed kernel, every other one the GEMM form (shape rule of
+        ``"auto"``), so no transposed convolution runs. A convolution with negative (cropping)
+        padding is computed in the GEMM form, value included (XLA:CPU's value can be wrong
+        there). ``"tangent"`` applies to the convolutions of an undifferentiated ``fn`` (a
+        ``logits_fn``); a gradient already inside ``fn`` stays native.
 
     Returns:
       A function with ``fn``'s signature, outputs and derivatives (equal up to float32 summation
@@ -332,12 +334,16 @@ def conv_gemm(lhs: jax.Array, rhs: jax.Array, *, window_strides, padding, lhs_di
 
 
 def conv_tangent_gemm(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Array:
-    """``lax.conv_general_dilated`` (primitive parameters) whose derivatives are GEMM-form.
+    """``lax.conv_general_dilated`` (primitive parameters) with fast derivatives on XLA:CPU.
 
-    The value is XLA's own convolution; the JVP is :func:`conv_gemm` applied to the tangents
-    (the convolution is bilinear: ``d conv(x, w) = conv(dx, w) + conv(x, dw)``), so reverse mode
-    transposes the GEMM form (strided slices and matrix products) instead of running XLA:CPU's
-    transposed convolution. A tangent that is a symbolic zero (the weights of an attacked
+    The value is XLA's own convolution. The convolution is bilinear, ``d conv(x, w) = conv(dx, w)
+    + conv(x, dw)``; the input term is, for unit strides without input dilation or groups,
+    the same convolution over a kernel whose feature axes are swapped in memory and in the
+    dimension numbers (so reverse mode's transpose is a forward convolution of the cotangent
+    with the flipped kernel in its own layout), and otherwise :func:`conv_gemm` (reverse mode
+    transposes strided slices and matrix products). The weight term is :func:`conv_gemm`. Either
+    way XLA:CPU's transposed convolution, many times slower inside a while loop such as an
+    attack's steps, never runs. A tangent that is a symbolic zero (the weights of an attacked
     model) costs nothing.
     """
     return _conv_native_value(lhs, rhs, _freeze_conv(params))
@@ -360,7 +366,10 @@ def _conv_native_value_jvp(frozen, primals, tangents):
     zero = jax.custom_derivatives.SymbolicZero
     t_out = None
     if not isinstance(t_lhs, zero):
-        t_out = conv_gemm(t_lhs, rhs, **params)
+        if _transposes_as_forward_conv(params, rhs.shape):
+            t_out = _conv_swapped_kernel(t_lhs, rhs, params)
+        else:
+            t_out = conv_gemm(t_lhs, rhs, **params)
     if not isinstance(t_rhs, zero):
         term = conv_gemm(lhs, t_rhs, **params)
         t_out = term if t_out is None else t_out + term
@@ -370,6 +379,39 @@ def _conv_native_value_jvp(frozen, primals, tangents):
 
 
 _conv_native_value.defjvp(_conv_native_value_jvp, symbolic_zeros=True)
+
+
+def _transposes_as_forward_conv(params: dict[str, Any], rhs_shape) -> bool:
+    """Whether the input gradient of this convolution is a plain forward convolution (unit
+    strides, no input dilation, one group, non-negative padding of the transpose)."""
+    if (any(s != 1 for s in params["window_strides"]) or any(s != 1 for s in params["lhs_dilation"])
+            or params["feature_group_count"] != 1 or params["batch_group_count"] != 1):
+        return False
+    rhs_spec = params["dimension_numbers"][1]
+    kernel = [rhs_shape[i] for i in rhs_spec[2:]]
+    eff = [(k - 1) * r + 1 for k, r in zip(kernel, params["rhs_dilation"], strict=True)]
+    return all(lo <= e - 1 and hi <= e - 1
+               for e, (lo, hi) in zip(eff, params["padding"], strict=True))
+
+
+def _conv_swapped_kernel(t_lhs: jax.Array, rhs: jax.Array, params: dict[str, Any]) -> jax.Array:
+    """``conv(t_lhs, rhs)`` computed with the kernel's input and output feature axes swapped in
+    memory and in the dimension numbers (the same linear map).
+
+    JAX transposes a convolution into one whose dimension numbers swap the kernel's feature axes;
+    here they swap back, so the input gradient is a FORWARD convolution in the kernel's own layout
+    over a flipped, physically transposed kernel. XLA:CPU runs the primitive's own transpose
+    many times slower inside a while loop (an attack's steps); this one runs at forward speed.
+    """
+    lhs_spec, rhs_spec, out_spec = params["dimension_numbers"]
+    o, i = rhs_spec[0], rhs_spec[1]
+    spec = lax.ConvDimensionNumbers(lhs_spec, (i, o, *rhs_spec[2:]), out_spec)
+    return lax.conv_general_dilated(
+            t_lhs, jnp.swapaxes(rhs, o, i), window_strides=params["window_strides"],
+            padding=params["padding"], lhs_dilation=params["lhs_dilation"],
+            rhs_dilation=params["rhs_dilation"], dimension_numbers=spec,
+            precision=params["precision"],
+            preferred_element_type=params["preferred_element_type"])
 
 
 def _to_out(y: jax.Array, ospec: Sequence[int], d: int) -> jax.Array:
@@ -524,8 +566,10 @@ def _eval_eqn(eqn, invals, form: str):
     if prim is _CONV:
         lhs_aval, rhs_aval = (v.aval for v in eqn.invars)
         if _native_reason(params, lhs_aval, rhs_aval) is None:
-            if form == "tangent":
+            if form == "tangent" and min(min(p) for p in params["padding"]) >= 0:
                 return conv_tangent_gemm(*invals, **params)
+            if form == "tangent":    # XLA:CPU miscomputes some cropping (negative) paddings
+                return conv_gemm(*invals, **params)
             return conv_gemm(*invals, **params, form=form)
     elif prim is _WINDOW_MAX:
         return window_max(invals[0], **params)

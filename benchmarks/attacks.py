@@ -364,6 +364,97 @@ def measure_forms(repeats: int = 5) -> list[dict]:
 
     The shapes are those of the LeNet5 / ResNet-44 layers at batch 256 / 128, plus a wide layer
     (256 channels) and a 1×1 layer; this is what :func:`advjax.lowering.choose_form` is based on.
+    Times are per attack step (the input gradient of ``sum(conv(x, w)²)``, ``w`` a constant),
+    inside a ``fori_loop`` of steps as in the attacks; ``native_outside_loop`` is the same step
+    jitted alone. Columns: ``native`` (XLA's convolution and its transposes), ``concat`` /
+    ``accumulate`` (the whole convolution rewritten in that GEMM form), ``tangent`` (XLA's
+    convolution for the value, the GEMM form picked by ``choose_form`` for the derivative: the
+    attacks' default on CPU) and
+    ``tangent_concat`` / ``tangent_accumulate`` (the value native, the derivative forced to that
+    form); ``rule`` is ``choose_form``'s pick for the layer.
+    """
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from advjax.lowering import choose_form, conv_gemm, lower_convs
+
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def tangent_in(form):
+        """conv with the native value and a ``form`` GEMM derivative in ``x`` (weights fixed)."""
+        @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+        def conv(x, w, stride, pad):
+            return lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn)
+
+        @conv.defjvp
+        def conv_jvp(stride, pad, primals, tangents):
+            x, w = primals
+            dx, _ = tangents
+            dnums = lax.conv_dimension_numbers(x.shape, w.shape, dn)
+            pads = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], (stride, stride), pad) \
+                if isinstance(pad, str) else pad
+            t = conv_gemm(dx, w, window_strides=(stride, stride), padding=tuple(pads),
+                          lhs_dilation=(1, 1), rhs_dilation=(1, 1), dimension_numbers=dnums,
+                          feature_group_count=1, batch_group_count=1, precision=None,
+                          preferred_element_type=None, form=form)
+            return conv(x, w, stride, pad), t
+        return conv
+
+    shapes = [((256, 28, 28, 1), (3, 3, 1, 32), 1), ((256, 14, 14, 32), (3, 3, 32, 64), 1),
+              ((128, 32, 32, 16), (3, 3, 16, 16), 1), ((128, 32, 32, 16), (3, 3, 16, 32), 2),
+              ((128, 16, 16, 32), (3, 3, 32, 32), 1), ((128, 8, 8, 64), (3, 3, 64, 64), 1),
+              ((32, 8, 8, 256), (3, 3, 256, 256), 1), ((128, 16, 16, 64), (1, 1, 64, 64), 1)]
+    iterations = 3
+    rows = []
+    for xs, ws, stride in shapes:
+        x = jax.random.normal(jax.random.key(0), xs)
+        w = np.asarray(jax.random.normal(jax.random.key(1), ws) * 0.1)  # a constant, as in attacks
+
+        pad = ((1, 1), (1, 1)) if ws[0] == 3 else ((0, 0), (0, 0))
+
+        def conv(x, w, s=stride, pad=pad):
+            return lax.conv_general_dilated(x, w, (s, s), pad, dimension_numbers=dn)
+        out_sp = [(xs[1] + 2 * (ws[0] == 3) - ws[0]) // stride + 1] * 2
+        row = {"x": xs, "w": ws, "stride": stride, "iterations": iterations,
+               "rule": choose_form(ws[:2], out_sp, xs[0], ws[2], 1)}
+        fns = [("native", conv),
+               ("concat", lower_convs(conv, mode="gemm", form="concat")),
+               ("accumulate", lower_convs(conv, mode="gemm", form="accumulate")),
+               ("tangent", lower_convs(conv, mode="gemm", form="tangent"))]
+        fns += [(f"tangent_{f}", lambda x, w, c=tangent_in(f), s=stride, p=pad: c(x, w, s, p))
+                for f in ("concat", "accumulate")]
+        # One attack step outside any loop (native only), then every form inside a fori_loop of
+        # attack steps x <- x + 1e-3 sign(grad): where an attack runs them (XLA:CPU compiles a
+        # convolution's input gradient inside a while loop very differently from outside one).
+        once = jax.jit(jax.grad(lambda x, w=w, conv=conv: jnp.sum(conv(x, w) ** 2)))
+        _, t = _time_calls(lambda f=once, x=x: jax.block_until_ready(f(x)), repeats)
+        row["native_outside_loop_ms"] = t * 1e3
+        ref = None
+        for name, fn in fns:
+            grad = jax.grad(lambda x, f=fn, w=w: jnp.sum(f(x, w) ** 2))
+            loop = jax.jit(lambda x, g=grad: lax.fori_loop(
+                    0, iterations, lambda i, v: v + 1e-3 * jnp.sign(g(v)), x))
+            _, t = _time_calls(lambda f=loop, x=x: jax.block_until_ready(f(x)), repeats)
+            g = jax.jit(grad)(x)
+            ref = g if ref is None else ref
+            row[name + "_ms"] = t * 1e3 / iterations
+            row[name + "_grad_rel_err"] = float(jnp.max(jnp.abs(g - ref))
+                                                / jnp.max(jnp.abs(ref)))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def measure_loop_penalty(model: str = "resnet44", n: int = 16, iterations: int = 5,
+                         repeats: int = 3, synthetic: bool = False) -> dict:
+    """One attack step (input gradient of the cross-entropy) of a whole network, ms per step:
+    jitted alone vs inside a ``fori_loop`` of steps, XLA's convolutions vs ``form="tangent"``.
+
+    XLA:CPU runs a convolution's input gradient far slower inside a while loop than outside one;
+    an attack's steps are such a loop, which is where the tangent form gains.
     """
     import jax
     import jax.numpy as jnp
@@ -371,30 +462,24 @@ def measure_forms(repeats: int = 5) -> list[dict]:
 
     from advjax.lowering import lower_convs
 
-    shapes = [((256, 28, 28, 1), (3, 3, 1, 32), 1), ((256, 14, 14, 32), (3, 3, 32, 64), 1),
-              ((128, 32, 32, 16), (3, 3, 16, 16), 1), ((128, 32, 32, 16), (3, 3, 16, 32), 2),
-              ((128, 16, 16, 32), (3, 3, 32, 32), 1), ((128, 8, 8, 64), (3, 3, 64, 64), 1),
-              ((32, 8, 8, 256), (3, 3, 256, 256), 1), ((128, 16, 16, 64), (1, 1, 64, 64), 1)]
-    rows = []
-    for xs, ws, stride in shapes:
-        x = jax.random.normal(jax.random.key(0), xs)
-        w = jax.random.normal(jax.random.key(1), ws) * 0.1
+    _, _, apply = _cnn_jax(model, synthetic, 44)
+    xs, ys = _cnn_data(model, n, synthetic)
+    x, y = jnp.asarray(xs), jnp.asarray(ys)
+    row = {"model": model, "n": n, "iterations": iterations}
+    for name, mode in (("native", "native"), ("tangent", "gemm")):
+        fn = lower_convs(apply, mode=mode, form="tangent")
 
-        pad = ((1, 1), (1, 1)) if ws[0] == 3 else "VALID"
-
-        def conv(x, w, s=stride, pad=pad):
-            return lax.conv_general_dilated(x, w, (s, s), pad,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        row = {"x": xs, "w": ws, "stride": stride}
-        for name, fn in [("native", conv),
-                         ("concat", lower_convs(conv, mode="gemm", form="concat")),
-                         ("accumulate", lower_convs(conv, mode="gemm", form="accumulate"))]:
-            f = jax.jit(jax.value_and_grad(lambda x, w, f=fn: jnp.sum(f(x, w) ** 2)))
-            _, t = _time_calls(lambda f=f, x=x, w=w: jax.block_until_ready(f(x, w)), repeats)
-            row[name + "_ms"] = t * 1e3
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+        def grad(v, fn=fn):
+            return jax.grad(lambda v: -jnp.sum(jax.nn.log_softmax(fn(v))[jnp.arange(n), y]))(v)
+        once = jax.jit(grad)
+        loop = jax.jit(lambda v, g=grad: lax.fori_loop(
+                0, iterations, lambda i, u: u + 1e-3 * jnp.sign(g(u)), v))
+        _, t = _time_calls(lambda f=once: jax.block_until_ready(f(x)), repeats)
+        row[f"{name}_outside_loop_ms"] = t * 1e3
+        _, t = _time_calls(lambda f=loop: jax.block_until_ready(f(x)), repeats)
+        row[f"{name}_in_loop_ms"] = t * 1e3 / iterations
+    print(json.dumps(row), flush=True)
+    return row
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -662,7 +747,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or ("benchmarks/results/attacks_gpu.json" if args.device == "gpu"
                             else "benchmarks/results/attacks.json"))
     if args.forms:
-        rows = measure_forms()
+        rows = measure_forms(repeats=3 if args.repeats is None else args.repeats)
+        rows.append(measure_loop_penalty(synthetic=args.synthetic))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_name("conv_forms.json").write_text(json.dumps(rows, indent=2))
         return

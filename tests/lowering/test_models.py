@@ -83,14 +83,20 @@ def test_pgd_on_lowered_lenet_matches_native():
 
 
 def _convs_in(attack, x, y, keys):
+    """(all convolutions, transposed ones) in the traced batched attack: a transposed
+    convolution swaps the kernel's feature axes in its dimension numbers (LeNet5's kernels are
+    HWIO, rhs_spec (3, 2, 0, 1)) or dilates its input."""
+    from tests.lowering.test_conv import conv_layouts
+
     jaxpr = jax.make_jaxpr(jax.vmap(lambda a, b, k: attack(a, b, eps=0.1, key=k)))(x, y, keys)
-    return str(jaxpr).count("conv_general_dilated")
+    layouts = conv_layouts(str(jaxpr))
+    return len(layouts), sum(spec != (3, 2, 0, 1) or set(dil) != {1} for spec, dil in layouts)
 
 
 @pytest.mark.parametrize("make", ["pgd", "apgd", "square", "autoattack"])
 def test_attacks_lower_only_the_derivatives_by_default_and_honour_the_opt_out(make):
-    """On CPU a plain logits_fn's input gradients contain no convolution (GEMM-form tangents),
-    only its forward passes do; lower_convs(fn, mode="native") keeps XLA's backward convs."""
+    """On CPU a plain logits_fn's input gradients run no transposed convolution (forward-layout
+    convolutions and GEMM forms instead); lower_convs(fn, mode="native") keeps XLA's."""
     from advjax import attacks
     if jax.default_backend() != "cpu":
         pytest.skip("the default lowering applies on CPU backends only")
@@ -101,15 +107,18 @@ def test_attacks_lower_only_the_derivatives_by_default_and_honour_the_opt_out(ma
             "square": lambda f: attacks.square(f, queries=2),
             "autoattack": lambda f: attacks.autoattack(f, steps=2, queries=2)}[make]
     keys = jax.random.split(jax.random.key(0), 3)
-    by_default = _convs_in(ctor(logits_fn), x, y, keys)
-    native = _convs_in(ctor(lower_convs(logits_fn, mode="native")), x, y, keys)
-    # forward passes only: 2 convolutions per logits_fn call site, the same count either way
+    (total, transposed) = _convs_in(ctor(logits_fn), x, y, keys)
+    (native_total, native_transposed) = _convs_in(ctor(lower_convs(logits_fn, mode="native")),
+                                                  x, y, keys)
+    # 2 convolutions per logits_fn call site (both unit-stride: their input gradients are
+    # forward-layout convolutions, as many as XLA's transposed ones), none transposed
     forward = str(jax.make_jaxpr(logits_fn)(x[0])).count("conv_general_dilated")
-    assert forward == 2 and by_default % forward == 0
+    assert forward == 2 and total % forward == 0 and transposed == 0
+    assert total == native_total
     if make == "square":                     # forward passes only: nothing to lower
-        assert by_default == native
-    else:                                    # the native program adds the transposed convs
-        assert native > by_default
+        assert native_transposed == 0
+    else:                                    # the native program runs XLA's transposed convs
+        assert native_transposed > 0
 
 
 def test_train_state_applies_the_setting_and_steps_match():

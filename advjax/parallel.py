@@ -160,8 +160,8 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
       conv_lowering: ``"native"`` (default: XLA's convolution kernels), ``"auto"`` (convolutions
         as matrix products on CPU backends only) or ``"gemm"`` (always); see
         :func:`advjax.lowering.lower_convs`, applied to the whole ``fn``. The attacks already
-        run their model's convolution derivatives as matrix products on CPU backends
-        (``form="tangent"``), so the default leaves ``fn`` as it is; see
+        run their model's convolution derivatives without XLA:CPU's transposed convolution on
+        CPU backends (``form="tangent"``), so the default leaves ``fn`` as it is; see
         ``benchmarks/README.md``.
       **per_example: keyword arrays with leading size N, or scalars (broadcast), or a single
         typed PRNG key ``k`` (example ``i`` of the whole set gets ``fold_in(k, i)``, whatever

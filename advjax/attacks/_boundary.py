@@ -28,7 +28,7 @@ on ONE example, and assembles the attack with :func:`per_example`::
 
 ``logits_fn`` is passed through :func:`_prepare_logits_fn` once, at construction: the one place
 where a transformation of the model function applies to every attack (on CPU backends, the
-derivatives of its convolutions as matrix products).
+derivatives of its convolutions without XLA:CPU's slow transposed convolution).
 """
 
 from __future__ import annotations
@@ -60,10 +60,13 @@ TARGET_POLICIES = ("none", "required", "optional")
 def _prepare_logits_fn(logits_fn: LogitsFn) -> LogitsFn:
     """The single hook applied to ``logits_fn`` inside every attack.
 
-    On CPU backends the derivatives of its convolutions run as matrix products
-    (:func:`advjax.lowering.lower_convs` with ``mode="auto"``, ``form="tangent"``): the values are
-    XLA's own convolutions, bit for bit, and the input gradients equal XLA's up to float32
-    summation order (``benchmarks/README.md``: PGD-40 on the PGD-trained LeNet5 ~2.5x faster).
+    On CPU backends the derivatives of its convolutions avoid XLA:CPU's transposed convolution,
+    many times slower inside an attack's loop of steps (:func:`advjax.lowering.lower_convs` with
+    ``mode="auto"``, ``form="tangent"``): forward convolutions over flipped kernels or matrix
+    products. The values are XLA's own convolutions, bit for bit (except cropping paddings,
+    computed as matrix products because XLA:CPU can get them wrong), and the input gradients equal
+    XLA's up to float32 summation order (``benchmarks/README.md``: PGD-40 on the PGD-trained
+    LeNet5 ~2x faster than with XLA's convolutions).
     GPU/TPU programs are unchanged. A function already wrapped by ``lower_convs`` is kept as
     given: ``lower_convs(fn, mode="native")`` opts out, ``mode="gemm"`` forces the full
     rewrite.

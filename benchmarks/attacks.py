@@ -244,6 +244,19 @@ def _peak_memory_mb(device: str, framework: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def advjax_cnn_attack(logits_fn, attack: str, cfg: dict):
+    """``jit(vmap(...))`` of the CNN suite's attack: ``run(x (B, ...), y (B,), keys (B,))``."""
+    import jax
+
+    from advjax import attacks
+    if attack == "pgd":
+        atk = attacks.pgd(logits_fn, norm="linf", steps=cfg["steps"], step_size=cfg["step"],
+                          random_start=False)
+        return jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"])))
+    atk = attacks.apgd(logits_fn, norm="linf", steps=cfg["steps"])
+    return jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"], key=k)))
+
+
 def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, repeats: int, *,
                 device: str = "cpu", synthetic: bool = False, depth: int = 44,
                 steps: int | None = None, checkpoint: str = "standard") -> dict:
@@ -259,7 +272,6 @@ def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, rep
         import jax
         import jax.numpy as jnp
 
-        from advjax import attacks
         from advjax.lowering import lower_convs
 
         def logits_fn(x):
@@ -267,14 +279,7 @@ def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, rep
 
         mode = "native" if framework == "advjax-native" else "auto"
         form = "tangent" if framework == "advjax-tangent" else "auto"
-        fast = lower_convs(logits_fn, mode=mode, form=form)
-        if attack == "pgd":
-            atk = attacks.pgd(fast, norm="linf", steps=cfg["steps"], step_size=cfg["step"],
-                              random_start=False)
-            run = jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"])))
-        else:
-            atk = attacks.apgd(fast, norm="linf", steps=cfg["steps"])
-            run = jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"], key=k)))
+        run = advjax_cnn_attack(lower_convs(logits_fn, mode=mode, form=form), attack, cfg)
         xb, yb = jnp.asarray(xs), jnp.asarray(ys)
         keys = jax.random.split(jax.random.key(0), n)
         results = []

@@ -87,22 +87,29 @@ def run_advjax(model: str, norm: str, n: int, batch: int) -> dict:
                 run_seconds=run, wall_seconds=wall, images_per_s=n / run)
 
 
-def run_official(model: str, norm: str, n: int, batch: int) -> dict:
+def _torch_net_and_data(model: str, n: int):
+    """``(net, x, y)``: the PyTorch twin of ``model`` (same weights, eval mode) and its first
+    ``n`` images (NCHW float32) and labels (int64), for the PyTorch frameworks."""
     import torch
-    from autoattack import AutoAttack
 
     sys.path.insert(0, str(Path(__file__).parent))
     from attacks import _torch_model  # the same PyTorch LeNet5 as the attacks benchmark
 
+    torch.set_num_threads(os.cpu_count() or 1)
     if model in RESNETS:
         from _torch_models import torch_preact_resnet
-        torch.set_num_threads(os.cpu_count() or 1)
         net = torch_preact_resnet(*_flax_model(model))
     else:
         net = _torch_model(model, Path("/nonexistent"))
     xs, ys = _images(model, n)
-    x = torch.tensor(xs).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor(ys).long()
+    return net, torch.tensor(xs).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys).long()
+
+
+def run_official(model: str, norm: str, n: int, batch: int) -> dict:
+    import torch
+    from autoattack import AutoAttack
+
+    net, x, y = _torch_net_and_data(model, n)
     aa = AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=_eps(model, norm),
                     version="standard", device="cpu", seed=0)
     buf = io.StringIO()
@@ -140,18 +147,7 @@ def run_torchattacks(model: str, norm: str, n: int, batch: int) -> dict:
     import torch
     import torchattacks
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from attacks import _torch_model
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    if model in RESNETS:
-        from _torch_models import torch_preact_resnet
-        net = torch_preact_resnet(*_flax_model(model))
-    else:
-        net = _torch_model(model, Path("/nonexistent"))
-    xs, ys = _images(model, n)
-    x = torch.tensor(xs).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor(ys).long()
+    net, x, y = _torch_net_and_data(model, n)
     aa = torchattacks.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm],
                                  eps=_eps(model, norm), version="standard", n_classes=10, seed=0)
     with torch.no_grad():

@@ -41,16 +41,9 @@ def _module_from(path: str):
 
 def _advjax_call(lowering, apply, cfg, attack, x, y, keys):
     import jax
-
-    from advjax import attacks
-    fn = lowering.lower_convs(lambda v: apply(v[None])[0], mode="auto", form="tangent")
-    if attack == "pgd":
-        atk = attacks.pgd(fn, norm="linf", steps=cfg["steps"], step_size=cfg["step"],
-                          random_start=False)
-        run = jax.jit(jax.vmap(lambda a, b, k: atk(a, b, eps=cfg["eps"])))
-    else:
-        atk = attacks.apgd(fn, norm="linf", steps=cfg["steps"])
-        run = jax.jit(jax.vmap(lambda a, b, k: atk(a, b, eps=cfg["eps"], key=k)))
+    from attacks import advjax_cnn_attack
+    run = advjax_cnn_attack(lowering.lower_convs(lambda v: apply(v[None])[0], mode="auto",
+                                                 form="tangent"), attack, cfg)
 
     def call():
         res = jax.block_until_ready(run(x, y, keys))

@@ -257,6 +257,57 @@ def advjax_cnn_attack(logits_fn, attack: str, cfg: dict):
     return jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"], key=k)))
 
 
+def torch_cnn_attack(framework: str, net, attack: str, cfg: dict, batch: int, dev: str,
+                     input_shape: tuple[int, ...]):
+    """The PyTorch peer's attack of the CNN suite as ``call(x (B, C, H, W), y (B,)) -> x_adv``.
+
+    ``framework``: ``"torchattacks"``, ``"foolbox"`` or ``"art"``; ``attack``: ``"pgd"`` (L-inf,
+    no random start) or ``"apgd"`` (CE loss, one restart; not in foolbox); ``cfg`` the suite's
+    settings (``eps``, ``step``, ``steps``); ``dev``: ``"cpu"`` or ``"cuda"``; ``input_shape`` one
+    image's ``(C, H, W)`` (ART needs it).
+    """
+    import torch
+    eps = cfg["eps"]
+    if framework == "torchattacks":
+        import torchattacks
+        if attack == "pgd":
+            atk = torchattacks.PGD(net, eps=eps, alpha=cfg["step"], steps=cfg["steps"],
+                                   random_start=False)
+        else:
+            atk = torchattacks.APGD(net, norm="Linf", eps=eps, steps=cfg["steps"],
+                                    n_restarts=1, loss="ce", seed=0)
+        call = lambda xb, yb: atk(xb, yb)  # noqa: E731
+    elif framework == "foolbox":
+        import foolbox as fb
+        if attack != "pgd":
+            raise ValueError("foolbox has no APGD")
+        fmodel = fb.PyTorchModel(net, bounds=(0, 1), device=dev)
+        fatk = fb.attacks.LinfPGD(abs_stepsize=cfg["step"], steps=cfg["steps"],
+                                  random_start=False)
+        call = lambda xb, yb: fatk(fmodel, xb, yb, epsilons=eps)[1]  # noqa: E731
+    elif framework == "art":
+        from art.estimators.classification import PyTorchClassifier
+        clf = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(),
+                                input_shape=input_shape, nb_classes=10,
+                                clip_values=(0.0, 1.0), device_type=dev)
+        if attack == "pgd":
+            from art.attacks.evasion import ProjectedGradientDescent
+            aatk = ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=cfg["step"],
+                                            max_iter=cfg["steps"], num_random_init=0,
+                                            batch_size=batch, verbose=False)
+        else:
+            from art.attacks.evasion import AutoProjectedGradientDescent
+            aatk = AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps,
+                                                max_iter=cfg["steps"], nb_random_init=1,
+                                                batch_size=batch, loss_type="cross_entropy",
+                                                verbose=False)
+        call = lambda xb, yb: torch.tensor(  # noqa: E731
+                aatk.generate(xb.cpu().numpy(), y=yb.cpu().numpy()), device=dev)
+    else:
+        raise ValueError(framework)
+    return call
+
+
 def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, repeats: int, *,
                 device: str = "cpu", synthetic: bool = False, depth: int = 44,
                 steps: int | None = None, checkpoint: str = "standard") -> dict:
@@ -305,44 +356,7 @@ def measure_cnn(framework: str, model: str, attack: str, n: int, batch: int, rep
         net = _torch_cnn(model, variables, module, dev)
         xt = torch.tensor(_to_nchw(xs), device=dev)
         yt = torch.tensor(ys.astype(np.int64), device=dev)
-        eps = cfg["eps"]
-        if framework == "torchattacks":
-            import torchattacks
-            if attack == "pgd":
-                atk = torchattacks.PGD(net, eps=eps, alpha=cfg["step"], steps=cfg["steps"],
-                                       random_start=False)
-            else:
-                atk = torchattacks.APGD(net, norm="Linf", eps=eps, steps=cfg["steps"],
-                                        n_restarts=1, loss="ce", seed=0)
-            call = lambda xb, yb: atk(xb, yb)  # noqa: E731
-        elif framework == "foolbox":
-            import foolbox as fb
-            if attack != "pgd":
-                raise ValueError("foolbox has no APGD")
-            fmodel = fb.PyTorchModel(net, bounds=(0, 1), device=dev)
-            fatk = fb.attacks.LinfPGD(abs_stepsize=cfg["step"], steps=cfg["steps"],
-                                      random_start=False)
-            call = lambda xb, yb: fatk(fmodel, xb, yb, epsilons=eps)[1]  # noqa: E731
-        elif framework == "art":
-            from art.estimators.classification import PyTorchClassifier
-            clf = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(),
-                                    input_shape=tuple(xt.shape[1:]), nb_classes=10,
-                                    clip_values=(0.0, 1.0), device_type=dev)
-            if attack == "pgd":
-                from art.attacks.evasion import ProjectedGradientDescent
-                aatk = ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=cfg["step"],
-                                                max_iter=cfg["steps"], num_random_init=0,
-                                                batch_size=batch, verbose=False)
-            else:
-                from art.attacks.evasion import AutoProjectedGradientDescent
-                aatk = AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps,
-                                                    max_iter=cfg["steps"], nb_random_init=1,
-                                                    batch_size=batch, loss_type="cross_entropy",
-                                                    verbose=False)
-            call = lambda xb, yb: torch.tensor(  # noqa: E731
-                    aatk.generate(xb.cpu().numpy(), y=yb.cpu().numpy()), device=dev)
-        else:
-            raise ValueError(framework)
+        call = torch_cnn_attack(framework, net, attack, cfg, batch, dev, tuple(xt.shape[1:]))
         advs = []
 
         def go():

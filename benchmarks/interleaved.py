@@ -1,15 +1,20 @@
-"""advjax's default CNN attacks vs torchattacks, interleaved in ONE process (and optionally a
-previous ``advjax/lowering.py`` beside the current one).
+"""advjax's default CNN attacks vs the PyTorch peers, interleaved in ONE process (and optionally
+a previous ``advjax/lowering.py`` beside the current one).
 
 This machine's speed drifts by tens of percent between runs, so ratios from one framework per
 subprocess, run one after the other, carry that drift. Here every framework is compiled first and
-then timed in rounds (A, B, C, A, B, C, ...), so each ratio compares calls made minutes apart at
-most. Rows: PGD-40 on advertorch's PGD-trained LeNet5 (256 MNIST test images), PGD-10 and
-APGD-100 on a Woods ResNet-44 (16 CIFAR-10 head images). Same weights, images and settings as
-``attacks.py``.
+then timed in rounds (A, B, C, A, B, C, ...), with the fp32 matmul roofline (a 4096² matmul in
+JAX) measured in the same rounds, so each ratio and each roofline fraction compares calls made
+minutes apart at most. Rows: PGD-40 on advertorch's PGD-trained LeNet5 (``lenet5adv``) and on the
+same weights as a plain Flax model with ``nn.Conv`` / ``nn.max_pool`` (``flaxlenet``), MNIST test
+images; PGD-10 and APGD-100 on a Woods ResNet-44 (CIFAR-10 head images). Same weights, images and
+settings as ``attacks.py``; every framework attacks the whole set in one call. Peers:
+torchattacks (default), foolbox (PGD only: it has no APGD) and ART. Achieved GFLOP/s counts XLA's
+forward + input-gradient FLOPs of one step times the step count.
 
 Usage (needs ADVJAX_DATA_DIR and the bench extra):
   python benchmarks/interleaved.py --rounds 3 --out benchmarks/results/attacks_interleaved.json
+  python benchmarks/interleaved.py --models resnet44 --n-resnet 64 --peers torchattacks foolbox art
   git show 7dd6db4:advjax/lowering.py > /tmp/lowering_7dd6db4.py
   python benchmarks/interleaved.py --baseline /tmp/lowering_7dd6db4.py   # a previous lowering
 """
@@ -29,7 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-ROWS = (("lenet5adv", "pgd", 256), ("resnet44", "pgd", 16), ("resnet44", "apgd", 16))
+ROWS = (("lenet5adv", "pgd"), ("flaxlenet", "pgd"), ("resnet44", "pgd"), ("resnet44", "apgd"))
+PEERS = ("torchattacks", "foolbox", "art")
 
 
 def _module_from(path: str):
@@ -51,19 +57,13 @@ def _advjax_call(lowering, apply, cfg, attack, x, y, keys):
     return call
 
 
-def _torch_call(model, module, variables, cfg, attack, xs, ys):
+def _torch_call(peer, model, module, variables, cfg, attack, xs, ys):
     import torch
-    import torchattacks
-    from attacks import _torch_cnn
+    from attacks import _torch_cnn, torch_cnn_attack
     net = _torch_cnn(model, variables, module, "cpu")
     xt = torch.tensor(xs).permute(0, 3, 1, 2).contiguous()
     yt = torch.tensor(ys).long()
-    if attack == "pgd":
-        atk = torchattacks.PGD(net, eps=cfg["eps"], alpha=cfg["step"], steps=cfg["steps"],
-                               random_start=False)
-    else:
-        atk = torchattacks.APGD(net, norm="Linf", eps=cfg["eps"], steps=cfg["steps"],
-                                n_restarts=1, loss="ce", seed=0)
+    atk = torch_cnn_attack(peer, net, attack, cfg, len(xs), "cpu", tuple(xt.shape[1:]))
 
     def call():
         adv = atk(xt, yt)
@@ -72,17 +72,46 @@ def _torch_call(model, module, variables, cfg, attack, xs, ys):
     return call
 
 
+def _roofline_call():
+    """A 4096² fp32 matmul in JAX; returns its GFLOP/s."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+
+    def call():
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        return 2 * 4096 ** 3 / (time.perf_counter() - t0) / 1e9
+    return call
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version({"art": "adversarial-robustness-toolbox"}.get(package, package))
+    except PackageNotFoundError:
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--baseline", default=None,
                     help="path of a previous advjax/lowering.py to time beside the current one")
+    ap.add_argument("--models", nargs="+", default=["lenet5adv", "flaxlenet", "resnet44"],
+                    choices=["lenet5adv", "flaxlenet", "resnet44"])
+    ap.add_argument("--peers", nargs="+", default=["torchattacks"], choices=PEERS)
+    ap.add_argument("--n-lenet", type=int, default=256, help="MNIST test images per LeNet5 row")
+    ap.add_argument("--n-resnet", type=int, default=16,
+                    help="CIFAR-10 head images per ResNet-44 row")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     import jax.numpy as jnp
-    from attacks import _attack_settings, _cnn_data, _cnn_jax
+    from attacks import _attack_settings, _cnn_data, _cnn_jax, _step_flops
 
     from advjax import lowering
     lowerings = {"advjax": lowering}
@@ -90,8 +119,14 @@ def main() -> None:
         lowerings["advjax-baseline"] = _module_from(args.baseline)
     out = {"meta": dict(machine=platform.platform(), cores=os.cpu_count(), jax=jax.__version__,
                         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                        rounds=args.rounds, baseline=args.baseline), "rows": []}
-    for model, attack, n in ROWS:
+                        rounds=args.rounds, baseline=args.baseline, peers=args.peers,
+                        torch=_version("torch"), **{p: _version(p) for p in args.peers}),
+           "rows": []}
+    roofline = _roofline_call()
+    for model, attack in ROWS:
+        if model not in args.models:
+            continue
+        n = args.n_resnet if model == "resnet44" else args.n_lenet
         cfg = _attack_settings(model, attack, None)
         xs, ys = _cnn_data(model, n, False)
         module, variables, apply = _cnn_jax(model, False, 44, "standard")
@@ -100,31 +135,61 @@ def main() -> None:
         calls, first, robust = {}, {}, {}
         for name, mod in lowerings.items():
             calls[name] = _advjax_call(mod, apply, cfg, attack, x, y, keys)
-        calls["torchattacks"] = _torch_call(model, module, variables, cfg, attack, xs, ys)
+        peers = [p for p in args.peers if not (p == "foolbox" and attack != "pgd")]
+        for peer in peers:
+            calls[peer] = _torch_call(peer, model, module, variables, cfg, attack, xs, ys)
         for name, call in calls.items():
             t0 = time.perf_counter()
             robust[name] = call()
             first[name] = time.perf_counter() - t0
         times = {name: [] for name in calls}
+        rooflines = []
         for _ in range(args.rounds):
+            rooflines.append(roofline())
             for name, call in calls.items():
                 t0 = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - t0)
-        row = {"model": model, "attack": f"{attack}-{cfg['steps']}", "n": n,
-               "load_end": os.getloadavg()}
+        rooflines.append(roofline())
+        gflop = _step_flops(lambda v, f=apply: f(v[None])[0], xs) * cfg["steps"] / 1e9
+        peak = float(np.median(rooflines))
+        row = {"model": model, "attack": f"{attack}-{cfg['steps']}", "n": n, "gflop": gflop,
+               "roofline_gflops": peak, "rooflines": rooflines, "load_end": os.getloadavg()}
         for name in calls:
             med = float(np.median(times[name]))
             row[name] = dict(images_per_s=n / med, seconds=times[name],
-                             robust_accuracy=robust[name],
-                             compile_s=(first[name] - med) if name != "torchattacks" else None)
-        row["advjax_vs_torchattacks"] = row["advjax"]["images_per_s"] / \
-            row["torchattacks"]["images_per_s"]
+                             robust_accuracy=robust[name], gflops=gflop / med,
+                             roofline_fraction=gflop / med / peak,
+                             compile_s=(first[name] - med) if name in lowerings else None)
+        for peer in peers:
+            row[f"advjax_vs_{peer}"] = row["advjax"]["images_per_s"] / \
+                row[peer]["images_per_s"]
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=1))
+        tmp.replace(args.out)
+    print(render(out))
+
+
+def render(res: dict) -> str:
+    """Markdown table of one run: per row and framework, throughput, advjax's speed-up over it,
+    compile time, robust accuracy, achieved GFLOP/s and fraction of the run's matmul roofline."""
+    out = ["| model | attack | N | framework | images/s | advjax speed-up | compile s "
+           "| robust acc. | GFLOP/s | roofline |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in res["rows"]:
+        names = [k for k in row if isinstance(row[k], dict)]
+        for name in names:
+            r = row[name]
+            ratio = row["advjax"]["images_per_s"] / r["images_per_s"]
+            comp = "—" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+            out.append(f"| {row['model']} | {row['attack']} | {row['n']} | {name} | "
+                       f"{r['images_per_s']:.2f} | {ratio:.2f}× | {comp} | "
+                       f"{r['robust_accuracy']:.3f} | {r['gflops']:.1f} | "
+                       f"{r['roofline_fraction']:.2f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

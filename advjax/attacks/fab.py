@@ -176,21 +176,28 @@ def fab_multi_search(logits_fn: Callable[[Array], Array], x: Array, label: Array
     targets = (_search.top_targets(logits_fn(x), label, n_targets) if targeted
                else jnp.zeros((1,), jnp.int32))
     n_t = n_targets if targeted else 1
-    best, size = x, jnp.asarray(jnp.inf, x.dtype)
     active = jnp.asarray(active, bool)
-    for ti in range(n_t):
-        for r in range(n_restarts):
-            radius = start_radius
-            if radius is None:
-                radius = jnp.where(jnp.isfinite(size), size,
-                                   jnp.where(jnp.asarray(stop_below) > 0, stop_below, 0.0))
-            run_key = jax.random.fold_in(jax.random.fold_in(key, ti), r)
-            z, t = fab_search(logits_fn, x, label, run_key, norm=norm, steps=steps, lo=lo, hi=hi,
-                              target=targets[ti] if targeted else None, random_start=r > 0,
-                              start_radius=radius, stop_below=stop_below,
-                              active=active & ~(size <= stop_below), **kw)
-            take = t < size
-            best, size = jnp.where(take, z, best), jnp.where(take, t, size)
+
+    def run(carry, j):
+        # Run j: target j // n_restarts, restart j % n_restarts (in that order), one compiled
+        # body for all of them.
+        best, size = carry
+        ti, r = j // n_restarts, j % n_restarts
+        radius = start_radius
+        if radius is None:
+            radius = jnp.where(jnp.isfinite(size), size,
+                               jnp.where(jnp.asarray(stop_below) > 0, stop_below, 0.0))
+        run_key = jax.random.fold_in(jax.random.fold_in(key, ti), r)
+        z, t = fab_search(logits_fn, x, label, run_key, norm=norm, steps=steps, lo=lo, hi=hi,
+                          target=targets[ti] if targeted else None,
+                          random_start=(r > 0) if n_restarts > 1 else False,
+                          start_radius=radius, stop_below=stop_below,
+                          active=active & ~(size <= stop_below), **kw)
+        take = t < size
+        return (jnp.where(take, z, best), jnp.where(take, t, size)), None
+
+    init = (x, jnp.asarray(jnp.inf, x.dtype))
+    (best, size), _ = jax.lax.scan(run, init, jnp.arange(n_t * n_restarts))
     return best, size
 
 

@@ -5,7 +5,6 @@ library's attacks, metrics and bounds; prints one JSON line with the findings.
 """
 
 import json
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,18 +21,34 @@ def gradient_step(x, label, *, key, eps):
     return {"x_adv": jnp.clip(x + eps * jnp.sign(grad) + noise, 0, 1), "label": label}
 
 
-def main():
-    out = {"device_count": jax.device_count()}
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 13
+def _matches_vmap(n):
+    """Sharded, streamed and one-key results on ``n`` examples against ``jit(vmap)``."""
     xs = jax.random.uniform(jax.random.key(0), (n, 4, 4, 1))
     labels = jnp.arange(n) % 3
     keys = jax.random.split(jax.random.key(1), n)
     eps = jnp.linspace(0.0, 0.3, n)
     ref = jax.jit(jax.vmap(gradient_step))(xs, labels, key=keys, eps=eps)
     sharded = parallel.shard_attack(gradient_step)(xs, labels, key=keys, eps=eps)
-    out["max_abs_diff"] = float(jnp.max(jnp.abs(ref["x_adv"] - sharded["x_adv"])))
-    out["labels_equal"] = bool(jnp.all(ref["label"] == sharded["label"]))
-    out["shape"] = list(sharded["x_adv"].shape)
+    streamed = parallel.stream(gradient_step, xs, labels, chunk_size=5, key=keys, eps=eps)
+    # One key for the whole set: example i must get fold_in(key, i) on every path.
+    one_key = jax.random.key(7)
+    folded = jax.vmap(lambda i: jax.random.fold_in(one_key, i))(jnp.arange(n))
+    ref_k = jax.jit(jax.vmap(gradient_step))(xs, labels, key=folded, eps=eps)["x_adv"]
+    got_k = [parallel.shard_attack(gradient_step)(xs, labels, key=one_key, eps=eps)["x_adv"],
+             parallel.stream(gradient_step, xs, labels, chunk_size=5, key=one_key,
+                             eps=eps)["x_adv"]]
+    diff = lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b))))  # noqa: E731
+    return {"max_abs_diff": diff(ref["x_adv"], sharded["x_adv"]),
+            "labels_equal": bool(jnp.all(ref["label"] == sharded["label"])),
+            "shape": list(sharded["x_adv"].shape),
+            "stream_max_abs_diff": diff(ref["x_adv"], streamed["x_adv"]),
+            "single_key_max_abs_diff": max(diff(ref_k, g) for g in got_k)}
+
+
+def main():
+    out = {"device_count": jax.device_count(),
+           # 13 examples are padded up to the device count; 16 divide by it.
+           "by_size": {str(n): _matches_vmap(n) for n in (13, 16)}}
     # Divisible batch: the output must really be split over all devices.
     m = 16
     res16 = parallel.shard_attack(gradient_step)(
@@ -43,17 +58,6 @@ def main():
     out["num_shards"] = len(shards)
     out["shard_rows"] = sorted({s.data.shape[0] for s in shards})
     out["distinct_devices"] = len({s.device for s in shards})
-    streamed = parallel.stream(gradient_step, xs, labels, chunk_size=5, key=keys, eps=eps)
-    out["stream_max_abs_diff"] = float(np.max(np.abs(np.asarray(ref["x_adv"]) - streamed["x_adv"])))
-    # One key for the whole set: example i must get fold_in(key, i) on every path.
-    one_key = jax.random.key(7)
-    folded = jax.vmap(lambda i: jax.random.fold_in(one_key, i))(jnp.arange(n))
-    ref_k = jax.jit(jax.vmap(gradient_step))(xs, labels, key=folded, eps=eps)["x_adv"]
-    got_k = [parallel.shard_attack(gradient_step)(xs, labels, key=one_key, eps=eps)["x_adv"],
-             parallel.stream(gradient_step, xs, labels, chunk_size=5, key=one_key,
-                             eps=eps)["x_adv"]]
-    out["single_key_max_abs_diff"] = max(float(np.max(np.abs(np.asarray(ref_k) - np.asarray(g))))
-                                         for g in got_k)
     out.update(library_checks())
     print(json.dumps(out))
 

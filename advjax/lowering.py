@@ -60,6 +60,13 @@ FORMS = ("auto", "concat", "accumulate", "tangent")
 # avoids the prod(kernel)-times larger operand for wide layers.
 CONCAT_LIMIT_BYTES = 256 * 2**20
 WIDE_CHANNELS = 256
+# The input gradient of a unit-stride, ungrouped convolution runs as a forward convolution over
+# the swapped kernel ("tangent" form) only when the layer has at least this many input channels:
+# with one (a greyscale first layer) that convolution has ONE output channel, which XLA:CPU runs
+# as a matrix-vector product (~4 GFLOP/s); the GEMM form's transpose (one matrix product and the
+# adjoint of the shifted slices) is faster there. From `python benchmarks/interleaved.py` A/B
+# runs: PGD-40 on the LeNet5 +14-24 %; on the ResNet-44 (3 input channels) no gain, so 2.
+SWAPPED_MIN_IN_CHANNELS = 2
 # Kernels with more taps than this stay native: they are the weight-gradient convolutions of an
 # already differentiated program (kernel = a feature map), not layers.
 MAX_TAPS = 121
@@ -86,8 +93,9 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
       form: ``"auto"`` (per layer by shape, :func:`choose_form`), or force ``"concat"`` /
         ``"accumulate"`` for every convolution (for measurements); ``"tangent"`` keeps XLA's
         convolution for the values and changes only the derivatives (:func:`conv_tangent_gemm`):
-        the input gradient of a unit-stride, ungrouped convolution is a forward convolution over
-        the flipped, physically transposed kernel, every other one the GEMM form (shape rule of
+        the input gradient of a unit-stride, ungrouped convolution with two or more input
+        channels is a forward convolution over the flipped, physically transposed kernel,
+        every other one the GEMM form (shape rule of
         ``"auto"``), so no transposed convolution runs. A convolution with negative (cropping)
         padding is computed in the GEMM form, value included (XLA:CPU's value can be wrong
         there). ``"tangent"`` applies to the convolutions of an undifferentiated ``fn`` (a
@@ -337,10 +345,11 @@ def conv_tangent_gemm(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Arra
     """``lax.conv_general_dilated`` (primitive parameters) with fast derivatives on XLA:CPU.
 
     The value is XLA's own convolution. The convolution is bilinear, ``d conv(x, w) = conv(dx, w)
-    + conv(x, dw)``; the input term is, for unit strides without input dilation or groups,
-    the same convolution over a kernel whose feature axes are swapped in memory and in the
-    dimension numbers (so reverse mode's transpose is a forward convolution of the cotangent
-    with the flipped kernel in its own layout), and otherwise :func:`conv_gemm` (reverse mode
+    + conv(x, dw)``; the input term is, for unit strides without input dilation or groups
+    and with at least :data:`SWAPPED_MIN_IN_CHANNELS` input channels, the same convolution
+    over a kernel whose feature axes are swapped in memory and in the dimension numbers (so
+    reverse mode's transpose is a forward convolution of the cotangent with the flipped kernel
+    in its own layout), and otherwise :func:`conv_gemm` (reverse mode
     transposes strided slices and matrix products). The weight term is :func:`conv_gemm`. Either
     way XLA:CPU's transposed convolution, many times slower inside a while loop such as an
     attack's steps, never runs. A tangent that is a symbolic zero (the weights of an attacked
@@ -382,12 +391,15 @@ _conv_native_value.defjvp(_conv_native_value_jvp, symbolic_zeros=True)
 
 
 def _transposes_as_forward_conv(params: dict[str, Any], rhs_shape) -> bool:
-    """Whether the input gradient of this convolution is a plain forward convolution (unit
-    strides, no input dilation, one group, non-negative padding of the transpose)."""
+    """Whether the input gradient of this convolution runs as a plain forward convolution (unit
+    strides, no input dilation, one group, non-negative padding of the transpose, at least
+    :data:`SWAPPED_MIN_IN_CHANNELS` input channels)."""
     if (any(s != 1 for s in params["window_strides"]) or any(s != 1 for s in params["lhs_dilation"])
             or params["feature_group_count"] != 1 or params["batch_group_count"] != 1):
         return False
     rhs_spec = params["dimension_numbers"][1]
+    if rhs_shape[rhs_spec[1]] < SWAPPED_MIN_IN_CHANNELS:
+        return False
     kernel = [rhs_shape[i] for i in rhs_spec[2:]]
     eff = [(k - 1) * r + 1 for k, r in zip(kernel, params["rhs_dilation"], strict=True)]
     return all(lo <= e - 1 and hi <= e - 1

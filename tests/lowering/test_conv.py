@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from advjax.lowering import conv_gemm, lower_convs, lowering_plan
+from advjax.lowering import SWAPPED_MIN_IN_CHANNELS, conv_gemm, lower_convs, lowering_plan
 
 EPS = float(np.finfo(np.float32).eps)
 
@@ -125,6 +125,7 @@ CASES = [
     ("conv1d_ncw_dil", (2, 3, 11), (4, 3, 3), ("NCW", "OIW", "NCW"), (1,), ((-1, 2),), (2,), (2,), 1, 1),
     ("conv3d", (2, 5, 5, 4, 2), (2, 3, 2, 2, 3), ("NDHWC", "DHWIO", "NDHWC"), (1, 2, 1), "SAME", (1, 1, 1), (1, 1, 1), 1, 1),
     ("conv3d_ncdhw_groups", (2, 4, 4, 5, 5), (4, 2, 2, 2, 3), ("NCDHW", "OIDHW", "NCDHW"), (1, 1, 2), ((0, 1), (1, 0), (-1, 1)), (1, 1, 1), (1, 1, 1), 2, 1),
+    ("one_channel", (2, 7, 7, 1), (3, 3, 1, 4), ("NHWC", "HWIO", "NHWC"), (1, 1), "SAME", (1, 1), (1, 1), 1, 1),
 ]
 
 
@@ -203,7 +204,7 @@ def test_negative_padding_against_numpy_and_cropped_native():
 
 TANGENT_CASES = [c for c in CASES if c[0] in (
     "same", "rhs_dilation", "mixed_layouts", "conv1d_ncw_dil",      # gradient: a forward conv
-    "stride21_asym", "groups2", "nchw", "lhs_dilation",              # gradient: the GEMM form
+    "stride21_asym", "groups2", "nchw", "lhs_dilation", "one_channel",  # gradient: GEMM form
     "negative_stride")]                                               # all of it: the GEMM form
 
 
@@ -241,8 +242,11 @@ def test_tangent_form_keeps_native_values_and_runs_no_transposed_convolution(cas
         assert layouts[0][0] == forward_spec
         # The VJP holds no transposed convolution (feature axes swapped in the dimension
         # numbers, or input-dilated): a unit-stride ungrouped conv's input gradient is ONE
-        # forward-layout convolution, every other input gradient the GEMM form.
-        plain = all(s == 1 for s in strides) and all(v == 1 for v in ld) and fg == bg == 1
+        # forward-layout convolution when it has at least two input channels, every other
+        # input gradient the GEMM form.
+        in_channels = ws[lax.conv_dimension_numbers(xs, ws, dn).rhs_spec[1]]
+        plain = (all(s == 1 for s in strides) and all(v == 1 for v in ld) and fg == bg == 1
+                 and in_channels >= SWAPPED_MIN_IN_CHANNELS)
         assert len(layouts) == 1 + plain
         assert all(spec == forward_spec and set(dil) == {1} for spec, dil in layouts[1:])
     _, gx, gw = (np.asarray(a) for a in _value_and_vjp(lowered)(x, w, ct))

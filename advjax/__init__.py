@@ -11,13 +11,17 @@ Pure functional modules, batched by transforms:
 * ``advjax.explain``   adversarial explanations
 * ``advjax.parallel``  meshes and sharded batch attacks
 
-Sub-packages are imported on first access, so ``import advjax`` does no work.
+Sub-packages are imported on first access, so ``import advjax`` does no work beyond
+:mod:`advjax.xla_cpu`, which sets the one XLA:CPU option CNN attacks need to use every core
+(before JAX starts a backend; opt out with ``ADVJAX_XLA_CPU_TUNING=0``).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from advjax import xla_cpu  # noqa: F401  (first: XLA reads XLA_FLAGS when a backend starts)
 
 __version__ = "0.1.0"
 
@@ -32,7 +36,7 @@ _SUBMODULES = (
         "train",
 )
 
-__all__ = list(_SUBMODULES) + ["__version__"]
+__all__ = list(_SUBMODULES) + ["__version__", "xla_cpu"]
 
 
 def __getattr__(name: str) -> Any:

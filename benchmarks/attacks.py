@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+import advjax  # noqa: F401  (first: its XLA:CPU option must precede JAX's first backend)
+
 PGD = dict(eps=0.3, step=0.01, steps=40)
 PGD_CIFAR = dict(eps=8 / 255, step=2 / 255, steps=10)
 APGD_CIFAR = dict(eps=8 / 255, steps=100)
@@ -830,6 +832,7 @@ def main(argv: list[str] | None = None) -> None:
               "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
               "python": platform.python_version(), "jax": jax.__version__,
               "load_average_after": load, "matmul_fp32_gflops": peak,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "synthetic": args.synthetic, "settings": {
                   "pgd_mnist": PGD, "pgd_cifar": PGD_CIFAR, "apgd_cifar": APGD_CIFAR,
                   "lbfgs": LBFGS, "n": n, "n_resnet": args.n_resnet or n, "batch": batch,

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+import advjax  # noqa: F401  (first: its XLA:CPU option must precede JAX's first backend)
+
 EPS = {"linf": 0.3, "l2": 2.0}
 EPS_CIFAR = {"linf": 8 / 255, "l2": 0.5}  # published standard-version CIFAR-10 settings
 RESNETS = ("resnet44-standard", "resnet44-robust")  # Woods et al. (2019), CIFAR-10 test head
@@ -247,7 +249,7 @@ def main() -> None:
     meta = dict(machine=platform.platform(), cores=os.cpu_count(), python=platform.python_version(),
                 jax=jax.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 load_average=os.getloadavg(), n=args.n, batch=args.batch, eps=EPS,
-                eps_cifar=EPS_CIFAR)
+                eps_cifar=EPS_CIFAR, xla_flags=os.environ.get("XLA_FLAGS", ""))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))

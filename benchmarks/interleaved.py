@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+import advjax  # noqa: F401  (first: its XLA:CPU option must precede JAX's first backend)
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 ROWS = (("lenet5adv", "pgd"), ("flaxlenet", "pgd"), ("resnet44", "pgd"), ("resnet44", "apgd"))
@@ -120,6 +122,7 @@ def main() -> None:
     out = {"meta": dict(machine=platform.platform(), cores=os.cpu_count(), jax=jax.__version__,
                         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         rounds=args.rounds, baseline=args.baseline, peers=args.peers,
+                        xla_flags=os.environ.get("XLA_FLAGS", ""),
                         torch=_version("torch"), **{p: _version(p) for p in args.peers}),
            "rows": []}
     roofline = _roofline_call()

@@ -41,6 +41,13 @@ FLAG = f"--{OPTION}=individual_dot,reduce"
 OPT_OUT = "ADVJAX_XLA_CPU_TUNING"
 JAXLIB_VERSIONS = ((0, 10),)  # (major, minor) series the option was measured on
 
+# Per-jit ``compiler_options`` that restore XLA's default for one program in a tuned process (its
+# default list; jaxlib 0.10.2 compiles the same HLO with it as without the flag), for side-by-side
+# measurements (``benchmarks/interleaved.py --xla-default``).
+XLA_DEFAULT_OPTIONS = {OPTION: "LIBRARY_FUSION_TYPE_REDUCE,"
+                               "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+                               "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
 APPLIED = "applied"
 USER_SET = "user-set"
 OPTED_OUT = "opted-out"

@@ -246,17 +246,21 @@ def _peak_memory_mb(device: str, framework: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def advjax_cnn_attack(logits_fn, attack: str, cfg: dict):
-    """``jit(vmap(...))`` of the CNN suite's attack: ``run(x (B, ...), y (B,), keys (B,))``."""
+def advjax_cnn_attack(logits_fn, attack: str, cfg: dict, compiler_options: dict | None = None):
+    """``jit(vmap(...))`` of the CNN suite's attack: ``run(x (B, ...), y (B,), keys (B,))``
+    (``compiler_options``: XLA options of this one program, e.g.
+    ``xla_cpu.XLA_DEFAULT_OPTIONS``)."""
     import jax
 
     from advjax import attacks
     if attack == "pgd":
         atk = attacks.pgd(logits_fn, norm="linf", steps=cfg["steps"], step_size=cfg["step"],
                           random_start=False)
-        return jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"])))
+        return jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"])),
+                       compiler_options=compiler_options)
     atk = attacks.apgd(logits_fn, norm="linf", steps=cfg["steps"])
-    return jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"], key=k)))
+    return jax.jit(jax.vmap(lambda x, y, k: atk(x, y, eps=cfg["eps"], key=k)),
+                   compiler_options=compiler_options)
 
 
 def torch_cnn_attack(framework: str, net, attack: str, cfg: dict, batch: int, dev: str,

@@ -17,6 +17,7 @@ Usage (needs ADVJAX_DATA_DIR and the bench extra):
   python benchmarks/interleaved.py --models resnet44 --n-resnet 64 --peers torchattacks foolbox art
   git show 7dd6db4:advjax/lowering.py > /tmp/lowering_7dd6db4.py
   python benchmarks/interleaved.py --baseline /tmp/lowering_7dd6db4.py   # a previous lowering
+  python benchmarks/interleaved.py --xla-default   # also XLA:CPU's default kernels (advjax.xla_cpu)
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ def _module_from(path: str):
     return mod
 
 
-def _advjax_call(lowering, apply, cfg, attack, x, y, keys):
+def _advjax_call(lowering, apply, cfg, attack, x, y, keys, compiler_options=None):
     import jax
     from attacks import advjax_cnn_attack
     run = advjax_cnn_attack(lowering.lower_convs(lambda v: apply(v[None])[0], mode="auto",
-                                                 form="tangent"), attack, cfg)
+                                                 form="tangent"), attack, cfg, compiler_options)
 
     def call():
         res = jax.block_until_ready(run(x, y, keys))
@@ -102,6 +103,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--baseline", default=None,
                     help="path of a previous advjax/lowering.py to time beside the current one")
+    ap.add_argument("--xla-default", action="store_true",
+                    help="also time advjax with XLA:CPU's default kernels (advjax.xla_cpu off "
+                         "for that one program)")
     ap.add_argument("--models", nargs="+", default=["lenet5adv", "flaxlenet", "resnet44"],
                     choices=["lenet5adv", "flaxlenet", "resnet44"])
     ap.add_argument("--peers", nargs="+", default=["torchattacks"], choices=PEERS)
@@ -115,14 +119,16 @@ def main() -> None:
     import jax.numpy as jnp
     from attacks import _attack_settings, _cnn_data, _cnn_jax, _step_flops
 
-    from advjax import lowering
-    lowerings = {"advjax": lowering}
+    from advjax import lowering, xla_cpu
+    lowerings = {"advjax": (lowering, None)}
     if args.baseline:
-        lowerings["advjax-baseline"] = _module_from(args.baseline)
+        lowerings["advjax-baseline"] = (_module_from(args.baseline), None)
+    if args.xla_default:
+        lowerings["advjax-xla-default"] = (lowering, xla_cpu.XLA_DEFAULT_OPTIONS)
     out = {"meta": dict(machine=platform.platform(), cores=os.cpu_count(), jax=jax.__version__,
                         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         rounds=args.rounds, baseline=args.baseline, peers=args.peers,
-                        xla_flags=os.environ.get("XLA_FLAGS", ""),
+                        xla_flags=os.environ.get("XLA_FLAGS", ""), xla_cpu=xla_cpu.STATUS,
                         torch=_version("torch"), **{p: _version(p) for p in args.peers}),
            "rows": []}
     roofline = _roofline_call()
@@ -136,8 +142,8 @@ def main() -> None:
         x, y = jnp.asarray(xs), jnp.asarray(ys)
         keys = jax.random.split(jax.random.key(0), n)
         calls, first, robust = {}, {}, {}
-        for name, mod in lowerings.items():
-            calls[name] = _advjax_call(mod, apply, cfg, attack, x, y, keys)
+        for name, (mod, options) in lowerings.items():
+            calls[name] = _advjax_call(mod, apply, cfg, attack, x, y, keys, options)
         peers = [p for p in args.peers if not (p == "foolbox" and attack != "pgd")]
         for peer in peers:
             calls[peer] = _torch_call(peer, model, module, variables, cfg, attack, xs, ys)

@@ -29,6 +29,10 @@ operand would exceed :data:`CONCAT_LIMIT_BYTES` or the per-tap contraction is al
 (``in_channels_per_group >= WIDE_CHANNELS``), where the per-tap products are summed instead
 (``"accumulate"``), which needs no ``prod(kernel)``-times larger buffer.
 
+The convolutions this leaves to XLA (the values, and the forward-layout input gradients of the
+``"tangent"`` form) run in XLA:CPU's own multi-threaded kernels because ``import advjax`` sets one
+XLA:CPU option (:mod:`advjax.xla_cpu`); jaxlib 0.10's default YNN kernels run them on one thread.
+
 Modes: ``"gemm"`` always rewrites; ``"native"`` returns ``fn`` unchanged; ``"auto"`` (default)
 rewrites when JAX's default backend is the CPU and leaves GPU/TPU programs (whose convolution
 kernels are fast) untouched.
@@ -475,16 +479,55 @@ def _freeze(params: dict[str, Any]) -> tuple:
                         for k, v in params.items()))
 
 
+def _tiles(params: dict[str, Any]) -> bool:
+    """Whether the windows tile the input: stride = window, no padding, no dilation (2×2 / 2
+    pooling), so a reshape exposes every window as its own axes."""
+    return (tuple(params["window_strides"]) == tuple(params["window_dimensions"])
+            and all(lo == hi == 0 for lo, hi in params["padding"])
+            and set(params["base_dilation"]) == {1} and set(params["window_dilation"]) == {1})
+
+
+def _tiled(v: jax.Array, window: Sequence[int]) -> jax.Array:
+    """``v`` cropped to whole windows (as VALID pooling drops a remainder) and reshaped to
+    ``(out_0, k_0, out_1, k_1, ...)``."""
+    out = [n // k for n, k in zip(v.shape, window, strict=True)]
+    v = lax.slice(v, [0] * v.ndim, [o * k for o, k in zip(out, window, strict=True)])
+    return v.reshape([d for o, k in zip(out, window, strict=True) for d in (o, k)])
+
+
+def _tiled_max_jvp(x, t, window) -> tuple[jax.Array, jax.Array]:
+    """Value and first-max tangent of tiling windows by reshapes and elementwise selects (the
+    rule of :func:`advjax.models.max_pool_2x2`): no strided slices, no ``reduce_window``."""
+    xs, ts = _tiled(x, window), _tiled(t, window)
+    axes = tuple(range(1, xs.ndim, 2))
+    out = jnp.max(xs, axis=axes)
+    t_out = jnp.zeros(out.shape, t.dtype)
+    taken = jnp.zeros(out.shape, bool)
+    for off in itertools.product(*(range(k) for k in window)):
+        index = tuple(i for o in off for i in (slice(None), o))
+        pick = (xs[index] == out) & ~taken
+        t_out = jnp.where(pick, ts[index], t_out)
+        taken = taken | pick
+    return out, t_out
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _window_max(x: jax.Array, frozen: tuple) -> jax.Array:
-    return _WINDOW_MAX.bind(x, **dict(frozen))
+    params = dict(frozen)
+    if _tiles(params):
+        window = params["window_dimensions"]
+        return jnp.max(_tiled(x, window), axis=tuple(range(1, 2 * x.ndim, 2)))
+    return _WINDOW_MAX.bind(x, **params)
 
 
 @_window_max.defjvp
 def _window_max_jvp(frozen, primals, tangents):
     (x,), (t,) = primals, tangents
+    params = dict(frozen)
+    if _tiles(params):
+        return _tiled_max_jvp(x, t, params["window_dimensions"])
     out = _window_max(x, frozen)
-    return out, _first_max_tangent(x, out, t, dict(frozen))
+    return out, _first_max_tangent(x, out, t, params)
 
 
 def window_max(x: jax.Array, *, window_dimensions, window_strides, padding, base_dilation,
@@ -494,7 +537,10 @@ def window_max(x: jax.Array, *, window_dimensions, window_strides, padding, base
     The value is XLA's; the JVP (linear in the tangent, so reverse mode and higher orders work)
     routes each window's tangent to its first maximal input in row-major window order — the
     convention of ``select_and_scatter`` and PyTorch — by elementwise compare-and-select over the
-    window taps, whose transpose is pads and adds (no ``select_and_scatter``).
+    window taps, whose transpose is pads and adds (no ``select_and_scatter``). Windows that tile
+    the input (stride = window, no padding or dilation: ``nn.max_pool(x, (2, 2), (2, 2))``) are
+    reshaped into their own axes instead, value and tangent, as :func:`advjax.models.max_pool_2x2`
+    does: the same numbers (a max is exact) without ``reduce_window`` or strided slices.
     """
     params = dict(window_dimensions=tuple(window_dimensions), window_strides=tuple(window_strides),
                   padding=tuple(map(tuple, padding)), base_dilation=tuple(base_dilation),

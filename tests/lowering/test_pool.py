@@ -25,6 +25,8 @@ POOLS = [
     ((3, 3), (1, 1), "VALID"),
     ((2, 3), (1, 2), ((1, 0), (0, 2))),
     ((3, 2), (3, 1), "SAME"),
+    ((3, 3), (3, 3), "VALID"),      # tiling windows (reshape rule), remainders cropped
+    ((1, 2), (1, 2), "VALID"),
 ]
 
 
@@ -95,3 +97,23 @@ def test_select_and_scatter_inside_fn_is_rewritten():
     g = lower_convs(penalty, mode="gemm")
     assert _no_scatter(g, x)
     np.testing.assert_array_equal(jax.jit(g)(x), penalty(x))
+
+
+@pytest.mark.parametrize("window,strides,padding,tiles", [
+    ((2, 2), (2, 2), "VALID", True), ((3, 3), (3, 3), "VALID", True),
+    ((3, 3), (2, 2), "VALID", False), ((2, 2), (2, 2), ((0, 1), (0, 0)), False)])
+def test_tiling_windows_take_the_reshape_rule(window, strides, padding, tiles):
+    """Stride = window without padding: value and gradient come from reshapes (no
+    reduce_window, no strided slices); every other pooling keeps XLA's value."""
+    x = _ties((2, 9, 8, 3), seed=8)
+
+    def f(v):
+        return nn.max_pool(v, window, strides, padding)
+
+    g = lower_convs(f, mode="gemm")
+    grad = lambda v: jax.grad(lambda u: jnp.sum(g(u) ** 3))(v)  # noqa: E731
+    text = str(jax.make_jaxpr(lambda v: (g(v), grad(v)))(x))
+    assert ("reduce_window_max" not in text) == tiles
+    if tiles:
+        assert "strides=(" not in text                     # no strided slice either
+    np.testing.assert_array_equal(grad(x), jax.grad(lambda u: jnp.sum(f(u) ** 3))(x))

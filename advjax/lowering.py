@@ -461,17 +461,23 @@ def _window_slices(x: jax.Array, fill, window_dimensions, window_strides, paddin
     return slices, out
 
 
-def _first_max_tangent(x, out, t, params) -> jax.Array:
-    """The tangent of a window max: each window's tangent at its first maximal input."""
-    xs, _ = _window_slices(x, -jnp.inf, **params)
-    ts, _ = _window_slices(t, 0, **params)
-    t_out = jnp.zeros(out.shape, t.dtype)
+def _select_first(xs: Sequence[jax.Array], ts: Sequence[jax.Array], out: jax.Array) -> jax.Array:
+    """Per window, the tangent ``ts[i]`` of the first tap ``i`` (row-major) where
+    ``xs[i] == out``."""
+    t_out = jnp.zeros(out.shape, ts[0].dtype)
     taken = jnp.zeros(out.shape, bool)
     for xv, tv in zip(xs, ts, strict=True):
         pick = (xv == out) & ~taken
         t_out = jnp.where(pick, tv, t_out)
         taken = taken | pick
     return t_out
+
+
+def _first_max_tangent(x, out, t, params) -> jax.Array:
+    """The tangent of a window max: each window's tangent at its first maximal input."""
+    xs, _ = _window_slices(x, -jnp.inf, **params)
+    ts, _ = _window_slices(t, 0, **params)
+    return _select_first(xs, ts, out)
 
 
 def _freeze(params: dict[str, Any]) -> tuple:
@@ -495,28 +501,26 @@ def _tiled(v: jax.Array, window: Sequence[int]) -> jax.Array:
     return v.reshape([d for o, k in zip(out, window, strict=True) for d in (o, k)])
 
 
+def _tiled_max(x: jax.Array, window: Sequence[int]) -> jax.Array:
+    """Max over tiling windows: a max over the window axes of :func:`_tiled`."""
+    return jnp.max(_tiled(x, window), axis=tuple(range(1, 2 * x.ndim, 2)))
+
+
 def _tiled_max_jvp(x, t, window) -> tuple[jax.Array, jax.Array]:
     """Value and first-max tangent of tiling windows by reshapes and elementwise selects (the
     rule of :func:`advjax.models.max_pool_2x2`): no strided slices, no ``reduce_window``."""
     xs, ts = _tiled(x, window), _tiled(t, window)
-    axes = tuple(range(1, xs.ndim, 2))
-    out = jnp.max(xs, axis=axes)
-    t_out = jnp.zeros(out.shape, t.dtype)
-    taken = jnp.zeros(out.shape, bool)
-    for off in itertools.product(*(range(k) for k in window)):
-        index = tuple(i for o in off for i in (slice(None), o))
-        pick = (xs[index] == out) & ~taken
-        t_out = jnp.where(pick, ts[index], t_out)
-        taken = taken | pick
-    return out, t_out
+    out = _tiled_max(x, window)
+    taps = [tuple(i for o in off for i in (slice(None), o))
+            for off in itertools.product(*(range(k) for k in window))]
+    return out, _select_first([xs[i] for i in taps], [ts[i] for i in taps], out)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _window_max(x: jax.Array, frozen: tuple) -> jax.Array:
     params = dict(frozen)
     if _tiles(params):
-        window = params["window_dimensions"]
-        return jnp.max(_tiled(x, window), axis=tuple(range(1, 2 * x.ndim, 2)))
+        return _tiled_max(x, params["window_dimensions"])
     return _WINDOW_MAX.bind(x, **params)
 
 

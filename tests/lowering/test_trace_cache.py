@@ -1,0 +1,134 @@
+"""``lower_convs`` reuses its trace of ``fn`` across calls with one signature, and only then.
+
+An attack calls its ``logits_fn`` several times on the same shapes; each call used to re-trace the
+model. The reuse must never hand back a trace that belongs to another signature, configuration or
+enclosing transformation: every test here compares against ``fn`` itself.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from advjax.lowering import lower_convs
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _counting_conv(w):
+    calls = []
+
+    def conv(x, scale=1.0):
+        calls.append(x.shape)
+        y = lax.conv_general_dilated(x[None], w.astype(x.dtype), (1, 1), "SAME",
+                                     dimension_numbers=DN)[0]
+        return jnp.sum(jnp.tanh(y)) * scale + jnp.arange(2).sum()
+
+    return conv, calls
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)
+    x = jnp.asarray(rng.uniform(size=(6, 6, 2)), jnp.float32)
+    return w, x
+
+
+def test_one_trace_per_signature_and_values_unchanged():
+    w, x = _data()
+    conv, calls = _counting_conv(w)
+    lowered = lower_convs(conv, mode="gemm")
+    want = conv(x)
+    calls.clear()
+    for _ in range(3):
+        np.testing.assert_allclose(lowered(x), want, rtol=1e-5)
+    assert len(calls) == 1
+    # Inside one traced attack (grad of a loop body plus a final check): one trace, and the
+    # signature is the same as the eager calls', so none at all after them.
+    fresh = lower_convs(conv, mode="gemm")
+    for wrapper, traces in ((fresh, 1), (lowered, 0)):
+        calls.clear()
+        g = jax.jit(lambda x, f=wrapper: jax.grad(f)(x) + f(x + 0.1) * 0.0)(x)
+        assert len(calls) == traces
+    np.testing.assert_allclose(g, jax.grad(conv)(x), rtol=2e-5, atol=1e-6)
+
+
+def test_new_shape_dtype_static_leaf_or_configuration_traces_again():
+    w, x = _data()
+    conv, calls = _counting_conv(w)
+    lowered = lower_convs(conv, mode="gemm")
+    lowered(x)
+    lowered(x[:4])                       # shape
+    lowered(x.astype(jnp.bfloat16))      # dtype
+    assert len(calls) == 3
+    # A static leaf equal in value but not in type (1 == 1.0 == True) is another trace.
+    typed = lower_convs(lambda x, scale: (conv(x, scale), jnp.asarray(scale)), mode="gemm")
+    for scale in (1.0, 1, True, 2.0):
+        value, kept = typed(x, scale)
+        np.testing.assert_allclose(value, conv(x, scale), rtol=1e-5)
+        assert kept.dtype == jnp.asarray(scale).dtype and kept == scale
+    # x64 changes the dtypes the trace creates (``jnp.arange``) for the same arguments.
+    with jax.enable_x64(True):
+        assert typed(x, 1.0)[0].dtype == jnp.float32
+        assert typed(x, 1)[1].dtype == jnp.int64
+    assert typed(x, 1)[1].dtype == jnp.int32
+
+
+def test_named_axis_environment_is_part_of_the_signature():
+    w, x = _data()
+    # ``psum(1, "i")`` is the size of the vmapped axis, folded into the trace: the same
+    # per-example signature under another axis size must trace again.
+    lowered = lower_convs(lambda x: jnp.sum(lax.conv_general_dilated(
+        x[None], w, (1, 1), "SAME", dimension_numbers=DN)) * lax.psum(1, "i"), mode="gemm")
+    base = float(jnp.sum(lax.conv_general_dilated(x[None], w, (1, 1), "SAME",
+                                                  dimension_numbers=DN)))
+    for size in (2, 3, 2):
+        out = jax.vmap(lowered, axis_name="i")(jnp.broadcast_to(x, (size, *x.shape)))
+        np.testing.assert_allclose(out, np.full(size, size * base), rtol=1e-5)
+
+
+def test_a_trace_closing_over_an_enclosing_tracer_is_not_reused():
+    w, x = _data()
+
+    def outer(v):
+        # The wrapped function closes over ``v``, a tracer of this grad: its trace belongs to this
+        # call of ``outer`` only.
+        inner = lower_convs(lambda x: jnp.sum(lax.conv_general_dilated(
+            x[None], w * v, (1, 1), "SAME", dimension_numbers=DN)), mode="gemm")
+        return inner(x) + inner(x * 2.0)
+
+    shared = lower_convs(lambda x, v: jnp.sum(lax.conv_general_dilated(
+        x[None], w, (1, 1), "SAME", dimension_numbers=DN)) * v, mode="gemm")
+
+    def closing(v):
+        return shared(x, v) + lower_convs(lambda y: shared(y, v), mode="gemm")(x)
+
+    for v in (1.5, 2.5):
+        np.testing.assert_allclose(jax.grad(outer)(v), 3.0 * float(jnp.sum(lax.conv_general_dilated(
+            x[None], w, (1, 1), "SAME", dimension_numbers=DN))), rtol=1e-5)
+        np.testing.assert_allclose(jax.grad(closing)(v), jax.grad(
+            lambda v: 2.0 * jnp.sum(lax.conv_general_dilated(
+                x[None], w, (1, 1), "SAME", dimension_numbers=DN)) * v)(v), rtol=1e-5)
+
+
+def test_a_closure_tracer_from_one_trace_never_leaks_into_the_next():
+    w, x = _data()
+    captured = {}
+
+    def fn(x):
+        return jnp.sum(lax.conv_general_dilated(x[None], w * captured["v"], (1, 1), "SAME",
+                                                dimension_numbers=DN))
+
+    lowered = lower_convs(fn, mode="gemm")
+
+    def f(v):
+        captured["v"] = v
+        return lowered(x)
+
+    ref = float(jnp.sum(lax.conv_general_dilated(x[None], w, (1, 1), "SAME",
+                                                 dimension_numbers=DN)))
+    np.testing.assert_allclose(jax.grad(f)(2.0), ref, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(f)(3.0), 3.0 * ref, rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(f)(4.0), ref, rtol=1e-5)

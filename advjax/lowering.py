@@ -108,7 +108,9 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
 
     Returns:
       A function with ``fn``'s signature, outputs and derivatives (equal up to float32 summation
-      order). It traces ``fn`` once per call (under ``jit``: once per compilation).
+      order). It traces ``fn`` once per signature (argument tree, static leaves, abstract values
+      and JAX's trace context) and reuses that trace on later calls, as ``jax.jit`` does, unless
+      the trace closes over a tracer of an enclosing transformation.
     """
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")

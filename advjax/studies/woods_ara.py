@@ -27,7 +27,7 @@ from advjax.studies import common
 
 logger = logging.getLogger(__name__)
 
-QUICK_RUNTIME = "636 s"
+QUICK_RUNTIME = "307 s"
 RANKING = (("resnet44-standard.pt",), ("resnet44-adv-train.pt",),
            ("resnet44-all.pt", "resnet44-robust.pt"))  # published Attack-ARA order, low to high
 

@@ -26,15 +26,25 @@ Array = jax.Array
 _BIG = 1e10
 
 
+PROJECTION_BISECTIONS = 40  # halvings of the breakpoint range: 2^-40 of it, below float32 ulp
+
+
 def project_hyperplane_box(p: Array, w: Array, b: Array, lo: float | None, hi: float | None,
                            norm: str) -> Array:
     """The smallest ``d`` (in ``norm``) with ``w . (p + d) = b`` and ``lo <= p + d <= hi``.
 
     Exact: with ``c = b - w . p`` each coordinate moves towards ``sign(c w_i)`` by
     ``min(tau |w_i|, u_i)`` (L2) or ``min(tau, u_i)`` (L-infinity), ``u_i`` the room left in the
-    box; ``w . d`` is piecewise linear and non-decreasing in ``tau``, so ``tau`` is solved on the
-    right piece after sorting the breakpoints. When the hyperplane does not meet the box the
-    result is the box corner that gets closest (every coordinate at its bound).
+    box; ``G(tau) = |w . d|`` is piecewise linear and non-decreasing in ``tau``, with breakpoints
+    ``b_i`` (``u_i / |w_i|`` or ``u_i``). ``G(tau) = |c|`` is solved on the right piece: a
+    bisection on ``tau`` (:data:`PROJECTION_BISECTIONS` halvings, ``O(n)`` each, no sort) brackets
+    the root to ``2^-40`` of the largest breakpoint, then the piece's linear equation is solved
+    with every breakpoint below the bracket saturated (which matters when the largest breakpoint
+    dwarfs the root: no box, or an L2 coordinate of tiny weight). A breakpoint inside the
+    bracket moves the result by less than its width, far below float32 rounding, so the result
+    is the sort-based solution's up to rounding (XLA:CPU's sort of 784 breakpoints took 23 of a
+    projection's 26 ms for 200 images; the bisection takes 2.4 ms). When the hyperplane does not
+    meet the box the result is the box corner that gets closest (every coordinate at its bound).
 
     Args:
       p: the point, flat ``(n,)``.
@@ -59,16 +69,25 @@ def project_hyperplane_box(p: Array, w: Array, b: Array, lo: float | None, hi: f
     else:
         weight = aw
         brk = jnp.where(aw > 0, room, 0.0)
-    order = jnp.argsort(brk)
-    bs, ws = brk[order], weight[order]
-    sat = jnp.concatenate([jnp.zeros(1, p.dtype), jnp.cumsum(ws * bs)[:-1]])   # sum_{j<k}
-    rest = jnp.cumsum(ws[::-1])[::-1]                                           # sum_{j>=k}
-    g = sat + bs * rest
     target = jnp.abs(c)
-    k = jnp.sum(g < target)
-    n = p.shape[0]
-    kk = jnp.minimum(k, n - 1)
-    tau = jnp.where(k >= n, bs[n - 1], (target - sat[kk]) / jnp.maximum(rest[kk], 1e-30))
+    top = jnp.max(brk)
+
+    def reach(tau):                                   # G(tau)
+        return jnp.sum(weight * jnp.minimum(tau, brk))
+
+    def halve(_, bracket):
+        below, above = bracket
+        mid = 0.5 * (below + above)
+        short = reach(mid) < target
+        return jnp.where(short, mid, below), jnp.where(short, above, mid)
+
+    zero = jnp.zeros((), p.dtype)
+    below, above = jax.lax.fori_loop(0, PROJECTION_BISECTIONS, halve, (zero, top))
+    saturated = brk <= below
+    sat = jnp.sum(jnp.where(saturated, weight * brk, 0.0))
+    rest = jnp.sum(jnp.where(saturated, 0.0, weight))
+    # Clipped to the bracket: also the box corner (tau = top) when the hyperplane misses the box.
+    tau = jnp.clip((target - sat) / jnp.maximum(rest, 1e-30), below, above)
     step = jnp.minimum(tau, brk)
     d = s * jnp.sign(w) * (step * aw if norm == "l2" else step)
     return jnp.where(target > 0, d, 0.0)

@@ -121,3 +121,65 @@ def test_runs_over_targets_and_restarts_keep_the_smallest(tiny_mlp, n_restarts):
     assert np.isfinite(sizes).all()
     np.testing.assert_allclose(np.asarray(r.aux["size"]), sizes, rtol=1e-5)
     assert (np.argmin(runs, 0) != len(runs) - 1).any() and (np.argmin(runs, 0) != 0).any()
+
+
+def _sorted_reference(p, w, b, lo, hi, norm):
+    """The projection by sorting the breakpoints, in float64 NumPy (the textbook algorithm)."""
+    c = b - w @ p
+    s = 1.0 if c >= 0 else -1.0
+    up = s * w > 0
+    room = np.full_like(p, 1e10) if lo is None else np.maximum(np.where(up, hi - p, p - lo), 0)
+    aw = np.abs(w)
+    weight = aw * aw if norm == "l2" else aw
+    brk = np.where(aw > 0, room / np.where(aw > 0, aw, 1), 0) if norm == "l2" else \
+        np.where(aw > 0, room, 0)
+    order = np.argsort(brk, kind="stable")
+    bs, ws = brk[order], weight[order]
+    sat = np.r_[0.0, np.cumsum(ws * bs)[:-1]]
+    rest = np.cumsum(ws[::-1])[::-1]
+    k = int(np.sum(sat + bs * rest < abs(c)))
+    tau = bs[-1] if k >= len(p) else (abs(c) - sat[k]) / rest[k]
+    step = np.minimum(tau, brk)
+    slope = np.inf if k >= len(p) else rest[k]          # dG/dtau at the solution
+    saturated = 0.0 if k >= len(p) else sat[k]
+    return s * np.sign(w) * (step * aw if norm == "l2" else step), slope, saturated
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_equals_the_sorted_solution_on_image_sized_problems(norm):
+    """784 coordinates (an MNIST image), with the box often active, breakpoints tied (pixels at
+    0 or 1, repeated weights), zero and tiny weights, hyperplanes out of the box's reach and no
+    box.
+
+    Pixels are multiples of 1/256 and weights multiples of 1/8 in [-4, 4], so ``w . p`` and
+    ``c = b - w . p`` are exact in float32 in any summation order (multiples of 2^-11 below
+    2^13); what remains is the float32 error of the solve: the sum ``sat`` of saturated terms and
+    ``rest`` of the slopes, each within ``n eps`` relative (Higham Thm 3.1), so ``tau`` within
+    ``2 n eps (|c| + sat) / rest``.
+    """
+    rng = np.random.default_rng(1)
+    proj = jax.jit(project_hyperplane_box, static_argnums=(3, 4, 5))
+    eps = float(np.finfo(np.float32).eps)
+    missed = 0
+    for trial in range(24):
+        p = (rng.choice([0, 128, 256], size=784) if trial % 3 == 0
+             else rng.integers(0, 257, size=784)) / 256.0
+        w = rng.integers(-32, 33, size=784) / 8.0
+        w[rng.uniform(size=784) < 0.1] = 0.0
+        if trial % 4 == 1:
+            p[:5], w[:5] = 0.0, 2.0 ** -20   # L2 breakpoints room / |w| of 1e6: far above the root
+        if trial % 4 == 3:   # |c| = 3000 > sum |w| * room: the hyperplane misses the box
+            b = w @ p + 3000.0 * rng.choice([-1.0, 1.0])
+        else:
+            b = w @ p + np.round([0.1, 3.0, 30.0][trial % 4] * rng.normal() * 2048) / 2048
+        box = (None, None) if trial % 8 == 7 else (0.0, 1.0)
+        want, slope, sat = _sorted_reference(p, w, b, *box, norm)
+        got = np.asarray(proj(*(jnp.asarray(a, jnp.float32) for a in (p, w, b)), *box, norm),
+                         np.float64)
+        missed += slope == np.inf
+        dtau = 0.0 if slope == np.inf else 2 * 784 * eps * (abs(b - w @ p) + sat) / slope
+        scale_i = np.abs(w) if norm == "l2" else 1.0
+        assert np.all(np.abs(got - want) <= dtau * scale_i + 1e-6 * np.abs(want) + 1e-12), trial
+        if box[0] is not None:
+            assert (p + got).min() >= -1e-6 and (p + got).max() <= 1 + 1e-6
+    assert missed >= 3          # the box-corner case was exercised

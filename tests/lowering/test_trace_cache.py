@@ -89,12 +89,14 @@ def test_named_axis_environment_is_part_of_the_signature():
         np.testing.assert_allclose(out, np.full(size, size * base), rtol=1e-5)
 
 
-def test_a_trace_closing_over_an_enclosing_tracer_is_not_reused():
+def test_wrappers_built_inside_a_transformation_differentiate_through_their_closures():
+    """Wrappers made inside ``grad`` (closing over its tracer, or calling a shared wrapper with
+    it) give the gradients of the plain functions. The reuse guard itself is checked by the test
+    below, where one wrapper sees a different enclosing tracer on each call."""
     w, x = _data()
 
     def outer(v):
-        # The wrapped function closes over ``v``, a tracer of this grad: its trace belongs to this
-        # call of ``outer`` only.
+        # The wrapped function closes over ``v``, a tracer of this grad.
         inner = lower_convs(lambda x: jnp.sum(lax.conv_general_dilated(
             x[None], w * v, (1, 1), "SAME", dimension_numbers=DN)), mode="gemm")
         return inner(x) + inner(x * 2.0)

@@ -3,9 +3,12 @@ a previous ``advjax/lowering.py`` beside the current one).
 
 This machine's speed drifts by tens of percent between runs, so ratios from one framework per
 subprocess, run one after the other, carry that drift. Here every framework is compiled first and
-then timed in rounds (A, B, C, A, B, C, ...), with the fp32 matmul roofline (a 4096² matmul in
-JAX) measured in the same rounds, so each ratio and each roofline fraction compares calls made
-minutes apart at most. Rows: PGD-40 on advertorch's PGD-trained LeNet5 (``lenet5adv``) and on the
+then timed in rounds (each round calls every framework once, in an order shuffled per round by
+``--seed``), with the fp32 matmul roofline (a 4096² matmul in JAX) measured in the same rounds, so
+each ratio and each roofline fraction compares calls made minutes apart at most. Each speed-up is
+also given from the per-round pairs with a 95 % t-interval (:func:`paired_speedup`) and a verdict
+against ``--aim`` (:func:`verdict`: met only when the interval's lower bound reaches it).
+Rows: PGD-40 on advertorch's PGD-trained LeNet5 (``lenet5adv``) and on the
 same weights as a plain Flax model with ``nn.Conv`` / ``nn.max_pool`` (``flaxlenet``), MNIST test
 images; PGD-10 and APGD-100 on a Woods ResNet-44 (CIFAR-10 head images). Same weights, images and
 settings as ``attacks.py``; every framework attacks the whole set in one call. Peers:
@@ -15,6 +18,7 @@ forward + input-gradient FLOPs of one step times the step count.
 Usage (needs ADVJAX_DATA_DIR and the bench extra):
   python benchmarks/interleaved.py --rounds 3 --out benchmarks/results/attacks_interleaved.json
   python benchmarks/interleaved.py --models resnet44 --n-resnet 64 --peers torchattacks foolbox art
+  python benchmarks/interleaved.py --models flaxlenet --n-lenet 64 256 1024 --rounds 8  # sweep
   git show 7dd6db4:advjax/lowering.py > /tmp/lowering_7dd6db4.py
   python benchmarks/interleaved.py --baseline /tmp/lowering_7dd6db4.py   # a previous lowering
   python benchmarks/interleaved.py --xla-default   # also XLA:CPU's default kernels (advjax.xla_cpu)
@@ -90,6 +94,49 @@ def _roofline_call():
     return call
 
 
+def paired_speedup(advjax_s, peer_s, level: float = 0.95) -> dict:
+    """advjax's speed-up over a peer from per-round paired times, with a confidence interval.
+
+    Round ``r`` timed both frameworks minutes apart, so the per-round ratios
+    ``peer_s[r] / advjax_s[r]`` cancel most of the machine's drift. The estimate is their
+    geometric mean; the interval is Student's t on the log ratios (``level`` two-sided), which
+    needs at least two rounds (``nan`` bounds otherwise).
+
+    Args:
+      advjax_s, peer_s: seconds per call, one per round, same length.
+      level: the interval's coverage in (0, 1).
+
+    Returns:
+      ``{"ratio", "low", "high", "rounds"}`` (ratios > 1: advjax is faster).
+    """
+    from scipy import stats
+    a, b = np.asarray(advjax_s, float), np.asarray(peer_s, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"`advjax_s` and `peer_s` must be equal-length 1-D; got {a.shape}, "
+                         f"{b.shape}.")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1); got {level}.")
+    logs = np.log(b / a)
+    mean = float(np.mean(logs))
+    if len(logs) < 2:
+        return {"ratio": float(np.exp(mean)), "low": float("nan"), "high": float("nan"),
+                "rounds": len(logs)}
+    half = float(stats.t.ppf(0.5 + level / 2, len(logs) - 1) * np.std(logs, ddof=1)
+                 / np.sqrt(len(logs)))
+    return {"ratio": float(np.exp(mean)), "low": float(np.exp(mean - half)),
+            "high": float(np.exp(mean + half)), "rounds": len(logs)}
+
+
+def verdict(ci: dict, aim: float) -> str:
+    """``"met"`` when the interval's lower bound reaches ``aim``, ``"not met"`` when its upper
+    bound is below it, ``"inconclusive"`` otherwise (and with fewer than two rounds)."""
+    if not (np.isfinite(ci["low"]) and np.isfinite(ci["high"])):
+        return "inconclusive"
+    if ci["low"] >= aim:
+        return "met"
+    return "not met" if ci["high"] < aim else "inconclusive"
+
+
 def _version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -109,9 +156,13 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["lenet5adv", "flaxlenet", "resnet44"],
                     choices=["lenet5adv", "flaxlenet", "resnet44"])
     ap.add_argument("--peers", nargs="+", default=["torchattacks"], choices=PEERS)
-    ap.add_argument("--n-lenet", type=int, default=256, help="MNIST test images per LeNet5 row")
+    ap.add_argument("--n-lenet", type=int, nargs="+", default=[256],
+                    help="MNIST test images per LeNet5 row (one row per value: a batch sweep)")
     ap.add_argument("--n-resnet", type=int, default=16,
                     help="CIFAR-10 head images per ResNet-44 row")
+    ap.add_argument("--aim", type=float, default=2.0,
+                    help="speed-up over each peer that the verdict tests (issue: LeNet5 2x)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the per-round call order")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -128,14 +179,15 @@ def main() -> None:
     out = {"meta": dict(machine=platform.platform(), cores=os.cpu_count(), jax=jax.__version__,
                         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         rounds=args.rounds, baseline=args.baseline, peers=args.peers,
+                        aim=args.aim, seed=args.seed, order="shuffled per round",
                         xla_flags=os.environ.get("XLA_FLAGS", ""), xla_cpu=xla_cpu.STATUS,
                         torch=_version("torch"), **{p: _version(p) for p in args.peers}),
            "rows": []}
     roofline = _roofline_call()
-    for model, attack in ROWS:
-        if model not in args.models:
-            continue
-        n = args.n_resnet if model == "resnet44" else args.n_lenet
+    order_rng = np.random.default_rng(args.seed)
+    plan = [(model, attack, n) for model, attack in ROWS if model in args.models
+            for n in ([args.n_resnet] if model == "resnet44" else args.n_lenet)]
+    for model, attack, n in plan:
         cfg = _attack_settings(model, attack, None)
         xs, ys = _cnn_data(model, n, False)
         module, variables, apply = _cnn_jax(model, False, 44, "standard")
@@ -155,9 +207,9 @@ def main() -> None:
         rooflines = []
         for _ in range(args.rounds):
             rooflines.append(roofline())
-            for name, call in calls.items():
+            for name in order_rng.permutation(list(calls)):
                 t0 = time.perf_counter()
-                call()
+                calls[name]()
                 times[name].append(time.perf_counter() - t0)
         rooflines.append(roofline())
         gflop = _step_flops(lambda v, f=apply: f(v[None])[0], xs) * cfg["steps"] / 1e9
@@ -173,6 +225,8 @@ def main() -> None:
         for peer in peers:
             row[f"advjax_vs_{peer}"] = row["advjax"]["images_per_s"] / \
                 row[peer]["images_per_s"]
+            ci = paired_speedup(times["advjax"], times[peer])
+            row[f"advjax_vs_{peer}_paired"] = {**ci, "verdict": verdict(ci, args.aim)}
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
     if args.out:
@@ -186,16 +240,22 @@ def main() -> None:
 def render(res: dict) -> str:
     """Markdown table of one run: per row and framework, throughput, advjax's speed-up over it,
     compile time, robust accuracy, achieved GFLOP/s and fraction of the run's matmul roofline."""
-    out = ["| model | attack | N | framework | images/s | advjax speed-up | compile s "
-           "| robust acc. | GFLOP/s | roofline |", "|---|---|---|---|---|---|---|---|---|---|"]
+    aim = res["meta"].get("aim", 2.0)
+    out = ["| model | attack | N | framework | images/s | advjax speed-up | paired speed-up "
+           f"(95% CI) | vs {aim:g}× | compile s | robust acc. | GFLOP/s | roofline |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in res["rows"]:
         names = [k for k in row if isinstance(row[k], dict)]
         for name in names:
             r = row[name]
             ratio = row["advjax"]["images_per_s"] / r["images_per_s"]
             comp = "—" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+            paired = row.get(f"advjax_vs_{name}_paired")
+            ci = ("—", "—") if paired is None else (
+                    f"{paired['ratio']:.2f}× ({paired['low']:.2f}–{paired['high']:.2f})",
+                    paired["verdict"])
             out.append(f"| {row['model']} | {row['attack']} | {row['n']} | {name} | "
-                       f"{r['images_per_s']:.2f} | {ratio:.2f}× | {comp} | "
+                       f"{r['images_per_s']:.2f} | {ratio:.2f}× | {ci[0]} | {ci[1]} | {comp} | "
                        f"{r['robust_accuracy']:.3f} | {r['gflops']:.1f} | "
                        f"{r['roofline_fraction']:.2f} |")
     return "\n".join(out)

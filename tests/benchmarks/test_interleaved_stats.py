@@ -1,0 +1,53 @@
+"""The paired speed-up interval of benchmarks/interleaved.py against closed forms."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def interleaved():
+    spec = importlib.util.spec_from_file_location("interleaved",
+                                                  ROOT / "benchmarks" / "interleaved.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_constant_ratio_has_a_zero_width_interval(interleaved):
+    # Drift common to both frameworks cancels in the per-round pairs: the ratio is exact.
+    advjax = np.array([1.0, 1.7, 0.8, 2.5])
+    ci = interleaved.paired_speedup(advjax, 2.1 * advjax)
+    assert ci["ratio"] == pytest.approx(2.1, rel=1e-12)
+    assert ci["low"] == pytest.approx(2.1, rel=1e-12) and ci["high"] == pytest.approx(2.1)
+    assert interleaved.verdict(ci, 2.0) == "met" and interleaved.verdict(ci, 2.2) == "not met"
+
+
+def test_interval_is_students_t_on_log_ratios(interleaved):
+    # Two rounds with log ratios log 2 ± d: mean log 2, sd = d * sqrt(2), t_{0.975, 1} = 12.706.
+    d = 0.05
+    advjax = np.array([1.0, 1.0])
+    peer = 2.0 * np.exp(np.array([d, -d]))
+    ci = interleaved.paired_speedup(advjax, peer)
+    half = 12.706204736174707 * d * np.sqrt(2) / np.sqrt(2)
+    assert ci["ratio"] == pytest.approx(2.0, rel=1e-12)
+    assert ci["low"] == pytest.approx(2.0 * np.exp(-half), rel=1e-9)
+    assert ci["high"] == pytest.approx(2.0 * np.exp(half), rel=1e-9)
+    assert interleaved.verdict(ci, 2.0) == "inconclusive"
+
+
+def test_one_round_is_inconclusive_and_bad_input_is_named(interleaved):
+    ci = interleaved.paired_speedup([1.0], [3.0])
+    assert ci["ratio"] == pytest.approx(3.0) and np.isnan(ci["low"])
+    assert interleaved.verdict(ci, 2.0) == "inconclusive"
+    with pytest.raises(ValueError, match="advjax_s"):
+        interleaved.paired_speedup([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="level"):
+        interleaved.paired_speedup([1.0, 2.0], [1.0, 2.0], level=1.0)

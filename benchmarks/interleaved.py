@@ -163,6 +163,9 @@ def main() -> None:
     ap.add_argument("--aim", type=float, default=2.0,
                     help="speed-up over each peer that the verdict tests (issue: LeNet5 2x)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the per-round call order")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds of idle before each timed call, so that the previous call's "
+                         "thread pools (OpenMP, XLA) have stopped spinning")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -179,7 +182,8 @@ def main() -> None:
     out = {"meta": dict(machine=platform.platform(), cores=os.cpu_count(), jax=jax.__version__,
                         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         rounds=args.rounds, baseline=args.baseline, peers=args.peers,
-                        aim=args.aim, seed=args.seed, order="shuffled per round",
+                        aim=args.aim, seed=args.seed, settle_s=args.settle,
+                        order="shuffled per round",
                         xla_flags=os.environ.get("XLA_FLAGS", ""), xla_cpu=xla_cpu.STATUS,
                         torch=_version("torch"), **{p: _version(p) for p in args.peers}),
            "rows": []}
@@ -208,6 +212,7 @@ def main() -> None:
         for _ in range(args.rounds):
             rooflines.append(roofline())
             for name in order_rng.permutation(list(calls)):
+                time.sleep(args.settle)  # the previous call's spinning worker threads go idle
                 t0 = time.perf_counter()
                 calls[name]()
                 times[name].append(time.perf_counter() - t0)
@@ -245,7 +250,7 @@ def render(res: dict) -> str:
            f"(95% CI) | vs {aim:g}× | compile s | robust acc. | GFLOP/s | roofline |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in res["rows"]:
-        names = [k for k in row if isinstance(row[k], dict)]
+        names = [k for k in row if isinstance(row[k], dict) and "images_per_s" in row[k]]
         for name in names:
             r = row[name]
             ratio = row["advjax"]["images_per_s"] / r["images_per_s"]

@@ -158,8 +158,10 @@ def main() -> None:
     ap.add_argument("--peers", nargs="+", default=["torchattacks"], choices=PEERS)
     ap.add_argument("--n-lenet", type=int, nargs="+", default=[256],
                     help="MNIST test images per LeNet5 row (one row per value: a batch sweep)")
-    ap.add_argument("--n-resnet", type=int, default=16,
-                    help="CIFAR-10 head images per ResNet-44 row")
+    ap.add_argument("--n-resnet", type=int, nargs="+", default=[16],
+                    help="CIFAR-10 head images per ResNet-44 row (one row per value)")
+    ap.add_argument("--attacks", nargs="+", default=["pgd", "apgd"], choices=["pgd", "apgd"],
+                    help="ResNet-44 rows to run (the LeNet5 rows are PGD only)")
     ap.add_argument("--aim", type=float, default=2.0,
                     help="speed-up over each peer that the verdict tests (issue: LeNet5 2x)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the per-round call order")
@@ -189,8 +191,9 @@ def main() -> None:
            "rows": []}
     roofline = _roofline_call()
     order_rng = np.random.default_rng(args.seed)
-    plan = [(model, attack, n) for model, attack in ROWS if model in args.models
-            for n in ([args.n_resnet] if model == "resnet44" else args.n_lenet)]
+    plan = [(model, attack, n) for model, attack in ROWS
+            if model in args.models and attack in args.attacks
+            for n in (args.n_resnet if model == "resnet44" else args.n_lenet)]
     for model, attack, n in plan:
         cfg = _attack_settings(model, attack, None)
         xs, ys = _cnn_data(model, n, False)

@@ -1,4 +1,5 @@
-"""The paired speed-up interval of benchmarks/interleaved.py against closed forms."""
+"""Arithmetic of the benchmark scripts against closed forms: interleaved.py's paired speed-up
+interval and autoattack_bound.py's count of the standard protocol's passes."""
 
 from __future__ import annotations
 
@@ -51,3 +52,17 @@ def test_one_round_is_inconclusive_and_bad_input_is_named(interleaved):
         interleaved.paired_speedup([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="level"):
         interleaved.paired_speedup([1.0, 2.0], [1.0, 2.0], level=1.0)
+
+
+def test_autoattack_bound_counts_the_published_protocol():
+    # Standard AutoAttack: APGD-CE 100 steps x 1 restart, APGD-T / FAB-T 100 steps x 9 targets,
+    # Square 5000 forward-only queries, each on the examples its stage attacked.
+    spec = importlib.util.spec_from_file_location("autoattack_bound",
+                                                  ROOT / "benchmarks" / "autoattack_bound.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from advjax.attacks.autoattack import Settings
+    passes = mod.stage_passes(Settings(), {"apgd-ce": 199, "apgd-t": 182, "fab-t": 181,
+                                           "square": 181})
+    assert passes == {"apgd-ce": (19_900, 0), "apgd-t": (163_800, 0), "fab-t": (162_900, 0),
+                      "square": (0, 905_000)}

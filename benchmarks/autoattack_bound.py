@@ -1,0 +1,114 @@
+"""How fast the standard AutoAttack ensemble can possibly run on this machine: a FLOP bound.
+
+The standard version fixes the work per still-robust example (:class:`advjax.attacks.autoattack.
+Settings`: APGD-CE 100 gradient steps x 1 restart; APGD-T and FAB-T 100 steps for each of 9
+target classes; Square 5000 queries, one forward pass each), and every stage attacks only the
+examples the earlier stages left robust. Given a parity run (``autoattack_parity.py``'s results
+file: the examples each stage attacked and the official code's seconds per stage), this counts
+the FLOPs that work needs with XLA's cost analysis of the model (forward pass; forward +
+input-gradient for a gradient step), and divides by a 4096² fp32 matmul's measured throughput:
+the time each stage would take at 100 % of the matmul roofline, and so the largest speed-up over
+the official code that any implementation of the same protocol could show here. FAB-T is
+counted at one gradient step per iteration (its extra forward passes not counted), so its bound
+is loose in advjax's favour; the others are exact counts of the protocol's passes.
+
+Usage (needs ADVJAX_DATA_DIR):
+  python benchmarks/autoattack_bound.py \
+      benchmarks/results/autoattack_lenet5adv_n200_linf_fab_bisect.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import advjax  # noqa: F401  (first: its XLA:CPU option must precede JAX's first backend)
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def stage_passes(settings, attacked: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """``{stage: (gradient steps, forward-only passes)}`` of the standard protocol, per stage,
+    for ``attacked[stage]`` examples."""
+    return {"apgd-ce": (attacked["apgd-ce"] * settings.steps * settings.apgd_restarts, 0),
+            "apgd-t": (attacked["apgd-t"] * settings.steps * settings.n_targets, 0),
+            "fab-t": (attacked["fab-t"] * settings.steps * settings.n_targets, 0),
+            "square": (0, attacked["square"] * settings.queries)}
+
+
+def model_flops(model: str) -> tuple[float, float]:
+    """(forward, forward + input-gradient) FLOPs of one example, XLA's cost analysis at batch
+    256 divided by 256."""
+    import jax
+    import jax.numpy as jnp
+    from autoattack_parity import RESNETS, _flax_model, _images
+
+    from advjax.models import linen_logits_fn
+    module, variables = _flax_model(model)
+    xs, _ = _images(model, 256)
+    apply = (linen_logits_fn(module, variables, train=False) if model in RESNETS
+             else linen_logits_fn(module, variables))
+
+    def flops(fn, *args):
+        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"]) / len(xs)
+
+    x = jnp.asarray(xs, jnp.float32)
+    y = jnp.zeros(len(xs), jnp.int32)
+    loss = lambda v, label: -jax.nn.log_softmax(apply(v))[label]  # noqa: E731
+    return flops(jax.vmap(apply), x), flops(jax.vmap(jax.value_and_grad(loss)), x, y)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path, help="an autoattack_parity.py results file")
+    ap.add_argument("--roofline-repeats", type=int, default=7)
+    args = ap.parse_args()
+    import jax
+    import jax.numpy as jnp
+
+    from advjax.attacks.autoattack import Settings
+    res = json.loads(args.results.read_text())
+    a = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    rates = []
+    for _ in range(args.roofline_repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        rates.append(2 * 4096 ** 3 / (time.perf_counter() - t0) / 1e9)
+    roofline = float(np.max(rates))
+    rows = {r["framework"]: r for r in res["rows"]}
+    adv, official = rows["advjax"], rows["official"]
+    fwd, step = model_flops(adv["model"])
+    passes = stage_passes(Settings(norm=adv["norm"]), adv["attacked"])
+    print(f"model {adv['model']} {adv['norm']}: forward {fwd / 1e6:.2f} MFLOP, gradient step "
+          f"{step / 1e6:.2f} MFLOP per example; roofline (best of {args.roofline_repeats}) "
+          f"{roofline:.1f} GFLOP/s; {os.cpu_count()} cores")
+    print("| stage | attacked | GFLOP | bound s | advjax s | advjax / bound | official s "
+          "| largest possible speed-up | advjax speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    tot = {"bound": 0.0, "advjax": 0.0, "official": 0.0}
+    for stage, (grads, fwds) in passes.items():
+        gflop = (grads * step + fwds * fwd) / 1e9
+        bound = gflop / roofline
+        t_adv, t_off = adv["seconds"][stage], official["seconds"][stage]
+        tot["bound"] += bound
+        tot["advjax"] += t_adv
+        tot["official"] += t_off
+        print(f"| {stage} | {adv['attacked'][stage]} | {gflop:.0f} | {bound:.1f} | {t_adv:.1f} | "
+              f"{t_adv / bound:.2f} | {t_off:.1f} | {t_off / bound:.2f}× | {t_off / t_adv:.2f}× |")
+    print(f"| all | | | {tot['bound']:.1f} | {tot['advjax']:.1f} | "
+          f"{tot['advjax'] / tot['bound']:.2f} | {tot['official']:.1f} | "
+          f"{tot['official'] / tot['bound']:.2f}× | {tot['official'] / tot['advjax']:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,8 @@ target classes; Square 5000 queries, one forward pass each), and every stage att
 examples the earlier stages left robust. Given a parity run (``autoattack_parity.py``'s results
 file: the examples each stage attacked and the official code's seconds per stage), this counts
 the FLOPs that work needs with XLA's cost analysis of the model (forward pass; forward +
-input-gradient for a gradient step), and divides by a 4096² fp32 matmul's measured throughput:
+input-gradient for a gradient step), and divides by a 4096² fp32 matmul's measured throughput
+(``attacks.measure_matmul_roofline``, the median of five):
 the time each stage would take at 100 % of the matmul roofline, and so the largest speed-up over
 the official code that any implementation of the same protocol could show here. FAB-T is
 counted at one gradient step per iteration (its extra forward passes not counted), so its bound
@@ -23,10 +24,7 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 import advjax  # noqa: F401  (first: its XLA:CPU option must precede JAX's first backend)
 
@@ -43,10 +41,12 @@ def stage_passes(settings, attacked: dict[str, int]) -> dict[str, tuple[int, int
 
 
 def model_flops(model: str) -> tuple[float, float]:
-    """(forward, forward + input-gradient) FLOPs of one example, XLA's cost analysis at batch
-    256 divided by 256."""
+    """(forward, forward + input-gradient) FLOPs of one example: XLA's cost analysis at batch
+    256 (the gradient step by ``attacks._step_flops``, as every speed table here counts it),
+    divided by 256."""
     import jax
     import jax.numpy as jnp
+    from attacks import _step_flops
     from autoattack_parity import RESNETS, _flax_model, _images
 
     from advjax.models import linen_logits_fn
@@ -54,43 +54,26 @@ def model_flops(model: str) -> tuple[float, float]:
     xs, _ = _images(model, 256)
     apply = (linen_logits_fn(module, variables, train=False) if model in RESNETS
              else linen_logits_fn(module, variables))
-
-    def flops(fn, *args):
-        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost["flops"]) / len(xs)
-
-    x = jnp.asarray(xs, jnp.float32)
-    y = jnp.zeros(len(xs), jnp.int32)
-    loss = lambda v, label: -jax.nn.log_softmax(apply(v))[label]  # noqa: E731
-    return flops(jax.vmap(apply), x), flops(jax.vmap(jax.value_and_grad(loss)), x, y)
+    cost = jax.jit(jax.vmap(apply)).lower(jnp.asarray(xs, jnp.float32)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) / len(xs), _step_flops(apply, xs) / len(xs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, help="an autoattack_parity.py results file")
-    ap.add_argument("--roofline-repeats", type=int, default=7)
     args = ap.parse_args()
-    import jax
-    import jax.numpy as jnp
+    from attacks import measure_matmul_roofline
 
     from advjax.attacks.autoattack import Settings
     res = json.loads(args.results.read_text())
-    a = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    rates = []
-    for _ in range(args.roofline_repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(a))
-        rates.append(2 * 4096 ** 3 / (time.perf_counter() - t0) / 1e9)
-    roofline = float(np.max(rates))
+    roofline = measure_matmul_roofline()
     rows = {r["framework"]: r for r in res["rows"]}
     adv, official = rows["advjax"], rows["official"]
     fwd, step = model_flops(adv["model"])
     passes = stage_passes(Settings(norm=adv["norm"]), adv["attacked"])
     print(f"model {adv['model']} {adv['norm']}: forward {fwd / 1e6:.2f} MFLOP, gradient step "
-          f"{step / 1e6:.2f} MFLOP per example; roofline (best of {args.roofline_repeats}) "
+          f"{step / 1e6:.2f} MFLOP per example; roofline (median of 5 4096² matmuls) "
           f"{roofline:.1f} GFLOP/s; {os.cpu_count()} cores")
     print("| stage | attacked | GFLOP | bound s | advjax s | advjax / bound | official s "
           "| largest possible speed-up | advjax speed-up |")
@@ -103,6 +86,9 @@ def main() -> None:
         tot["bound"] += bound
         tot["advjax"] += t_adv
         tot["official"] += t_off
+        if bound == 0 or t_adv == 0:   # nothing left to attack: the stage did not run
+            print(f"| {stage} | 0 | 0 | 0 | {t_adv:.1f} | — | {t_off:.1f} | — | — |")
+            continue
         print(f"| {stage} | {adv['attacked'][stage]} | {gflop:.0f} | {bound:.1f} | {t_adv:.1f} | "
               f"{t_adv / bound:.2f} | {t_off:.1f} | {t_off / bound:.2f}× | {t_off / t_adv:.2f}× |")
     print(f"| all | | | {tot['bound']:.1f} | {tot['advjax']:.1f} | "

@@ -36,6 +36,55 @@ RESNETS = ("resnet44-standard", "resnet44-robust")  # Woods et al. (2019), CIFAR
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
+def flags_to_str(flags) -> str:
+    """``(N,)`` bools as a string of ``0`` / ``1`` (compact in JSON, one character per image)."""
+    return "".join("1" if f else "0" for f in np.asarray(flags, bool).tolist())
+
+
+def robust_after_stages(clean_correct, broken_by, stages=STAGES) -> dict[str, str]:
+    """Per-image robustness after each stage from advjax's ``Evaluation`` flags.
+
+    Args:
+      clean_correct: ``(N,)`` bool, classified correctly before any attack.
+      broken_by: ``(N,)`` int, index of the stage that broke the image, ``-1`` for none.
+
+    Returns:
+      ``{stage: "0110..."}``: image ``j`` is robust after stage ``i`` when it was classified
+      correctly and no stage up to and including ``i`` broke it.
+    """
+    clean = np.asarray(clean_correct, bool)
+    broken = np.asarray(broken_by)
+    if clean.shape != broken.shape or clean.ndim != 1:
+        raise ValueError("`clean_correct` and `broken_by` must be (N,) arrays of one shape; got "
+                         f"{clean.shape} and {broken.shape}.")
+    return {s: flags_to_str(clean & ((broken < 0) | (broken > i))) for i, s in enumerate(stages)}
+
+
+def per_image_agreement(a: dict, b: dict, stages=STAGES) -> dict[str, dict[str, int]]:
+    """Image by image, where two result rows' robustness flags differ after each stage.
+
+    Args:
+      a, b: result rows with ``robust_flags`` (``{stage: "0/1 string"}``) on the same images.
+
+    Returns:
+      ``{stage: {"only_a": images robust in a but broken in b, "only_b": the converse,
+      "both": robust in both}}``. ``only_a == 0`` at every stage means every image ``b``
+      broke, ``a`` broke too (``a`` at least as strong as ``b`` image by image, not only in
+      count).
+    """
+    out = {}
+    for s in stages:
+        fa, fb = a["robust_flags"][s], b["robust_flags"][s]
+        if len(fa) != len(fb):
+            raise ValueError(f"the rows hold different numbers of images at {s!r}: "
+                             f"{len(fa)} and {len(fb)}.")
+        ra = np.frombuffer(fa.encode(), np.uint8) == ord("1")
+        rb = np.frombuffer(fb.encode(), np.uint8) == ord("1")
+        out[s] = dict(only_a=int((ra & ~rb).sum()), only_b=int((rb & ~ra).sum()),
+                      both=int((ra & rb).sum()))
+    return out
+
+
 def _mnist(n: int):
     from advjax import data
     ds = data.load("mnist_local", "all", limit=n)
@@ -86,7 +135,9 @@ def run_advjax(model: str, norm: str, n: int, batch: int) -> dict:
                 clean=ev.clean_accuracy,
                 robust={s: ev.robust_accuracy[s] for s in ev.stages},
                 seconds=ev.seconds, compile_seconds=ev.compile_seconds, attacked=ev.attacked,
-                run_seconds=run, wall_seconds=wall, images_per_s=n / run)
+                run_seconds=run, wall_seconds=wall, images_per_s=n / run,
+                clean_flags=flags_to_str(ev.clean_correct),
+                robust_flags=robust_after_stages(ev.clean_correct, ev.broken_by, ev.stages))
 
 
 def _torch_net_and_data(model: str, n: int):
@@ -110,8 +161,19 @@ def _torch_net_and_data(model: str, n: int):
 def run_official(model: str, norm: str, n: int, batch: int) -> dict:
     import torch
     from autoattack import AutoAttack
+    from autoattack.state import EvaluationState
 
     net, x, y = _torch_net_and_data(model, n)
+    snapshots: dict[str, str] = {}
+    add_run_attack = EvaluationState.add_run_attack
+
+    def add_and_snapshot(state, attack: str) -> None:  # called once after each stage
+        snapshots[attack] = flags_to_str(state.robust_flags.cpu().numpy())
+        add_run_attack(state, attack)
+
+    EvaluationState.add_run_attack = add_and_snapshot
+    with torch.no_grad():
+        clean_flags = (net(x).argmax(1) == y).numpy()
     aa = AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=_eps(model, norm),
                     version="standard", device="cpu", seed=0)
     buf = io.StringIO()
@@ -131,12 +193,15 @@ def run_official(model: str, norm: str, n: int, batch: int) -> dict:
         if s in total:
             seconds[s] = total[s] - prev
             prev = total[s]
+    flags, last = {}, flags_to_str(clean_flags)
     for s in STAGES:                      # stages skipped once nothing is robust
         robust.setdefault(s, robust[list(robust)[-1]] if robust else 0.0)
+        last = flags[s] = snapshots.get(s, last)
     return dict(framework="official", model=model, norm=norm, eps=_eps(model, norm), n=n,
                 clean=clean, robust=robust,
                 seconds=seconds, run_seconds=wall, wall_seconds=wall, images_per_s=n / wall,
-                torch=torch.__version__)
+                torch=torch.__version__, clean_flags=flags_to_str(clean_flags),
+                robust_flags=flags)
 
 
 def run_torchattacks(model: str, norm: str, n: int, batch: int) -> dict:
@@ -155,7 +220,8 @@ def run_torchattacks(model: str, norm: str, n: int, batch: int) -> dict:
     with torch.no_grad():
         robust = net(x).argmax(1) == y
     clean = float(robust.float().mean())
-    out_robust, seconds, steps = {}, {}, {}
+    clean_flags = flags_to_str(robust.numpy())
+    out_robust, seconds, steps, flags = {}, {}, {}, {}
     t_all = time.perf_counter()
     for name, attack in zip(STAGES, aa._autoattack.attacks, strict=True):
         steps[name] = getattr(attack, "steps", getattr(attack, "n_queries", None))
@@ -169,11 +235,13 @@ def run_torchattacks(model: str, norm: str, n: int, batch: int) -> dict:
                     robust[part] = net(adv).argmax(1) == y[part]
         seconds[name] = time.perf_counter() - t0
         out_robust[name] = float(robust.float().mean())
+        flags[name] = flags_to_str(robust.numpy())
     wall = time.perf_counter() - t_all
     return dict(framework="torchattacks", model=model, norm=norm, eps=_eps(model, norm), n=n,
                 clean=clean, robust=out_robust, seconds=seconds, steps=steps, run_seconds=wall,
                 wall_seconds=wall, images_per_s=n / wall, torch=torch.__version__,
-                torchattacks=torchattacks.__version__)
+                torchattacks=torchattacks.__version__, clean_flags=clean_flags,
+                robust_flags=flags)
 
 
 def skip_cost(n: int) -> dict:
@@ -216,7 +284,8 @@ def main() -> None:
                     choices=["advjax", "official", "torchattacks"])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--skip-cost", action="store_true",
-                    help="time one jit(vmap(autoattack)) call as the robust set shrinks")
+                    help="instead of the parity run: time one jit(vmap(autoattack)) call on the "
+                         "PGD-trained LeNet5 as the robust set shrinks, print it and exit")
     ap.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "MODEL", "NORM"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -227,7 +296,10 @@ def main() -> None:
         fw, model, norm = args.one
         fn = {"advjax": run_advjax, "official": run_official,
               "torchattacks": run_torchattacks}[fw]
-        print("RESULT " + json.dumps(fn(model, norm, args.n, args.batch)))
+        load_start = os.getloadavg()
+        row = fn(model, norm, args.n, args.batch)
+        row.update(load_average_start=load_start, load_average_end=os.getloadavg())
+        print("RESULT " + json.dumps(row))
         return
     import jax
     rows = []
@@ -273,6 +345,18 @@ def render(res: dict) -> str:
                    f"{r['framework']} | {r['clean']:.3f} | "
                    + " | ".join(f"{r['robust'][s]:.3f}" for s in STAGES)
                    + f" | {r['run_seconds']:.1f} | {comp} | {r['images_per_s']:.2f} | {ratio} |")
+    for r in rows:                        # image by image, advjax against each peer
+        if r["framework"] != "advjax" or "robust_flags" not in r:
+            continue
+        for q in rows:
+            if (q["model"], q["norm"]) != (r["model"], r["norm"]) or q is r \
+                    or "robust_flags" not in q:
+                continue
+            agree = per_image_agreement(r, q)
+            out.append(f"\n{r['model']} {r['norm']}, images robust in advjax but broken by "
+                       f"{q['framework']} / the converse, after each stage: "
+                       + ", ".join(f"{s} {a['only_a']} / {a['only_b']}"
+                                   for s, a in agree.items()))
     return "\n".join(out)
 
 

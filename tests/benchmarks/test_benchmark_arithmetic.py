@@ -66,3 +66,36 @@ def test_autoattack_bound_counts_the_published_protocol():
                                            "square": 181})
     assert passes == {"apgd-ce": (19_900, 0), "apgd-t": (163_800, 0), "fab-t": (162_900, 0),
                       "square": (0, 905_000)}
+
+
+@pytest.fixture(scope="module")
+def parity():
+    spec = importlib.util.spec_from_file_location("autoattack_parity",
+                                                  ROOT / "benchmarks" / "autoattack_parity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_robust_flags_after_each_stage(parity):
+    # Five images: misclassified; broken by APGD-CE (0); by FAB-T (2); never broken; by Square (3).
+    clean = np.array([False, True, True, True, True])
+    broken_by = np.array([-1, 0, 2, -1, 3])
+    flags = parity.robust_after_stages(clean, broken_by)
+    assert flags == {"apgd-ce": "00111", "apgd-t": "00111", "fab-t": "00011",
+                     "square": "00010"}
+    # Counts of "1" are the cumulative robust accuracy evaluate reports.
+    assert [f.count("1") / 5 for f in flags.values()] == [0.6, 0.6, 0.4, 0.2]
+    with pytest.raises(ValueError, match="broken_by"):
+        parity.robust_after_stages(clean, broken_by[:4])
+
+
+def test_per_image_agreement_counts_disagreements_not_totals(parity):
+    # Equal counts (two robust images each) but on different images: one disagreement each way.
+    a = {"robust_flags": {s: "1100" for s in parity.STAGES}}
+    b = {"robust_flags": {s: "1010" for s in parity.STAGES}}
+    agree = parity.per_image_agreement(a, b)
+    assert all(v == {"only_a": 1, "only_b": 1, "both": 1} for v in agree.values())
+    assert parity.per_image_agreement(a, a)["square"] == {"only_a": 0, "only_b": 0, "both": 2}
+    with pytest.raises(ValueError, match="different numbers of images"):
+        parity.per_image_agreement(a, {"robust_flags": {s: "10" for s in parity.STAGES}})

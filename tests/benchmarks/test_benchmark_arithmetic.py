@@ -99,3 +99,13 @@ def test_per_image_agreement_counts_disagreements_not_totals(parity):
     assert parity.per_image_agreement(a, a)["square"] == {"only_a": 0, "only_b": 0, "both": 2}
     with pytest.raises(ValueError, match="different numbers of images"):
         parity.per_image_agreement(a, {"robust_flags": {s: "10" for s in parity.STAGES}})
+
+
+def test_pgd_agreement_margin_is_true_logit_minus_best_other():
+    spec = importlib.util.spec_from_file_location("pgd_agreement",
+                                                  ROOT / "benchmarks" / "pgd_agreement.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    logits = np.array([[3.0, 1.0, 2.0], [3.0, 1.0, 2.0], [0.5, 0.5, -1.0]])
+    # 3 - 2; 1 - 3 (misclassified); a tie with another class is a zero margin, not a success.
+    np.testing.assert_array_equal(mod.margins(logits, np.array([0, 1, 0])), [1.0, -2.0, 0.0])

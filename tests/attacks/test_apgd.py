@@ -146,8 +146,12 @@ def test_advertorch_lenet5_apgd_not_weaker_than_published_pgd():
     assert float(jnp.max(r_apgd.linf)) <= 0.3 + 1e-6
 
 
-def apgd_reference(logits_fn, x, y, eps, key, steps, norm="l2", rho=0.75, alpha=0.75):
+def apgd_reference(logits_fn, x, y, eps, key, steps, norm="l2", rho=0.75, alpha=0.75,
+                   start=None):
     """Algorithm 1 of Croce & Hein (2020), one untargeted CE run, as a plain Python loop.
+
+    ``start``: the random start ``x^(0)`` before projection (default: ``x`` plus a uniform point
+    of the ball drawn with ``key``, as :func:`advjax.attacks.apgd` does).
 
     Returns ``(x_max, f_max, eta, log)`` with ``log`` counting the checkpoints that halved the
     step, kept it, and halvings whose restart from ``x_max`` moved the iterate.
@@ -162,7 +166,9 @@ def apgd_reference(logits_fn, x, y, eps, key, steps, norm="l2", rho=0.75, alpha=
         return projections.steepest_direction(g, norm)
 
     ckpts = [int(w) for w in checkpoints(steps)]
-    x0 = proj(x + projections.sample_ball(key, x.shape, eps, norm, x.dtype))
+    if start is None:
+        start = x + projections.sample_ball(key, x.shape, eps, norm, x.dtype)
+    x0 = proj(start)
     eta = 2.0 * eps
     x1 = proj(x0 + eta * d(grad(x0)))
     f0, f1 = float(f(x0)), float(f(x1))

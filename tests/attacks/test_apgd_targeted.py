@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advjax.attacks.apgd_targeted import apgd_targeted, eot_value_and_grad
+from advjax.attacks import losses
+from advjax.attacks.apgd_targeted import _start, apgd_search, apgd_targeted, eot_value_and_grad
 from tests.attacks.conftest import linear_logits_fn
+from tests.attacks.test_apgd import apgd_reference
 
 
 def _one_reachable(norm: str):
@@ -102,3 +104,49 @@ def test_eot_average_equals_monte_carlo_reference():
     np.testing.assert_allclose(float(v), np.mean(m), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(g), np.mean([(1 - t * t) * w for t in m], 0),
                                rtol=1e-4, atol=1e-6)
+
+
+def _interior_maximum():
+    # The concave loss of test_apgd's interior-maximum case: the second logit peaks inside the
+    # ball and the box, and z_0 = 5 always wins, so no run can succeed.
+    x = jnp.full((4, 4, 1), 0.5)
+    direction = jax.random.normal(jax.random.key(3), x.shape)
+    a = x + 0.3 * direction / jnp.linalg.norm(direction)
+
+    def logits_fn(z):
+        return jnp.stack([jnp.float32(5.0), -10.0 * jnp.sum((z - a) ** 2)])
+
+    return logits_fn, x, jnp.int32(0), jnp.float32(0.5)
+
+
+@pytest.mark.parametrize("case,steps", [("mlp0", 40), ("mlp2", 40), ("interior", 6),
+                                        ("interior", 12)])
+def test_search_matches_plain_loop_of_algorithm_1(tiny_mlp, case, steps):
+    # apgd_search is the APGD run of every AutoAttack stage (APGD-CE, APGD-T, the EOT version).
+    # Plain Algorithm 1 (test_apgd.apgd_reference, from the same start) is the independent truth
+    # for one untargeted CE run with no success: the result is the max-loss point. The MLP runs
+    # go through checkpoints that halve, keep and restart from x_max. On the interior maximum
+    # the momentum term decides where a short run ends: there, dropping the momentum, the
+    # halving or the restart from x_max moves x_adv by far more than float32 rounding (1e-4)
+    # (each tried: both interior cases fail; the two MLP runs reach the same best point anyway).
+    if case == "interior":
+        logits_fn, x, y, eps = _interior_maximum()
+    else:
+        i = int(case[-1])
+        logits_fn, eps = tiny_mlp.logits_fn, jnp.float32(0.1)
+        x, y = jnp.asarray(tiny_mlp.xs[i]), jnp.int32(tiny_mlp.labels[i])
+    key = jax.random.key(11)
+    start = _start(jax.random.fold_in(key, 0), x, eps, "l2")
+    x_max, f_max, _, log = apgd_reference(logits_fn, x, y, eps, key, steps, start=start)
+    if case != "interior":
+        assert log["halved"] >= 1 and log["kept"] >= 1 and log["restart_moved"] >= 1, log
+
+    def loss_fn(z, _key):
+        logits = logits_fn(z)
+        return losses.ce_loss(logits, y), logits
+
+    z, success, loss = jax.jit(lambda x: apgd_search(loss_fn, x, y, eps, key, norm="l2",
+                                                     steps=steps, lo=0.0, hi=1.0))(x)
+    assert not bool(success)
+    np.testing.assert_allclose(float(loss), f_max, rtol=1e-5)
+    np.testing.assert_allclose(z, x_max, atol=1e-4)

@@ -9,6 +9,7 @@ do not depend on the batch size, the device count, or on resuming.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -30,7 +31,7 @@ from advjax.attacks.autoattack import (
 )
 
 Array = jax.Array
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -184,8 +185,10 @@ class AutoAttackEvaluator:
 
         With ``state_path`` the state (flags, adversarial points, times) is written after the
         clean pass and after every stage, and an existing state is resumed from the first stage
-        not yet run; a state made with other stages, another N, other labels or other budgets
-        raises a ``ValueError``.
+        not yet run. A state belongs to the evaluation that made it: one made with other stages
+        or settings, other images, labels, budgets or key raises a ``ValueError`` naming what
+        differs, and so does one whose stored clean predictions differ from this model's (the
+        model is checked by one clean forward pass over ``xs`` on resume).
         """
         xs = np.asarray(xs)
         labels = np.asarray(labels)
@@ -207,14 +210,19 @@ class AutoAttackEvaluator:
             jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))))
         labels = labels.astype(np.int32)
 
-        state = self._load(state_path, n, labels, eps)
+        fingerprint = self._fingerprint(xs, labels, eps, keys)
+        state = self._load(state_path, fingerprint)
+        pred = self._predict_all(xs)
         if state is None:
-            pred = self._predict_all(xs)
-            clean = pred == labels
-            state = dict(clean_correct=clean, broken_by=np.full(n, -1, np.int64),
-                         x_adv=xs.copy(), done=[], robust_accuracy={}, seconds={},
-                         compile_seconds={}, attacked={})
-            self._save(state_path, state, labels, eps)
+            state = dict(clean_pred=pred.astype(np.int64), clean_correct=pred == labels,
+                         broken_by=np.full(n, -1, np.int64), x_adv=xs.copy(), done=[],
+                         robust_accuracy={}, seconds={}, compile_seconds={}, attacked={})
+            self._save(state_path, state, fingerprint)
+        elif not np.array_equal(state["clean_pred"], pred):
+            raise ValueError(
+                f"`state_path` {state_path} was made with another model: its clean predictions "
+                f"differ from this `logits_fn`'s on {int(np.sum(state['clean_pred'] != pred))} "
+                f"of {n} images.")
         robust = state["clean_correct"] & (state["broken_by"] < 0)
         for i, name in enumerate(self.stages):
             if name in state["done"]:
@@ -232,7 +240,7 @@ class AutoAttackEvaluator:
             state["seconds"][name] = run_s
             state["compile_seconds"][name] = comp_s
             state["attacked"][name] = int(len(idx))
-            self._save(state_path, state, labels, eps)
+            self._save(state_path, state, fingerprint)
         stage_success = state["broken_by"][:, None] == np.arange(len(self.stages))[None]
         return Evaluation(
             stages=self.stages, clean_accuracy=float(state["clean_correct"].mean()),
@@ -253,38 +261,48 @@ class AutoAttackEvaluator:
         return np.concatenate(out)
 
     # ------------------------------------------------------------------------- state file
-    def _meta(self, n, labels, eps) -> dict:
-        return dict(format=_STATE_VERSION, stages=list(self.stages), n=int(n),
-                    norm=self.cfg.norm, version=self.version,
-                    labels_sum=int(labels.astype(np.int64).sum()),
-                    eps_sum=float(np.asarray(eps, np.float64).sum()))
+    def _fingerprint(self, xs, labels, eps, keys) -> dict:
+        """What a state file must match to be resumed: the evaluation's stages and settings and
+        SHA-256 digests of the exact images, labels, budgets and per-example keys."""
+        def digest(a: np.ndarray) -> str:
+            a = np.ascontiguousarray(a)
+            return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
 
-    def _save(self, path, state, labels, eps) -> None:
+        settings = {f.name: repr(getattr(self.cfg, f.name))
+                    for f in dataclasses.fields(self.cfg)}
+        return dict(format=_STATE_VERSION, stages=list(self.stages), n=int(xs.shape[0]),
+                    version=self.version, settings=settings, images=digest(xs),
+                    labels=digest(labels), eps=digest(eps), keys=digest(keys))
+
+    def _save(self, path, state, fingerprint) -> None:
         if path is None:
             return
         path = Path(path)
-        meta = self._meta(len(labels), labels, eps)
+        meta = dict(fingerprint)
         meta.update(done=state["done"], robust_accuracy=state["robust_accuracy"],
                     seconds=state["seconds"], compile_seconds=state["compile_seconds"],
                     attacked=state["attacked"])
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, clean_correct=state["clean_correct"], broken_by=state["broken_by"],
+        np.savez(tmp, clean_pred=state["clean_pred"], clean_correct=state["clean_correct"],
+                 broken_by=state["broken_by"],
                  x_adv=state["x_adv"], meta=np.asarray(json.dumps(meta)))
         os.replace(tmp, path)
 
-    def _load(self, path, n, labels, eps):
+    def _load(self, path, fingerprint):
         if path is None or not Path(path).exists():
             return None
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
-            expected = self._meta(n, labels, eps)
-            for field in ("format", "stages", "n", "norm", "version", "labels_sum"):
-                if meta.get(field) != expected[field]:
+            for field in fingerprint:
+                if meta.get(field) != fingerprint[field]:
+                    what = {"images": "other images `xs`", "labels": "other `labels`",
+                            "eps": "other budgets `eps`", "keys": "another `key`"}.get(field)
+                    detail = (what if what else f"{field}: {meta.get(field)!r}, here "
+                              f"{fingerprint[field]!r}")
                     raise ValueError(f"`state_path` {path} was made for another evaluation "
-                                     f"({field}: {meta.get(field)!r}, here {expected[field]!r}).")
-            if not np.isclose(meta["eps_sum"], expected["eps_sum"], rtol=1e-9):
-                raise ValueError(f"`state_path` {path} was made with other budgets `eps`.")
-            return dict(clean_correct=f["clean_correct"].copy(), broken_by=f["broken_by"].copy(),
+                                     f"({detail}).")
+            return dict(clean_pred=f["clean_pred"].copy(),
+                        clean_correct=f["clean_correct"].copy(), broken_by=f["broken_by"].copy(),
                         x_adv=f["x_adv"].copy(), done=list(meta["done"]),
                         robust_accuracy=dict(meta["robust_accuracy"]),
                         seconds=dict(meta["seconds"]),
@@ -306,7 +324,8 @@ def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "l
       key: base key; example ``j`` uses ``fold_in(key, j)``.
       norm, version, attacks, lo, hi, **settings: as :func:`advjax.attacks.autoattack`.
       batch_size, mesh: rows per compiled call; devices (default all).
-      state_path: resumable state file (``.npz``).
+      state_path: resumable state file (``.npz``), written atomically after every stage; it
+        resumes only the evaluation that made it (:meth:`AutoAttackEvaluator.__call__`).
       progress: a tqdm bar per stage.
 
     Returns:

@@ -86,6 +86,33 @@ def test_evaluation_compacts_and_resumes(tiny_mlp, tmp_path, monkeypatch):
         evaluate(p.logits_fn, p.xs, np.full(len(p.labels), 9), eps=0.1, key=key, **KW)
 
 
+def test_state_belongs_to_the_evaluation_that_made_it(tiny_mlp, tmp_path):
+    # A finished state is returned as it is when everything matches; any other images (one
+    # pixel), key, settings or model must raise instead of reporting the old run's flags.
+    p = tiny_mlp
+    key, state = jax.random.key(3), tmp_path / "state.npz"
+    kw = dict(KW, attacks=["apgd-ce"], batch_size=16)
+    first = evaluate(p.logits_fn, p.xs, p.labels, eps=0.08, key=key, state_path=state, **kw)
+    again = evaluate(p.logits_fn, p.xs, p.labels, eps=0.08, key=key, state_path=state, **kw)
+    np.testing.assert_array_equal(again.broken_by, first.broken_by)
+    moved = np.array(p.xs).copy()
+    moved[0, 0, 0, 0] = 1.0 - moved[0, 0, 0, 0]
+    with pytest.raises(ValueError, match="other images `xs`"):
+        evaluate(p.logits_fn, moved, p.labels, eps=0.08, key=key, state_path=state, **kw)
+    with pytest.raises(ValueError, match="another `key`"):
+        evaluate(p.logits_fn, p.xs, p.labels, eps=0.08, key=jax.random.key(4),
+                 state_path=state, **kw)
+    with pytest.raises(ValueError, match="other budgets `eps`"):
+        evaluate(p.logits_fn, p.xs, p.labels, eps=np.r_[0.07, np.full(len(p.labels) - 1, 0.08)],
+                 key=key, state_path=state, **kw)
+    with pytest.raises(ValueError, match="settings"):
+        evaluate(p.logits_fn, p.xs, p.labels, eps=0.08, key=key, state_path=state,
+                 **dict(kw, steps=5))
+    with pytest.raises(ValueError, match="another model"):
+        evaluate(lambda x: -p.logits_fn(x), p.xs, p.labels, eps=0.08, key=key,
+                 state_path=state, **kw)
+
+
 def test_chunk_rows_pads_at_most_an_eighth():
     # Padded rows are computed like real ones, so the last chunk of a stage must not be padded
     # to the next power of two (182 robust rows would run as 256: 41 % wasted).

@@ -11,6 +11,7 @@ same final parameters as an uninterrupted run (bitwise on the same machine and s
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -56,6 +57,20 @@ def epoch_permutation(key: jax.Array, epoch: int, num_examples: int) -> np.ndarr
                                              num_examples))
 
 
+_RUN_FIELDS_DOC = ("data: SHA-256 of the images and labels; data_key: the data-order key; "
+                   "batch_size; config: the TrainConfig")
+
+
+def _digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of the training set's exact bytes (dtype and shape included)."""
+    h = hashlib.sha256()
+    for a in (images, labels):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def fit(
     state: TrainState,
     data: Any,
@@ -91,7 +106,10 @@ def fit(
         autoencoder pretraining step.
       eval_data: optional held-out set, evaluated every ``eval_every`` epochs and after the last.
       eval_batch_size: evaluation batch size.
-      checkpoint_dir: Orbax checkpoint folder; the latest checkpoint there is restored first.
+      checkpoint_dir: Orbax checkpoint folder; the latest checkpoint there is restored first. It
+        must come from a run with the same data (SHA-256 of images and labels), ``key``,
+        ``batch_size`` and ``config``, else a ``ValueError`` names what differs (``epochs`` may
+        grow: training continues to the new total).
       checkpoint_every: checkpoint every this many steps (None: not by step count).
       checkpoint_every_epochs: checkpoint at the end of every this many epochs (None: not by
         epoch). The final state is always saved.
@@ -131,6 +149,10 @@ def fit(
     history: list[dict] = []
     sums: dict[str, jax.Array] = {}
     manager = None
+    # What a checkpoint must match to be resumed (``epochs`` may grow: training continues).
+    run = {"data": _digest(images, labels), "data_key": [int(v) for v in np.asarray(data_key)],
+           "batch_size": int(batch_size),
+           "config": repr(config) if step_fn is None else None}
     if checkpoint_dir is not None:
         manager = checkpoint_manager(checkpoint_dir, max_to_keep=max_to_keep)
         restored = restore_checkpoint(manager, state)
@@ -138,6 +160,14 @@ def fit(
             state, meta = restored
             history = list(meta.get("history", []))
             sums = {k: jnp.asarray(v, jnp.float32) for k, v in meta.get("sums", {}).items()}
+            saved_run = meta.get("run")
+            if saved_run is not None:
+                differ = [k for k in run if saved_run.get(k) != run[k]]
+                if differ:
+                    raise ValueError(
+                        f"`checkpoint_dir` {os.fspath(checkpoint_dir)} holds a run made with other "
+                        f"{', '.join(differ)} ({_RUN_FIELDS_DOC}); resuming would mix two runs. "
+                        "Use another folder, or the same data, key, batch size and config.")
             saved_key = meta.get("data_key")
             if saved_key is not None and list(saved_key) != [int(v) for v in np.asarray(data_key)]:
                 log.warning("resuming with a different data key than the checkpoint's; the batch "
@@ -149,7 +179,7 @@ def fit(
                          f"steps of {epochs} epochs.")
 
     def meta() -> dict:
-        return {"history": history, "data_key": [int(v) for v in np.asarray(data_key)],
+        return {"history": history, "data_key": [int(v) for v in np.asarray(data_key)], "run": run,
                 "sums": {k: float(v) for k, v in jax.device_get(sums).items()},
                 "steps_per_epoch": steps_per_epoch}
 

@@ -113,6 +113,30 @@ def test_resume_in_process_continues_from_checkpoint(tmp_path):
     assert [h["train"] for h in hist] == [h["train"] for h in hist_full]
 
 
+def test_checkpoint_resumes_only_the_run_that_made_it(tmp_path):
+    # A checkpoint folder reused with other data (one label), another data key, batch size or
+    # config must raise, not continue the old run's parameters under the new settings.
+    (x, y), _ = _digits()
+    x, y = x[:128], y[:128]
+    make = lambda: create_train_state(_mlp((8,)), jax.random.key(0), x[:1], optax.adam(1e-2))
+    fit(make(), (x, y), key=jax.random.key(2), epochs=1, batch_size=32, progress=False,
+        checkpoint_dir=tmp_path)
+    other_y = y.copy()
+    other_y[0] = (other_y[0] + 1) % 10
+    for kwargs, what in ((dict(data=(x, other_y)), "data"),
+                         (dict(key=jax.random.key(3)), "data_key"),
+                         (dict(batch_size=16), "batch_size"),
+                         (dict(config=TrainConfig(weight_decay=1e-4)), "config")):
+        args = dict(data=(x, y), key=jax.random.key(2), batch_size=32) | kwargs
+        with pytest.raises(ValueError, match=f"other {what} "):
+            fit(make(), args.pop("data"), epochs=2, progress=False, checkpoint_dir=tmp_path,
+                **args)
+    # The same run, asked for more epochs, continues.
+    state, hist = fit(make(), (x, y), key=jax.random.key(2), epochs=2, batch_size=32,
+                      progress=False, checkpoint_dir=tmp_path)
+    assert int(state.step) == 8 and len(hist) == 2
+
+
 def _run(ckpt, out, sleep):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "JAX_PLATFORMS": "cpu"}

@@ -325,7 +325,7 @@ def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "l
       norm, version, attacks, lo, hi, **settings: as :func:`advjax.attacks.autoattack`.
       batch_size, mesh: rows per compiled call; devices (default all).
       state_path: resumable state file (``.npz``), written atomically after every stage; it
-        resumes only the evaluation that made it (:meth:`AutoAttackEvaluator.__call__`).
+        resumes only the evaluation that made it (see ``AutoAttackEvaluator.__call__``).
       progress: a tqdm bar per stage.
 
     Returns:

@@ -13,13 +13,17 @@ pytest.importorskip("scipy")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def interleaved():
-    spec = importlib.util.spec_from_file_location("interleaved",
-                                                  ROOT / "benchmarks" / "interleaved.py")
+def _script(name: str):
+    """The module ``benchmarks/<name>.py``, imported from its file (benchmarks is no package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def interleaved():
+    return _script("interleaved")
 
 
 def test_constant_ratio_has_a_zero_width_interval(interleaved):
@@ -57,10 +61,7 @@ def test_one_round_is_inconclusive_and_bad_input_is_named(interleaved):
 def test_autoattack_bound_counts_the_published_protocol():
     # Standard AutoAttack: APGD-CE 100 steps x 1 restart, APGD-T / FAB-T 100 steps x 9 targets,
     # Square 5000 forward-only queries, each on the examples its stage attacked.
-    spec = importlib.util.spec_from_file_location("autoattack_bound",
-                                                  ROOT / "benchmarks" / "autoattack_bound.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script("autoattack_bound")
     from advjax.attacks.autoattack import Settings
     passes = mod.stage_passes(Settings(), {"apgd-ce": 199, "apgd-t": 182, "fab-t": 181,
                                            "square": 181})
@@ -70,11 +71,7 @@ def test_autoattack_bound_counts_the_published_protocol():
 
 @pytest.fixture(scope="module")
 def parity():
-    spec = importlib.util.spec_from_file_location("autoattack_parity",
-                                                  ROOT / "benchmarks" / "autoattack_parity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _script("autoattack_parity")
 
 
 def test_robust_flags_after_each_stage(parity):
@@ -102,10 +99,7 @@ def test_per_image_agreement_counts_disagreements_not_totals(parity):
 
 
 def test_pgd_agreement_margin_is_true_logit_minus_best_other():
-    spec = importlib.util.spec_from_file_location("pgd_agreement",
-                                                  ROOT / "benchmarks" / "pgd_agreement.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script("pgd_agreement")
     logits = np.array([[3.0, 1.0, 2.0], [3.0, 1.0, 2.0], [0.5, 0.5, -1.0]])
     # 3 - 2; 1 - 3 (misclassified); a tie with another class is a zero margin, not a success.
     np.testing.assert_array_equal(mod.margins(logits, np.array([0, 1, 0])), [1.0, -2.0, 0.0])

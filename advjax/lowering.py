@@ -27,7 +27,10 @@ multiply-accumulate over the kernel taps; otherwise the slices are concatenated 
 axis and contracted in one matrix product (``"concat"``, im2col), unless the concatenated
 operand would exceed :data:`CONCAT_LIMIT_BYTES` or the per-tap contraction is already wide
 (``in_channels_per_group >= WIDE_CHANNELS``), where the per-tap products are summed instead
-(``"accumulate"``), which needs no ``prod(kernel)``-times larger buffer.
+(``"accumulate"``), which needs no ``prod(kernel)``-times larger buffer. The ``"mac"`` form
+extends the depthwise multiply-accumulate to every input channel of a group; the ``"tangent"``
+form takes the value of a differentiated convolution with one input channel that way
+(:data:`MAC_MAX_IN_CHANNELS`).
 
 The convolutions this leaves to XLA (the values, and the forward-layout input gradients of the
 ``"tangent"`` form) run in XLA:CPU's own multi-threaded kernels because ``import advjax`` sets one
@@ -58,7 +61,7 @@ from jax._src import linear_util as lu
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "native", "gemm")
-FORMS = ("auto", "concat", "accumulate", "tangent")
+FORMS = ("auto", "concat", "accumulate", "mac", "tangent")
 
 # Shape rules of choose_form, from benchmarks/attacks.py --forms on a 2-core x86 CPU: the concat
 # (im2col) form is fastest for the narrow layers of MNIST / CIFAR CNNs; per-tap accumulation
@@ -72,6 +75,12 @@ WIDE_CHANNELS = 256
 # adjoint of the shifted slices) is faster there. From `python benchmarks/interleaved.py` A/B
 # runs: PGD-40 on the LeNet5 +14-24 %; on the ResNet-44 (3 input channels) no gain, so 2.
 SWAPPED_MIN_IN_CHANNELS = 2
+# The tangent form computes the VALUE of an ungrouped convolution with at most this many input
+# channels as an elementwise multiply-accumulate (``conv_gemm(form="mac")``), which XLA fuses
+# with the bias and ReLU that follow; XLA:CPU's kernel for it is a K = prod(kernel) · I matrix
+# product bound by writing its wide output. From A/Bs of the attack loop (benchmarks/README.md,
+# "One-input-channel values as multiply-adds"): PGD-40 on the plain-Flax LeNet5 1.15x faster.
+MAC_MAX_IN_CHANNELS = 1
 # Kernels with more taps than this stay native: they are the weight-gradient convolutions of an
 # already differentiated program (kernel = a feature map), not layers.
 MAX_TAPS = 121
@@ -96,8 +105,10 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
         (never: ``fn`` is called as it is; the wrapper marks the choice, so the attacks, which
         apply ``mode="auto", form="tangent"`` to a plain ``logits_fn``, keep it).
       form: ``"auto"`` (per layer by shape, :func:`choose_form`), or force ``"concat"`` /
-        ``"accumulate"`` for every convolution (for measurements); ``"tangent"`` keeps XLA's
-        convolution for the values and changes only the derivatives (:func:`conv_tangent_gemm`):
+        ``"accumulate"`` / ``"mac"`` for every convolution (for measurements); ``"tangent"``
+        keeps XLA's convolution for undifferentiated values and changes the derivatives
+        (:func:`conv_tangent_gemm`; under differentiation a one-input-channel convolution's
+        value is the ``"mac"`` form):
         the input gradient of a unit-stride, ungrouped convolution with two or more input
         channels is a forward convolution over the flipped, physically transposed kernel,
         every other one the GEMM form (shape rule of
@@ -288,7 +299,9 @@ def conv_gemm(lhs: jax.Array, rhs: jax.Array, *, window_strides, padding, lhs_di
       window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count,
         batch_group_count, precision, preferred_element_type: as the primitive's parameters
         (``padding`` explicit ``(low, high)`` pairs, possibly negative).
-      form: ``"auto"`` (:func:`choose_form`), ``"concat"`` or ``"accumulate"``.
+      form: ``"auto"`` (:func:`choose_form`), ``"concat"``, ``"accumulate"`` or ``"mac"``
+        (an elementwise multiply-accumulate over every kernel tap and input channel per group,
+        ``prod(kernel) · I`` terms; no batch groups).
 
     Returns:
       The convolution, in the layout of ``dimension_numbers.out_spec``.
@@ -319,6 +332,8 @@ def conv_gemm(lhs: jax.Array, rhs: jax.Array, *, window_strides, padding, lhs_di
                                                      jnp.dtype(x.dtype).itemsize)
     if chosen == "depthwise" and not (cin == 1 and fg > 1):
         chosen = "concat"
+    if chosen == "mac" and bg > 1:
+        chosen = "concat"
     if chosen == "single":
         chosen = "concat"
 
@@ -334,15 +349,19 @@ def conv_gemm(lhs: jax.Array, rhs: jax.Array, *, window_strides, padding, lhs_di
     dot = functools.partial(lax.dot_general, precision=precision,
                             preferred_element_type=preferred_element_type)
 
-    if chosen == "depthwise":
-        # (N, out..., G) * (G, Om) per tap, summed: no contraction, no matmul.
+    if chosen in ("depthwise", "mac"):
+        # Per tap and input channel of each group, (N, out..., G, 1) * (G, Om), summed in
+        # (tap, channel) order: no contraction, no matmul; one elementwise fusion with
+        # whatever follows (a bias, a ReLU).
         om = cout // fg
         acc = None
         for i, off in enumerate(taps):
-            term = tap(off)[..., :, None] * wt[i, 0].reshape(fg, om)
-            if dtype is not None:
-                term = term.astype(dtype)
-            acc = term if acc is None else acc + term
+            v = tap(off).reshape((n, *out_sp, fg, cin))
+            for j in range(cin):
+                term = v[..., j, None] * wt[i, j].reshape(fg, om)
+                if dtype is not None:
+                    term = term.astype(dtype)
+                acc = term if acc is None else acc + term
         y = acc.reshape((n, *out_sp, cout))
         return _to_out(y, ospec, d)
 
@@ -398,23 +417,46 @@ def conv_tangent_gemm(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Arra
     way XLA:CPU's transposed convolution, many times slower inside a while loop such as an
     attack's steps, never runs. A tangent that is a symbolic zero (the weights of an attacked
     model) costs nothing.
+
+    A convolution with ONE input channel (a greyscale first layer, ungrouped) takes its value in
+    the ``"mac"`` form of :func:`conv_gemm` instead of XLA's kernel: ``prod(kernel)`` broadcast
+    multiply-adds that XLA fuses with the bias and ReLU after them, where XLA:CPU's convolution
+    is a ``K = prod(kernel)`` matrix product bound by writing its output
+    (:data:`MAC_MAX_IN_CHANNELS`).
     """
-    return _conv_native_value(lhs, rhs, _freeze_conv(params))
+    value_form = "mac" if _mac_value(params, rhs.shape) else "native"
+    return _conv_value(lhs, rhs, _freeze_conv(params), value_form)
 
 
 def _freeze_conv(params: dict[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _conv_native_value(lhs, rhs, frozen):
+def _mac_value(params: dict[str, Any], rhs_shape) -> bool:
+    """Whether the tangent form takes this convolution's value as a multiply-accumulate: an
+    ungrouped convolution with at most :data:`MAC_MAX_IN_CHANNELS` input channels."""
+    rhs_spec = params["dimension_numbers"][1]
+    return (params["feature_group_count"] == 1 and params["batch_group_count"] == 1
+            and rhs_shape[rhs_spec[1]] <= MAC_MAX_IN_CHANNELS)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_value(lhs, rhs, frozen, value_form):
+    """XLA's convolution; under differentiation (the JVP rule) the value is taken in
+    ``value_form``: ``"native"`` (the same) or ``"mac"`` (:func:`conv_gemm`'s multiply-adds, which
+    XLA fuses with the bias and ReLU after them inside a gradient). An undifferentiated forward
+    pass stays native: there XLA:CPU would fold the multiply-adds, with every layer after them,
+    into one YNN fusion that first writes each tap's weights broadcast to the output's shape
+    (3-4x slower than the native pass)."""
+    del value_form
     return _CONV.bind(lhs, rhs, **dict(frozen))
 
 
-def _conv_native_value_jvp(frozen, primals, tangents):
+def _conv_value_jvp(frozen, value_form, primals, tangents):
     lhs, rhs = primals
     t_lhs, t_rhs = tangents
-    out = _conv_native_value(lhs, rhs, frozen)
+    out = (conv_gemm(lhs, rhs, **dict(frozen), form="mac") if value_form == "mac"
+           else _CONV.bind(lhs, rhs, **dict(frozen)))
     params = dict(frozen)
     zero = jax.custom_derivatives.SymbolicZero
     t_out = None
@@ -431,7 +473,7 @@ def _conv_native_value_jvp(frozen, primals, tangents):
     return out, t_out
 
 
-_conv_native_value.defjvp(_conv_native_value_jvp, symbolic_zeros=True)
+_conv_value.defjvp(_conv_value_jvp, symbolic_zeros=True)
 
 
 def _transposes_as_forward_conv(params: dict[str, Any], rhs_shape) -> bool:

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 from jax import lax
 
-from advjax.lowering import SWAPPED_MIN_IN_CHANNELS, conv_gemm, lower_convs, lowering_plan
+from advjax.lowering import (
+    MAC_MAX_IN_CHANNELS,
+    SWAPPED_MIN_IN_CHANNELS,
+    conv_gemm,
+    lower_convs,
+    lowering_plan,
+)
 
 EPS = float(np.finfo(np.float32).eps)
 
@@ -126,6 +132,8 @@ CASES = [
     ("conv3d", (2, 5, 5, 4, 2), (2, 3, 2, 2, 3), ("NDHWC", "DHWIO", "NDHWC"), (1, 2, 1), "SAME", (1, 1, 1), (1, 1, 1), 1, 1),
     ("conv3d_ncdhw_groups", (2, 4, 4, 5, 5), (4, 2, 2, 2, 3), ("NCDHW", "OIDHW", "NCDHW"), (1, 1, 2), ((0, 1), (1, 0), (-1, 1)), (1, 1, 1), (1, 1, 1), 2, 1),
     ("one_channel", (2, 7, 7, 1), (3, 3, 1, 4), ("NHWC", "HWIO", "NHWC"), (1, 1), "SAME", (1, 1), (1, 1), 1, 1),
+    ("one_channel_nchw_stride_dil", (2, 1, 9, 8), (4, 1, 3, 2), ("NCHW", "OIHW", "NCHW"), (2, 1), ((1, 1), (0, 1)), (1, 1), (2, 1), 1, 1),
+    ("one_channel_conv1d_lhs_dil", (2, 9, 1), (4, 1, 3), ("NWC", "WIO", "NWC"), (1,), ((2, 1),), (2,), (1,), 1, 1),
 ]
 
 
@@ -204,7 +212,8 @@ def test_negative_padding_against_numpy_and_cropped_native():
 
 TANGENT_CASES = [c for c in CASES if c[0] in (
     "same", "rhs_dilation", "mixed_layouts", "conv1d_ncw_dil",      # gradient: a forward conv
-    "stride21_asym", "groups2", "nchw", "lhs_dilation", "one_channel",  # gradient: GEMM form
+    "stride21_asym", "groups2", "nchw", "lhs_dilation",                # gradient: GEMM form
+    "one_channel", "one_channel_nchw_stride_dil", "one_channel_conv1d_lhs_dil",  # + "mac" value
     "negative_stride")]                                               # all of it: the GEMM form
 
 
@@ -236,6 +245,17 @@ def test_tangent_form_keeps_native_values_and_runs_no_transposed_convolution(cas
         assert layouts == []
         want, bound = ref(x, w), ref(np.abs(x), np.abs(w))
         np.testing.assert_array_less(np.abs(y - want), 2 * n_terms * EPS * bound + 1e-30)
+    elif ws[lax.conv_dimension_numbers(xs, ws, dn).rhs_spec[1]] <= MAC_MAX_IN_CHANNELS \
+            and fg == bg == 1:
+        # One input channel: the forward pass is XLA's convolution, bit for bit; differentiated,
+        # the value is the "mac" form and the derivatives the GEMM form, so the program holds no
+        # convolution at all. That value is checked against the float64 loops.
+        np.testing.assert_array_equal(y, np.asarray(conv(x, w)))
+        assert "conv_general_dilated" in str(jax.make_jaxpr(lowered)(x, w))
+        assert layouts == []
+        y_vjp = np.asarray(_value_and_vjp(lowered)(x, w, ct)[0])
+        want, bound = ref(x, w), ref(np.abs(x), np.abs(w))
+        np.testing.assert_array_less(np.abs(y_vjp - want), 2 * n_terms * EPS * bound + 1e-30)
     else:
         # The value is XLA's own convolution, bit for bit.
         np.testing.assert_array_equal(y, np.asarray(conv(x, w)))
@@ -261,6 +281,24 @@ def test_tangent_form_keeps_native_values_and_runs_no_transposed_convolution(cas
     want_t, bound_t = ref(dx, w), ref(np.abs(dx), np.abs(w))
     np.testing.assert_array_less(np.abs(np.asarray(t) - want_t), 2 * n_terms * EPS * bound_t
                                  + 1e-30)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_mac_form_values_and_gradients_equal_reference(case):
+    """The multiply-accumulate form (every tap and input channel an elementwise product) over the
+    whole configuration matrix; batch-grouped convolutions fall back to the concat form."""
+    conv, ref, (n_terms, n_grad) = _make(case)
+    x, w, kc = _data(case)
+    ct = jax.random.normal(kc, jax.eval_shape(conv, x, w).shape)
+    lowered = lower_convs(conv, mode="gemm", form="mac")
+    y, gx, gw = (np.asarray(a) for a in _value_and_vjp(lowered)(x, w, ct))
+    want, bound = ref(x, w), ref(np.abs(x), np.abs(w))
+    np.testing.assert_array_less(np.abs(y - want), 2 * n_terms * EPS * bound + 1e-30)
+    want_gx, want_gw = ref(x, w, ct)
+    bound_gx, bound_gw = ref(np.abs(x), np.abs(w), np.abs(ct))
+    np.testing.assert_array_less(np.abs(gx - want_gx), 2 * n_grad * EPS * bound_gx + 1e-30)
+    np.testing.assert_array_less(np.abs(gw - want_gw),
+                                 2 * int(np.prod(want.shape)) * EPS * bound_gw + 1e-30)
 
 
 @pytest.mark.parametrize("form", ["concat", "accumulate"])

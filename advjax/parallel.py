@@ -28,19 +28,64 @@ logger = logging.getLogger(__name__)
 BATCH_AXIS = "batch"
 
 
-def initialize_distributed(**kwargs: Any) -> bool:
-    """Starts multi-host JAX (``jax.distributed.initialize``) when the environment asks for it.
+# advjax's own settings for a multi-process run where JAX cannot detect the cluster itself.
+COORDINATOR_ENV = "ADVJAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "ADVJAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "ADVJAX_PROCESS_ID"
+# Cluster environments ``jax.distributed.initialize()`` detects by itself.
+_CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
+                "MEGASCALE_COORDINATOR_ADDRESS")
 
-    On TPU pods and SLURM/Open MPI clusters ``jax.distributed.initialize()`` discovers the
-    coordinator itself; elsewhere set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
-    ``JAX_PROCESS_ID`` (or pass them as keyword arguments). Returns True when initialised here; a
-    single-process run (no such settings) returns False and does nothing. Call it before any other
-    JAX call in the process.
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           **kwargs: Any) -> bool:
+    """Starts multi-process JAX (``jax.distributed.initialize``) when asked to; else does nothing.
+
+    Call it before any other JAX call in the process (the ``advjax`` command does). The three
+    settings come, in order of precedence, from the arguments, from advjax's environment variables
+    ``ADVJAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``ADVJAX_NUM_PROCESSES`` and
+    ``ADVJAX_PROCESS_ID``, or from JAX's cluster auto-detection (TPU pods, SLURM, Open MPI; used
+    when none of them is set and such a cluster is detected). On CPU-only runs the cross-process
+    collectives use gloo.
+
+    Args:
+      coordinator_address, num_processes, process_id: as ``jax.distributed.initialize``.
+      **kwargs: passed on to ``jax.distributed.initialize`` (``local_device_ids``,
+        ``initialization_timeout``, ...).
+
+    Returns:
+      True when initialised here; False for a single-process run (nothing set, no cluster).
+
+    Raises:
+      ValueError: when only some of the three settings are given, or they are not integers.
     """
-    wanted = kwargs or any(v in os.environ for v in (
-        "JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"))
-    if not wanted:
+    def setting(value, env):
+        return value if value is not None else os.environ.get(env)
+
+    address = setting(coordinator_address, COORDINATOR_ENV)
+    count = setting(num_processes, NUM_PROCESSES_ENV)
+    index = setting(process_id, PROCESS_ID_ENV)
+    given = {COORDINATOR_ENV: address, NUM_PROCESSES_ENV: count, PROCESS_ID_ENV: index}
+    if any(v is not None for v in given.values()):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise ValueError("initialize_distributed: the coordinator address, process count and "
+                             f"process id go together; missing {', '.join(missing)} (argument "
+                             "or environment variable).")
+        try:
+            count, index = int(count), int(index)
+        except (TypeError, ValueError):
+            raise ValueError(f"initialize_distributed: {NUM_PROCESSES_ENV}={count!r} and "
+                             f"{PROCESS_ID_ENV}={index!r} must be integers.") from None
+        if not 0 <= index < count:
+            raise ValueError(f"initialize_distributed: process id {index} is not in "
+                             f"[0, {count}).")
+        kwargs.update(coordinator_address=str(address), num_processes=count, process_id=index)
+    elif not (kwargs or any(v in os.environ for v in _CLUSTER_ENV)):
         return False
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     logger.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),
                 jax.process_count(), jax.device_count())

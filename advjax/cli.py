@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 EXIT_ERROR = 2
+EXIT_FAILED = 1  # an unexpected exception in a multi-process run (traceback printed)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
@@ -136,6 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         # Record the command as a user would type it, whatever script started the run.
         argv = ["run", args.experiment, *argv[argv.index(args.experiment) + 1:]]
+    if args.command == "run":
+        # Before any other JAX call: a run started as P processes (ADVJAX_* settings, or a
+        # TPU/SLURM/Open MPI cluster) joins them here; a plain run does nothing.
+        from advjax import parallel
+
+        try:
+            parallel.initialize_distributed()
+        except ValueError as err:
+            print(f"advjax: error: {err}", file=sys.stderr)
+            return EXIT_ERROR
     from advjax import pipeline
 
     try:
@@ -164,21 +175,60 @@ def main(argv: Sequence[str] | None = None) -> int:
               "after them.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"advjax: error: {err}", file=sys.stderr)
+        print(f"advjax: error{_where()}: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as err:  # noqa: BLE001 - a multi-process run must not hang the others
+        if _process_count() == 1:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"advjax: error{_where()}: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if _process_count() > 1 and not _lead():
+        print(f"advjax: process {_index()} of {_process_count()} finished; process 0 wrote the "
+              f"results to {out}")
+        return 0
     print("\n".join(summary_lines(metrics)))
     print(f"results written to {out}")
     return 0
+
+
+def _process_count() -> int:
+    if "jax" not in sys.modules:
+        return 1
+    from advjax import _multiprocess
+
+    return _multiprocess.process_count()
+
+
+def _index() -> int:
+    from advjax import _multiprocess
+
+    return _multiprocess.process_index()
+
+
+def _lead() -> bool:
+    return _index() == 0
+
+
+def _where() -> str:
+    """`` on process i of P`` in a multi-process run, else nothing."""
+    count = _process_count()
+    return f" on process {_index()} of {count}" if count > 1 else ""
 
 
 def entry(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: exits with :func:`main`'s status.
 
     After Ctrl-C the process leaves at once (``os._exit``), once its output is flushed, so that
-    no background thread of an accelerator runtime can fail while the interpreter shuts down.
+    no background thread of an accelerator runtime can fail while the interpreter shuts down. A
+    process of a multi-process run that fails leaves at once too: a normal exit would wait in
+    ``jax.distributed``'s shutdown barrier for the others, which wait for it in their next
+    collective; they stop when the coordinator notices it is gone (its heartbeat timeout).
     """
     code = main(argv)
-    if code == EXIT_INTERRUPTED:
+    if code == EXIT_INTERRUPTED or (code != 0 and _process_count() > 1):
         import os
 
         sys.stdout.flush()

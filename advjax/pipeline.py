@@ -17,6 +17,13 @@ finished, writes the record: ``config.json`` (config, fingerprint, inputs, exact
 
 A folder holding another config's run is refused with the changed fields named (``overwrite=True``
 replaces it); the same config resumes, skipping finished stages.
+
+Started as P processes joined by ``jax.distributed`` (the same command on every process, as on a
+pod; call :func:`advjax.parallel.initialize_distributed` first, as the ``advjax`` command does),
+a run gives the same record as on one process: process 0 checks the folder and writes every file
+(the record, cached stages, figures); whether a stage is reused, and its saved result, are sent
+from process 0 to the others, so that every process runs the same computations. Training
+checkpoints are written by all processes together (Orbax), into the same folder.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from advjax import io
+from advjax import _multiprocess, io
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +362,7 @@ class Run:
     report_lines: list[str] = dataclasses.field(default_factory=list)
     stages: list[StageRecord] = dataclasses.field(default_factory=list)
     progress: bool = True
+    _scratch_dir: Path | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         if self.state_dir is None:
@@ -371,10 +379,22 @@ class Run:
         self.report_lines.append("")
 
     def figure_path(self, name: str) -> Path:
-        """Where to write figure ``name``; it joins the record when the run finishes."""
-        path = self.state_dir / "figures" / name
+        """Where to write figure ``name``; it joins the record when the run finishes.
+
+        On processes other than process 0 of a multi-process run, a scratch path outside the
+        results folder (their figures are the same and are not kept).
+        """
+        folder = self.state_dir if _multiprocess.is_lead() else self._scratch()
+        path = folder / "figures" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _scratch(self) -> Path:
+        if self._scratch_dir is None:
+            import tempfile
+
+            self._scratch_dir = Path(tempfile.mkdtemp(prefix="advjax-process-"))
+        return self._scratch_dir
 
     def figure(self, name: str, caption: str) -> None:
         self.report_lines += [f"![{caption}](figures/{name})", ""]
@@ -395,9 +415,11 @@ class Run:
         safe = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name)
         path = self.state_dir / "stages" / f"{safe}.pkl"
         start = time.time()
-        if cache and path.is_file():
-            with open(path, "rb") as f:
-                result = pickle.load(f)
+        # Process 0 decides and sends its saved result: every process then reuses or computes.
+        saved = (_multiprocess.on_lead(lambda: path.read_bytes() if path.is_file() else None)
+                 if cache else None)
+        if saved is not None:
+            result = pickle.loads(saved)  # noqa: S301 - this run's own state folder
             self.stages.append(StageRecord(name, True, time.time() - start))
             logger.info("stage %s: reused", name)
             return result
@@ -408,7 +430,9 @@ class Run:
 
             result = jax.tree.map(lambda v: np.asarray(v) if isinstance(v, jax.Array) else v,
                                   result)
-            io.atomic_write_bytes(path, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+            if _multiprocess.is_lead():
+                io.atomic_write_bytes(path, pickle.dumps(result,
+                                                         protocol=pickle.HIGHEST_PROTOCOL))
         self.stages.append(StageRecord(name, False, time.time() - start))
         return result
 
@@ -580,14 +604,18 @@ def execute(name: str, config_name: str = "quick", out_dir: str | Path | None = 
     """
     module, config, out, record = prepare(name, config_name, out_dir, overrides, raw=raw,
                                           download=download, command=command)
-    check_folder(out, record, resume=resume, overwrite=overwrite)
     versions = io.versions()
     state = out / STATE_DIR / record["fingerprint"]
-    state.mkdir(parents=True, exist_ok=True)
-    if not (state / "run.json").is_file():
-        io.atomic_write_json(state / "run.json", record)
-    if (state / "figures").is_dir():
-        shutil.rmtree(state / "figures")
+
+    def open_folder() -> None:
+        check_folder(out, record, resume=resume, overwrite=overwrite)
+        state.mkdir(parents=True, exist_ok=True)
+        if not (state / "run.json").is_file():
+            io.atomic_write_json(state / "run.json", record)
+        if (state / "figures").is_dir():
+            shutil.rmtree(state / "figures")
+
+    _multiprocess.on_lead(open_folder)
     run = Run(name=name, config_name=config_name, out_dir=out, state_dir=state, progress=progress)
     if stages is not None:
         run.stages = stages
@@ -597,10 +625,12 @@ def execute(name: str, config_name: str = "quick", out_dir: str | Path | None = 
                          f"`{record['fingerprint']}`. Command: `{record['command']}`.", ""]
     start = time.time()
     metrics = dict(module.run(config, run))
+    # The lead's wall time and stage records, so that every process returns the same metrics.
     metrics["wall_time_s"] = round(time.time() - start, 2)
     metrics["stages"] = [dataclasses.asdict(s) for s in run.stages]
+    metrics = _multiprocess.broadcast_object(metrics)
     run.text(f"Wall time: {metrics['wall_time_s']:.1f} s.")
-    _finish(out, run, record, metrics, versions)
+    _multiprocess.on_lead(lambda: _finish(out, run, record, metrics, versions))
     return out, metrics
 
 

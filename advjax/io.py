@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -42,6 +43,21 @@ def current_umask() -> int:
         mask = os.umask(0o022)
         os.umask(mask)
     return mask
+
+
+def array_digest(*arrays: Any) -> str:
+    """SHA-256 (hex, 64 characters) of arrays' exact contents: each one's dtype, shape and bytes.
+
+    The one fingerprint of data in advjax: run inputs, training sets and evaluation states all
+    use it, so equal arrays always get equal digests. Arrays that differ only in dtype or shape
+    (``int32`` vs ``int64`` labels, ``(N, 784)`` vs ``(N, 28, 28, 1)`` images) differ.
+    """
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -110,7 +126,6 @@ def code_fingerprint() -> dict[str, Any]:
     outside a git checkout, e.g. after a plain ``pip install``), so uncommitted edits to the
     library count as a different code version.
     """
-    import hashlib
 
     import advjax
 

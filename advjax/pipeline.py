@@ -98,14 +98,7 @@ class Input:
 
 
 def _sha256_arrays(*arrays) -> str:
-    import numpy as np
-
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
+    return io.array_digest(*arrays)[:16]
 
 
 def _sha256_file(path: Path) -> str:

@@ -72,17 +72,25 @@ def accuracy_vs_eps(eps_min, eps_grid) -> np.ndarray:
     succeeded at some budget ``<= e`` (its point is inside every larger ball). NaN entries
     (invalid examples) are excluded from the mean.
 
+    The comparison happens in the dtype of ``eps_min`` (the budget's own dtype, the one the attack
+    ran in): the grid is rounded to it first, as the attack itself rounds a budget it is given. An
+    example broken at exactly ``float32(0.3)`` is therefore broken at the grid point ``0.3`` (in
+    float64 ``float32(0.3) > 0.3`` would count it robust there).
+
     Args:
-      eps_min: ``(N,)`` from :func:`min_eps` (``inf`` = never broken, 0 = misclassified).
+      eps_min: ``(N,)`` from :func:`min_eps` (``inf`` = never broken, 0 = misclassified); a
+        non-floating array is read as float64.
       eps_grid: ``(M,)`` budgets.
 
     Returns:
-      ``(M,)`` robust accuracies in ``[0, 1]``.
+      ``(M,)`` float64 robust accuracies in ``[0, 1]``.
     """
-    eps_min = np.asarray(eps_min, np.float64)
-    grid = np.asarray(eps_grid, np.float64).reshape(-1)
+    eps_min = np.asarray(eps_min)
+    if not jnp.issubdtype(eps_min.dtype, jnp.floating):
+        eps_min = eps_min.astype(np.float64)
+    grid = np.asarray(eps_grid, np.float64).reshape(-1).astype(eps_min.dtype)
     valid = ~np.isnan(eps_min)
     if not valid.any():
         raise ValueError("`eps_min` holds no valid (non-NaN) example.")
     e = eps_min[valid]
-    return (e[None, :] > grid[:, None]).mean(axis=1)
+    return (e[None, :] > grid[:, None]).mean(axis=1, dtype=np.float64)

@@ -84,3 +84,26 @@ def test_curve_counts_an_example_broken_at_exactly_the_grid_budget(norm):
     # The grid is rounded to the budget's dtype, so float64 budgets keep float64 comparisons.
     assert accuracy_vs_eps(np.array([0.3]), [np.nextafter(0.3, 0)])[0] == 1.0
 
+
+def test_a_success_below_eps_max_is_kept_when_eps_max_fails():
+    # A deterministic attack whose success is not monotone in eps: FGSM on the model above
+    # (succeeds for eps >= float32(0.3)) reported as failing for eps >= 0.8. At eps_max = 1 it
+    # fails, at the first midpoint 0.5 it succeeds; the bisection then closes in on 0.3.
+    from advjax.attacks import fgsm
+
+    inner = fgsm(_edge_model, norm="linf")
+
+    def band(x, label, *, eps, key=None):
+        r = inner(x, label, eps=eps, key=key)
+        return r.replace(success=r.success & (eps < 0.8))
+
+    x, y = jnp.zeros((1,), jnp.float32), jnp.asarray(1)
+    assert not bool(band(x, y, eps=jnp.float32(1.0)).success)
+    steps = 12
+    search = jax.jit(jax.vmap(min_eps(band, eps_max=1.0, steps=steps)))
+    e, r = search(x[None], y[None], key=jax.random.split(jax.random.key(0), 1))
+    e = float(e[0])
+    assert float(_E3) <= e <= float(_E3) + 1.0 / 2 ** steps
+    assert bool(r.success[0])
+    np.testing.assert_array_equal(np.asarray(r.x_adv[0]), [e])  # the adversarial found at e
+    assert float(r.linf[0]) == e

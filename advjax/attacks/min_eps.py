@@ -93,9 +93,12 @@ def accuracy_vs_eps(eps_min, eps_grid) -> np.ndarray:
     eps_min = np.asarray(eps_min)
     if not jnp.issubdtype(eps_min.dtype, jnp.floating):
         eps_min = eps_min.astype(np.float64)
-    grid = np.asarray(eps_grid, np.float64).reshape(-1).astype(eps_min.dtype)
+    with np.errstate(over="ignore"):  # a budget beyond the dtype's range is inf in it
+        grid = np.asarray(eps_grid, np.float64).reshape(-1).astype(eps_min.dtype)
     valid = ~np.isnan(eps_min)
     if not valid.any():
         raise ValueError("`eps_min` holds no valid (non-NaN) example.")
     e = eps_min[valid]
-    return (e[None, :] > grid[:, None]).mean(axis=1, dtype=np.float64)
+    # ``inf`` (never broken) stays robust even at a budget that overflows the dtype to inf.
+    robust = (e[None, :] > grid[:, None]) | np.isposinf(e)[None, :]
+    return robust.mean(axis=1, dtype=np.float64)

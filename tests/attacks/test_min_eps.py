@@ -83,6 +83,9 @@ def test_curve_counts_an_example_broken_at_exactly_the_grid_budget(norm):
     np.testing.assert_array_equal(accuracy_vs_eps(np.asarray(e)[None], grid), truth)
     # The grid is rounded to the budget's dtype, so float64 budgets keep float64 comparisons.
     assert accuracy_vs_eps(np.array([0.3]), [np.nextafter(0.3, 0)])[0] == 1.0
+    # A budget beyond float32's range rounds to inf; never-broken examples stay robust there.
+    np.testing.assert_array_equal(
+        accuracy_vs_eps(np.array([np.inf, 1.0], np.float32), [1e39]), [0.5])
 
 
 def test_a_success_below_eps_max_is_kept_when_eps_max_fails():

@@ -17,6 +17,7 @@ from advjax._checks import (
     check_rank,
     check_shape,
 )
+from advjax.parallel import stream
 
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
@@ -48,31 +49,29 @@ def _valid_rows(res) -> Array:
 
 
 def correct_predictions(logits_fn: LogitsFn, xs: Array, labels: Array, *,
-                        batch_size: int = 256) -> Array:
+                        batch_size: int = 256) -> np.ndarray:
     """Per-example correctness ``argmax logits_fn(x) == label``.
+
+    Runs through :func:`advjax.parallel.stream` (fixed-size chunks of ``jax.vmap``, one
+    compilation, sharded over the devices when there are several, results on host).
 
     Args:
       logits_fn: per-example ``x -> logits (K,)`` (no batch axis).
       xs: ``(N, ...)`` float inputs.
       labels: ``(N,)`` int labels in ``[0, K)``.
-      batch_size: examples evaluated together (``jax.lax.map`` over chunks of ``jax.vmap``).
+      batch_size: examples evaluated together (the chunk size).
 
     Returns:
-      ``(N,)`` bool.
+      ``(N,)`` bool numpy array.
     """
     _check_batch(xs, labels, logits_fn)
     check_positive_int(batch_size, "batch_size")
-    labels = jnp.asarray(labels)
 
-    @jax.jit
-    def run(xs, labels):
-        def one(args):
-            x, y = args
-            return jnp.argmax(logits_fn(x), axis=-1) == y
+    def one(x, y):
+        return jnp.argmax(logits_fn(x), axis=-1) == y
 
-        return jax.lax.map(one, (xs, labels), batch_size=min(batch_size, xs.shape[0]))
-
-    return run(jnp.asarray(xs), labels)
+    return np.asarray(stream(one, _host_or_device(xs), _host_or_device(labels),
+                             chunk_size=batch_size), bool)
 
 
 def accuracy(logits_fn: LogitsFn, xs: Array, labels: Array, *, batch_size: int = 256) -> float:
@@ -104,9 +103,12 @@ def robust_accuracy_curve(
 
     The example ``b`` counts as robust at size ``ε`` when its clean prediction is right and the
     attack with budget ``ε`` does not succeed (``clean_correct and not success``). The attack is
-    batched with ``jax.vmap`` over the grid and over examples (per-example ``eps``); example ``b``
-    gets the key ``fold_in(key, b)`` for every ``ε`` (common random numbers), so results do not
-    depend on ``batch_size`` and a monotone attack gives a non-increasing curve.
+    batched with ``jax.vmap`` over the grid and over examples (per-example ``eps``) and run
+    through :func:`advjax.parallel.stream` (fixed-size chunks, sharded over the devices when there
+    are several); example ``b`` gets the key ``fold_in(key, b)`` for every ``ε`` (common random
+    numbers), so results do not depend on ``batch_size`` nor on the device count, and a monotone
+    attack gives a non-increasing curve. The grid is rounded to the dtype of ``xs`` (the budget's
+    dtype inside the attack).
 
     Results with invalid input (``aux["valid_input"]`` False: an image outside the attack's box,
     a label out of range) are refused with a ``ValueError`` giving their number: such a row is
@@ -131,10 +133,31 @@ def robust_accuracy_curve(
         raise ValueError("`eps_grid` must hold at least one attack size; got shape (0,).")
     check_nonnegative(eps, "eps_grid")
     check_positive_int(batch_size, "batch_size")
-    xs = jnp.asarray(xs)
-    labels = jnp.asarray(labels)
-    eps_j = jnp.asarray(eps, dtype=xs.dtype)
-    n = xs.shape[0]
+    robust, invalid = _robust_rows(attack_fn, xs, labels, eps, key=key, batch_size=batch_size)
+    n = robust.shape[0]
+    n_invalid = np.count_nonzero(invalid.any(axis=1))
+    if n_invalid:
+        raise ValueError(f"{int(n_invalid)} of {n} example(s) had invalid input for the attack "
+                         "(aux['valid_input'] False: image outside the attack's box [lo, hi] or "
+                         "label out of range); refusing to count them as robust or broken.")
+    return eps, np.count_nonzero(robust, axis=0).astype(np.float64) / n
+
+
+def _host_or_device(a):
+    """``a`` as it is when it is a ``jax.Array`` (kept where it lives), else as numpy."""
+    return a if isinstance(a, jax.Array) else np.asarray(a)
+
+
+def _robust_rows(attack_fn: Callable, xs, labels, eps: np.ndarray, *, key: Array,
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example robustness at every size: ``(N, G)`` bool ``robust`` and ``invalid`` (numpy).
+
+    Example ``b`` is attacked with the key ``fold_in(key, b)`` (typed or raw ``uint32`` key) at
+    every size of ``eps``, rounded to the dtype of ``xs``.
+    """
+    xs, labels = _host_or_device(xs), _host_or_device(labels)
+    eps_j = jnp.asarray(eps, dtype=jax.dtypes.canonicalize_dtype(xs.dtype))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(xs.shape[0]))
 
     def robust_one(x, y, k):
         def at(e):
@@ -144,17 +167,5 @@ def robust_accuracy_curve(
 
         return jax.vmap(at)(eps_j)  # (G,), (G,)
 
-    @jax.jit
-    def run(xs, labels):
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
-        robust, invalid = jax.lax.map(lambda a: robust_one(*a), (xs, labels, keys),
-                                      batch_size=min(batch_size, n))
-        return (jnp.sum(robust.astype(jnp.int32), axis=0),
-                jnp.sum(jnp.any(invalid, axis=1).astype(jnp.int32)))
-
-    counts, n_invalid = run(xs, labels)
-    if int(n_invalid):
-        raise ValueError(f"{int(n_invalid)} of {n} example(s) had invalid input for the attack "
-                         "(aux['valid_input'] False: image outside the attack's box [lo, hi] or "
-                         "label out of range); refusing to count them as robust or broken.")
-    return eps, np.asarray(counts, dtype=np.float64) / n
+    robust, invalid = stream(robust_one, xs, labels, keys, chunk_size=batch_size)
+    return np.asarray(robust, bool), np.asarray(invalid, bool)

@@ -171,8 +171,7 @@ def _woods_ara(
     labels = np.asarray(labels)
     n = xs.shape[0]
     rmse, correct, crossed, inside, sanity, stalled, valid = stream(
-        indexed, xs, labels, np.arange(n), chunk_size=min(chunk_size, n),
-        desc=f"{criterion} ARA")
+        indexed, xs, labels, np.arange(n), chunk_size=min(chunk_size, n))
     if not valid.all():
         raise ValueError(f"{criterion} ARA: {int((~valid).sum())} example(s) had invalid input "
                          "for the attack (aux['valid_input'] False); refusing to count them.")

@@ -158,3 +158,44 @@ def test_robust_curve_with_l2_pgd_on_binary_linear_model():
     expected = np.mean(correct[:, None] & (dist[:, None] > grid[None, :]), axis=0)
     np.testing.assert_allclose(acc, expected, atol=0)
     assert np.all(np.diff(acc) <= 0)
+
+
+def test_metrics_run_through_the_one_chunked_runner_with_per_example_results(monkeypatch):
+    # correct_predictions and robust_accuracy_curve call advjax.parallel.stream (no private chunk
+    # loop), and their per-example rows equal the per-example function called one example at a
+    # time (example b with key fold_in(key, b)), whatever the chunk size (N = 13: uneven chunks).
+    import importlib
+
+    from advjax import parallel
+    from advjax.attacks import pgd
+
+    acc_mod = importlib.import_module("advjax.metrics.accuracy")
+    calls = []
+
+    def spy(fn, *arrays, **kw):
+        calls.append(kw.get("chunk_size"))
+        return parallel.stream(fn, *arrays, **kw)
+
+    monkeypatch.setattr(acc_mod, "stream", spy)
+    w, b, xs, labels, logits_fn = linear_model()
+    xs, labels = xs[:13], labels[:13]
+    attack = pgd(logits_fn, norm="linf", steps=3, random_start=True, lo=None, hi=None)
+    grid = np.array([0.0, 0.05, 0.2, 1.0])
+    key = jax.random.key(7)
+    robust_ref = np.array([[bool(r.clean_correct & ~r.success) for r in
+                            (attack(jnp.asarray(x), y, eps=jnp.float32(e),
+                                    key=jax.random.fold_in(key, i)) for e in grid)]
+                           for i, (x, y) in enumerate(zip(xs, labels, strict=True))])
+    correct_ref = np.array([int(np.argmax(logits_fn(jnp.asarray(x)))) == y
+                            for x, y in zip(xs, labels, strict=True)])
+    assert 0 < robust_ref.sum() < robust_ref.size
+    for bs in (4, 13, 256):
+        calls.clear()
+        np.testing.assert_array_equal(correct_predictions(logits_fn, xs, labels, batch_size=bs),
+                                      correct_ref)
+        robust, invalid = acc_mod._robust_rows(attack, xs, labels, grid, key=key, batch_size=bs)
+        np.testing.assert_array_equal(robust, robust_ref)
+        assert not invalid.any()
+        _, acc = robust_accuracy_curve(attack, xs, labels, grid, key=key, batch_size=bs)
+        np.testing.assert_array_equal(acc, robust_ref.mean(axis=0))
+        assert calls == [bs] * 3

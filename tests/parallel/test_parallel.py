@@ -43,6 +43,9 @@ def test_sharded_equals_unsharded_on_eight_devices():
         assert got["single_key_max_abs_diff"] == 0.0, n
     assert out["num_shards"] == 8 and out["distinct_devices"] == 8
     assert out["shard_rows"] == [2]
+    # Attacks are independent per example: no cross-device communication in the program.
+    assert sum(out["collectives"].values()) == 0, out["collectives"]
+    assert sum(out["pgd_collectives"].values()) == 0, out["pgd_collectives"]
     assert out["pgd_diff"] < 1e-5 and out["pgd_success_equal"] and out["pgd_devices"] == 8
     assert out["lbfgs_diff"] < 1e-5
     single = _run_with_devices("_sharded_check.py", devices=1)

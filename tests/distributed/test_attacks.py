@@ -19,7 +19,7 @@ from tests.distributed.workers import attack_worker
 
 WORKER = "tests/distributed/workers/attack_worker.py"
 N = 13
-COUNTS = {1: [13], 2: [13, 0], 4: [3, 0, 5, 5]}
+COUNTS = {1: [13], 2: [6, 7], 4: [3, 0, 5, 5]}
 
 
 @pytest.fixture(scope="module")

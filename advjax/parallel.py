@@ -284,7 +284,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
       args, kwargs: positional / keyword pytrees. Leaves with a leading axis are rows (all the
         same size); scalars are broadcast to every row; a single typed PRNG key ``k`` becomes
         ``fold_in(k, j)`` for the row of global index ``j`` (any PRNG implementation; typed key
-        arrays keep theirs).
+        arrays keep theirs). Results do not depend on the chunking for threefry keys (the
+        default); JAX's ``"rbg"`` bits under ``vmap`` depend on the batch.
       data: ``"global"``: every process passes the same whole set (N rows); process ``p`` runs
         a balanced slice and the results are gathered, so every process gets all N rows.
         ``"local"``: each process passes its own ``n_p`` rows (any sizes, zero included); the

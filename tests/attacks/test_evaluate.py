@@ -113,6 +113,8 @@ def test_flat_inputs_are_refused_up_front_for_square(tiny_mlp):
 def test_a_key_of_another_prng_implementation_is_kept(tiny_mlp):
     p = tiny_mlp
     key = jax.random.key(5, impl="rbg")
+    # JAX's "rbg" bits under vmap depend on the batch: ONE's batch_size (16) is the whole set,
+    # the batch of the reference.
     ev = evaluate(p.logits_fn, p.xs, p.labels, eps=0.08, key=key, **ONE)
     n = len(p.labels)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))

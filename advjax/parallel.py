@@ -270,7 +270,7 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
                 rows_per_call: Callable[[int, int], int] | None = None,
                 mesh: Mesh | None = None, axis_name: str = BATCH_AXIS,
                 progress: bool = False, desc: str = "chunks", cache: dict | None = None,
-                timings: dict | None = None) -> Any:
+                timings: dict | None = None, host: bool = True) -> Any:
     """Runs the per-example ``fn`` over rows in fixed-size chunks sharded over ``mesh``.
 
     The single loop behind :func:`stream`, :func:`shard_attack` and
@@ -302,10 +302,12 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
       progress, desc: a tqdm bar over this process's rows.
       cache: a dict the compiled calls are kept in, keyed by the rows' shapes (reused when given).
       timings: a dict; ``"run_s"`` and ``"compile_s"`` (seconds) are added to it.
+      host: True: numpy results. False: with one process, the results stay on the devices
+        (``jax.Array`` leaves sharded over the mesh); with several, numpy as with True.
 
     Returns:
       The pytree of ``fn``'s outputs stacked over the rows this process asked for (all N with
-      ``data="global"``, its own ``n_p`` with ``"local"``), as numpy arrays.
+      ``data="global"``, its own ``n_p`` with ``"local"``).
 
     Raises:
       ValueError: ``data`` unknown, rows of different sizes, processes passing rows of different
@@ -374,14 +376,22 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
             timings["compile_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         out = cache[sig](*chunk)
-        outputs.append(jax.tree.map(lambda a: _local_rows(a)[:real], out))  # noqa: B023
+        if host or n_proc > 1:
+            out = jax.tree.map(lambda a: _local_rows(a)[:real], out)  # noqa: B023
+        elif real < size:
+            out = jax.tree.map(lambda a: a[:real], out)  # noqa: B023
+        outputs.append(out)
         timings["run_s"] += time.perf_counter() - t0
         if bar is not None:
             bar.update(real)
         done += size
     if bar is not None:
         bar.close()
-    result = jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *outputs)
+    if len(outputs) == 1:
+        result = outputs[0]
+    else:
+        cat = np.concatenate if host or n_proc > 1 else jnp.concatenate
+        result = jax.tree.map(lambda *parts: cat(parts, axis=0), *outputs)
     return gather(result) if data == "global" and n_proc > 1 else result
 
 
@@ -406,7 +416,8 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
       leading axis of size n are per-example (keys, eps, targets), scalars are broadcast, and a
       single typed PRNG key ``k`` becomes ``fold_in(k, j)`` for the example of global index
       ``j`` (raw ``uint32`` keys must be given per example, ``(n, 2)``). Uneven sizes are padded
-      and unpadded. The result is the attack's pytree, numpy leaves with leading axis n: equal
+      and unpadded. The result is the attack's pytree with leading axis n — one process:
+      ``jax.Array`` leaves sharded over the mesh; several: numpy arrays on the host — equal
       per example to ``jax.jit(jax.vmap(attack))`` on one device (bitwise for the same
       per-device rows; otherwise up to float reduction order). ``run.lower(xs, labels,
       **per_example)`` gives the ``jax.stages.Lowered`` of one call (to inspect the program).
@@ -418,7 +429,7 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
     @functools.wraps(attack)
     def run(xs, labels, **per_example):
         return run_chunked(attack, (xs, labels), per_example, data=data, chunk_size=chunk_size,
-                           mesh=mesh, axis_name=axis_name, cache=cache)
+                           mesh=mesh, axis_name=axis_name, cache=cache, host=False)
 
     def lower(xs, labels, **per_example):
         sharding = batch_sharding(mesh, axis_name)

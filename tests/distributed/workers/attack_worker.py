@@ -65,9 +65,6 @@ def main():
 
     out["stream_global_x"], out["stream_global_s"] = parallel.stream(
         per_example, xs, labels, chunk_size=5, key=key, eps=eps)
-    out["stream_local_x"], out["stream_local_s"] = parallel.stream(
-        per_example, xs[lo:hi], labels[lo:hi], chunk_size=5, key=key, eps=eps[lo:hi],
-        data="local")
     # Bad input is refused on every process alike (no process waits for another).
     out["mismatch_refused"] = np.asarray(jax.process_count() == 1)
     if jax.process_count() > 1:

@@ -3,9 +3,12 @@
 Everything here is a thin layer over JAX's own machinery (``jax.sharding.Mesh``, ``NamedSharding``,
 ``jax.jit`` sharding propagation, ``jax.distributed``): a per-example function is batched with
 ``jax.vmap``, its batch axis is split over a 1-D ``"batch"`` mesh axis, and XLA runs one shard per
-device with no communication (attacks are independent per example). Uneven batch sizes are padded to
-a multiple of the device count by repeating the last example and unpadded afterwards, so results
-equal the unsharded ones.
+device with no communication (attacks are independent per example). One runner,
+:func:`run_chunked`, feeds every batch entry point: rows go in fixed-size chunks, padded to a
+multiple of the device count (:func:`_pad_leading`) and unpadded afterwards, so results equal the
+unsharded ones. Under ``jax.distributed`` (P processes) each process passes either the whole set
+(``data="global"``) or its own rows (``data="local"``); per-example randomness is
+``fold_in(key, global index)`` either way, and :func:`gather` collects every process's rows.
 """
 
 from __future__ import annotations
@@ -13,15 +16,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-from advjax.lowering import lower_convs
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 
 def make_mesh(devices: Any = None, axis_name: str = BATCH_AXIS) -> Mesh:
-    """A 1-D data-parallel mesh over ``devices`` (default: every device of every host)."""
+    """A 1-D data-parallel mesh over ``devices`` (default: every device of every process)."""
     devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
     return Mesh(devices, (axis_name,))
 
@@ -103,12 +106,19 @@ def batch_sharding(mesh: Mesh, axis_name: str = BATCH_AXIS) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axis_name))
 
 
-def _pad_leading(tree: Any, n: int, size: int) -> Any:
-    """Pads every leaf along axis 0 from ``n`` to ``size`` rows by repeating the last row."""
-    if size == n:
-        return tree
-    index = np.concatenate([np.arange(n), np.full(size - n, n - 1)])
-    return jax.tree.map(lambda a: a[index], tree)
+# ----------------------------------------------------------------------------- rows and keys
+DATA_MODES = ("global", "local")
+
+
+def _check_data(data: str) -> str:
+    if data not in DATA_MODES:
+        raise ValueError(f"`data` must be 'global' (every process passes the whole set) or "
+                         f"'local' (each process passes its own rows); got {data!r}.")
+    return data
+
+
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
 def _leading_size(tree: Any) -> int:
@@ -119,65 +129,318 @@ def _leading_size(tree: Any) -> int:
     return sizes.pop()
 
 
-def _is_key(leaf: Any) -> bool:
-    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+def _pad_leading(tree: Any, n: int, size: int) -> Any:
+    """Pads every leaf along axis 0 from ``n`` to ``size`` rows (the one padding rule).
 
-
-def _broadcast_scalars(tree: Any, n: int) -> Any:
-    """Scalars to ``(n,)``; a single typed PRNG key to the per-example keys ``fold_in(key, i)``.
-
-    Example ``i`` (its row in the whole set) gets ``fold_in(key, i)``, so examples draw independent
-    randomness and a result depends neither on the chunk size nor on the device count.
+    Padded rows repeat the last row; a leaf with no row at all (a process without examples) is
+    padded with zeros. Padded rows are computed and thrown away.
     """
+    if size == n:
+        return tree
+
+    def pad(a):
+        if n == 0:
+            return np.zeros((size, *np.shape(a)[1:]), np.asarray(a).dtype)
+        return np.concatenate([a, np.repeat(a[-1:], size - n, axis=0)], axis=0)
+
+    return jax.tree.map(pad, tree)
+
+
+def _process_rows(n: int, count: int, index: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of ``n`` that process ``index`` of ``count`` takes (balanced)."""
+    bounds = [n * p // count for p in range(count + 1)]
+    return bounds[index], bounds[index + 1]
+
+
+def _allgather_ints(values: Sequence[int]) -> np.ndarray:
+    """``(P, len(values))`` int32: every process's ``values``, in process order (no-op for P=1)."""
+    values = np.asarray(values, np.int32).reshape(1, -1)
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(values, tiled=True)).reshape(
+        jax.process_count(), -1)
+
+
+def _signature(tree: Any) -> int:
+    """A 31-bit checksum of the per-row shapes and dtypes of ``tree``'s leaves."""
+    parts = [f"{np.shape(a)[1:]}{getattr(a, 'dtype', type(a).__name__)}"
+             for a in jax.tree.leaves(tree)]
+    return zlib.crc32("|".join([str(jax.tree.structure(tree))] + parts).encode()) & 0x7FFFFFFF
+
+
+def _agree(n_local: int, tree: Any, what: str) -> np.ndarray:
+    """Allgathers every process's row count and checks that all processes pass rows of the same
+    shapes and dtypes (else every process raises the same ``ValueError``, none hangs)."""
+    table = _allgather_ints([n_local, _signature(tree)])
+    if len(set(table[:, 1].tolist())) != 1:
+        raise ValueError(f"{what}: the processes pass arrays of different per-row shapes, dtypes "
+                         "or structure; every process must pass the same kind of rows.")
+    return table[:, 0].astype(np.int64)
+
+
+def gather(tree: Any) -> Any:
+    """Every process's rows, concatenated in process order, on every process.
+
+    Args:
+      tree: a pytree of host arrays (numpy) with leading size ``n_p`` on process ``p`` (sizes may
+        differ, zero included; per-row shapes and dtypes must agree), e.g. what
+        :func:`shard_attack`, :func:`stream` or :func:`run_chunked` return with
+        ``data="local"``.
+
+    Returns:
+      The pytree with leading size ``sum(n_p)`` as numpy arrays: rows of process 0, then 1, ...
+      (the global order of :func:`run_chunked`'s local rows). One process: ``tree`` as numpy.
+    """
+    tree = jax.tree.map(np.asarray, tree)
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+    n = _leading_size(tree) if jax.tree.leaves(tree) else 0
+    counts = _agree(n, tree, "gather")
+    top = max(int(counts.max()), 1)
+    padded = jax.tree.map(lambda a: np.concatenate(
+        [a, np.zeros((top - a.shape[0], *a.shape[1:]), a.dtype)]), tree)
+    every = multihost_utils.process_allgather(padded, tiled=False)       # (P, top, ...)
+    return jax.tree.map(lambda a: np.concatenate(
+        [np.asarray(a)[p, :c] for p, c in enumerate(counts)], axis=0), every)
+
+
+def _split_keys(tree: Any, offset: int, n: int) -> tuple[Any, Any]:
+    """Host rows of ``tree`` for the compiled call: scalars broadcast to ``(n,)``, a single typed
+    key ``k`` to ``fold_in(k, offset + i)`` (``offset + i`` is the row's global index), typed key
+    arrays to their key data. Returns (rows, impls) with ``impls`` the PRNG implementation of each
+    key leaf (None for other leaves), so the keys are rebuilt with their own implementation."""
+    impls = []
+
     def expand(leaf):
-        leaf = jnp.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
-        if leaf.ndim != 0:
-            return leaf
         if _is_key(leaf):
-            return jax.vmap(lambda i: jax.random.fold_in(leaf, i))(jnp.arange(n))
-        return jnp.broadcast_to(leaf, (n,))
-    return jax.tree.map(expand, tree)
+            impls.append(jax.random.key_impl(leaf))
+            if leaf.ndim == 0:
+                leaf = jax.vmap(lambda i: jax.random.fold_in(leaf, i))(
+                    jnp.arange(offset, offset + n, dtype=jnp.uint32))
+            return np.asarray(jax.random.key_data(leaf))
+        impls.append(None)
+        leaf = np.asarray(leaf)
+        return np.broadcast_to(leaf, (n, *leaf.shape)) if leaf.ndim == 0 else leaf
+
+    rows = jax.tree.map(expand, tree, is_leaf=_is_key)
+    return rows, jax.tree.unflatten(jax.tree.structure(rows), impls)
+
+
+def _wrap_keys(rows: Any, impls: Any) -> Any:
+    return jax.tree.map(lambda a, impl: a if impl is None else
+                        jax.random.wrap_key_data(a, impl=impl), rows, impls)
+
+
+def _local_rows(out: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in global order (numpy)."""
+    shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
+    seen, parts = set(), []
+    for s in shards:
+        start = s.index[0].start or 0
+        if start not in seen:                   # replicated copies are read once
+            seen.add(start)
+            parts.append(np.asarray(s.data))
+    return np.concatenate(parts, axis=0)
+
+
+def _slice_rows(tree: Any, start: int, stop: int) -> Any:
+    return jax.tree.map(lambda a: a[start:stop] if np.ndim(a) else a, tree, is_leaf=_is_key)
+
+
+# ----------------------------------------------------------------------------- the one runner
+def _per_device(fn: Callable, impls: Any, mesh: Mesh, axis_name: str):
+    """``batched(args, kwargs)``: ``jax.vmap(fn)`` run by every device on its own rows
+    (``jax.shard_map``). Under a plain ``jit`` of the vmapped function, a ``while_loop`` whose
+    condition depends on the example (early stopping) would be reduced over the whole sharded
+    batch, an ``all-reduce`` per iteration; here each device stops on its own rows, with no
+    cross-device communication, and runs exactly ``jax.jit(jax.vmap(fn))`` on its rows."""
+
+    def local(args, kwargs):
+        args, kwargs = _wrap_keys((args, kwargs), impls)
+        return jax.vmap(fn)(*args, **kwargs)
+
+    spec = PartitionSpec(axis_name)
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+
+
+def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None = None, *,
+                data: str = "global", chunk_size: int | None = 256,
+                rows_per_call: Callable[[int, int], int] | None = None,
+                mesh: Mesh | None = None, axis_name: str = BATCH_AXIS,
+                progress: bool = False, desc: str = "chunks", cache: dict | None = None,
+                timings: dict | None = None, host: bool = True) -> Any:
+    """Runs the per-example ``fn`` over rows in fixed-size chunks sharded over ``mesh``.
+
+    The single loop behind :func:`stream`, :func:`shard_attack` and
+    :func:`advjax.attacks.evaluate`. Each compiled call takes ``L`` rows from every process
+    (``L * P`` rows over the ``P`` processes, split over the mesh's devices along the batch axis;
+    no cross-device communication); a process with fewer rows left pads (:func:`_pad_leading`),
+    so every process runs the same number of calls with the same shapes and none waits forever.
+
+    Args:
+      fn: per-example ``fn(*rows, **per_example_rows)`` (arrays or pytrees out).
+      args, kwargs: positional / keyword pytrees. Leaves with a leading axis are rows (all the
+        same size); scalars are broadcast to every row; a single typed PRNG key ``k`` becomes
+        ``fold_in(k, j)`` for the row of global index ``j`` (any PRNG implementation; typed key
+        arrays keep theirs). Results do not depend on the chunking for threefry keys (the
+        default); JAX's ``"rbg"`` bits under ``vmap`` depend on the batch.
+      data: ``"global"``: every process passes the same whole set (N rows); process ``p`` runs
+        a balanced slice and the results are gathered, so every process gets all N rows.
+        ``"local"``: each process passes its own ``n_p`` rows (any sizes, zero included); the
+        global index of local row ``i`` of process ``p`` is ``n_0 + ... + n_{p-1} + i``, and
+        each process gets the results of its own rows (:func:`gather` collects all of them).
+        With one process both are the same.
+      chunk_size: rows per compiled call over all processes (rounded up to a multiple of the
+        device count; a set smaller than it is not padded up to it); None: one call for all rows.
+      rows_per_call: instead of ``chunk_size``, ``rows_per_call(left, local_devices)``: the rows
+        per process of the next call when the process with the most rows still has ``left``
+        (a multiple of ``local_devices``; e.g. :func:`advjax.attacks.evaluate.chunk_rows`).
+      mesh: a 1-D mesh with axis ``axis_name`` over the devices of every process, the same number
+        on each (default: :func:`make_mesh`).
+      progress, desc: a tqdm bar over this process's rows.
+      cache: a dict the compiled calls are kept in, keyed by the rows' shapes (reused when given).
+      timings: a dict; ``"run_s"`` and ``"compile_s"`` (seconds) are added to it.
+      host: True: numpy results. False: with one process, the results stay on the devices
+        (``jax.Array`` leaves sharded over the mesh); with several, numpy as with True.
+
+    Returns:
+      The pytree of ``fn``'s outputs stacked over the rows this process asked for (all N with
+      ``data="global"``, its own ``n_p`` with ``"local"``).
+
+    Raises:
+      ValueError: ``data`` unknown, rows of different sizes, processes passing rows of different
+        shapes, no row on any process, a mesh without the same devices count per process.
+    """
+    _check_data(data)
+    kwargs = {} if kwargs is None else dict(kwargs)
+    tree = (tuple(args), kwargs)
+    mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
+    n_proc, me = jax.process_count(), jax.process_index()
+    n_dev = mesh.shape[axis_name]
+    local_dev = sum(d.process_index == me for d in mesh.devices.reshape(-1))
+    if local_dev * n_proc != n_dev:
+        raise ValueError(f"`mesh` must hold the same number of devices of every process; this "
+                         f"process has {local_dev} of {n_dev} over {n_proc} processes.")
+    sharding = batch_sharding(mesh, axis_name)
+    has_rows = any(np.ndim(a) > 0 for a in jax.tree.leaves(tree))
+    if not has_rows:
+        raise ValueError("`arrays`: at least one argument must have a leading (batch) axis.")
+    n_given = _leading_size(tree)
+    counts = _agree(n_given, tree, "run_chunked")
+    if data == "global":
+        if len(set(counts.tolist())) != 1:
+            raise ValueError(f"data='global': every process must pass the whole set; the "
+                             f"processes pass {counts.tolist()} rows (use data='local').")
+        total = int(counts[0])
+        start, stop = _process_rows(total, n_proc, me)
+        tree = _slice_rows(tree, start, stop)
+        counts = np.asarray([b - a for a, b in (_process_rows(total, n_proc, p)
+                                                for p in range(n_proc))])
+        offset = start
+    else:
+        offset = int(counts[:me].sum())
+    if int(counts.sum()) == 0:
+        raise ValueError("`arrays`: at least one row is required (no process has any).")
+    n_local, most = int(counts[me]), int(counts.max())
+    rows, impls = _split_keys(tree, offset, n_local)
+
+    fixed = most if chunk_size is None else min(-(-chunk_size // n_proc), most)
+
+    def per_call(left):
+        size = fixed if rows_per_call is None else int(rows_per_call(left, local_dev))
+        return -(-size // local_dev) * local_dev
+
+    batched = _per_device(fn, impls, mesh, axis_name)
+
+    cache = {} if cache is None else cache
+    timings = {} if timings is None else timings
+    timings.setdefault("run_s", 0.0)
+    timings.setdefault("compile_s", 0.0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_local, desc=desc, unit="ex")
+    outputs, done = [], 0
+    while done < most:
+        size = per_call(most - done)
+        real = max(0, min(n_local, done + size) - done)
+        chunk = _pad_leading(_slice_rows(rows, done, done + real), real, size)
+        chunk = jax.tree.map(lambda a: jax.make_array_from_process_local_data(
+            sharding, a, (size * n_proc, *a.shape[1:])), chunk)  # noqa: B023
+        sig = (size, jax.tree.structure(chunk), str(impls))
+        if sig not in cache:
+            t0 = time.perf_counter()
+            cache[sig] = jax.jit(batched, out_shardings=sharding).lower(*chunk).compile()
+            timings["compile_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = cache[sig](*chunk)
+        if host or n_proc > 1:
+            out = jax.tree.map(lambda a: _local_rows(a)[:real], out)  # noqa: B023
+        elif real < size:
+            out = jax.tree.map(lambda a: a[:real], out)  # noqa: B023
+        outputs.append(out)
+        timings["run_s"] += time.perf_counter() - t0
+        if bar is not None:
+            bar.update(real)
+        done += size
+    if bar is not None:
+        bar.close()
+    if len(outputs) == 1:
+        result = outputs[0]
+    else:
+        cat = np.concatenate if host or n_proc > 1 else jnp.concatenate
+        result = jax.tree.map(lambda *parts: cat(parts, axis=0), *outputs)
+    return gather(result) if data == "global" and n_proc > 1 else result
 
 
 def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
-                 axis_name: str = BATCH_AXIS, conv_lowering: str = "native") -> Callable[..., Any]:
+                 axis_name: str = BATCH_AXIS, data: str = "global",
+                 chunk_size: int | None = None) -> Callable[..., Any]:
     """The batched ``attack`` sharded over ``mesh`` along the batch axis (contract).
 
     Args:
       attack: a per-example function ``attack(x, label, **per_example)`` (e.g. from
         ``advjax.attacks``) — or any per-example function of arrays.
-      mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over all devices).
-      conv_lowering: as in :func:`stream`.
+      mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over the devices of every
+        process).
+      data: ``"global"`` (every process passes the whole set and gets every row's result) or
+        ``"local"`` (each process passes its own rows and gets their results); see
+        :func:`run_chunked`.
+      chunk_size: rows per compiled call over all processes (default None: all rows in one call).
 
     Returns:
-      ``run(xs, labels, **per_example)``: ``xs`` ``(N, ...)``, ``labels`` ``(N,)``; keyword arrays
-      with a leading axis of size N are per-example (keys, eps, targets), scalars are broadcast
-      to every example, and a single typed PRNG key ``k`` becomes ``fold_in(k, i)`` for example
-      ``i`` (independent randomness per example; raw ``uint32`` keys must be given per example,
-      ``(N, 2)``). N need not divide the device count: the batch is
-      padded and the result unpadded. The result is the attack's pytree with leading axis N, each
-      leaf sharded over the mesh. Equal to ``jax.jit(jax.vmap(attack))`` on one device.
+      ``run(xs, labels, **per_example)``: ``xs`` ``(n, ...)``, ``labels`` ``(n,)`` (``n`` = N
+      with ``data="global"``, this process's row count with ``"local"``); keyword arrays with a
+      leading axis of size n are per-example (keys, eps, targets), scalars are broadcast, and a
+      single typed PRNG key ``k`` becomes ``fold_in(k, j)`` for the example of global index
+      ``j`` (raw ``uint32`` keys must be given per example, ``(n, 2)``). Uneven sizes are padded
+      and unpadded. The result is the attack's pytree with leading axis n — one process:
+      ``jax.Array`` leaves sharded over the mesh; several: numpy arrays on the host — equal
+      per example to ``jax.jit(jax.vmap(attack))`` on one device (bitwise for the same
+      per-device rows; otherwise up to float reduction order). ``run.lower(xs, labels,
+      **per_example)`` gives the ``jax.stages.Lowered`` of one call (to inspect the program).
     """
+    _check_data(data)
     mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
-    sharding = batch_sharding(mesh, axis_name)
-    n_dev = mesh.shape[axis_name]
-    compiled = jax.jit(jax.vmap(lower_convs(attack, mode=conv_lowering)), out_shardings=sharding)
+    cache: dict = {}
 
     @functools.wraps(attack)
     def run(xs, labels, **per_example):
-        args = (xs, labels, per_example)
-        n = _leading_size((xs, labels))
-        args = _broadcast_scalars(args, n)
-        if _leading_size(args) != n:
-            raise ValueError("per-example keyword arrays must have leading size "
-                             f"{n} (the batch size of `xs`)")
-        padded = -(-n // n_dev) * n_dev
-        args = _pad_leading(args, n, padded)
-        args = jax.device_put(args, sharding)
-        xs_p, labels_p, kw_p = args
-        out = compiled(xs_p, labels_p, **kw_p)
-        return out if padded == n else jax.tree.map(lambda a: a[:n], out)
+        return run_chunked(attack, (xs, labels), per_example, data=data, chunk_size=chunk_size,
+                           mesh=mesh, axis_name=axis_name, cache=cache, host=False)
 
+    def lower(xs, labels, **per_example):
+        sharding = batch_sharding(mesh, axis_name)
+        n = _leading_size((xs, labels))
+        rows, impls = _split_keys(((xs, labels), per_example), 0, n)
+        size = -(-n // mesh.shape[axis_name]) * mesh.shape[axis_name]
+        rows = jax.device_put(_pad_leading(rows, n, size), sharding)
+        return jax.jit(_per_device(attack, impls, mesh, axis_name),
+                       out_shardings=sharding).lower(*rows)
+
+    run.lower = lower
     return run
 
 
@@ -187,62 +450,31 @@ def iterate_chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
 
 
 def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress: bool = False,
-           mesh: Mesh | None = None, desc: str = "chunks", conv_lowering: str = "native",
+           mesh: Mesh | None = None, desc: str = "chunks", data: str = "global",
            **per_example: Any) -> Any:
-    """Applies a per-example ``fn`` to large arrays in fixed-size chunks, results gathered on host.
+    """Applies a per-example ``fn`` to large arrays in fixed-size chunks, results on host.
 
-    Every chunk has the same number of rows, ``min(chunk_size, N)`` (the last one is padded), so
-    ``fn`` compiles once and a set smaller than ``chunk_size`` is not padded up to it;
-    each chunk's result is copied to host memory (numpy) before the next starts, so device memory is
-    flat in the number of examples. With more than one device (or an explicit ``mesh``) each chunk
-    is sharded over the mesh (``chunk_size`` is rounded up to a multiple of the device count).
+    Every call has the same rows, ``min(chunk_size, N)`` rounded up to a multiple of the device
+    count (the last chunk is padded), so ``fn`` compiles once; each chunk's result is copied to
+    host memory (numpy) before the next starts, so device memory is flat in the number of
+    examples. Each chunk is sharded over ``mesh`` (default: every device of every process).
 
     Args:
       fn: per-example function ``fn(*rows, **per_example_rows)``.
-      *arrays: positional arrays with the same leading size N.
-      chunk_size: rows per compiled call.
-      progress: show a tqdm progress bar.
-      conv_lowering: ``"native"`` (default: XLA's convolution kernels), ``"auto"`` (convolutions
-        as matrix products on CPU backends only) or ``"gemm"`` (always); see
-        :func:`advjax.lowering.lower_convs`, applied to the whole ``fn``. The attacks already
-        run their model's convolution derivatives without XLA:CPU's transposed convolution on
-        CPU backends (``form="tangent"``), so the default leaves ``fn`` as it is; see
-        ``benchmarks/README.md``.
-      **per_example: keyword arrays with leading size N, or scalars (broadcast), or a single
-        typed PRNG key ``k`` (example ``i`` of the whole set gets ``fold_in(k, i)``, whatever
-        ``chunk_size`` and the device count).
+      *arrays: positional arrays with the same leading size (N, or this process's rows with
+        ``data="local"``).
+      chunk_size: rows per compiled call over all processes.
+      progress, desc: a tqdm progress bar.
+      data: ``"global"`` or ``"local"``, see :func:`run_chunked`.
+      **per_example: keyword arrays with the same leading size, or scalars (broadcast), or a
+        single typed PRNG key ``k`` (the example of global index ``j`` gets ``fold_in(k, j)``,
+        whatever ``chunk_size``, the device and the process count).
 
     Returns:
-      The pytree of ``fn``'s outputs stacked over the N examples, as numpy arrays.
+      The pytree of ``fn``'s outputs stacked over the rows this process asked for (all N with
+      ``data="global"``, its own with ``"local"``), as numpy arrays.
     """
     if not arrays:
         raise ValueError("`arrays`: at least one positional array is required")
-    n = _leading_size(arrays)
-    if n == 0:
-        raise ValueError("`arrays`: at least one row is required")
-    chunk_size = min(chunk_size, n)
-    fn = lower_convs(fn, mode=conv_lowering)
-    if mesh is None and jax.device_count() > 1:
-        mesh = make_mesh()
-    if mesh is not None:
-        n_dev = mesh.shape[BATCH_AXIS]
-        chunk_size = -(-chunk_size // n_dev) * n_dev
-        sharding = batch_sharding(mesh)
-        compiled = jax.jit(jax.vmap(fn), out_shardings=sharding)
-    else:
-        sharding = None
-        compiled = jax.jit(jax.vmap(fn))
-    per_example = _broadcast_scalars(per_example, n)
-    chunks = list(iterate_chunks(n, chunk_size))
-    if progress:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, desc=desc, unit="chunk")
-    outputs = []
-    for start, stop in chunks:
-        rows = jax.tree.map(lambda a: a[start:stop], (arrays, per_example))  # noqa: B023
-        rows = _pad_leading(rows, stop - start, chunk_size)
-        if sharding is not None:
-            rows = jax.device_put(rows, sharding)
-        out = compiled(*rows[0], **rows[1])
-        outputs.append(jax.tree.map(lambda a: np.asarray(a)[: stop - start], out))  # noqa: B023
-    return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *outputs)
+    return run_chunked(fn, arrays, per_example, data=data, chunk_size=chunk_size, mesh=mesh,
+                       progress=progress, desc=desc)

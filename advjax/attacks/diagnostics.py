@@ -8,7 +8,8 @@ measured value, the threshold it is compared with and a plain-words verdict:
 * ``zero_gradients``: how many examples have an exactly zero input gradient of the
   cross-entropy at the clean point (where APGD starts)?
 * ``square_beats_white_box``: did the score-based Square Attack lower the robust accuracy after
-  the gradient-based stages?
+  the gradient-based stage just before it?
+* ``nonfinite_logits``: how many examples gave NaN / inf logits (clean or attacked)?
 * ``target_classes``: are more target classes requested than the model has?
 """
 
@@ -100,12 +101,19 @@ def check_zero_gradients(logits_fn: Callable, xs, labels) -> Check:
 
 
 def check_square(robust_accuracy: Mapping[str, float], *, tol: float = 0.002) -> Check:
-    """Drop of robust accuracy due to Square after the other stages (fraction of examples)."""
-    others = [v for k, v in robust_accuracy.items() if k != "square"]
-    if "square" not in robust_accuracy or not others:
+    """Drop of robust accuracy due to Square: the robust accuracy just before the Square stage
+    minus just after it (fraction of examples).
+
+    ``robust_accuracy`` is in stage order (``Evaluation.robust_accuracy``). Comparing with the
+    stage just before Square (not the minimum over all stages) also works when later stages
+    follow it (``version="plus"``); Square first has no white-box stage to compare with.
+    """
+    names = list(robust_accuracy)
+    if "square" not in names or names.index("square") == 0:
         return Check("square_beats_white_box", 0.0, tol, False,
                      "Square was not run after white-box stages: nothing to compare.")
-    drop = float(min(others) - robust_accuracy["square"])
+    before = names[names.index("square") - 1]
+    drop = float(robust_accuracy[before] - robust_accuracy["square"])
     tripped = drop > tol
     verdict = (f"the black-box Square Attack lowered the robust accuracy by {drop:.2%} after the "
                "gradient-based stages: their gradients are likely masked; use more queries and "
@@ -113,6 +121,17 @@ def check_square(robust_accuracy: Mapping[str, float], *, tol: float = 0.002) ->
                f"Square lowered the robust accuracy by {max(drop, 0.0):.2%} (at most {tol:.1%}): "
                "no sign of gradient masking.")
     return Check("square_beats_white_box", drop, tol, tripped, verdict)
+
+
+def check_finite_logits(num_nonfinite: int, num_examples: int) -> Check:
+    """Examples where the model's logits were not finite (NaN or inf), at the clean point or at
+    an attack's point: neither robust nor broken, since the argmax of NaN is 0, not a class."""
+    tripped = num_nonfinite > 0
+    verdict = (f"{num_nonfinite} of {num_examples} examples gave non-finite logits: they are "
+               "counted as invalid (neither robust nor broken); a model that returns NaN can "
+               "hide adversarial points (gradient masking)." if tripped else
+               f"the logits were finite on all {num_examples} examples.")
+    return Check("nonfinite_logits", float(num_nonfinite), 0.0, tripped, verdict)
 
 
 def check_target_classes(num_classes: int, n_targets: int, stages) -> Check:

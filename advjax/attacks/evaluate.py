@@ -1,9 +1,12 @@
 """Robustness evaluation of a data set with the AutoAttack ensemble: stage by stage, each stage
-only on the examples still robust, sharded over every device, resumable from a state file.
+only on the examples still robust, sharded over every device of every process, resumable from a
+state file, with the gradient-masking checks of :mod:`advjax.attacks.diagnostics`.
 
 Per-example keys are ``fold_in(fold_in(key, index), stage)`` (the same as
 :func:`advjax.attacks.autoattack` called with ``fold_in(key, index)``), so the per-example results
-do not depend on the batch size, the device count, or on resuming.
+do not depend on the batch size, the device or process count, or on resuming. Under
+``jax.distributed`` every process holds the robust flags of the whole set (the compaction between
+stages is global) and process 0 writes the state file.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
-import time
+import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,34 +27,47 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import _checks, parallel
-from advjax.attacks import _boundary
+from advjax.attacks import _boundary, diagnostics
 from advjax.attacks.autoattack import (
-    VERSION_STAGES,
+    autoattack,
     settings_for,
     stage_search,
     verified_success,
 )
 
 Array = jax.Array
-_STATE_VERSION = 2
+logger = logging.getLogger(__name__)
+_STATE_VERSION = 3
+# Rows whose clean logits identify the model (computed on one device with one fixed shape, so the
+# digest is the same bits whatever the device and process count) and run the masking checks.
+PROBE_ROWS = 64
 
 
 @dataclasses.dataclass
 class Evaluation:
     """Outcome of :func:`evaluate` on N examples.
 
+    Per-example fields hold the rows the process asked for: all N with ``data="global"``, its
+    own ``n_p`` with ``data="local"`` (:func:`advjax.parallel.gather` collects all of them); the
+    accuracies are over the whole set.
+
     Attributes:
       stages: stage names in order.
-      clean_accuracy: fraction of examples classified correctly.
+      clean_accuracy: fraction of examples classified correctly (finite logits only).
       robust_accuracy: ``{stage: fraction still robust after that stage}`` (cumulative).
-      robust: ``(N,)`` bool, robust after every stage (False for misclassified / invalid ones).
-      clean_correct: ``(N,)`` bool.
-      broken_by: ``(N,)`` int, index of the stage that broke the example (-1: none).
-      stage_success: ``(N, n_stages)`` bool, ``broken_by == i``.
-      x_adv: ``(N, ...)`` the successful points (``x`` where none).
+      robust: ``(n,)`` bool, robust after every stage (False for misclassified / invalid ones).
+      clean_correct: ``(n,)`` bool.
+      broken_by: ``(n,)`` int, index of the stage that broke the example (-1: none).
+      stage_success: ``(n, n_stages)`` bool, ``broken_by == i``.
+      x_adv: ``(n, ...)`` the successful points (``x`` where none).
       seconds: ``{stage: run time s}`` (compilation excluded); ``compile_seconds`` likewise.
       attacked: ``{stage: number of examples the stage ran on}``.
-      eps: ``(N,)`` the budgets.
+      eps: ``(n,)`` the budgets.
+      invalid: ``(n,)`` bool: the model's logits were not finite at the clean point or at a
+        stage's point. Such an example is neither robust nor broken (an argmax of NaN is 0, not a
+        prediction); ``num_invalid`` counts them over the whole set.
+      checks: the gradient-masking checks (:class:`advjax.attacks.diagnostics.Check`); tripped
+        ones were also warned about.
     """
 
     stages: tuple[str, ...]
@@ -64,9 +82,13 @@ class Evaluation:
     compile_seconds: dict[str, float]
     attacked: dict[str, int]
     eps: np.ndarray
+    invalid: np.ndarray
+    num_invalid: int
+    checks: list
 
     def table(self) -> str:
-        """A Markdown table: robust accuracy, examples attacked and time after each stage."""
+        """A Markdown table: robust accuracy, examples attacked and time after each stage, then
+        the invalid examples and the masking checks."""
         rows = ["| stage | robust accuracy | examples attacked | run s | compile s |",
                 "|---|---|---|---|---|",
                 f"| clean | {self.clean_accuracy:.2%} | — | — | — |"]
@@ -74,6 +96,11 @@ class Evaluation:
             if s in self.robust_accuracy:
                 rows.append(f"| {s} | {self.robust_accuracy[s]:.2%} | {self.attacked[s]} | "
                             f"{self.seconds[s]:.1f} | {self.compile_seconds[s]:.1f} |")
+        rows.append("")
+        rows.append(f"Invalid examples (non-finite logits; neither robust nor broken): "
+                    f"{self.num_invalid}.")
+        if self.checks:
+            rows += ["", diagnostics.report(self.checks)]
         return "\n".join(rows)
 
 
@@ -91,39 +118,60 @@ def chunk_rows(left: int, batch_size: int, n_dev: int) -> int:
     return min(batch_size, -(-size // n_dev) * n_dev)
 
 
+def check_stage_classes(stages: Sequence[str], num_classes: int) -> None:
+    """The class counts the stages need (as :func:`advjax.attacks.autoattack`'s attack checks
+    at call time): ``'apgd-dlr'`` needs 3, ``'apgd-t'`` 4."""
+    if "apgd-dlr" in stages and num_classes < 3:
+        raise ValueError(f"'apgd-dlr' needs at least 3 classes; `logits_fn` gives {num_classes}.")
+    if "apgd-t" in stages and num_classes < 4:
+        raise ValueError(f"'apgd-t' needs at least 4 classes; `logits_fn` gives {num_classes}.")
+
+
+def _digest(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+
+
 class AutoAttackEvaluator:
     """Holds the compiled stages so that repeated evaluations do not recompile.
 
     Args:
       logits_fn: per-example ``x -> logits (K,)`` (randomised ``(x, key)`` for ``"rand"``).
-      norm, version, attacks, lo, hi, **settings: as :func:`advjax.attacks.autoattack`.
-      batch_size: rows per compiled call (rounded up to a multiple of the device count); the
-        last chunk of a stage shrinks to the rows left, rounded up (:func:`chunk_rows`).
-      mesh: a 1-D ``"batch"`` mesh (default: every device).
+      norm, version, attacks, lo, hi, **settings: as :func:`advjax.attacks.autoattack`, and
+        validated by it (the same errors).
+      batch_size: rows per compiled call over all processes (rounded up to a multiple of the
+        device count); the last chunk of a stage shrinks to the rows left, rounded up
+        (:func:`chunk_rows`).
+      mesh: a 1-D ``"batch"`` mesh (default: every device of every process).
     """
 
     def __init__(self, logits_fn: Callable, *, norm: str = "linf", version: str = "standard",
                  attacks: Sequence[str] | None = None, batch_size: int = 256, mesh=None,
                  lo: float | None = 0.0, hi: float | None = 1.0, **settings: Any) -> None:
         _checks.check_positive_int(batch_size, "batch_size")
+        # The ensemble's own constructor validates the version, norm, box, stages and settings.
+        ensemble = autoattack(logits_fn, norm=norm, version=version, attacks=attacks, lo=lo,
+                              hi=hi, **settings)
         lo, hi = _boundary.check_box_setting(lo, hi)
         self.cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
-        self.stages = tuple(VERSION_STAGES[version] if attacks is None else attacks)
+        self.stages = tuple(ensemble.stages)
         self.version = version
         self.logits_fn = logits_fn = _boundary._prepare_logits_fn(logits_fn)
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.n_dev = self.mesh.shape[parallel.BATCH_AXIS]
         self.batch_size = -(-batch_size // self.n_dev) * self.n_dev
-        self.sharding = parallel.batch_sharding(self.mesh)
-        self._compiled: dict[tuple[str, int], Any] = {}
+        self._compiled: dict[str, dict] = {s: {} for s in self.stages + ("clean",)}
         self._fns = {s: self._stage_fn(s) for s in self.stages}
         cfg = self.cfg
         det = (lambda z: logits_fn(z, jax.random.key(0))) if cfg.randomized else logits_fn
         self._det = det
-        self._predict = jax.jit(jax.vmap(lambda x: jnp.argmax(det(x))),
-                                out_shardings=self.sharding)
+
+    def _model(self, z, key):
+        return self.logits_fn(z, key) if self.cfg.randomized else self.logits_fn(z)
 
     def _stage_fn(self, name: str):
+        """Per example: ``(x_adv, success, nonfinite)``; a point where the model's logits are not
+        finite never counts as a success (it is flagged instead)."""
         search = stage_search(name, self.logits_fn, self.cfg)
         cfg, logits_fn = self.cfg, self.logits_fn
         index = self.stages.index(name)
@@ -131,70 +179,70 @@ class AutoAttackEvaluator:
         def run(x, label, eps, key, active):
             k_i = jax.random.fold_in(key, index)
             z = search(x, label, eps, k_i, active)
-            s = active & verified_success(logits_fn, cfg, x, z, label, eps,
-                                          jax.random.fold_in(k_i, 7))
-            return jnp.where(s, z, x), s
+            k_check = jax.random.fold_in(k_i, 7)
+            finite = jnp.all(jnp.isfinite(self._model(z, k_check)))
+            s = active & finite & verified_success(logits_fn, cfg, x, z, label, eps, k_check)
+            return jnp.where(s, z, x), s, active & ~finite
 
-        return jax.vmap(run)
+        return run
+
+    def _rows_per_call(self):
+        per_process = -(-self.batch_size // jax.process_count())
+        return lambda left, local_dev: chunk_rows(left, per_process, local_dev)
 
     def _run_chunked(self, name: str, args: tuple, progress: bool):
-        """Runs stage ``name`` on the rows of ``args`` (host arrays), returns host outputs and
-        (run seconds, compile seconds)."""
-        n = int(args[0].shape[0])
-        outs, run_s, compile_s = [], 0.0, 0.0
-        start = 0
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, desc=name, unit="ex")
-        while start < n:
-            left = n - start
-            size = chunk_rows(left, self.batch_size, self.n_dev)
-            stop = min(start + size, n)
-            rows = [a[start:stop] for a in args]
-            pad = size - (stop - start)
-            if pad:
-                rows = [np.concatenate([r, np.repeat(r[-1:], pad, axis=0)]) for r in rows]
-                rows[-1][stop - start:] = False              # padded rows are inactive
-            rows[3] = jax.random.wrap_key_data(jnp.asarray(rows[3]))
-            rows = jax.device_put(tuple(rows), self.sharding)
-            key = (name, size)
-            if key not in self._compiled:
-                t0 = time.perf_counter()
-                self._compiled[key] = jax.jit(self._fns[name], out_shardings=self.sharding) \
-                    .lower(*rows).compile()
-                compile_s += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            z, s = self._compiled[key](*rows)
-            z, s = np.asarray(z)[: stop - start], np.asarray(s)[: stop - start]
-            run_s += time.perf_counter() - t0
-            outs.append((z, s))
-            if bar is not None:
-                bar.update(stop - start)
-            start = stop
-        if bar is not None:
-            bar.close()
-        if not outs:
-            return None, None, run_s, compile_s
-        return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]),
-                run_s, compile_s)
+        """Runs stage ``name`` on the rows of ``args`` (the same host arrays on every process);
+        returns host outputs (every row) and (run seconds, compile seconds)."""
+        if len(args[0]) == 0:
+            return None, None, None, 0.0, 0.0
+        t: dict = {}
+        z, s, bad = parallel.run_chunked(
+            self._fns[name], args, data="global", rows_per_call=self._rows_per_call(),
+            mesh=self.mesh, progress=progress, desc=name, cache=self._compiled[name], timings=t)
+        return z, s, bad, t["run_s"], t["compile_s"]
 
     def __call__(self, xs, labels, *, eps, key: Array, state_path: str | os.PathLike | None = None,
-                 progress: bool = False) -> Evaluation:
-        """Evaluates ``xs`` ``(N, ...)`` with labels ``(N,)`` at ``eps`` (scalar or ``(N,)``).
+                 progress: bool = False, data: str = "global") -> Evaluation:
+        """Evaluates ``xs`` with ``labels`` at ``eps``.
 
-        With ``state_path`` the state (flags, adversarial points, times) is written after the
-        clean pass and after every stage, and an existing state is resumed from the first stage
-        not yet run. A state belongs to the evaluation that made it: one made with other stages
-        or settings, other images, labels, budgets or key raises a ``ValueError`` naming what
-        differs, and so does one whose stored clean predictions differ from this model's (the
-        model is checked by one clean forward pass over ``xs`` on resume).
+        Args:
+          xs: ``(n, ...)`` examples in ``[lo, hi]`` (``(n, H, W, C)`` images when a stage is
+            ``'square'``); labels ``(n,)`` int; eps: scalar or ``(n,)``. ``n`` = N (the whole set,
+            the same on every process) with ``data="global"``, this process's rows with
+            ``data="local"`` (example ``i`` of process ``p`` has global index
+            ``n_0 + ... + n_{p-1} + i``).
+          key: base key (typed, any PRNG implementation, or raw ``uint32[2]``); the example of
+            global index ``j`` uses ``fold_in(key, j)``.
+          state_path: a state file (``.npz``), written atomically by process 0 after the clean
+            pass and after every stage, read by every process. An existing state is resumed
+            from the first stage not yet run (one line is logged saying what was reused). A
+            state belongs to the evaluation that made it: one made with other stages or
+            settings, other images, labels, budgets or key, or another model (a SHA-256 digest
+            of its clean logits) raises a ``ValueError`` naming what differs.
+          progress: a tqdm bar per stage.
+          data: ``"global"`` or ``"local"``.
+
+        Returns:
+          :class:`Evaluation` (per-example fields: the rows this process passed).
         """
+        parallel._check_data(data)
+        offset, n_mine = 0, None
+        if data == "local" and jax.process_count() > 1:
+            xs_l = np.asarray(xs)
+            eps_l = np.asarray(eps)
+            counts = parallel._agree(len(xs_l), (xs_l,), "evaluate")
+            offset, n_mine = int(counts[:jax.process_index()].sum()), len(xs_l)
+            xs, labels = parallel.gather((xs_l, np.asarray(labels)))
+            if parallel._allgather_ints([eps_l.ndim]).max() > 0:
+                eps = parallel.gather(np.broadcast_to(eps_l, (n_mine,)))
         xs = np.asarray(xs)
         labels = np.asarray(labels)
         _checks.check_floating(xs, "xs")
         if xs.ndim < 2:
             raise ValueError(f"`xs` must be a batch (N, ...); got shape {xs.shape}.")
+        if "square" in self.stages and xs.ndim != 4:
+            raise ValueError(f"`xs` has shape {xs.shape}: the 'square' stage needs images "
+                             "(N, H, W, C); for flat inputs pass `attacks` without 'square'.")
         n = xs.shape[0]
         _checks.check_shape(labels, "labels", (n,))
         if self.cfg.lo is not None:
@@ -203,79 +251,110 @@ class AutoAttackEvaluator:
             _checks.check_finite(xs, "xs")
         k = _boundary.num_classes(self._det, jnp.asarray(xs[0]))
         _checks.check_labels(labels, "labels", k)
+        check_stage_classes(self.stages, k)
         eps = np.broadcast_to(np.asarray(eps, xs.dtype), (n,)).copy()
         _checks.check_nonnegative(eps, "eps")
         key = _boundary.check_key(key)
-        keys = np.asarray(jax.random.key_data(
-            jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))))
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n, dtype=jnp.uint32))
         labels = labels.astype(np.int32)
 
-        fingerprint = self._fingerprint(xs, labels, eps, keys)
+        probe = xs[:PROBE_ROWS]
+        with jax.default_device(jax.local_devices()[0]):
+            probe_logits = np.asarray(jax.jit(jax.vmap(self._det))(jnp.asarray(probe)))
+        fingerprint = self._fingerprint(xs, labels, eps, keys, probe_logits)
+        if jax.process_count() > 1:
+            mine = zlib.crc32(json.dumps(fingerprint, sort_keys=True).encode()) & 0x7FFFFFFF
+            if len(set(parallel._allgather_ints([mine])[:, 0].tolist())) != 1:
+                raise ValueError("evaluate: the processes pass different `xs`, `labels`, `eps` or "
+                                 "`key` with data='global' (use data='local' for own rows).")
         state = self._load(state_path, fingerprint)
-        pred = self._predict_all(xs)
+        if jax.process_count() > 1:
+            done = 0 if state is None else 1 + len(state["done"])
+            if len(set(parallel._allgather_ints([done])[:, 0].tolist())) != 1:
+                raise ValueError(f"`state_path` {state_path}: the processes read different "
+                                 "states (every process must see the same file system).")
+        if state is not None:
+            logger.info("evaluate: resumed %s: reused the clean pass and stages %s; running %s.",
+                        state_path, state["done"] or "none",
+                        [s for s in self.stages if s not in state["done"]] or "none")
+        checks = self._masking_checks(probe, labels[:PROBE_ROWS])
         if state is None:
-            state = dict(clean_pred=pred.astype(np.int64), clean_correct=pred == labels,
-                         broken_by=np.full(n, -1, np.int64), x_adv=xs.copy(), done=[],
-                         robust_accuracy={}, seconds={}, compile_seconds={}, attacked={})
+            pred, finite = parallel.run_chunked(
+                lambda x: (jnp.argmax(self._det(x)), jnp.all(jnp.isfinite(self._det(x)))),
+                (xs,), data="global", chunk_size=self.batch_size, mesh=self.mesh,
+                cache=self._compiled["clean"])
+            state = dict(clean_pred=pred.astype(np.int64), clean_correct=(pred == labels) & finite,
+                         invalid=~finite, broken_by=np.full(n, -1, np.int64), x_adv=xs.copy(),
+                         done=[], robust_accuracy={}, seconds={}, compile_seconds={}, attacked={})
             self._save(state_path, state, fingerprint)
-        elif not np.array_equal(state["clean_pred"], pred):
-            raise ValueError(
-                f"`state_path` {state_path} was made with another model: its clean predictions "
-                f"differ from this `logits_fn`'s on {int(np.sum(state['clean_pred'] != pred))} "
-                f"of {n} images.")
-        robust = state["clean_correct"] & (state["broken_by"] < 0)
+        robust = state["clean_correct"] & ~state["invalid"] & (state["broken_by"] < 0)
         for i, name in enumerate(self.stages):
             if name in state["done"]:
                 continue
             idx = np.flatnonzero(robust)
             args = (xs[idx], labels[idx], eps[idx], keys[idx], np.ones(len(idx), bool))
-            z, s, run_s, comp_s = self._run_chunked(name, args, progress)
+            z, s, bad, run_s, comp_s = self._run_chunked(name, args, progress)
             if z is not None:
                 hit = idx[s]
                 state["x_adv"][hit] = z[s]
                 state["broken_by"][hit] = i
-                robust[hit] = False
+                state["invalid"][idx[bad]] = True
+                robust[idx[s | bad]] = False
             state["done"].append(name)
             state["robust_accuracy"][name] = float(robust.mean())
             state["seconds"][name] = run_s
             state["compile_seconds"][name] = comp_s
             state["attacked"][name] = int(len(idx))
             self._save(state_path, state, fingerprint)
+        num_invalid = int(state["invalid"].sum())
+        checks.append(diagnostics.check_finite_logits(num_invalid, n))
+        checks.append(diagnostics.check_square(
+            {s: state["robust_accuracy"][s] for s in self.stages
+             if s in state["robust_accuracy"]}))
+        for c in checks:
+            if c.tripped:
+                warnings.warn(f"evaluate: possible gradient masking ({c.name}): {c.verdict}",
+                              RuntimeWarning, stacklevel=2)
         stage_success = state["broken_by"][:, None] == np.arange(len(self.stages))[None]
+        mine = slice(None) if n_mine is None else slice(offset, offset + n_mine)
         return Evaluation(
             stages=self.stages, clean_accuracy=float(state["clean_correct"].mean()),
-            robust_accuracy=dict(state["robust_accuracy"]), robust=robust,
-            clean_correct=state["clean_correct"], broken_by=state["broken_by"],
-            stage_success=stage_success, x_adv=state["x_adv"], seconds=dict(state["seconds"]),
-            compile_seconds=dict(state["compile_seconds"]), attacked=dict(state["attacked"]),
-            eps=eps)
+            robust_accuracy=dict(state["robust_accuracy"]), robust=robust[mine],
+            clean_correct=state["clean_correct"][mine], broken_by=state["broken_by"][mine],
+            stage_success=stage_success[mine], x_adv=state["x_adv"][mine],
+            seconds=dict(state["seconds"]), compile_seconds=dict(state["compile_seconds"]),
+            attacked=dict(state["attacked"]), eps=eps[mine], invalid=state["invalid"][mine],
+            num_invalid=num_invalid, checks=checks)
 
-    def _predict_all(self, xs: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, xs.shape[0], self.batch_size):
-            rows = xs[start:start + self.batch_size]
-            m = rows.shape[0]
-            if m < self.batch_size:
-                rows = np.concatenate([rows, np.repeat(rows[-1:], self.batch_size - m, 0)])
-            out.append(np.asarray(self._predict(jax.device_put(rows, self.sharding)))[:m])
-        return np.concatenate(out)
+    def _masking_checks(self, probe: np.ndarray, labels: np.ndarray) -> list:
+        """The cheap checks on the probe rows: probability outputs, zero input gradients at
+        the clean points, and (deterministic models) two passes that differ."""
+        checks = [diagnostics.check_softmax_output(self._det, probe),
+                  diagnostics.check_zero_gradients(self._det, probe, labels)]
+        if not self.cfg.randomized:
+            checks.append(diagnostics.check_randomness(self.logits_fn, probe, draws=2))
+        return checks
 
     # ------------------------------------------------------------------------- state file
-    def _fingerprint(self, xs, labels, eps, keys) -> dict:
-        """What a state file must match to be resumed: the evaluation's stages and settings and
-        SHA-256 digests of the exact images, labels, budgets and per-example keys."""
-        def digest(a: np.ndarray) -> str:
-            a = np.ascontiguousarray(a)
-            return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
-
+    def _fingerprint(self, xs, labels, eps, keys, probe_logits) -> dict:
+        """What a state file must match to be resumed: the evaluation's stages and settings,
+        SHA-256 digests of the exact images, labels, budgets and per-example keys (with their
+        PRNG implementation), and of the model's clean logits on the first ``PROBE_ROWS`` rows
+        (computed on one device with one shape, so the same bits under any device count)."""
         settings = {f.name: repr(getattr(self.cfg, f.name))
                     for f in dataclasses.fields(self.cfg)}
         return dict(format=_STATE_VERSION, stages=list(self.stages), n=int(xs.shape[0]),
-                    version=self.version, settings=settings, images=digest(xs),
-                    labels=digest(labels), eps=digest(eps), keys=digest(keys))
+                    version=self.version, settings=settings, images=_digest(xs),
+                    labels=_digest(labels), eps=_digest(eps),
+                    keys=_digest(np.asarray(jax.random.key_data(keys))) + "/"
+                    + str(jax.random.key_impl(keys)),
+                    model=_digest(probe_logits))
 
     def _save(self, path, state, fingerprint) -> None:
-        if path is None:
+        """Process 0 writes the state (a temporary file, then an atomic rename)."""
+        if path is None or jax.process_index() != 0:
             return
         path = Path(path)
         meta = dict(fingerprint)
@@ -284,7 +363,7 @@ class AutoAttackEvaluator:
                     attacked=state["attacked"])
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, clean_pred=state["clean_pred"], clean_correct=state["clean_correct"],
-                 broken_by=state["broken_by"],
+                 invalid=state["invalid"], broken_by=state["broken_by"],
                  x_adv=state["x_adv"], meta=np.asarray(json.dumps(meta)))
         os.replace(tmp, path)
 
@@ -293,18 +372,20 @@ class AutoAttackEvaluator:
             return None
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
-            for field in fingerprint:
-                if meta.get(field) != fingerprint[field]:
-                    what = {"images": "other images `xs`", "labels": "other `labels`",
-                            "eps": "other budgets `eps`", "keys": "another `key`"}.get(field)
-                    detail = (what if what else f"{field}: {meta.get(field)!r}, here "
-                              f"{fingerprint[field]!r}")
-                    raise ValueError(f"`state_path` {path} was made for another evaluation "
-                                     f"({detail}).")
+            names = {"images": "other images `xs`", "labels": "other `labels`",
+                     "eps": "other budgets `eps`", "keys": "another `key`",
+                     "model": "another model (the SHA-256 digest of its clean logits differs "
+                              "from this `logits_fn`'s)"}
+            differ = [names.get(field, f"{field}: {meta.get(field)!r}, here "
+                                       f"{fingerprint[field]!r}")
+                      for field in fingerprint if meta.get(field) != fingerprint[field]]
+            if differ:
+                raise ValueError(f"`state_path` {path} was made for another evaluation "
+                                 f"({'; '.join(differ)}).")
             return dict(clean_pred=f["clean_pred"].copy(),
-                        clean_correct=f["clean_correct"].copy(), broken_by=f["broken_by"].copy(),
-                        x_adv=f["x_adv"].copy(), done=list(meta["done"]),
-                        robust_accuracy=dict(meta["robust_accuracy"]),
+                        clean_correct=f["clean_correct"].copy(), invalid=f["invalid"].copy(),
+                        broken_by=f["broken_by"].copy(), x_adv=f["x_adv"].copy(),
+                        done=list(meta["done"]), robust_accuracy=dict(meta["robust_accuracy"]),
                         seconds=dict(meta["seconds"]),
                         compile_seconds=dict(meta["compile_seconds"]),
                         attacked=dict(meta["attacked"]))
@@ -313,25 +394,27 @@ class AutoAttackEvaluator:
 def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "linf",
              version: str = "standard", attacks: Sequence[str] | None = None,
              batch_size: int = 256, mesh=None, state_path: str | os.PathLike | None = None,
-             progress: bool = False, lo: float | None = 0.0, hi: float | None = 1.0,
-             **settings: Any) -> Evaluation:
+             progress: bool = False, data: str = "global", lo: float | None = 0.0,
+             hi: float | None = 1.0, **settings: Any) -> Evaluation:
     """AutoAttack evaluation of a data set (see :class:`AutoAttackEvaluator`).
 
     Args:
       logits_fn: per-example ``x -> logits (K,)``.
-      xs: ``(N, ...)`` examples in ``[lo, hi]``; labels: ``(N,)`` int.
-      eps: budget, scalar or ``(N,)`` (input units of ``norm``).
-      key: base key; example ``j`` uses ``fold_in(key, j)``.
+      xs: ``(n, ...)`` examples in ``[lo, hi]``; labels: ``(n,)`` int (``n``: see ``data``).
+      eps: budget, scalar or ``(n,)`` (input units of ``norm``).
+      key: base key; the example of global index ``j`` uses ``fold_in(key, j)``.
       norm, version, attacks, lo, hi, **settings: as :func:`advjax.attacks.autoattack`.
-      batch_size, mesh: rows per compiled call; devices (default all).
-      state_path: resumable state file (``.npz``), written atomically after every stage; it
-        resumes only the evaluation that made it (see ``AutoAttackEvaluator.__call__``).
+      batch_size, mesh: rows per compiled call over all processes; devices (default all).
+      state_path: resumable state file (``.npz``), written atomically by process 0 after every
+        stage; it resumes only the evaluation that made it (see
+        ``AutoAttackEvaluator.__call__``).
       progress: a tqdm bar per stage.
+      data: ``"global"`` (every process passes the whole set) or ``"local"`` (each its own rows).
 
     Returns:
       :class:`Evaluation` (clean accuracy, robust accuracy after each stage, per-example flags,
-      adversarial points, run and compile seconds per stage).
+      adversarial points, invalid examples, masking checks, run and compile seconds per stage).
     """
     ev = AutoAttackEvaluator(logits_fn, norm=norm, version=version, attacks=attacks,
                              batch_size=batch_size, mesh=mesh, lo=lo, hi=hi, **settings)
-    return ev(xs, labels, eps=eps, key=key, state_path=state_path, progress=progress)
+    return ev(xs, labels, eps=eps, key=key, state_path=state_path, progress=progress, data=data)

@@ -46,3 +46,20 @@ def test_each_masked_model_trips_its_check(tiny_mlp):
     assert sq.tripped and abs(sq.value - 0.05) < 1e-12
     assert not dg.check_square({"apgd-ce": 0.5, "square": 0.499}).tripped
     assert "zero gradient" in dg.report([z["zero_gradients"]])
+
+
+def test_square_is_compared_with_the_stage_just_before_it():
+    # version="plus": stages after Square lower the accuracy further; the minimum over all
+    # stages (0.3) would hide that Square took 10 points from the white-box stages before it.
+    plus = {"apgd-ce": 0.5, "apgd-dlr": 0.5, "fab": 0.5, "square": 0.4, "apgd-t": 0.3,
+            "fab-t": 0.3}
+    sq = dg.check_square(plus)
+    assert sq.tripped and abs(sq.value - 0.1) < 1e-12
+    assert not dg.check_square({"square": 0.4, "apgd-ce": 0.3}).tripped   # nothing before it
+    assert not dg.check_square(dict(plus, square=0.5)).tripped
+
+
+def test_finite_logits_check():
+    bad = dg.check_finite_logits(2, 10)
+    assert bad.tripped and "2 of 10" in bad.verdict
+    assert not dg.check_finite_logits(0, 10).tripped

@@ -45,19 +45,30 @@ def _matches_vmap(n):
             "single_key_max_abs_diff": max(diff(ref_k, g) for g in got_k)}
 
 
+COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all",
+               "reduce-scatter")
+
+
+def collectives(hlo: str) -> dict:
+    """How many times each cross-device collective occurs in a compiled program's text."""
+    return {op: hlo.count(op) for op in COLLECTIVES}
+
+
 def main():
     out = {"device_count": jax.device_count(),
            # 13 examples are padded up to the device count; 16 divide by it.
            "by_size": {str(n): _matches_vmap(n) for n in (13, 16)}}
     # Divisible batch: the output must really be split over all devices.
     m = 16
-    res16 = parallel.shard_attack(gradient_step)(
-        jnp.ones((m, 4, 4, 1)) * 0.5, jnp.zeros((m,), jnp.int32),
-        key=jax.random.split(jax.random.key(2), m), eps=0.1)
-    shards = res16["x_adv"].addressable_shards
-    out["num_shards"] = len(shards)
-    out["shard_rows"] = sorted({s.data.shape[0] for s in shards})
-    out["distinct_devices"] = len({s.device for s in shards})
+    run = parallel.shard_attack(gradient_step)
+    args = (jnp.ones((m, 4, 4, 1)) * 0.5, jnp.zeros((m,), jnp.int32))
+    kw = dict(key=jax.random.split(jax.random.key(2), m), eps=0.1)
+    compiled = run.lower(*args, **kw).compile()
+    x_sharding = compiled.input_shardings[0][0][0]
+    out["num_shards"] = len(x_sharding.device_set)
+    out["shard_rows"] = [x_sharding.shard_shape((m, 4, 4, 1))[0]]
+    out["distinct_devices"] = len({d.id for d in x_sharding.device_set})
+    out["collectives"] = collectives(compiled.as_text())
     out.update(library_checks())
     print(json.dumps(out))
 
@@ -89,7 +100,9 @@ def library_checks():
     got = parallel.shard_attack(pgd)(xs, labels, key=keys, eps=eps)
     found["pgd_diff"] = float(jnp.max(jnp.abs(ref.x_adv - got.x_adv)))
     found["pgd_success_equal"] = bool(jnp.all(ref.success == got.success))
-    found["pgd_devices"] = len({s.device for s in got.x_adv.addressable_shards})
+    compiled = parallel.shard_attack(pgd).lower(xs, labels, key=keys, eps=eps).compile()
+    found["pgd_devices"] = len(compiled.input_shardings[0][0][0].device_set)
+    found["pgd_collectives"] = collectives(compiled.as_text())
     lb = attacks.lbfgs(fn, search_steps=3, max_iterations=15)
     targets = (labels + 1) % 3
     ref = jax.jit(jax.vmap(lb))(xs, labels, target=targets)

@@ -7,7 +7,7 @@ device with no communication (attacks are independent per example). One runner,
 :func:`run_chunked`, feeds every batch entry point: rows go in fixed-size chunks, padded to a
 multiple of the device count (:func:`_pad_leading`) and unpadded afterwards, so results equal the
 unsharded ones. Under ``jax.distributed`` (P processes) each process passes either the whole set
-(``data="global"``) or its own rows (``data="local"``); per-example randomness is
+(``data_layout="global"``) or its own rows (``data_layout="local"``); per-example randomness is
 ``fold_in(key, global index)`` either way, and :func:`gather` collects every process's rows.
 """
 
@@ -107,14 +107,15 @@ def batch_sharding(mesh: Mesh, axis_name: str = BATCH_AXIS) -> NamedSharding:
 
 
 # ----------------------------------------------------------------------------- rows and keys
-DATA_MODES = ("global", "local")
+DATA_LAYOUTS = ("global", "local")
 
 
-def _check_data(data: str) -> str:
-    if data not in DATA_MODES:
-        raise ValueError(f"`data` must be 'global' (every process passes the whole set) or "
-                         f"'local' (each process passes its own rows); got {data!r}.")
-    return data
+def check_data_layout(data_layout: str) -> str:
+    """``data_layout`` itself, or a ValueError naming it and the two layouts."""
+    if data_layout not in DATA_LAYOUTS:
+        raise ValueError(f"`data_layout` must be 'global' (every process passes the whole set) "
+                         f"or 'local' (each process passes its own rows); got {data_layout!r}.")
+    return data_layout
 
 
 def _is_key(leaf: Any) -> bool:
@@ -186,7 +187,7 @@ def gather(tree: Any) -> Any:
       tree: a pytree of host arrays (numpy) with leading size ``n_p`` on process ``p`` (sizes may
         differ, zero included; per-row shapes and dtypes must agree), e.g. what
         :func:`shard_attack`, :func:`stream` or :func:`run_chunked` return with
-        ``data="local"``.
+        ``data_layout="local"``.
 
     Returns:
       The pytree with leading size ``sum(n_p)`` as numpy arrays: rows of process 0, then 1, ...
@@ -266,7 +267,7 @@ def _per_device(fn: Callable, impls: Any, mesh: Mesh, axis_name: str):
 
 
 def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None = None, *,
-                data: str = "global", chunk_size: int | None = 256,
+                data_layout: str = "global", chunk_size: int | None = 256,
                 rows_per_call: Callable[[int, int], int] | None = None,
                 mesh: Mesh | None = None, axis_name: str = BATCH_AXIS,
                 progress: bool = False, desc: str = "chunks", cache: dict | None = None,
@@ -286,8 +287,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
         ``fold_in(k, j)`` for the row of global index ``j`` (any PRNG implementation; typed key
         arrays keep theirs). Results do not depend on the chunking for threefry keys (the
         default); JAX's ``"rbg"`` bits under ``vmap`` depend on the batch.
-      data: ``"global"``: every process passes the same whole set (N rows); process ``p`` runs
-        a balanced slice and the results are gathered, so every process gets all N rows.
+      data_layout: ``"global"``: every process passes the same whole set (N rows); process
+        ``p`` runs a balanced slice and the results are gathered, so every process gets all N rows.
         ``"local"``: each process passes its own ``n_p`` rows (any sizes, zero included); the
         global index of local row ``i`` of process ``p`` is ``n_0 + ... + n_{p-1} + i``, and
         each process gets the results of its own rows (:func:`gather` collects all of them).
@@ -307,13 +308,13 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
 
     Returns:
       The pytree of ``fn``'s outputs stacked over the rows this process asked for (all N with
-      ``data="global"``, its own ``n_p`` with ``"local"``).
+      ``data_layout="global"``, its own ``n_p`` with ``"local"``).
 
     Raises:
-      ValueError: ``data`` unknown, rows of different sizes, processes passing rows of different
-        shapes, no row on any process, a mesh without the same devices count per process.
+      ValueError: ``data_layout`` unknown, rows of different sizes, processes passing rows of
+        different shapes, no row on any process, a mesh without the same devices count per process.
     """
-    _check_data(data)
+    check_data_layout(data_layout)
     kwargs = {} if kwargs is None else dict(kwargs)
     tree = (tuple(args), kwargs)
     mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
@@ -329,10 +330,10 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
         raise ValueError("`arrays`: at least one argument must have a leading (batch) axis.")
     n_given = _leading_size(tree)
     counts = _agree(n_given, tree, "run_chunked")
-    if data == "global":
+    if data_layout == "global":
         if len(set(counts.tolist())) != 1:
-            raise ValueError(f"data='global': every process must pass the whole set; the "
-                             f"processes pass {counts.tolist()} rows (use data='local').")
+            raise ValueError(f"data_layout='global': every process must pass the whole set; the "
+                             f"processes pass {counts.tolist()} rows (use data_layout='local').")
         total = int(counts[0])
         start, stop = _process_rows(total, n_proc, me)
         tree = _slice_rows(tree, start, stop)
@@ -392,11 +393,11 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
     else:
         cat = np.concatenate if host or n_proc > 1 else jnp.concatenate
         result = jax.tree.map(lambda *parts: cat(parts, axis=0), *outputs)
-    return gather(result) if data == "global" and n_proc > 1 else result
+    return gather(result) if data_layout == "global" and n_proc > 1 else result
 
 
 def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
-                 axis_name: str = BATCH_AXIS, data: str = "global",
+                 axis_name: str = BATCH_AXIS, data_layout: str = "global",
                  chunk_size: int | None = None) -> Callable[..., Any]:
     """The batched ``attack`` sharded over ``mesh`` along the batch axis (contract).
 
@@ -405,16 +406,16 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
         ``advjax.attacks``) — or any per-example function of arrays.
       mesh: a mesh with axis ``axis_name`` (default: :func:`make_mesh` over the devices of every
         process).
-      data: ``"global"`` (every process passes the whole set and gets every row's result) or
+      data_layout: ``"global"`` (every process passes the whole set and gets every row's result) or
         ``"local"`` (each process passes its own rows and gets their results); see
         :func:`run_chunked`.
       chunk_size: rows per compiled call over all processes (default None: all rows in one call).
 
     Returns:
       ``run(xs, labels, **per_example)``: ``xs`` ``(n, ...)``, ``labels`` ``(n,)`` (``n`` = N
-      with ``data="global"``, this process's row count with ``"local"``); keyword arrays with a
-      leading axis of size n are per-example (keys, eps, targets), scalars are broadcast, and a
-      single typed PRNG key ``k`` becomes ``fold_in(k, j)`` for the example of global index
+      with ``data_layout="global"``, this process's row count with ``"local"``); keyword arrays
+      with a leading axis of size n are per-example (keys, eps, targets), scalars are broadcast,
+      and a single typed PRNG key ``k`` becomes ``fold_in(k, j)`` for the example of global index
       ``j`` (raw ``uint32`` keys must be given per example, ``(n, 2)``). Uneven sizes are padded
       and unpadded. The result is the attack's pytree with leading axis n — one process:
       ``jax.Array`` leaves sharded over the mesh; several: numpy arrays on the host — equal
@@ -422,14 +423,15 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
       per-device rows; otherwise up to float reduction order). ``run.lower(xs, labels,
       **per_example)`` gives the ``jax.stages.Lowered`` of one call (to inspect the program).
     """
-    _check_data(data)
+    check_data_layout(data_layout)
     mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
     cache: dict = {}
 
     @functools.wraps(attack)
     def run(xs, labels, **per_example):
-        return run_chunked(attack, (xs, labels), per_example, data=data, chunk_size=chunk_size,
-                           mesh=mesh, axis_name=axis_name, cache=cache, host=False)
+        return run_chunked(attack, (xs, labels), per_example, data_layout=data_layout,
+                           chunk_size=chunk_size, mesh=mesh, axis_name=axis_name, cache=cache,
+                           host=False)
 
     def lower(xs, labels, **per_example):
         sharding = batch_sharding(mesh, axis_name)
@@ -450,7 +452,7 @@ def iterate_chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
 
 
 def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress: bool = False,
-           mesh: Mesh | None = None, desc: str = "chunks", data: str = "global",
+           mesh: Mesh | None = None, desc: str = "chunks", data_layout: str = "global",
            **per_example: Any) -> Any:
     """Applies a per-example ``fn`` to large arrays in fixed-size chunks, results on host.
 
@@ -462,19 +464,19 @@ def stream(fn: Callable[..., Any], *arrays: Any, chunk_size: int = 256, progress
     Args:
       fn: per-example function ``fn(*rows, **per_example_rows)``.
       *arrays: positional arrays with the same leading size (N, or this process's rows with
-        ``data="local"``).
+        ``data_layout="local"``).
       chunk_size: rows per compiled call over all processes.
       progress, desc: a tqdm progress bar.
-      data: ``"global"`` or ``"local"``, see :func:`run_chunked`.
+      data_layout: ``"global"`` or ``"local"``, see :func:`run_chunked`.
       **per_example: keyword arrays with the same leading size, or scalars (broadcast), or a
         single typed PRNG key ``k`` (the example of global index ``j`` gets ``fold_in(k, j)``,
         whatever ``chunk_size``, the device and the process count).
 
     Returns:
       The pytree of ``fn``'s outputs stacked over the rows this process asked for (all N with
-      ``data="global"``, its own with ``"local"``), as numpy arrays.
+      ``data_layout="global"``, its own with ``"local"``), as numpy arrays.
     """
     if not arrays:
         raise ValueError("`arrays`: at least one positional array is required")
-    return run_chunked(fn, arrays, per_example, data=data, chunk_size=chunk_size, mesh=mesh,
-                       progress=progress, desc=desc)
+    return run_chunked(fn, arrays, per_example, data_layout=data_layout, chunk_size=chunk_size,
+                       mesh=mesh, progress=progress, desc=desc)

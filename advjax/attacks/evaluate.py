@@ -47,9 +47,9 @@ PROBE_ROWS = 64
 class Evaluation:
     """Outcome of :func:`evaluate` on N examples.
 
-    Per-example fields hold the rows the process asked for: all N with ``data="global"``, its
-    own ``n_p`` with ``data="local"`` (:func:`advjax.parallel.gather` collects all of them); the
-    accuracies are over the whole set.
+    Per-example fields hold the rows the process asked for: all N with
+    ``data_layout="global"``, its own ``n_p`` with ``data_layout="local"``
+    (:func:`advjax.parallel.gather` collects all of them); the accuracies are over the whole set.
 
     Attributes:
       stages: stage names in order.
@@ -197,19 +197,19 @@ class AutoAttackEvaluator:
             return None, None, None, 0.0, 0.0
         t: dict = {}
         z, s, bad = parallel.run_chunked(
-            self._fns[name], args, data="global", rows_per_call=self._rows_per_call(),
+            self._fns[name], args, data_layout="global", rows_per_call=self._rows_per_call(),
             mesh=self.mesh, progress=progress, desc=name, cache=self._compiled[name], timings=t)
         return z, s, bad, t["run_s"], t["compile_s"]
 
     def __call__(self, xs, labels, *, eps, key: Array, state_path: str | os.PathLike | None = None,
-                 progress: bool = False, data: str = "global") -> Evaluation:
+                 progress: bool = False, data_layout: str = "global") -> Evaluation:
         """Evaluates ``xs`` with ``labels`` at ``eps``.
 
         Args:
           xs: ``(n, ...)`` examples in ``[lo, hi]`` (``(n, H, W, C)`` images when a stage is
             ``'square'``); labels ``(n,)`` int; eps: scalar or ``(n,)``. ``n`` = N (the whole set,
-            the same on every process) with ``data="global"``, this process's rows with
-            ``data="local"`` (example ``i`` of process ``p`` has global index
+            the same on every process) with ``data_layout="global"``, this process's rows with
+            ``data_layout="local"`` (example ``i`` of process ``p`` has global index
             ``n_0 + ... + n_{p-1} + i``).
           key: base key (typed, any PRNG implementation, or raw ``uint32[2]``); the example of
             global index ``j`` uses ``fold_in(key, j)``.
@@ -220,14 +220,14 @@ class AutoAttackEvaluator:
             settings, other images, labels, budgets or key, or another model (a SHA-256 digest
             of its clean logits) raises a ``ValueError`` naming what differs.
           progress: a tqdm bar per stage.
-          data: ``"global"`` or ``"local"``.
+          data_layout: ``"global"`` or ``"local"``.
 
         Returns:
           :class:`Evaluation` (per-example fields: the rows this process passed).
         """
-        parallel._check_data(data)
+        parallel.check_data_layout(data_layout)
         offset, n_mine = 0, None
-        if data == "local" and jax.process_count() > 1:
+        if data_layout == "local" and jax.process_count() > 1:
             xs_l = np.asarray(xs)
             eps_l = np.asarray(eps)
             counts = parallel._agree(len(xs_l), (xs_l,), "evaluate")
@@ -268,7 +268,8 @@ class AutoAttackEvaluator:
             mine = zlib.crc32(json.dumps(fingerprint, sort_keys=True).encode()) & 0x7FFFFFFF
             if len(set(parallel._allgather_ints([mine])[:, 0].tolist())) != 1:
                 raise ValueError("evaluate: the processes pass different `xs`, `labels`, `eps` or "
-                                 "`key` with data='global' (use data='local' for own rows).")
+                                 "`key` with data_layout='global' (use data_layout='local' for "
+                                 "own rows).")
         state = self._load(state_path, fingerprint)
         if jax.process_count() > 1:
             done = 0 if state is None else 1 + len(state["done"])
@@ -283,7 +284,7 @@ class AutoAttackEvaluator:
         if state is None:
             pred, finite = parallel.run_chunked(
                 lambda x: (jnp.argmax(self._det(x)), jnp.all(jnp.isfinite(self._det(x)))),
-                (xs,), data="global", chunk_size=self.batch_size, mesh=self.mesh,
+                (xs,), data_layout="global", chunk_size=self.batch_size, mesh=self.mesh,
                 cache=self._compiled["clean"])
             state = dict(clean_pred=pred.astype(np.int64), clean_correct=(pred == labels) & finite,
                          invalid=~finite, broken_by=np.full(n, -1, np.int64), x_adv=xs.copy(),
@@ -394,13 +395,13 @@ class AutoAttackEvaluator:
 def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "linf",
              version: str = "standard", attacks: Sequence[str] | None = None,
              batch_size: int = 256, mesh=None, state_path: str | os.PathLike | None = None,
-             progress: bool = False, data: str = "global", lo: float | None = 0.0,
+             progress: bool = False, data_layout: str = "global", lo: float | None = 0.0,
              hi: float | None = 1.0, **settings: Any) -> Evaluation:
     """AutoAttack evaluation of a data set (see :class:`AutoAttackEvaluator`).
 
     Args:
       logits_fn: per-example ``x -> logits (K,)``.
-      xs: ``(n, ...)`` examples in ``[lo, hi]``; labels: ``(n,)`` int (``n``: see ``data``).
+      xs: ``(n, ...)`` examples in ``[lo, hi]``; labels: ``(n,)`` int (``n``: see ``data_layout``).
       eps: budget, scalar or ``(n,)`` (input units of ``norm``).
       key: base key; the example of global index ``j`` uses ``fold_in(key, j)``.
       norm, version, attacks, lo, hi, **settings: as :func:`advjax.attacks.autoattack`.
@@ -409,7 +410,8 @@ def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "l
         stage; it resumes only the evaluation that made it (see
         ``AutoAttackEvaluator.__call__``).
       progress: a tqdm bar per stage.
-      data: ``"global"`` (every process passes the whole set) or ``"local"`` (each its own rows).
+      data_layout: ``"global"`` (every process passes the whole set) or ``"local"`` (each its
+        own rows).
 
     Returns:
       :class:`Evaluation` (clean accuracy, robust accuracy after each stage, per-example flags,
@@ -417,4 +419,5 @@ def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "l
     """
     ev = AutoAttackEvaluator(logits_fn, norm=norm, version=version, attacks=attacks,
                              batch_size=batch_size, mesh=mesh, lo=lo, hi=hi, **settings)
-    return ev(xs, labels, eps=eps, key=key, state_path=state_path, progress=progress, data=data)
+    return ev(xs, labels, eps=eps, key=key, state_path=state_path, progress=progress,
+              data_layout=data_layout)

@@ -2,8 +2,8 @@
 
 Every P x D layout (1x1, 1x8, 2x4, 4x2) must give, per example, the single-device
 ``jax.jit(jax.vmap(attack))`` result with ``key = fold_in(KEY, global index)``, for the whole set
-passed on every process (``data="global"``) and for each process's own rows (``"local"``), with
-N = 13 (not a multiple of P·D) and uneven row counts, one process with none.
+passed on every process (``data_layout="global"``) and for each process's own rows
+(``"local"``), with N = 13 (not a multiple of P·D) and uneven row counts, one process with none.
 
 Tolerance: the flags are compared exactly; ``x_adv`` to 1e-6 because a device runs
 ``vmap(attack)`` on its own rows (shard_map), and the rows per device differ between layouts (13

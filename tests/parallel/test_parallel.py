@@ -133,17 +133,17 @@ def test_initialize_distributed_is_a_no_op_on_one_process(monkeypatch):
     assert parallel.initialize_distributed() is False
 
 
-def test_data_mode_is_checked_and_gather_is_the_identity_on_one_process():
-    with pytest.raises(ValueError, match="`data`"):
-        parallel.stream(lambda x: x, jnp.ones((3, 2)), data="pod")
-    with pytest.raises(ValueError, match="`data`"):
-        parallel.shard_attack(_step, data="rows")
+def test_data_layout_is_checked_and_gather_is_the_identity_on_one_process():
+    with pytest.raises(ValueError, match="`data_layout`"):
+        parallel.stream(lambda x: x, jnp.ones((3, 2)), data_layout="pod")
+    with pytest.raises(ValueError, match="`data_layout`"):
+        parallel.shard_attack(_step, data_layout="rows")
     tree = {"a": np.arange(3), "b": np.ones((3, 2))}
     got = parallel.gather(tree)
     np.testing.assert_array_equal(got["a"], tree["a"])
     # One process: local rows are the whole set, global index = row.
     got = parallel.stream(_noisy, jnp.zeros((5, 3)), jnp.arange(5), key=jax.random.key(3),
-                          data="local")["x"]
+                          data_layout="local")["x"]
     ref = parallel.stream(_noisy, jnp.zeros((5, 3)), jnp.arange(5), key=jax.random.key(3))["x"]
     np.testing.assert_array_equal(got, ref)
 

@@ -1,7 +1,8 @@
 """Worker: ``shard_attack`` and ``stream`` under P processes, both data modes, uneven rows.
 
-argv: OUT_PREFIX N COUNTS, e.g. ``/tmp/x 13 3,0,5,5``: N examples in all; with ``data="local"``
-process ``p`` passes rows ``[sum(COUNTS[:p]), sum(COUNTS[:p + 1]))`` (a process may have none).
+argv: OUT_PREFIX N COUNTS, e.g. ``/tmp/x 13 3,0,5,5``: N examples in all; with
+``data_layout="local"`` process ``p`` passes rows ``[sum(COUNTS[:p]), sum(COUNTS[:p + 1]))``
+(a process may have none).
 Writes ``OUT_PREFIX.<process>.npz`` with every result; a failure exits at once (``os._exit``).
 """
 import os
@@ -49,7 +50,7 @@ def main():
     key = jax.random.key(KEY_SEED)
     lo, hi = sum(counts[:me]), sum(counts[:me + 1])
     run_g = parallel.shard_attack(make_attack(logits_fn))
-    run_l = parallel.shard_attack(make_attack(logits_fn), data="local")
+    run_l = parallel.shard_attack(make_attack(logits_fn), data_layout="local")
     out = {}
     g = run_g(xs, labels, key=key, eps=eps)
     out["shard_global_x"], out["shard_global_s"] = g.x_adv, g.success
@@ -70,7 +71,7 @@ def main():
     if jax.process_count() > 1:
         try:
             parallel.stream(per_example, xs[lo:hi, :2] if me == 0 else xs[lo:hi],
-                            labels[lo:hi], key=key, eps=eps[lo:hi], data="local")
+                            labels[lo:hi], key=key, eps=eps[lo:hi], data_layout="local")
         except ValueError as e:
             out["mismatch_refused"] = np.asarray("different per-row shapes" in str(e))
     np.savez(f"{prefix}.{me}.npz", **out)

@@ -40,11 +40,11 @@ def problem(n: int):
 
 
 def main():
-    prefix, state, data = sys.argv[1], sys.argv[2], sys.argv[3]
+    prefix, state, data_layout = sys.argv[1], sys.argv[2], sys.argv[3]
     counts, interrupt = [int(c) for c in sys.argv[4].split(",")], sys.argv[5] == "1"
     me = jax.process_index()
     logits_fn, xs, labels = problem(sum(counts))
-    if data == "local":
+    if data_layout == "local":
         lo, hi = sum(counts[:me]), sum(counts[:me + 1])
         xs, labels = xs[lo:hi], labels[lo:hi]
     ev = AutoAttackEvaluator(logits_fn, **SETTINGS)
@@ -58,7 +58,7 @@ def main():
         ev._run_chunked = stop
     try:
         out = ev(xs, labels, eps=EPS, key=jax.random.key(KEY_SEED), state_path=state,
-                 data=data)
+                 data_layout=data_layout)
     except KeyboardInterrupt:
         np.savez(f"{prefix}.{me}.npz", interrupted=True)
         return

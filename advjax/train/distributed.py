@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -81,11 +82,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     sharding = replicated_sharding(mesh)
 
     def put(leaf):
-        if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+        # Exactly this sharding (an equivalent single-device one would make jit compile twice).
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
             return leaf
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             raise TypeError("typed PRNG keys cannot be replicated here; store raw key data.")
-        value = np.asarray(leaf)
+        value = np.asarray(jax.device_get(leaf), dtype=jnp.asarray(leaf).dtype)
         return jax.make_array_from_process_local_data(sharding, value, value.shape)
 
     return jax.tree.map(put, tree)

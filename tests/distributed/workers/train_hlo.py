@@ -1,0 +1,72 @@
+"""Worker: counts the collectives in the compiled data-parallel train step on 2, 4 and 8 devices.
+
+Usage: ``train_hlo.py OUT`` (run with 8 local devices); writes ``OUT`` (npz) with, per config
+(``plain`` on D = 2, 4, 8; ``pgd`` on D = 2, 8), the counts of each collective op in
+``shard_train_step(...).lower(state, batch).compile().as_text()``.
+"""
+import functools
+import os
+import re
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from advjax.parallel import make_mesh
+from advjax.train import (
+    PGDAdversarialConfig,
+    TrainConfig,
+    create_train_state,
+    global_batch,
+    replicate,
+    shard_train_step,
+    train_step,
+)
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+# An HLO instruction: `name = type op(` or the async `op-start(`.
+PATTERN = re.compile(r"=\s*\S+\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Dense(16, use_bias=False)(x.reshape((x.shape[0], -1)))
+        x = nn.BatchNorm(use_running_average=not train, axis_name="bn")(x)
+        return nn.Dense(10)(nn.relu(x))
+
+
+def counts(text: str) -> list[int]:
+    found = PATTERN.findall(text)
+    return [found.count(name) for name in COLLECTIVES]
+
+
+def main():
+    out = sys.argv[1]
+    configs = {"plain": TrainConfig(),
+               "pgd": TrainConfig(adversarial=PGDAdversarialConfig(eps=0.1, steps=3))}
+    x = np.random.default_rng(0).uniform(size=(32, 8, 8, 1)).astype(np.float32)
+    y = np.arange(32, dtype=np.int32) % 10
+    results = {}
+    for name, config in configs.items():
+        for d in ((2, 4, 8) if name == "plain" else (2, 8)):
+            mesh = make_mesh(jax.devices()[:d])
+            state = replicate(create_train_state(Net(), jax.random.key(0), x[:1], optax.sgd(0.1),
+                                                 bn_axis_name="bn"), mesh)
+            step = shard_train_step(functools.partial(train_step, config=config), mesh)
+            text = step.lower(state, global_batch({"image": x, "label": y}, mesh, 32)
+                              ).compile().as_text()
+            results[f"{name}_{d}"] = np.asarray(counts(text))
+    np.savez(out, collectives=np.asarray(COLLECTIVES), **results)
+
+
+try:
+    main()
+except BaseException:
+    import traceback
+
+    traceback.print_exc()
+    sys.stderr.flush()
+    os._exit(1)

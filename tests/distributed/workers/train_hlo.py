@@ -26,8 +26,9 @@ from advjax.train import (
 )
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-# An HLO instruction: `name = type op(` or the async `op-start(`.
-PATTERN = re.compile(r"=\s*\S+\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+# The op of an HLO instruction `%name = TYPE op(...)` (TYPE may be a tuple with spaces), or its
+# async `op-start(` (the matching `op-done(` is not counted again).
+PATTERN = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 
 
 class Net(nn.Module):
@@ -39,7 +40,7 @@ class Net(nn.Module):
 
 
 def counts(text: str) -> list[int]:
-    found = PATTERN.findall(text)
+    found = [op for line in text.splitlines() if " = " in line for op in PATTERN.findall(line)]
     return [found.count(name) for name in COLLECTIVES]
 
 

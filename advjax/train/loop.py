@@ -38,7 +38,9 @@ from advjax.train.config import TrainConfig
 from advjax.train.distributed import (
     allgather_bytes,
     allgather_int,
+    fsdp_sharding,
     global_batch,
+    place,
     process_rows,
     replicate,
     replicated_sharding,
@@ -149,6 +151,7 @@ def fit(
     on_step: Callable[[int, dict], None] | None = None,
     mesh: Mesh | None = None,
     data_layout: str = "global",
+    state_sharding: str | Callable[[TrainState, Mesh], Any] = "replicated",
 ) -> tuple[TrainState, list[dict]]:
     """Trains ``state`` for ``epochs`` epochs over ``data`` (data-parallel), resuming if it can.
 
@@ -234,13 +237,22 @@ def fit(
     if len(set(allgather_bytes(tree_digest(state)))) != 1:
         raise ValueError("`state`: the processes passed different initial states; create it from "
                          "the same key on every process.")
-    state = replicate(state, mesh)
+    if state_sharding == "replicated":
+        shardings = replicated_sharding(mesh)
+    elif state_sharding == "fsdp":
+        shardings = fsdp_sharding(state, mesh)
+    elif callable(state_sharding):
+        shardings = state_sharding(state, mesh)
+    else:
+        raise ValueError("`state_sharding` must be 'replicated', 'fsdp' or a callable "
+                         f"(state, mesh) -> shardings; got {state_sharding!r}.")
+    state = place(state, shardings)
     eval_arrays = None if eval_data is None else _as_arrays(eval_data, "eval_data")
     data_key = _raw_key(key)
     steps_per_epoch = n // batch_size
     total_steps = epochs * steps_per_epoch
     step = shard_train_step(functools.partial(train_step, config=config) if step_fn is None
-                            else step_fn, mesh)
+                            else step_fn, mesh, state_sharding=shardings)
     device_data = None
     if data_layout == "local":
         device_data = _DeviceData(images, labels, mesh, counts)

@@ -235,7 +235,8 @@ def _sharded_eval_step(mesh):
     from advjax.train.distributed import replicated_sharding
 
     rep = replicated_sharding(mesh)
-    return jax.jit(_eval_step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)
+    # The state keeps its own shardings (replicated, or e.g. fsdp_sharding).
+    return jax.jit(_eval_step, in_shardings=(None, batch_sharding(mesh)), out_shardings=rep)
 
 
 def evaluate(state: TrainState, images: Any, labels: Any, *, batch_size: int = 512,
@@ -243,8 +244,8 @@ def evaluate(state: TrainState, images: Any, labels: Any, *, batch_size: int = 5
     """Accuracy and mean cross-entropy over a data set, in batches (the last one zero-padded).
 
     Args:
-      state: the train state (inference mode is used); with ``mesh``, replicated over it
-        (:func:`advjax.train.replicate`), as :func:`advjax.train.fit` returns it.
+      state: the train state (inference mode is used); with ``mesh``, placed on it (replicated
+        by :func:`advjax.train.replicate`, or sharded), as :func:`advjax.train.fit` returns it.
       images: ``(N, ...)`` inputs (with several processes: the whole set on every process).
       labels: ``(N,)`` int labels.
       batch_size: evaluation batch size (with ``mesh``: rounded up to a multiple of its size).

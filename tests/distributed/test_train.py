@@ -70,14 +70,16 @@ def check_equal_to_reference(res: dict, reference: dict, label: str) -> None:
     np.testing.assert_allclose(res["eval_accuracy"], reference["eval_accuracy"], atol=1.01 / 360)
 
 
-@pytest.mark.parametrize("p,d,layout", [
-    (1, 8, "global"),
-    (2, 4, "global"),
-    pytest.param(4, 2, "global", marks=pytest.mark.slow),
+@pytest.mark.parametrize("p,d,kind", [
+    (1, 8, "pgd"),
+    (2, 4, "pgd"),
+    pytest.param(4, 2, "pgd", marks=pytest.mark.slow),
+    # Parameters and Adam moments split over the 8 devices (fsdp_sharding): same result.
+    pytest.param(2, 4, "pgd-fsdp", marks=pytest.mark.slow),
 ])
-def test_data_parallel_fit_equals_one_device(p, d, layout, tmp_path, reference, cache_env):
-    res = train(tmp_path / "run", p, d, cache_env, layout=layout)
-    check_equal_to_reference(res, reference, f"{p}x{d} {layout}")
+def test_data_parallel_fit_equals_one_device(p, d, kind, tmp_path, reference, cache_env):
+    res = train(tmp_path / "run", p, d, cache_env, kind=kind)
+    check_equal_to_reference(res, reference, f"{kind} {p}x{d} global")
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ def test_replicate_keeps_an_exact_sharding_and_refuses_typed_keys():
     state = replicate(_state(), mesh)
     again = replicate(state, mesh)
     assert all(a is b for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again), strict=True))
-    with pytest.raises(TypeError, match="typed PRNG keys"):
+    with pytest.raises(TypeError, match="typed PRNG keys cannot be placed"):
         replicate({"k": jax.random.key(0)}, mesh)
 
 

@@ -5,12 +5,14 @@ Usage: ``train_fit.py OUT CONFIG LAYOUT CKPT DIE_AT``
 * OUT: each process writes ``OUT.<process>.npz`` (final parameters, step, epoch losses).
 * CONFIG: ``pgd`` (tiny CNN with global-batch BatchNorm, PGD adversarial training in training
   mode), ``woods`` (Woods Algorithm 1 adversarial training + the Lipschitz regulariser with
-  adaptive ψ) or ``pool`` (Szegedy's adversarial pool).
+  adaptive ψ), ``pool`` (Szegedy's adversarial pool) or ``pgd-fsdp`` (``pgd`` with the
+  parameters and optimiser state split over the devices, ``fsdp_sharding``).
 * LAYOUT: ``global`` (every process passes the whole set), ``local`` (its contiguous slice) or
   ``mismatch`` (``global`` with one label changed on the last process: ``fit`` must refuse).
 * CKPT: checkpoint folder (``-``: none); checkpoints every 4 steps.
 * DIE_AT: the last process leaves with exit code 7 right after this step (``-1``: never).
 """
+import functools
 import os
 import sys
 import time
@@ -23,6 +25,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 
 from advjax.data import load  # noqa: E402
 from advjax.train import (  # noqa: E402
@@ -33,6 +36,7 @@ from advjax.train import (  # noqa: E402
     WoodsAdversarialConfig,
     create_train_state,
     fit,
+    fsdp_sharding,
 )
 
 out, kind, layout_arg, ckpt, die_at = sys.argv[1:6]
@@ -57,6 +61,7 @@ CONFIGS = {
     "pool": TrainConfig(pool=PoolConfig(size=16, refresh=4, mix=8, attack=PGDAdversarialConfig(
             norm="l2", eps=1.0, steps=2))),
 }
+CONFIGS["pgd-fsdp"] = CONFIGS["pgd"]
 
 
 def main():
@@ -85,15 +90,22 @@ def main():
     state, history = fit(state, data, key=jax.random.key(1), epochs=2, batch_size=32,
                          config=CONFIGS[kind], checkpoint_dir=None if ckpt == "-" else ckpt,
                          checkpoint_every=4, progress=False, on_step=on_step, data_layout=layout,
-                         eval_data=load("digits", "test"), eval_batch_size=100)
+                         eval_data=load("digits", "test"), eval_batch_size=100,
+                         state_sharding=functools.partial(fsdp_sharding, min_size=16)
+                         if kind == "pgd-fsdp" else "replicated")
+    if kind == "pgd-fsdp":  # the kernels really are split over the devices
+        kernel = state.params["Dense_0"]["kernel"]
+        assert not kernel.sharding.is_fully_replicated, kernel.sharding
     print(f"fit took {time.perf_counter() - t0:.1f} s", flush=True)
-    leaves = jax.tree.leaves(jax.device_get(state.params))
+    # Whole arrays on every process (the fsdp state is split over the processes).
+    leaves = jax.tree.leaves(multihost_utils.process_allgather(state.params, tiled=True))
     np.savez(f"{out}.{jax.process_index()}.npz", *leaves,
              step=np.asarray(jax.device_get(state.step)),
              loss=np.asarray([h["train"]["loss"] for h in history]),
              eval_accuracy=np.asarray([h["eval"]["accuracy"] for h in history]),
              batch_stats=np.concatenate([np.ravel(a) for a in
-                                         jax.tree.leaves(jax.device_get(state.batch_stats))]))
+                                         jax.tree.leaves(multihost_utils.process_allgather(
+                                             state.batch_stats, tiled=True))]))
 
 
 try:

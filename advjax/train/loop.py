@@ -130,6 +130,20 @@ class _DeviceData:
         return self._take(self.data, replicate(self.where[idx].astype(np.int32), self.mesh))
 
 
+def _default_mesh(batch_size: int) -> Mesh:
+    """Every device when ``batch_size`` divides over them; else (one process) the most that do."""
+    devices = jax.devices()
+    if batch_size % len(devices) == 0:
+        return make_mesh(devices)
+    if jax.process_count() > 1:
+        raise ValueError(f"`batch_size` ({batch_size}) must be a multiple of the "
+                         f"{len(devices)} devices of the {jax.process_count()} processes.")
+    k = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+    log.warning("batch size %d does not divide over %d devices: training on %d of them",
+                batch_size, len(devices), k)
+    return make_mesh(devices[:k])
+
+
 def fit(
     state: TrainState,
     data: Any,
@@ -191,7 +205,8 @@ def fit(
       on_step: ``on_step(step, metrics)`` called after each step on every process (step = new
         ``state.step``; metrics are replicated scalars).
       mesh: a 1-D mesh with axis ``"batch"`` (default: :func:`advjax.parallel.make_mesh`, every
-        device of every process). The batch is sharded over it, the state replicated.
+        device of every process; in a one-process run whose ``batch_size`` does not divide over
+        them, the most devices it divides over, with a warning). The batch is sharded over it.
       data_layout: ``"global"`` (default): every process passes the whole training set and
         takes its own rows of each global batch from it. ``"local"``: process ``p`` passes only
         its contiguous slice of the set, rows ``[offset_p, offset_p + n_p)`` with offsets in
@@ -212,7 +227,8 @@ def fit(
         check_positive_int(checkpoint_every, "checkpoint_every")
     if checkpoint_every_epochs is not None:
         check_positive_int(checkpoint_every_epochs, "checkpoint_every_epochs")
-    mesh = make_mesh() if mesh is None else mesh
+    if mesh is None:
+        mesh = _default_mesh(batch_size)
     lo, hi = process_rows(mesh, batch_size)
     images, labels = _as_arrays(data, "data")
     process_index = jax.process_index()

@@ -129,3 +129,5 @@ def test_compiled_step_collectives_do_not_grow_with_devices(tmp_path):
             assert table[d] == table[ds[0]], f"{config}: collectives grow with D: {table}"
         # Replicated parameters, sharded batch: only all-reduces (gradients, batch statistics).
         assert all(table[d][n] == 0 for d in ds for n in names if n != "all-reduce"), table
+    # fit's default mesh on 8 devices: all 8 for a batch of 32, else the most the batch divides.
+    assert res["default_mesh"].tolist() == [8, 6, 7]

@@ -104,3 +104,22 @@ def test_evaluate_on_a_mesh_equals_plain_evaluate():
     assert sharded["count"] == plain["count"] == 50
     np.testing.assert_allclose(sharded["accuracy"], plain["accuracy"])
     np.testing.assert_allclose(sharded["loss"], plain["loss"], rtol=1e-6)
+
+
+def test_fsdp_sharding_splits_large_leaves_along_their_largest_divisible_dim():
+    from jax.sharding import PartitionSpec
+
+    from advjax.train import fsdp_sharding
+
+    mesh = make_mesh()
+    n = mesh.devices.size
+    tree = {"big": np.zeros((3, 8 * n)), "small": np.zeros((4,)), "odd": np.zeros((7 * n + 1, 5)),
+            "scalar": np.zeros(())}
+    specs = {k: v.spec for k, v in fsdp_sharding(tree, mesh, min_size=8).items()}
+    assert specs["big"] == PartitionSpec(None, "batch")
+    assert specs["small"] == PartitionSpec()  # below min_size
+    assert specs["scalar"] == PartitionSpec()
+    # The largest dim (7n+1) is not divisible for n > 1; the next one (5) only for n in {1, 5}.
+    assert specs["odd"] == (PartitionSpec("batch", None) if n == 1 else
+                            PartitionSpec(None, "batch") if n == 5 else PartitionSpec())
+

@@ -2,7 +2,8 @@
 
 Usage: ``train_hlo.py OUT`` (run with 8 local devices); writes ``OUT`` (npz) with, per config
 (``plain`` on D = 2, 4, 8; ``pgd`` on D = 2, 8), the counts of each collective op in
-``shard_train_step(...).lower(state, batch).compile().as_text()``.
+``shard_train_step(...).lower(state, batch).compile().as_text()``, and the device counts of
+``fit``'s default mesh for batch sizes 32, 12 and 7.
 """
 import functools
 import os
@@ -60,6 +61,10 @@ def main():
             text = step.lower(state, global_batch({"image": x, "label": y}, mesh, 32)
                               ).compile().as_text()
             results[f"{name}_{d}"] = np.asarray(counts(text))
+    # fit's default mesh for batch sizes that do (32) and do not (12, 7) divide over 8 devices.
+    from advjax.train.loop import _default_mesh
+
+    results["default_mesh"] = np.asarray([_default_mesh(b).devices.size for b in (32, 12, 7)])
     np.savez(out, collectives=np.asarray(COLLECTIVES), **results)
 
 

@@ -193,7 +193,10 @@ def fit(
         takes part in each save and restore); the latest checkpoint there is restored first. It
         must come from a run with the same data (SHA-256 of images and labels), ``key``,
         ``batch_size`` and ``config``, else a ``ValueError`` names what differs (``epochs`` may
-        grow: training continues to the new total). The device and process counts may differ.
+        grow: training continues to the new total). The data digest is that of the whole set
+        with ``data_layout="global"``; with ``"local"`` it combines the processes' slice digests
+        (gathered from every process, so all processes agree), so a local-layout run resumes
+        with the same process count and slices.
       checkpoint_every: checkpoint every this many steps (None: not by step count).
       checkpoint_every_epochs: checkpoint at the end of every this many epochs (None: not by
         epoch). The final state is always saved.

@@ -10,7 +10,10 @@
 * Woods regulariser (papers.md §2.5–§2.6): :func:`input_gradient_penalty`, :func:`tandem_choice`,
   :func:`psi_controller_init`, :func:`psi_controller_update`, :func:`psi`.
 * Loop: :func:`fit` (progress bar, evaluation, atomic metrics JSON, Orbax checkpoints that
-  resume exactly).
+  resume exactly), data-parallel on 1 device, D devices or P processes.
+* Data parallelism (:mod:`advjax.train.distributed`): :func:`shard_train_step` (batch sharded over
+  the ``"batch"`` mesh axis, state replicated or :func:`fsdp_sharding`), :func:`replicate`,
+  :func:`place`, :func:`process_rows`, :func:`global_batch`.
 * Presets: :func:`szegedy_config`, :func:`woods_config`, :func:`woods_optimizer`,
   :func:`woods_psi_config`.
 * Flax NNX models: :func:`create_nnx_train_state` (every step and loop above runs them),
@@ -44,7 +47,16 @@ from advjax.train.config import (
     TrainConfig,
     WoodsAdversarialConfig,
 )
-from advjax.train.loop import epoch_permutation, fit
+from advjax.train.distributed import (
+    fsdp_sharding,
+    global_batch,
+    place,
+    process_rows,
+    replicate,
+    replicated_sharding,
+    shard_train_step,
+)
+from advjax.train.loop import DATA_LAYOUTS, epoch_permutation, fit
 from advjax.train.losses import accuracy, cross_entropy, kernel_layers, weight_decay_penalty
 from advjax.train.nnx import create_nnx_train_state, update_nnx_model
 from advjax.train.presets import (
@@ -78,6 +90,7 @@ from advjax.train.step import (
 )
 
 __all__ = [
+        "DATA_LAYOUTS",
         "LipschitzConfig",
         "PGDAdversarialConfig",
         "Pool",
@@ -110,18 +123,25 @@ __all__ = [
         "example_logits_fn",
         "fit",
         "freeze_except",
+        "fsdp_sharding",
+        "global_batch",
         "input_gradient_penalty",
         "kernel_layers",
         "kl_sparsity",
         "make_train_step",
         "pgd_attack_factory",
+        "place",
         "pool_training",
+        "process_rows",
         "psi",
         "psi_controller_init",
         "psi_controller_update",
+        "replicate",
+        "replicated_sharding",
         "restore_checkpoint",
         "save_checkpoint",
         "selected_outputs",
+        "shard_train_step",
         "sparse_autoencoder_loss",
         "tandem_choice",
         "train_step",

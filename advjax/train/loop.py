@@ -6,6 +6,14 @@ a checkpoint stores the whole state plus the loop's metric sums. A run killed at
 restarted with the same arguments restores the latest checkpoint, recomputes the position
 ``(epoch, batch) = divmod(step, steps_per_epoch)`` and continues with the same batches, giving the
 same final parameters as an uninterrupted run (bitwise on the same machine and software).
+
+Data parallelism (:mod:`advjax.train.distributed`): the step is compiled once over a 1-D
+``"batch"`` mesh (default: every device of every process) with the batch sharded and the state
+replicated; the global batch of step ``t`` is the same rows in the same order on 1 device, D
+devices or P processes, so the runs end with the same parameters up to the order of floating-point
+reductions. With P processes, every process calls :func:`fit` with the same arguments except that,
+with ``data_layout="local"``, each passes its own rows of the training set; checkpoints are written
+by all processes together into one folder, the metrics file by process 0 only.
 """
 
 from __future__ import annotations
@@ -19,13 +27,26 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from advjax._checks import check_positive_int
+from advjax._checks import check_choice, check_positive_int
 from advjax.io import atomic_write_json
+from advjax.parallel import BATCH_AXIS, batch_sharding, make_mesh
 from advjax.train.checkpoint import checkpoint_manager, restore_checkpoint, save_checkpoint
 from advjax.train.config import TrainConfig
+from advjax.train.distributed import (
+    allgather_bytes,
+    allgather_int,
+    fsdp_sharding,
+    global_batch,
+    place,
+    process_rows,
+    replicate,
+    replicated_sharding,
+    shard_train_step,
+    tree_digest,
+)
 from advjax.train.state import TrainState, _raw_key
 from advjax.train.step import evaluate, train_step
 
@@ -71,6 +92,58 @@ def _digest(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
+DATA_LAYOUTS = ("global", "local")
+
+
+class _DeviceData:
+    """A training set given as one contiguous slice per process, held sharded on the devices.
+
+    Process ``p`` passes global rows ``[offset_p, offset_p + n_p)`` (offsets in process order);
+    its rows are placed on its own devices (padded to a common per-device size) and each global
+    batch is gathered on device from the global row indices, so every process sees the same
+    global batch as a one-process run while holding only its own rows in host memory.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mesh: Mesh, counts: list[int]):
+        n_dev = mesh.shape[BATCH_AXIS]
+        local = [d for d in mesh.devices.reshape(-1) if d.process_index == jax.process_index()]
+        per_process = allgather_int(len(local))
+        if len(set(per_process)) != 1:
+            raise ValueError("`mesh`: with data_layout='local' every process must hold the same "
+                             f"number of mesh devices; got {per_process}.")
+        rows = -(-max(counts) // per_process[0])  # rows per device
+        total = rows * n_dev
+        lo, hi = process_rows(mesh, total)
+        starts = allgather_int(lo)
+        pad = (hi - lo) - images.shape[0]
+        fill = [np.zeros((pad, *a.shape[1:]), a.dtype) for a in (images, labels)]
+        self.data = global_batch({"image": np.concatenate([images, fill[0]]),
+                                  "label": np.concatenate([labels, fill[1]])}, mesh, total)
+        # Stored row of every global row.
+        self.where = np.concatenate([starts[p] + np.arange(c) for p, c in enumerate(counts)])
+        self.mesh = mesh
+        self._take = jax.jit(lambda data, idx: jax.tree.map(lambda a: a[idx], data),
+                             in_shardings=(batch_sharding(mesh), replicated_sharding(mesh)),
+                             out_shardings=batch_sharding(mesh))
+
+    def batch(self, idx: np.ndarray) -> dict[str, jax.Array]:
+        return self._take(self.data, replicate(self.where[idx].astype(np.int32), self.mesh))
+
+
+def _default_mesh(batch_size: int) -> Mesh:
+    """Every device when ``batch_size`` divides over them; else (one process) the most that do."""
+    devices = jax.devices()
+    if batch_size % len(devices) == 0:
+        return make_mesh(devices)
+    if jax.process_count() > 1:
+        raise ValueError(f"`batch_size` ({batch_size}) must be a multiple of the "
+                         f"{len(devices)} devices of the {jax.process_count()} processes.")
+    k = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+    log.warning("batch size %d does not divide over %d devices: training on %d of them",
+                batch_size, len(devices), k)
+    return make_mesh(devices[:k])
+
+
 def fit(
     state: TrainState,
     data: Any,
@@ -90,67 +163,126 @@ def fit(
     metrics_path: str | os.PathLike | None = None,
     progress: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
+    mesh: Mesh | None = None,
+    data_layout: str = "global",
+    state_sharding: str | Callable[[TrainState, Mesh], Any] = "replicated",
 ) -> tuple[TrainState, list[dict]]:
-    """Trains ``state`` for ``epochs`` epochs over ``data``, resuming from ``checkpoint_dir``.
+    """Trains ``state`` for ``epochs`` epochs over ``data`` (data-parallel), resuming if it can.
+
+    Every process of a multi-process run calls ``fit`` with the same arguments (``data`` aside
+    with ``data_layout="local"``) and gets the same result.
 
     Args:
-      state: the initial state (also the structure template for restoring).
-      data: training set, ``(images (N, ...), labels (N,) int)`` or a dict ``image``/``label``.
+      state: the initial state (also the structure template for restoring); every process passes
+        the same values (checked). It is replicated over ``mesh``.
+      data: training set, ``(images (N, ...), labels (N,) int)`` or a dict ``image``/``label``;
+        see ``data_layout`` for what each process passes.
       key: data-order key: epoch ``e`` visits ``epoch_permutation(key, e, N)`` in batches of
-        ``batch_size`` (the last partial batch is dropped).
+        ``batch_size`` (the last partial batch is dropped), ``N`` the size of the whole set.
       epochs: total number of epochs (a resumed run stops at the same total).
-      batch_size: examples per step (<= N).
+      batch_size: global examples per step (<= N), a multiple of the number of mesh devices.
       config: static :class:`TrainConfig` of :func:`advjax.train.train_step` (ignored when
         ``step_fn`` is given).
-      step_fn: a custom ``step(state, batch) -> (state, metrics)`` (jitted here), e.g. the
-        autoencoder pretraining step.
-      eval_data: optional held-out set, evaluated every ``eval_every`` epochs and after the last.
-      eval_batch_size: evaluation batch size.
-      checkpoint_dir: Orbax checkpoint folder; the latest checkpoint there is restored first. It
+      step_fn: a custom ``step(state, batch) -> (state, metrics)`` written for the global batch
+        (compiled here with :func:`advjax.train.shard_train_step`), e.g. the autoencoder
+        pretraining step.
+      eval_data: optional held-out set (the whole set on every process), evaluated every
+        ``eval_every`` epochs and after the last.
+      eval_batch_size: evaluation batch size (rounded up to a multiple of the device count).
+      checkpoint_dir: Orbax checkpoint folder (the same folder for every process; every process
+        takes part in each save and restore); the latest checkpoint there is restored first. It
         must come from a run with the same data (SHA-256 of images and labels), ``key``,
         ``batch_size`` and ``config``, else a ``ValueError`` names what differs (``epochs`` may
-        grow: training continues to the new total).
+        grow: training continues to the new total). The data digest is that of the whole set
+        with ``data_layout="global"``; with ``"local"`` it combines the processes' slice digests
+        (gathered from every process, so all processes agree), so a local-layout run resumes
+        with the same process count and slices.
       checkpoint_every: checkpoint every this many steps (None: not by step count).
       checkpoint_every_epochs: checkpoint at the end of every this many epochs (None: not by
         epoch). The final state is always saved.
       max_to_keep: checkpoints kept.
-      metrics_path: JSON file rewritten atomically after every epoch with the history, the step
-        and the resolved ``config`` (default: ``checkpoint_dir/metrics.json`` when
+      metrics_path: JSON file rewritten atomically by process 0 after every epoch with the history,
+        the step and the resolved ``config`` (default: ``checkpoint_dir/metrics.json`` when
         ``checkpoint_dir`` is given).
-      progress: show a tqdm progress bar.
-      on_step: ``on_step(step, metrics)`` called after each step (step = new ``state.step``).
+      progress: show a tqdm progress bar (process 0 only).
+      on_step: ``on_step(step, metrics)`` called after each step on every process (step = new
+        ``state.step``; metrics are replicated scalars).
+      mesh: a 1-D mesh with axis ``"batch"`` (default: :func:`advjax.parallel.make_mesh`, every
+        device of every process; in a one-process run whose ``batch_size`` does not divide over
+        them, the most devices it divides over, with a warning). The batch is sharded over it.
+      data_layout: ``"global"`` (default): every process passes the whole training set and
+        takes its own rows of each global batch from it. ``"local"``: process ``p`` passes only
+        its contiguous slice of the set, rows ``[offset_p, offset_p + n_p)`` with offsets in
+        process order (e.g. ``tfds.split_for_jax_process`` or ``np.array_split(rows, P)[p]``);
+        the slices are placed on the devices and each global batch is gathered on device, so the
+        batch order is the same as with the whole set.
 
     Returns:
-      ``(state, history)``; ``history`` holds one dict per epoch: ``epoch``, ``step``, ``train``
-      (means of the step metrics over the epoch), ``eval`` (``accuracy``, ``loss``; when evaluated).
+      ``(state, history)``; ``state`` replicated over ``mesh``; ``history`` holds one dict per
+      epoch: ``epoch``, ``step``, ``train`` (means of the step metrics over the epoch), ``eval``
+      (``accuracy``, ``loss``; when evaluated).
     """
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(eval_every, "eval_every")
+    check_choice(data_layout, "data_layout", DATA_LAYOUTS)
     if checkpoint_every is not None:
         check_positive_int(checkpoint_every, "checkpoint_every")
     if checkpoint_every_epochs is not None:
         check_positive_int(checkpoint_every_epochs, "checkpoint_every_epochs")
+    if mesh is None:
+        mesh = _default_mesh(batch_size)
+    lo, hi = process_rows(mesh, batch_size)
     images, labels = _as_arrays(data, "data")
-    n = images.shape[0]
+    process_index = jax.process_index()
+    lead = process_index == 0
+    digest = _digest(images, labels)
+    if data_layout == "global":
+        n = images.shape[0]
+        digests = allgather_bytes(bytes.fromhex(digest))
+        if len(set(digests)) != 1:
+            raise ValueError("`data`: with data_layout='global' every process must pass the same "
+                             "whole training set; the processes' SHA-256 digests differ (pass "
+                             "data_layout='local' for per-process slices).")
+    else:
+        counts = allgather_int(images.shape[0])
+        n = sum(counts)
+        digests = allgather_bytes(bytes.fromhex(digest))
+        if jax.process_count() > 1:
+            digest = hashlib.sha256(b"".join(
+                    f"{c}:".encode() + d for c, d in zip(counts, digests, strict=True))).hexdigest()
     if batch_size > n:
         raise ValueError(f"`batch_size` ({batch_size}) must be <= the number of examples ({n}).")
+    if len(set(allgather_bytes(tree_digest(state)))) != 1:
+        raise ValueError("`state`: the processes passed different initial states; create it from "
+                         "the same key on every process.")
+    if state_sharding == "replicated":
+        shardings = replicated_sharding(mesh)
+    elif state_sharding == "fsdp":
+        shardings = fsdp_sharding(state, mesh)
+    elif callable(state_sharding):
+        shardings = state_sharding(state, mesh)
+    else:
+        raise ValueError("`state_sharding` must be 'replicated', 'fsdp' or a callable "
+                         f"(state, mesh) -> shardings; got {state_sharding!r}.")
+    state = place(state, shardings)
     eval_arrays = None if eval_data is None else _as_arrays(eval_data, "eval_data")
     data_key = _raw_key(key)
     steps_per_epoch = n // batch_size
     total_steps = epochs * steps_per_epoch
-    if step_fn is None:
-        step = jax.jit(functools.partial(train_step, config=config))
-    else:
-        step = jax.jit(step_fn)
+    step = shard_train_step(functools.partial(train_step, config=config) if step_fn is None
+                            else step_fn, mesh, state_sharding=shardings)
+    device_data = None
+    if data_layout == "local":
+        device_data = _DeviceData(images, labels, mesh, counts)
     if metrics_path is None and checkpoint_dir is not None:
         metrics_path = os.path.join(os.fspath(checkpoint_dir), "metrics.json")
 
     history: list[dict] = []
-    sums: dict[str, jax.Array] = {}
+    sums: dict[str, np.float32] = {}
     manager = None
     # What a checkpoint must match to be resumed (``epochs`` may grow: training continues).
-    run = {"data": _digest(images, labels), "data_key": [int(v) for v in np.asarray(data_key)],
+    run = {"data": digest, "data_key": [int(v) for v in np.asarray(data_key)],
            "batch_size": int(batch_size),
            "config": repr(config) if step_fn is None else None}
     if checkpoint_dir is not None:
@@ -159,7 +291,7 @@ def fit(
         if restored is not None:
             state, meta = restored
             history = list(meta.get("history", []))
-            sums = {k: jnp.asarray(v, jnp.float32) for k, v in meta.get("sums", {}).items()}
+            sums = {k: np.float32(v) for k, v in meta.get("sums", {}).items()}
             saved_run = meta.get("run")
             if saved_run is not None:
                 differ = [k for k in run if saved_run.get(k) != run[k]]
@@ -180,41 +312,47 @@ def fit(
 
     def meta() -> dict:
         return {"history": history, "data_key": [int(v) for v in np.asarray(data_key)], "run": run,
-                "sums": {k: float(v) for k, v in jax.device_get(sums).items()},
+                "sums": {k: float(v) for k, v in sums.items()},
                 "steps_per_epoch": steps_per_epoch}
 
     def write_metrics(finished: bool) -> None:
-        if metrics_path is not None:
+        if metrics_path is not None and lead:
             atomic_write_json(metrics_path, {"history": history, "step": int(state.step),
                                              "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                                              "finished": finished,
                                              "config": None if step_fn is not None else config})
 
     bar = None
-    if progress:
+    if progress and lead:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=start, desc="train", unit="step")
     perm, perm_epoch = None, -1
     t0 = time.perf_counter()
     last_saved = start
+    log.debug("process %d builds rows [%d, %d) of each batch", process_index, lo, hi)
     try:
         for global_step in range(start, total_steps):
             epoch, index = divmod(global_step, steps_per_epoch)
             if epoch != perm_epoch:
                 perm, perm_epoch = epoch_permutation(data_key, epoch, n), epoch
             idx = perm[index * batch_size:(index + 1) * batch_size]
-            batch = {"image": jnp.asarray(images[idx]), "label": jnp.asarray(labels[idx])}
+            if device_data is None:
+                own = idx[lo:hi]
+                batch = global_batch({"image": images[own], "label": labels[own]}, mesh,
+                                     batch_size)
+            else:
+                batch = device_data.batch(idx)
             state, metrics = step(state, batch)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, jnp.zeros((), jnp.float32)) + jnp.asarray(v, jnp.float32)
+            # Float32 sums on the host (the metrics are replicated scalars).
+            for k, v in jax.device_get(metrics).items():
+                sums[k] = np.float32(sums.get(k, np.float32(0)) + np.float32(v))
             if on_step is not None:
                 on_step(global_step + 1, metrics)
             if bar is not None:
                 bar.update(1)
             if index == steps_per_epoch - 1:
-                train_means = {k: float(v) / steps_per_epoch
-                               for k, v in jax.device_get(sums).items()}
+                train_means = {k: float(v) / steps_per_epoch for k, v in sums.items()}
                 sums = {}
                 if train_means.get("nonfinite", 0.0) > 0:
                     log.warning("epoch %d: %d step(s) with a NaN or infinite loss or gradient",
@@ -223,7 +361,8 @@ def fit(
                          "seconds": time.perf_counter() - t0}
                 if eval_arrays is not None and ((epoch + 1) % eval_every == 0
                                                 or epoch + 1 == epochs):
-                    entry["eval"] = evaluate(state, *eval_arrays, batch_size=eval_batch_size)
+                    entry["eval"] = evaluate(state, *eval_arrays, batch_size=eval_batch_size,
+                                             mesh=mesh)
                 history.append(entry)
                 log.info("epoch %d: %s", epoch + 1, entry)
                 if bar is not None:
@@ -238,7 +377,7 @@ def fit(
             if manager is not None and (due or global_step + 1 == total_steps):
                 save_checkpoint(manager, state, meta())
                 last_saved = global_step + 1
-        if manager is not None and last_saved != int(state.step):
+        if manager is not None and last_saved != int(jax.device_get(state.step)):
             save_checkpoint(manager, state, meta())
         if start == total_steps:
             write_metrics(finished=True)

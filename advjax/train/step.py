@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from advjax._checks import check_rank
@@ -228,35 +229,71 @@ Returns:
 """
 
 
-def evaluate(state: TrainState, images: Any, labels: Any, *, batch_size: int = 512) -> dict:
+@functools.lru_cache(maxsize=16)
+def _sharded_eval_step(mesh):
+    from advjax.parallel import batch_sharding
+    from advjax.train.distributed import replicated_sharding
+
+    rep = replicated_sharding(mesh)
+    # The state keeps its own shardings (replicated, or e.g. fsdp_sharding).
+    return jax.jit(_eval_step, in_shardings=(None, batch_sharding(mesh)), out_shardings=rep)
+
+
+def evaluate(state: TrainState, images: Any, labels: Any, *, batch_size: int = 512,
+             mesh: Any = None) -> dict:
     """Accuracy and mean cross-entropy over a data set, in batches (the last one zero-padded).
 
     Args:
-      state: the train state (inference mode is used).
-      images: ``(N, ...)`` inputs.
+      state: the train state (inference mode is used); with ``mesh``, placed on it (replicated
+        by :func:`advjax.train.replicate`, or sharded), as :func:`advjax.train.fit` returns it.
+      images: ``(N, ...)`` inputs (with several processes: the whole set on every process).
       labels: ``(N,)`` int labels.
-      batch_size: evaluation batch size.
+      batch_size: evaluation batch size (with ``mesh``: rounded up to a multiple of its size).
+      mesh: a ``"batch"`` mesh to shard each batch over (None: plain ``jit`` on the state's
+        devices; multi-process runs must pass the mesh).
 
     Returns:
       ``{"accuracy": float, "loss": float, "count": int}``.
     """
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels, jnp.int32)
+    if mesh is None:
+        images = jnp.asarray(images)
+        labels = jnp.asarray(labels, jnp.int32)
+    else:
+        images = np.asarray(images)
+        labels = np.asarray(labels, np.int32)
     n = int(images.shape[0])
     if n == 0:
         raise ValueError("`images` is empty.")
     bs = min(batch_size, n)
+    if mesh is not None:
+        from advjax.parallel import BATCH_AXIS
+        from advjax.train.distributed import global_batch, process_rows
+
+        n_dev = mesh.shape[BATCH_AXIS]
+        bs = -(-bs // n_dev) * n_dev
+        lo, hi = process_rows(mesh, bs)
+        step = _sharded_eval_step(mesh)
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     for start in range(0, n, bs):
         xb, yb = images[start:start + bs], labels[start:start + bs]
         m = xb.shape[0]
-        weight = jnp.ones((bs,), jnp.float32)
-        if m < bs:
-            pad = bs - m
-            xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
-            weight = weight.at[m:].set(0.0)
-        out = jax.device_get(eval_step(state, {"image": xb, "label": yb, "weight": weight}))
+        if mesh is None:
+            weight = jnp.ones((bs,), jnp.float32)
+            if m < bs:
+                pad = bs - m
+                xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+                yb = jnp.concatenate([yb, jnp.zeros((pad,), yb.dtype)])
+                weight = weight.at[m:].set(0.0)
+            out = eval_step(state, {"image": xb, "label": yb, "weight": weight})
+        else:
+            weight = (np.arange(bs) < m).astype(np.float32)
+            if m < bs:
+                pad = bs - m
+                xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+                yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
+            local = {"image": xb[lo:hi], "label": yb[lo:hi], "weight": weight[lo:hi]}
+            out = step(state, global_batch(local, mesh, bs))
+        out = jax.device_get(out)
         for k in totals:
             totals[k] += float(out[k])
     return {"accuracy": totals["correct"] / totals["count"],

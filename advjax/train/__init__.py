@@ -22,6 +22,7 @@
   :func:`classifier_state`.
 """
 
+from advjax.parallel import DATA_LAYOUTS
 from advjax.train.adversarial import (
     adversarial_examples,
     adversarial_pool,
@@ -56,7 +57,7 @@ from advjax.train.distributed import (
     replicated_sharding,
     shard_train_step,
 )
-from advjax.train.loop import DATA_LAYOUTS, epoch_permutation, fit
+from advjax.train.loop import epoch_permutation, fit
 from advjax.train.losses import accuracy, cross_entropy, kernel_layers, weight_decay_penalty
 from advjax.train.nnx import create_nnx_train_state, update_nnx_model
 from advjax.train.presets import (

@@ -30,9 +30,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from advjax._checks import check_choice, check_positive_int
-from advjax.io import atomic_write_json
-from advjax.parallel import BATCH_AXIS, batch_sharding, make_mesh
+from advjax._checks import check_positive_int
+from advjax.io import array_digest, atomic_write_json
+from advjax.parallel import (
+    BATCH_AXIS,
+    batch_sharding,
+    check_data_layout,
+    make_mesh,
+)
 from advjax.train.checkpoint import checkpoint_manager, restore_checkpoint, save_checkpoint
 from advjax.train.config import TrainConfig
 from advjax.train.distributed import (
@@ -84,15 +89,7 @@ _RUN_FIELDS_DOC = ("data: SHA-256 of the images and labels; data_key: the data-o
 
 def _digest(images: np.ndarray, labels: np.ndarray) -> str:
     """SHA-256 of the training set's exact bytes (dtype and shape included)."""
-    h = hashlib.sha256()
-    for a in (images, labels):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-DATA_LAYOUTS = ("global", "local")
+    return array_digest(images, labels)
 
 
 class _DeviceData:
@@ -225,7 +222,7 @@ def fit(
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(eval_every, "eval_every")
-    check_choice(data_layout, "data_layout", DATA_LAYOUTS)
+    check_data_layout(data_layout)
     if checkpoint_every is not None:
         check_positive_int(checkpoint_every, "checkpoint_every")
     if checkpoint_every_epochs is not None:

@@ -90,7 +90,7 @@ def test_fit_local_layout_on_one_process_equals_global():
 
 def test_fit_refuses_an_unknown_data_layout():
     x, y = _data()
-    with pytest.raises(ValueError, match="`data_layout` must be one of"):
+    with pytest.raises(ValueError, match="`data_layout` must be 'global'"):
         fit(_state(), (x, y), key=jax.random.key(0), epochs=1, batch_size=16, progress=False,
             data_layout="mine")
 

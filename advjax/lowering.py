@@ -756,7 +756,9 @@ def _eval_native(eqn: jex.JaxprEqn, invals: list) -> list:
             invars.append(v)
             vals.append(val)
     outvars = [v for v in eqn.outvars if not isinstance(v, jex.DropVar)]
-    one = jex.Jaxpr((), invars, outvars, [eqn], eqn.effects)
+    info = jex.DebugInfo("lower_convs", eqn.primitive.name, ("",) * len(invars),
+                         ("",) * len(outvars))
+    one = jex.Jaxpr((), invars, outvars, [eqn], eqn.effects, info)
     it = iter(jax.core.eval_jaxpr(one, (), *vals))
     return [None if isinstance(v, jex.DropVar) else next(it) for v in eqn.outvars]
 

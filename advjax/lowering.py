@@ -16,10 +16,16 @@ near-matmul speed (``benchmarks/attacks.py``). :func:`lower_convs` takes any fun
   ``select_and_scatter_add`` already in the jaxpr (a max-pool gradient taken inside ``fn``)
   computed by that rule's transpose;
 
-recursively through the sub-jaxprs of ``jit``, ``scan``, ``while``, ``cond``, ``remat``,
-``custom_jvp`` (primal and JVP rule) and ``custom_vjp`` (primal and forward pass). Everything else
-is bound unchanged, so the result composes with ``jit``, ``vmap``, ``grad`` and sharding like the
-original, and its values equal the original's up to float32 summation order.
+recursively through the sub-jaxprs of ``jit``, ``scan``, ``while``, ``cond`` and ``remat``.
+Everything else is evaluated by JAX's own ``jax.core.eval_jaxpr``, so the result composes with
+``jit``, ``vmap``, ``grad`` and sharding like the original, and its values equal the original's up
+to float32 summation order. The module uses JAX's public API only (``jax.make_jaxpr``,
+``jax.extend.core``, ``jax.core.eval_jaxpr``, ``jax.custom_jvp``). What it does not understand —
+``custom_jvp`` / ``custom_vjp`` functions (their rules are user code), other higher-order
+primitives (``custom_linear_solve``, ``shard_map``, primitives of later JAX versions) — holding a
+convolution or pool runs natively with a one-line ``RuntimeWarning``; a rewrite that fails leaves
+the whole function native, with a warning. No trace is kept across calls: every call sees the
+values ``fn`` closes over now.
 
 The GEMM form of one convolution is chosen from its shape (:func:`choose_form`): a 1×1 kernel is
 one ``dot_general``; a depthwise convolution (one input channel per group) is an elementwise
@@ -644,6 +650,9 @@ def window_max(x: jax.Array, *, window_dimensions, window_strides, padding, base
     return _window_max(x, _freeze(params))
 
 
+_OWN_RULES = ("_conv_value", "_window_max")
+
+
 def _scatter_first(source: jax.Array, operand: jax.Array, *, select_prim, window_dimensions,
                    window_strides, padding) -> jax.Array:
     """``select_and_scatter_add`` for ``ge`` / ``le`` selection as the transpose of the rule."""
@@ -694,10 +703,23 @@ def _as_arrays(jaxpr: jex.Jaxpr, outs: Sequence[Any]) -> list:
             for v, out in zip(jaxpr.outvars, outs, strict=True)]
 
 
+def _own_rule(eqn: jex.JaxprEqn) -> bool:
+    """Whether ``eqn`` is a rule of this module (a ``_conv_value`` or ``_window_max``
+    custom_jvp: an already lowered program, e.g. a ``lower_convs`` function called inside
+    another), which is kept as it is."""
+    if eqn.primitive is not _PRIMS.custom_jvp_call_p:
+        return False
+    info = getattr(eqn.params.get("call_jaxpr"), "jaxpr", None)
+    src = getattr(getattr(info, "debug_info", None), "func_src_info", None) or ""
+    return any(src.startswith(f"{name} at {__file__}:") for name in _OWN_RULES)
+
+
 def _has_target(jaxpr: jex.Jaxpr) -> bool:
     for eqn in jaxpr.eqns:
         if eqn.primitive in _TARGETS:
             return True
+        if _own_rule(eqn):
+            continue
         if any(_has_target(sub) for sub in jex.jaxprs_in_params(eqn.params)):
             return True
     return False
@@ -738,7 +760,7 @@ def _eval_eqn(eqn: jex.JaxprEqn, invals: list, form: str) -> list:
     elif prim is _SCATTER and params["select_prim"] in (lax.ge_p, lax.le_p) and \
             jnp.issubdtype(eqn.invars[1].aval.dtype, jnp.floating):
         return [_scatter_first(*invals, **params)]
-    elif any(_has_target(sub) for sub in jex.jaxprs_in_params(params)):
+    elif not _own_rule(eqn) and any(_has_target(sub) for sub in jex.jaxprs_in_params(params)):
         if prim in _STRUCTURAL:
             eqn = eqn.replace(params=_lower_params(prim, params, form))
         else:
@@ -829,6 +851,8 @@ def _walk_plan(jaxpr: jex.Jaxpr, form: str, records: list[dict[str, Any]],
                             "lhs": tuple(eqn.invars[-1].aval.shape), "rhs": None,
                             "out": tuple(eqn.outvars[0].aval.shape),
                             "form": "native" if kept else "first-max", "reason": kept})
+        if _own_rule(eqn):
+            continue
         inner = kept
         if inner is None and eqn.primitive not in _STRUCTURAL:
             inner = f"inside {eqn.primitive.name} (evaluated natively)"

@@ -16,10 +16,16 @@ near-matmul speed (``benchmarks/attacks.py``). :func:`lower_convs` takes any fun
   ``select_and_scatter_add`` already in the jaxpr (a max-pool gradient taken inside ``fn``)
   computed by that rule's transpose;
 
-recursively through the sub-jaxprs of ``jit``, ``scan``, ``while``, ``cond``, ``remat``,
-``custom_jvp`` (primal and JVP rule) and ``custom_vjp`` (primal and forward pass). Everything else
-is bound unchanged, so the result composes with ``jit``, ``vmap``, ``grad`` and sharding like the
-original, and its values equal the original's up to float32 summation order.
+recursively through the sub-jaxprs of ``jit``, ``scan``, ``while``, ``cond`` and ``remat``.
+Everything else is evaluated by JAX's own ``jax.core.eval_jaxpr``, so the result composes with
+``jit``, ``vmap``, ``grad`` and sharding like the original, and its values equal the original's up
+to float32 summation order. The module uses JAX's public API only (``jax.make_jaxpr``,
+``jax.extend.core``, ``jax.core.eval_jaxpr``, ``jax.custom_jvp``). What it does not understand —
+``custom_jvp`` / ``custom_vjp`` functions (their rules are user code), other higher-order
+primitives (``custom_linear_solve``, ``shard_map``, primitives of later JAX versions) — holding a
+convolution or pool runs natively with a one-line ``RuntimeWarning``; a rewrite that fails leaves
+the whole function native, with a warning. No trace is kept across calls: every call sees the
+values ``fn`` closes over now.
 
 The GEMM form of one convolution is chosen from its shape (:func:`choose_form`): a 1×1 kernel is
 one ``dot_general``; a depthwise convolution (one input channel per group) is an elementwise
@@ -45,20 +51,17 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.core
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax._src import config as jax_config
-from jax._src import core, source_info_util
-from jax._src import linear_util as lu
-
-logger = logging.getLogger(__name__)
 
 MODES = ("auto", "native", "gemm")
 FORMS = ("auto", "concat", "accumulate", "mac", "tangent")
@@ -85,10 +88,19 @@ MAC_MAX_IN_CHANNELS = 1
 # already differentiated program (kernel = a feature map), not layers.
 MAX_TAPS = 121
 
-_CONV = lax.conv_general_dilated_p
-_WINDOW_MAX = lax.reduce_window_max_p
-_SCATTER = jax._src.lax.windowed_reductions.select_and_scatter_add_p
+_PRIMS = jex.primitives
+_CONV = _PRIMS.conv_general_dilated_p
+_WINDOW_MAX = _PRIMS.reduce_window_max_p
+_SCATTER = _PRIMS.select_and_scatter_add_p
 _TARGETS = (_CONV, _WINDOW_MAX, _SCATTER)
+# Higher-order primitives whose sub-jaxprs are plain functions of (some of) the equation's
+# operands, so a sub-jaxpr with the same signature and values can replace them: rebound with the
+# lowered sub-jaxprs. Every other primitive holding a target — custom_jvp_call and
+# custom_vjp_call (their derivative rules are user code behind callables), shard_map,
+# linear_solve, primitives added by later JAX versions — is evaluated natively, with a warning.
+_STRUCTURAL = frozenset(getattr(_PRIMS, name) for name in
+                        ("jit_p", "closed_call_p", "remat_p", "scan_p", "while_p", "cond_p")
+                        if hasattr(_PRIMS, name))
 
 
 # ----------------------------------------------------------------------------- public API
@@ -119,9 +131,10 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
 
     Returns:
       A function with ``fn``'s signature, outputs and derivatives (equal up to float32 summation
-      order). It traces ``fn`` once per signature (argument tree, static leaves, abstract values
-      and JAX's trace context) and reuses that trace on later calls, as ``jax.jit`` does, unless
-      the trace closes over a tracer of an enclosing transformation.
+      order). It traces ``fn`` on every call (no trace outlives its call, so a changed closure is
+      always seen). Parts it does not rewrite — custom_jvp / custom_vjp functions, unknown
+      higher-order primitives — run natively, with a one-line ``RuntimeWarning``; if the rewrite
+      itself fails, the whole function runs natively, with a warning.
     """
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
@@ -132,59 +145,34 @@ def lower_convs(fn: Callable[..., Any], *, mode: str = "auto",
     return LoweredFunction(fn, mode, form)
 
 
-_MAX_TRACES = 16  # traces kept per wrapped function (signatures: e.g. batch sizes)
-_aval_of = getattr(jax, "typeof", None) or core.get_aval  # jax.typeof from JAX 0.6
-
-
 class LoweredFunction:
     """``fn`` wrapped by :func:`lower_convs`; equal (and hashing equal) for equal settings, so it
-    can be a static field of a pytree (e.g. a ``TrainState.apply_fn``) without retracing."""
+    can be a static field of a pytree (e.g. a ``TrainState.apply_fn``) without retracing.
+
+    Every call traces ``fn`` afresh, as an eager JAX call does, and keeps nothing across calls:
+    a trace's constants are the values ``fn`` closes over at that call (parameters in a dict, a
+    global, an NNX module updated in place), so a kept trace would hand back an old model. Inside
+    ``jax.jit`` the calls happen once per compilation, so the cost is trace time only.
+    """
 
     def __init__(self, fn: Callable[..., Any], mode: str, form: str):
         functools.update_wrapper(self, fn)
         self.fn, self.mode, self.form = fn, mode, form
-        # Traces of ``fn`` by input signature (see ``_traced``): an attack calls its logits_fn
-        # several times on the same shapes (clean logits, the gradient, the final check), and
-        # re-tracing a ResNet-44 through Flax costs ~0.6 s each time.
-        self._traces: dict[Any, tuple[core.ClosedJaxpr, Any, bool]] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not is_active(self.mode):
             return self.fn(*args, **kwargs)
-        closed, out_tree, has_target, dyn = self._traced(args, kwargs)
-        if not has_target:
-            return self.fn(*args, **kwargs)
-        out = _eval(closed.jaxpr, closed.consts, dyn, self.form)
-        return jax.tree.unflatten(out_tree, out)
-
-    def _traced(self, args, kwargs):
-        """``fn``'s closed jaxpr, output tree and whether it holds a target, reused across calls
-        with the same signature, as ``jax.jit`` reuses its traces.
-
-        The key is what the trace depends on besides ``fn`` itself: the argument tree, the static
-        leaves, the abstract values of the array leaves (shape, dtype, weak type, sharding) and
-        JAX's trace context (configuration such as x64, the named-axis environment). A trace
-        whose constants hold tracers of an enclosing transformation is never stored: it belongs
-        to that trace only.
-        """
-        leaves, treedef = jax.tree.flatten((args, kwargs))
-        try:
-            key = (treedef, tuple(_aval_of(leaf) if _is_dynamic(leaf) else (type(leaf), leaf)
-                                  for leaf in leaves), jax_config.trace_context())
-            hash(key)
-        except TypeError:    # an unhashable static leaf: trace every time
-            key = None
-        hit = self._traces.get(key) if key is not None else None
-        dyn = [leaf for leaf in leaves if _is_dynamic(leaf)]
-        if hit is not None:
-            return (*hit, dyn)
         closed, out_tree, dyn = _trace(self.fn, args, kwargs)
-        entry = (closed, out_tree, _has_target(closed.jaxpr))
-        if key is not None and not any(isinstance(c, core.Tracer) for c in closed.consts):
-            if len(self._traces) >= _MAX_TRACES:
-                self._traces.pop(next(iter(self._traces)))
-            self._traces[key] = entry
-        return (*entry, dyn)
+        if not _has_target(closed.jaxpr):
+            out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *dyn)
+        else:
+            try:
+                out = _eval(closed.jaxpr, closed.consts, dyn, self.form)
+            except Exception as err:  # noqa: BLE001 - the native program, never a crash
+                _warn(f"kept {getattr(self.fn, '__name__', 'fn')} native "
+                      f"({type(err).__name__}: {err})")
+                out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *dyn)
+        return jax.tree.unflatten(out_tree, _as_arrays(closed.jaxpr, out))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LoweredFunction) and \
@@ -662,6 +650,9 @@ def window_max(x: jax.Array, *, window_dimensions, window_strides, padding, base
     return _window_max(x, _freeze(params))
 
 
+_OWN_RULES = ("_conv_value", "_window_max")
+
+
 def _scatter_first(source: jax.Array, operand: jax.Array, *, select_prim, window_dimensions,
                    window_strides, padding) -> jax.Array:
     """``select_and_scatter_add`` for ``ge`` / ``le`` selection as the transpose of the rule."""
@@ -681,7 +672,12 @@ def _scatter_first(source: jax.Array, operand: jax.Array, *, select_prim, window
 
 def _is_dynamic(leaf: Any) -> bool:
     """Arrays and tracers are traced; Python scalars, strings, None, ... are passed as they are."""
-    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, core.Tracer))
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
+
+
+def _warn(message: str) -> None:
+    """One line per distinct message (Python's default warning filter)."""
+    warnings.warn(f"lower_convs: {message}", RuntimeWarning, stacklevel=3)
 
 
 def _trace(fn, args, kwargs):
@@ -700,116 +696,145 @@ def _trace(fn, args, kwargs):
     return closed, jax.tree.structure(out_shape), dyn
 
 
-def _has_target(jaxpr: core.Jaxpr) -> bool:
+def _as_arrays(jaxpr: jex.Jaxpr, outs: Sequence[Any]) -> list:
+    """An output the trace folded to a literal comes back as an array of its type, as from
+    ``fn``."""
+    return [lax.full((), v.val, v.aval.dtype) if isinstance(v, jex.Literal) else out
+            for v, out in zip(jaxpr.outvars, outs, strict=True)]
+
+
+def _own_rule(eqn: jex.JaxprEqn) -> bool:
+    """Whether ``eqn`` is a rule of this module (a ``_conv_value`` or ``_window_max``
+    custom_jvp: an already lowered program, e.g. a ``lower_convs`` function called inside
+    another), which is kept as it is."""
+    if eqn.primitive is not _PRIMS.custom_jvp_call_p:
+        return False
+    info = getattr(eqn.params.get("call_jaxpr"), "jaxpr", None)
+    src = getattr(getattr(info, "debug_info", None), "func_src_info", None) or ""
+    return any(src.startswith(f"{name} at {__file__}:") for name in _OWN_RULES)
+
+
+def _has_target(jaxpr: jex.Jaxpr) -> bool:
     for eqn in jaxpr.eqns:
         if eqn.primitive in _TARGETS:
             return True
-        if any(_has_target(sub) for sub in core.jaxprs_in_params(eqn.params)):
+        if _own_rule(eqn):
+            continue
+        if any(_has_target(sub) for sub in jex.jaxprs_in_params(eqn.params)):
             return True
     return False
 
 
-def _eval(jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[Any], form: str) -> list:
+def _eval(jaxpr: jex.Jaxpr, consts: Sequence[Any], args: Sequence[Any], form: str) -> list:
+    """``jaxpr`` evaluated with its convolutions and max pools rewritten; every other equation is
+    evaluated by JAX's own ``jax.core.eval_jaxpr``."""
     env: dict[Any, Any] = {}
 
     def read(v):
-        return v.val if isinstance(v, core.Literal) else env[v]
+        return v.val if isinstance(v, jex.Literal) else env[v]
 
     for v, val in zip(jaxpr.constvars, consts, strict=True):
         env[v] = val
     for v, val in zip(jaxpr.invars, args, strict=True):
         env[v] = val
     for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name_stack = source_info_util.current_name_stack() + eqn.source_info.name_stack
-        with (source_info_util.user_context(eqn.source_info.traceback, name_stack=name_stack),
-              eqn.ctx.manager):
-            outs = _eval_eqn(eqn, invals, form)
-        if not eqn.primitive.multiple_results:
-            outs = [outs]
+        outs = _eval_eqn(eqn, [read(v) for v in eqn.invars], form)
         for v, val in zip(eqn.outvars, outs, strict=True):
-            if not isinstance(v, core.DropVar):
+            if not isinstance(v, jex.DropVar):
                 env[v] = val
-    # An output the trace folded to a literal comes back as an array of its type, as from ``fn``.
-    return [lax.full((), v.val, v.aval.dtype) if isinstance(v, core.Literal) else env[v]
-            for v in jaxpr.outvars]
+    return [read(v) for v in jaxpr.outvars]
 
 
-def _eval_eqn(eqn, invals, form: str):
+def _eval_eqn(eqn: jex.JaxprEqn, invals: list, form: str) -> list:
     prim, params = eqn.primitive, eqn.params
     if prim is _CONV:
         lhs_aval, rhs_aval = (v.aval for v in eqn.invars)
         if _native_reason(params, lhs_aval, rhs_aval) is None:
             if form == "tangent" and min(min(p) for p in params["padding"]) >= 0:
-                return conv_tangent_gemm(*invals, **params)
+                return [conv_tangent_gemm(*invals, **params)]
             if form == "tangent":    # XLA:CPU miscomputes some cropping (negative) paddings
-                return conv_gemm(*invals, **params)
-            return conv_gemm(*invals, **params, form=form)
+                return [conv_gemm(*invals, **params)]
+            return [conv_gemm(*invals, **params, form=form)]
     elif prim is _WINDOW_MAX:
-        return window_max(invals[0], **params)
+        return [window_max(invals[0], **params)]
     elif prim is _SCATTER and params["select_prim"] in (lax.ge_p, lax.le_p) and \
             jnp.issubdtype(eqn.invars[1].aval.dtype, jnp.floating):
-        return _scatter_first(*invals, **params)
-    elif any(_has_target(sub) for sub in core.jaxprs_in_params(params)):
-        params = _lower_params(params, form)
-    bind_params = prim.get_bind_params(params)
-    return prim.bind(*invals, **bind_params)
+        return [_scatter_first(*invals, **params)]
+    elif not _own_rule(eqn) and any(_has_target(sub) for sub in jex.jaxprs_in_params(params)):
+        if prim in _STRUCTURAL:
+            eqn = eqn.replace(params=_lower_params(prim, params, form))
+        else:
+            _warn(f"kept a {prim.name} native (its convolutions / pools are not rewritten; "
+                  f"values and derivatives are unchanged)")
+    return _eval_native(eqn, invals)
 
 
-def _lower_closed(closed: core.ClosedJaxpr, form: str) -> core.ClosedJaxpr:
+def _eval_native(eqn: jex.JaxprEqn, invals: list) -> list:
+    """One equation evaluated by ``jax.core.eval_jaxpr`` (which binds it with its own parameters,
+    source information and context)."""
+    invars, vals = [], []
+    for v, val in zip(eqn.invars, invals, strict=True):
+        if not isinstance(v, jex.Literal) and v not in invars:
+            invars.append(v)
+            vals.append(val)
+    outvars = [v for v in eqn.outvars if not isinstance(v, jex.DropVar)]
+    info = jex.DebugInfo("lower_convs", eqn.primitive.name, ("",) * len(invars),
+                         ("",) * len(outvars))
+    one = jex.Jaxpr((), invars, outvars, [eqn], eqn.effects, info)
+    it = iter(jax.core.eval_jaxpr(one, (), *vals))
+    return [None if isinstance(v, jex.DropVar) else next(it) for v in eqn.outvars]
+
+
+def _lower_closed(closed: jex.ClosedJaxpr, form: str) -> jex.ClosedJaxpr:
     avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
              for a in closed.in_avals]
-    return jax.make_jaxpr(lambda *a: _eval(closed.jaxpr, closed.consts, a, form))(*avals)
+    return jax.make_jaxpr(lambda *a: _as_arrays(closed.jaxpr, _eval(
+            closed.jaxpr, closed.consts, a, form)))(*avals)
 
 
-def _lower_params(params: dict[str, Any], form: str) -> dict[str, Any]:
-    """Sub-jaxpr parameters with their convolutions / pools lowered (unchanged where not)."""
+def _lower_params(prim: jex.Primitive, params: dict[str, Any], form: str) -> dict[str, Any]:
+    """Sub-jaxpr parameters of a structural primitive with their convolutions / pools lowered
+    (kept native, with a warning, where the lowered one would not fit the parameter)."""
     new = dict(params)
     for key, val in params.items():
         try:
-            if isinstance(val, core.ClosedJaxpr) and _has_target(val.jaxpr):
-                new[key] = _lower_closed(val, form)
-            elif isinstance(val, core.Jaxpr) and _has_target(val) and not val.constvars:
-                lowered = _lower_closed(core.ClosedJaxpr(val, ()), form)
-                if not lowered.consts:
-                    new[key] = lowered.jaxpr
-            elif isinstance(val, tuple) and val and all(isinstance(v, core.ClosedJaxpr)
+            if isinstance(val, jex.ClosedJaxpr) and _has_target(val.jaxpr):
+                new[key] = _same_signature(val, _lower_closed(val, form))
+            elif isinstance(val, jex.Jaxpr) and _has_target(val):
+                if val.constvars:
+                    raise ValueError("an open sub-jaxpr with constants")
+                lowered = _lower_closed(jex.ClosedJaxpr(val, ()), form)
+                if lowered.consts:
+                    raise ValueError("the lowered sub-jaxpr holds constants")
+                new[key] = _same_signature(jex.ClosedJaxpr(val, ()), lowered).jaxpr
+            elif isinstance(val, tuple) and val and all(isinstance(v, jex.ClosedJaxpr)
                                                          for v in val):
-                new[key] = tuple(_lower_closed(v, form) if _has_target(v.jaxpr) else v
-                                 for v in val)
+                new[key] = tuple(_same_signature(v, _lower_closed(v, form))
+                                 if _has_target(v.jaxpr) else v for v in val)
         except Exception as err:  # noqa: BLE001 - keep the native sub-program, say why
-            logger.info("lower_convs: kept %s native (%s)", key, err)
-    if "jvp_jaxpr_fun" in params:
-        new["jvp_jaxpr_fun"] = _lower_rule(params["jvp_jaxpr_fun"], form)
-    if "fwd_jaxpr_thunk" in params:
-        new["fwd_jaxpr_thunk"] = _lower_rule(params["fwd_jaxpr_thunk"], form)
+            new[key] = val
+            _warn(f"kept {prim.name}'s {key} native ({type(err).__name__}: {err})")
     return new
 
 
-def _lower_rule(thunk: lu.WrappedFun, form: str) -> lu.WrappedFun:
-    """A custom_jvp / custom_vjp rule thunk whose returned jaxpr is lowered."""
+def _same_signature(old: jex.ClosedJaxpr, new: jex.ClosedJaxpr) -> jex.ClosedJaxpr:
+    """``new`` if its input and output types equal ``old``'s (else an error: keep ``old``)."""
+    def types(avals):
+        return [(tuple(a.shape), a.dtype, getattr(a, "weak_type", False)) for a in avals]
 
-    def rule(*flags):
-        res = thunk.call_wrapped(*flags)
-        jaxpr, consts, rest = res[0], res[1], res[2:]
-        if not _has_target(jaxpr):
-            return res
-        closed = core.ClosedJaxpr(core.convert_constvars_jaxpr(jaxpr), ()) \
-            if jaxpr.constvars else core.ClosedJaxpr(jaxpr, ())
-        n_c = len(jaxpr.constvars)
-        avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
-                 for a in closed.in_avals[n_c:]]
-        new = jax.make_jaxpr(lambda *a: _eval(closed.jaxpr, (), (*consts, *a), form))(*avals)
-        return (new.jaxpr, new.consts, *rest)
-
-    return lu.wrap_init(rule, debug_info=thunk.debug_info)
+    if types(old.in_avals) != types(new.in_avals) or types(old.out_avals) != types(new.out_avals):
+        raise ValueError("the lowered sub-jaxpr changed its signature")
+    if old.effects != new.effects:
+        raise ValueError("the lowered sub-jaxpr changed its effects")
+    return new
 
 
-def _walk_plan(jaxpr: core.Jaxpr, form: str, records: list[dict[str, Any]]) -> None:
+def _walk_plan(jaxpr: jex.Jaxpr, form: str, records: list[dict[str, Any]],
+               kept: str | None = None) -> None:
     for eqn in jaxpr.eqns:
         if eqn.primitive is _CONV:
             lhs, rhs = (v.aval for v in eqn.invars)
-            reason = _native_reason(eqn.params, lhs, rhs)
+            reason = kept or _native_reason(eqn.params, lhs, rhs)
             chosen = "native"
             if reason is None:
                 n, spatial, _, kernel, cin, _ = _canonical(eqn.params, lhs.shape, rhs.shape)
@@ -824,7 +849,12 @@ def _walk_plan(jaxpr: core.Jaxpr, form: str, records: list[dict[str, Any]]) -> N
         elif eqn.primitive in (_WINDOW_MAX, _SCATTER):
             records.append({"primitive": eqn.primitive.name,
                             "lhs": tuple(eqn.invars[-1].aval.shape), "rhs": None,
-                            "out": tuple(eqn.outvars[0].aval.shape), "form": "first-max",
-                            "reason": None})
-        for sub in core.jaxprs_in_params(eqn.params):
-            _walk_plan(sub, form, records)
+                            "out": tuple(eqn.outvars[0].aval.shape),
+                            "form": "native" if kept else "first-max", "reason": kept})
+        if _own_rule(eqn):
+            continue
+        inner = kept
+        if inner is None and eqn.primitive not in _STRUCTURAL:
+            inner = f"inside {eqn.primitive.name} (evaluated natively)"
+        for sub in jex.jaxprs_in_params(eqn.params):
+            _walk_plan(sub, form, records, inner)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.extend.core as core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from jax._src import core
 
 from advjax.lowering import lower_convs
 from advjax.models import max_pool_2x2

@@ -144,11 +144,15 @@ def test_train_state_applies_the_setting_and_steps_match():
                                  conv_lowering="fast")
 
 
-def test_parallel_helpers_take_the_setting():
+def test_stream_runs_a_lowered_function_as_given():
+    """The parallel helpers have no lowering option of their own (attacks lower their model at
+    the one boundary); a function lowered by the caller runs as it is."""
     logits_fn, x, rtol = _model("mnistcnn")
     for mode in ("native", "gemm"):
-        out = parallel.stream(logits_fn, x, chunk_size=2, conv_lowering=mode)
+        out = parallel.stream(lower_convs(logits_fn, mode=mode), x, chunk_size=2)
         _close(out, jax.vmap(logits_fn)(x), rtol)
+    with pytest.raises(TypeError, match="conv_lowering"):
+        parallel.shard_attack(logits_fn, conv_lowering="gemm")
 
 
 _SHARDED = textwrap.dedent("""
@@ -172,8 +176,8 @@ _SHARDED = textwrap.dedent("""
     got, want = lowered(xs, y), g(x, y)
     assert len(got.sharding.device_set) == 8
     assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
-    atk = attacks.pgd(f, steps=3, step_size=0.02, random_start=False)
-    a = parallel.shard_attack(atk, conv_lowering="gemm")(x[:12], y[:12], eps=0.1)  # padded
+    atk = attacks.pgd(lower_convs(f, mode="gemm"), steps=3, step_size=0.02, random_start=False)
+    a = parallel.shard_attack(atk)(x[:12], y[:12], eps=0.1)  # padded
     b = jax.jit(jax.vmap(lambda p, q: atk(p, q, eps=0.1)))(x[:12], y[:12])
     assert np.max(np.abs(np.asarray(a.x_adv) - np.asarray(b.x_adv))) <= 1e-5
     print("OK")

@@ -61,11 +61,10 @@ def test_l2_linear_success_boundary(linear_problem):
     np.testing.assert_allclose(m, np.round(m), atol=1e-4)
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_keys_and_targeted(tiny_mlp, use_jit):
+def test_keys_and_targeted(tiny_mlp, maybe_jit):
     p = tiny_mlp
     attack = apgd(p.logits_fn, steps=4, targeted=True, loss="dlr")
-    attack = jax.jit(attack) if use_jit else attack
+    attack = maybe_jit(attack)
     x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])
     t = jnp.asarray((int(p.labels[0]) + 1) % 5)
     a = attack(x, y, eps=0.3, key=jax.random.key(0), target=t)
@@ -151,7 +150,7 @@ def apgd_reference(logits_fn, x, y, eps, key, steps, norm="l2", rho=0.75, alpha=
     """Algorithm 1 of Croce & Hein (2020), one untargeted CE run, as a plain Python loop.
 
     ``start``: the random start ``x^(0)`` before projection (default: ``x`` plus a uniform point
-    of the ball drawn with ``key``, as :func:`advjax.attacks.apgd` does).
+    of the ball drawn from ``key`` as :func:`advjax.attacks.apgd` derives it).
 
     Returns ``(x_max, f_max, eta, log)`` with ``log`` counting the checkpoints that halved the
     step, kept it, and halvings whose restart from ``x_max`` moved the iterate.
@@ -167,7 +166,9 @@ def apgd_reference(logits_fn, x, y, eps, key, steps, norm="l2", rho=0.75, alpha=
 
     ckpts = [int(w) for w in checkpoints(steps)]
     if start is None:
-        start = x + projections.sample_ball(key, x.shape, eps, norm, x.dtype)
+        # apgd's key derivation: run 0 gets fold_in(key, 0), its start fold_in(run_key, 0).
+        start_key = jax.random.fold_in(jax.random.fold_in(key, 0), 0)
+        start = x + projections.sample_ball(start_key, x.shape, eps, norm, x.dtype)
     x0 = proj(start)
     eta = 2.0 * eps
     x1 = proj(x0 + eta * d(grad(x0)))

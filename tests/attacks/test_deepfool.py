@@ -11,13 +11,12 @@ from advjax.attacks.deepfool import deepfool
 from tests.attacks.conftest import linear_min_l2, linear_min_l2_delta, make_linear_problem
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_linear_model_one_step_to_closed_form(linear_problem, use_jit):
+def test_linear_model_one_step_to_closed_form(linear_problem, maybe_jit):
     # Affine classifier, box inactive: one step reaches (1 + overshoot) * the minimal perturbation
     # (plus the 1e-4 logit margin), never less than the closed form.
     p = linear_problem
     attack = deepfool(p.logits_fn, overshoot=0.02)
-    attack = jax.jit(attack) if use_jit else attack
+    attack = maybe_jit(attack)
     for i in range(3):
         x, y = p.xs[i], p.labels[i]
         res = attack(jnp.asarray(x), jnp.asarray(y))

@@ -135,11 +135,10 @@ def test_restarts_keep_best_of_runs(tiny_mlp):
     np.testing.assert_allclose(multi.aux["loss"], max(losses), rtol=1e-6)
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_same_key_same_result_and_keys_matter(tiny_mlp, use_jit):
+def test_same_key_same_result_and_keys_matter(tiny_mlp, maybe_jit):
     p = tiny_mlp
     attack = pgd(p.logits_fn, norm="linf", steps=2, rel_step_size=0.1)
-    attack = jax.jit(attack) if use_jit else attack
+    attack = maybe_jit(attack)
     x, y = jnp.asarray(p.xs[1]), jnp.asarray(p.labels[1])
     a = attack(x, y, eps=0.01, key=jax.random.key(0))
     b = attack(x, y, eps=0.01, key=jax.random.key(0))

@@ -205,6 +205,16 @@ def check_key(key, *, x=None, name: str = "key") -> Array:
     return key
 
 
+def example_keys(key: Array, n: int) -> Array:
+    """The one per-example (and per-run) key helper: ``(n,)`` keys ``fold_in(key, i)``.
+
+    Key ``i`` does not depend on ``n`` (nor on the batch size or device count). A typed key keeps
+    its implementation (``jax.random.key(0, impl="rbg")`` stays rbg: ``fold_in`` never rewraps
+    it with the default implementation); a raw ``uint32[2]`` key gives raw keys.
+    """
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
 def check_box_setting(lo, hi) -> tuple[float | None, float | None]:
     """Validates a constructor's box; ``None`` for both means "no box"."""
     if lo is None and hi is None:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from advjax.attacks._boundary import example_keys
+
 Array = jax.Array
 
 
@@ -60,11 +62,12 @@ def best_of_runs(run: Callable, keys: Array, x: Array, extra_init: tuple = (),
 
 
 def run_keys(key: Array | None, runs: int) -> Array:
-    """The one per-run key helper: run ``r`` gets ``fold_in(key, r)``, so run ``r``'s key does
+    """Per-run keys (:func:`advjax.attacks._boundary.example_keys`): run ``r`` gets
+    ``fold_in(key, r)``, so run ``r``'s key does
     not depend on the number of runs (``restarts=R`` repeats the single run as its run 0, hence
     never does worse). A typed key stays typed with its own implementation (``fold_in`` keeps
     ``impl``); a raw ``uint32[2]`` key stays raw. ``key=None`` (a deterministic run) gives
     placeholders."""
     if key is None:
         return jnp.zeros((runs,), jnp.uint32)
-    return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(runs))
+    return example_keys(key, runs)

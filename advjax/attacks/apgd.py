@@ -73,6 +73,26 @@ def eot_value_and_grad(loss_fn, z: Array, key: Array, samples: int):
     return v_sum / samples, logits0, g_sum / samples
 
 
+def checkpoint_halves(n_inc: Array, period: Array, f_max: Array, f_max_ckpt: Array,
+                      reduced_ckpt: Array, *, rho: float, schedule: str) -> Array:
+    """The step-size decision at a checkpoint (Croce & Hein 2020, §3.2; ``autopgd_base.py``).
+
+    Halve (and restart from ``x_max``) when
+      (1) ``n_inc`` -- the steps of the ``period`` since the previous checkpoint that increased
+          the loss -- is below ``rho * period`` (``schedule="paper"``: ``<``, as written in the
+          paper; ``"official"``: ``<=``, as ``check_oscillation`` computes it), or
+      (2) the step was NOT halved at the previous checkpoint (``~reduced_ckpt``) and the best
+          loss has not grown since then (``f_max_ckpt >= f_max``).
+
+    Returns:
+      bool scalar.
+    """
+    limit = rho * period
+    cond1 = (n_inc <= limit) if schedule == "official" else (n_inc < limit)
+    cond2 = (~reduced_ckpt) & (f_max_ckpt >= f_max)
+    return cond1 | cond2
+
+
 def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str, steps: int,
              lo: float | None, hi: float | None, rho: float = 0.75, alpha: float = 0.75,
              schedule: str = "paper", start: str = "ball", projection: str = "exact",
@@ -169,10 +189,8 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
         take = better(s_new, f_new, st["s_best"], st["f_best"])
         j = jnp.minimum(i, steps)
         at_ckpt = is_ckpt_j[j]
-        limit = rho * period_j[j]
-        cond1 = (n_inc <= limit) if official else (n_inc < limit)
-        cond2 = (~st["reduced_ckpt"]) & (st["f_max_ckpt"] >= f_max)
-        halve = at_ckpt & (cond1 | cond2)
+        halve = at_ckpt & checkpoint_halves(n_inc, period_j[j], f_max, st["f_max_ckpt"],
+                                            st["reduced_ckpt"], rho=rho, schedule=schedule)
         return dict(
             i=i + 1, x=jnp.where(halve, x_max, x_new), x_prev=x_cur,
             f=jnp.where(halve, f_max, f_new), f_raw=f_new, g=jnp.where(halve, g_max, g_new),

@@ -309,3 +309,23 @@ def test_compiled_program_is_flat_in_the_step_count(name):
         return len(lowered.as_text())
 
     assert hlo_size(4 * STEPS) <= 1.2 * hlo_size(STEPS)
+
+
+def test_typed_keys_keep_their_implementation():
+    # The one per-example key helper: key i is fold_in(key, i), independent of n, and an rbg key
+    # stays rbg (never rewrapped with the default implementation); attacks accept it.
+    from advjax.attacks._boundary import example_keys
+
+    key = jax.random.key(0, impl="rbg")
+    keys = example_keys(key, 3)
+    assert keys.dtype == key.dtype and str(jax.random.key_impl(keys)) == str(
+        jax.random.key_impl(key))
+    np.testing.assert_array_equal(jax.random.key_data(keys[2]),
+                                  jax.random.key_data(jax.random.fold_in(key, 2)))
+    np.testing.assert_array_equal(jax.random.key_data(example_keys(key, 5)[:3]),
+                                  jax.random.key_data(keys))
+    xs, ys = jnp.asarray(PROBLEM.xs[:3]), jnp.asarray(PROBLEM.labels[:3])
+    attack = attacks.apgd(PROBLEM.logits_fn, steps=2, n_restarts=2)
+    batched = jax.jit(jax.vmap(attack))(xs, ys, eps=jnp.full((3,), 0.1), key=keys)
+    one = attack(xs[1], ys[1], eps=0.1, key=jax.random.fold_in(key, 1))
+    np.testing.assert_allclose(batched.x_adv[1], one.x_adv, atol=2e-5)

@@ -136,15 +136,17 @@ def _deepfool_reference(logits_fn, x, y, overshoot, steps, lo=0.0, hi=1.0):
 
 
 def test_overshoot_scales_the_accumulated_perturbation(tiny_mlp):
-    # A non-linear model where DeepFool needs several steps and a large overshoot (0.5): the
-    # overshoot applied to each step's increment (compounded into r_tot, or applied from the
-    # current clipped iterate) lands elsewhere than the reference loop by far more than float32
-    # rounding (1e-4).
+    # A non-linear model where DeepFool needs several steps and a large overshoot (0.5), on
+    # images with many pixels at the bounds (so the box clips): the overshoot applied to each
+    # step's increment (compounded into r_tot, or stepping from the current clipped iterate)
+    # lands elsewhere than the reference loop by far more than float32 rounding (1e-4).
     p = tiny_mlp
     attack = jax.jit(deepfool(p.logits_fn, candidates=None, overshoot=0.5, steps=20))
+    xs = np.clip(2.0 * p.xs - 0.5, 0.0, 1.0)
+    ys = np.asarray(jnp.argmax(jax.vmap(p.logits_fn)(jnp.asarray(xs)), -1))
     multi = 0
-    for i in range(8):
-        x, y = jnp.asarray(p.xs[i]), int(p.labels[i])
+    for i in range(16):
+        x, y = jnp.asarray(xs[i]), int(ys[i])
         res = attack(x, jnp.int32(y))
         ref_x, ref_steps = _deepfool_reference(p.logits_fn, x, y, 0.5, 20)
         assert int(res.aux["steps"]) == ref_steps

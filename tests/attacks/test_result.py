@@ -63,6 +63,8 @@ def test_nan_clean_logits_are_flagged_never_robust():
         checked(jax.vmap(attack))(xs[:1], ys[:1], eps=eps[:1], key=keys[:1])
     with pytest.raises(ValueError, match="logits_fn"):
         attack(xs[0], ys[0], eps=1e-3, key=keys[0])
-    # make_result alone: clean_correct False.
-    res = make_result(f, xs[0], xs[0], ys[0])
-    assert not bool(res.clean_correct) and not bool(res.success)
+    # make_result alone: clean_correct False, also for label 0 (the argmax of NaN), for which
+    # the argmax rule alone would count the example clean-correct, hence robust.
+    for lab in (0, 1):
+        res = make_result(f, xs[0], xs[0], jnp.int32(lab))
+        assert not bool(res.clean_correct) and not bool(res.success), lab

@@ -62,12 +62,14 @@ def best_of_runs(run: Callable, keys: Array, x: Array, extra_init: tuple = (),
 
 
 def run_keys(key: Array | None, runs: int) -> Array:
-    """Per-run keys (:func:`advjax.attacks._boundary.example_keys`): run ``r`` gets
-    ``fold_in(key, r)``, so run ``r``'s key does
-    not depend on the number of runs (``restarts=R`` repeats the single run as its run 0, hence
-    never does worse). A typed key stays typed with its own implementation (``fold_in`` keeps
+    """Per-run keys of PGD and the public APGD: run 0 uses ``key`` itself (the single run's key,
+    as before restarts existed), run ``r >= 1`` uses ``fold_in(key, r)``
+    (:func:`advjax.attacks._boundary.example_keys`). Run ``r``'s key does not depend on the
+    number of runs (``restarts=R`` repeats the single run as its run 0, hence never does
+    worse). A typed key stays typed with its own implementation (``fold_in`` keeps
     ``impl``); a raw ``uint32[2]`` key stays raw. ``key=None`` (a deterministic run) gives
     placeholders."""
     if key is None:
         return jnp.zeros((runs,), jnp.uint32)
-    return example_keys(key, runs)
+    keys = example_keys(key, runs)
+    return keys.at[0].set(key)

@@ -97,7 +97,7 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
              lo: float | None, hi: float | None, rho: float = 0.75, alpha: float = 0.75,
              schedule: str = "paper", start: str = "ball", projection: str = "exact",
              eot_samples: int = 1, stop_at_success: bool = False, keep: str = "best",
-             active: Array | bool = True):
+             active: Array | bool = True, start_key: Array | None = None):
     """ONE run of APGD (Croce & Hein 2020, Algorithm 1) on ONE example: the only APGD loop of the
     package (the public :func:`apgd`, :func:`advjax.attacks.apgd_targeted` and every AutoAttack
     APGD stage call it; they differ only in the options below).
@@ -130,6 +130,8 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
       keep: ``"best"`` (success first, then loss, over all iterates) or ``"last_success"`` (the
         last successful iterate, as the official ``x_best_adv``; ``x_max`` when none).
       active: when False no iteration runs.
+      start_key: the key of the random start (default ``fold_in(key, 0)``; the public
+        :func:`apgd` passes its run key itself).
 
     Returns:
       ``(x_out, success, loss, eta)``: the kept point, whether any iterate succeeded, the loss
@@ -157,8 +159,9 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
                                           eot_samples)
         return v, success_fn(logits), g
 
-    x0 = proj(x + projections.sample_start(jax.random.fold_in(key, 0), x.shape, eps, norm,
-                                           start, x.dtype))
+    if start_key is None:
+        start_key = jax.random.fold_in(key, 0)
+    x0 = proj(x + projections.sample_start(start_key, x.shape, eps, norm, start, x.dtype))
     f0, s0, g0 = evaluate(x0, 0)
     st = dict(i=jnp.ones((), jnp.int32), x=x0, x_prev=x0, f=f0, f_raw=f0, g=g0,
               eta=2.0 * eps, x_max=x0, f_max=f0, g_max=g0, x_best=x0, s_best=s0, f_best=f0,
@@ -241,8 +244,9 @@ def apgd(
         checkpoint increased ``f``, or (2) ``eta`` was not halved at the previous checkpoint and
         ``f_max`` has not grown since then.
     Every iterate is scored; the point returned is the best by "success first, then loss" over all
-    iterates and all ``n_restarts`` runs (a ``lax.scan``; run ``r`` uses ``fold_in(key, r)``,
-    its start ``fold_in(run_key, 0)``). This is :func:`apgd_run` with the paper's options
+    iterates and all ``n_restarts`` runs (a ``lax.scan``; run 0 uses ``key`` itself, run
+    ``r >= 1`` ``fold_in(key, r)``, :func:`advjax.attacks._restarts.run_keys`; the run key
+    draws the start). This is :func:`apgd_run` with the paper's options
     (``schedule="paper"``, ``start="ball"``, ``keep="best"``, restart rule ``"best"``); the
     AutoAttack stages run the same loop with the official code's options
     (:func:`advjax.attacks.autoattack.stage_search`).
@@ -293,7 +297,7 @@ def apgd(
         def run(run_key):
             return apgd_run(loss_fn, success_fn, x, eps, run_key, norm=norm, steps=steps,
                             lo=lo, hi=hi, rho=rho, alpha=alpha, schedule="paper", start="ball",
-                            projection=projection, keep="best")
+                            projection=projection, keep="best", start_key=run_key)
 
         x_adv, _, best_loss, eta = best_of_runs(run, run_keys(ex.key, n_restarts), x,
                                                 (2.0 * eps,))

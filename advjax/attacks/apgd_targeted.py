@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from advjax import _checks
 from advjax.attacks import _boundary, losses, projections
-from advjax.attacks._restarts import best_of_runs, run_keys
+from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.apgd import apgd_run, eot_value_and_grad
 from advjax.attacks.result import AttackResult
 
@@ -88,7 +88,7 @@ def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
             return z, s, f
 
         t_key = jax.random.fold_in(key, t_index)
-        keys = run_keys(t_key, n_restarts)
+        keys = _boundary.example_keys(t_key, n_restarts)
         z, s, _ = best_of_runs(run, keys, x_adv, rule="first_success")
         x_adv = jnp.where(done, x_adv, z)
         return (x_adv, done | s), None

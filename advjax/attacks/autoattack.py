@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from advjax import _checks
 from advjax.attacks import _boundary, losses, projections
-from advjax.attacks._restarts import best_of_runs, run_keys
+from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.apgd_targeted import OFFICIAL, apgd_search, apgd_t_search
 from advjax.attacks.fab import fab_multi_search
 from advjax.attacks.result import AttackResult
@@ -109,7 +109,7 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
                                    eot_samples=cfg.eot_samples, active=active & run_active,
                                    stop_at_success=not cfg.randomized, **OFFICIAL)
 
-            keys = run_keys(key, cfg.apgd_restarts)
+            keys = _boundary.example_keys(key, cfg.apgd_restarts)
             return best_of_runs(run, keys, x, rule="first_success")[0]
         return search
 

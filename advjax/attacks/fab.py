@@ -19,7 +19,6 @@ import jax.numpy as jnp
 
 from advjax import _checks
 from advjax.attacks import _boundary, losses, projections
-from advjax.attacks._restarts import run_keys
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -198,7 +197,7 @@ def fab_multi_search(logits_fn: Callable[[Array], Array], x: Array, label: Array
         if radius is None:
             radius = jnp.where(jnp.isfinite(size), size,
                                jnp.where(jnp.asarray(stop_below) > 0, stop_below, 0.0))
-        run_key = run_keys(jax.random.fold_in(key, ti), n_restarts)[r]
+        run_key = _boundary.example_keys(jax.random.fold_in(key, ti), n_restarts)[r]
         z, t = fab_search(logits_fn, x, label, run_key, norm=norm, steps=steps, lo=lo, hi=hi,
                           target=targets[ti] if targeted else None,
                           random_start=(r > 0) if n_restarts > 1 else False,

@@ -157,7 +157,7 @@ def pgd(
             return (jnp.where(take, z, best_z), jnp.where(take, success, best_s),
                     jnp.where(take, value, best_l))
 
-        # Run r uses fold_in(key, r) (one run: fold_in(key, 0)).
+        # Run 0 uses `key` itself, run r >= 1 fold_in(key, r) (_restarts.run_keys).
         keys = run_keys(ex.key if random_start else None, restarts)
         x_adv, _, best_loss = best_of_runs(run, keys, x)
         return x_adv, {"loss": best_loss}

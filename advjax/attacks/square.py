@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from advjax import _checks
 from advjax.attacks import _boundary, losses, projections
-from advjax.attacks._restarts import best_of_runs, run_keys
+from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -222,7 +222,7 @@ def square(
                                     rescale_schedule=rescale_schedule, active=run_active)
             return z, s, jnp.zeros((), x.dtype), jnp.where(run_active, q, 0)
 
-        keys = run_keys(ex.key, n_restarts)
+        keys = _boundary.example_keys(ex.key, n_restarts)
         x_adv, _, _, used = best_of_runs(run, keys, x, (jnp.zeros((), jnp.int32),),
                                          rule="first_success", accumulate=(3,))
         if lay == "CHW":

@@ -150,7 +150,7 @@ def apgd_reference(logits_fn, x, y, eps, key, steps, norm="l2", rho=0.75, alpha=
     """Algorithm 1 of Croce & Hein (2020), one untargeted CE run, as a plain Python loop.
 
     ``start``: the random start ``x^(0)`` before projection (default: ``x`` plus a uniform point
-    of the ball drawn from ``key`` as :func:`advjax.attacks.apgd` derives it).
+    of the ball drawn with ``key``, as :func:`advjax.attacks.apgd` does).
 
     Returns ``(x_max, f_max, eta, log)`` with ``log`` counting the checkpoints that halved the
     step, kept it, and halvings whose restart from ``x_max`` moved the iterate.
@@ -166,9 +166,7 @@ def apgd_reference(logits_fn, x, y, eps, key, steps, norm="l2", rho=0.75, alpha=
 
     ckpts = [int(w) for w in checkpoints(steps)]
     if start is None:
-        # apgd's key derivation: run 0 gets fold_in(key, 0), its start fold_in(run_key, 0).
-        start_key = jax.random.fold_in(jax.random.fold_in(key, 0), 0)
-        start = x + projections.sample_ball(start_key, x.shape, eps, norm, x.dtype)
+        start = x + projections.sample_ball(key, x.shape, eps, norm, x.dtype)
     x0 = proj(start)
     eta = 2.0 * eps
     x1 = proj(x0 + eta * d(grad(x0)))

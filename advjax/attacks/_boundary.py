@@ -24,7 +24,8 @@ on ONE example, and assembles the attack with :func:`per_example`::
 4. the result: :func:`advjax.attacks.result.make_result`, where an invalid example has
    ``success=False``, NaN distortions, ``x_adv = x`` and ``aux["valid_input"] = False``, and
    ``aux["input_errors"]`` is a bitmask of the failed checks (:data:`CHECKS`), decoded by
-   :func:`checked`.
+   :func:`checked`; with a budget norm, a point outside the budget is refused
+   (:func:`within_budget`); the search's boolean ``aux`` flags are False for an invalid example.
 
 ``logits_fn`` is passed through :func:`_prepare_logits_fn` once, at construction: the one place
 where a transformation of the model function applies to every attack (on CPU backends, the
@@ -51,8 +52,10 @@ LogitsFn = Callable[[Array], Array]
 
 # The checks behind ``aux["input_errors"]``: bit ``i`` is set when check ``CHECKS[i]`` failed.
 CHECKS = ("label in [0, K)", "target in [0, K) and != label", "budget finite and >= 0",
-          "x finite and inside [lo, hi]", "per-example setting")
-_LABEL, _TARGET, _BUDGET, _X, _EXTRA = range(len(CHECKS))
+          "x finite and inside [lo, hi]", "per-example setting", "logits_fn(x) finite")
+_LABEL, _TARGET, _BUDGET, _X, _EXTRA, _LOGITS = range(len(CHECKS))
+
+RESTART_RULES = ("best", "first_success")
 
 TARGET_POLICIES = ("none", "required", "optional")
 
@@ -202,6 +205,16 @@ def check_key(key, *, x=None, name: str = "key") -> Array:
     return key
 
 
+def example_keys(key: Array, n: int) -> Array:
+    """The one per-example (and per-run) key helper: ``(n,)`` keys ``fold_in(key, i)``.
+
+    Key ``i`` does not depend on ``n`` (nor on the batch size or device count). A typed key keeps
+    its implementation (``jax.random.key(0, impl="rbg")`` stays rbg: ``fold_in`` never rewraps
+    it with the default implementation); a raw ``uint32[2]`` key gives raw keys.
+    """
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
 def check_box_setting(lo, hi) -> tuple[float | None, float | None]:
     """Validates a constructor's box; ``None`` for both means "no box"."""
     if lo is None and hi is None:
@@ -231,6 +244,26 @@ def check_positive_float(value, name: str) -> float:
     return v
 
 
+def budget_slack(x: Array, norm: str) -> Array:
+    """Float rounding allowed above a budget: clipping to ``x +- eps`` (or rescaling onto the L2
+    sphere) in floating point can leave ``||x_adv - x||`` a few ulps of ``|x|`` above ``eps``.
+
+    ``4 ulp(1 + max|x|)`` per coordinate (times ``sqrt(d)`` for L2): at float32 and ``[0, 1]``
+    images ~1e-6 (L-infinity) -- orders of magnitude below any budget in use, so a point
+    genuinely outside the ball (even 0.1 % outside at eps = 8/255) is refused.
+    """
+    ulp = jnp.finfo(x.dtype).eps * (1.0 + jnp.max(jnp.abs(x)))
+    return 4 * ulp * (1.0 if norm == "linf" else jnp.sqrt(jnp.asarray(x.size, x.dtype)))
+
+
+def within_budget(x: Array, x_adv: Array, eps: Array, norm: str) -> Array:
+    """The inside-the-budget check of the boundary (bool scalar): ``||x_adv - x||_norm <= eps``
+    up to :func:`budget_slack` (no relative tolerance)."""
+    delta = (x_adv - x).reshape(-1)
+    size = jnp.max(jnp.abs(delta)) if norm == "linf" else jnp.sqrt(jnp.sum(delta * delta))
+    return size <= eps + budget_slack(x, norm)
+
+
 def per_example(
     search: Callable[[LogitsFn, Example], tuple[Array, Mapping[str, Array]]],
     logits_fn: LogitsFn,
@@ -246,6 +279,11 @@ def per_example(
     clip: bool = True,
     min_classes: int = 2,
     extras: Mapping[str, Extra] | None = None,
+    budget_norm: str | None = None,
+    budget_required: bool = True,
+    search_success: bool = False,
+    check_classes: Callable[[int], None] | None = None,
+    nan_aux: tuple[str, ...] = (),
 ) -> Callable[..., AttackResult]:
     """Assembles a per-example attack from its ``search`` (the ritual written once).
 
@@ -264,10 +302,31 @@ def per_example(
       clip: clip the search's ``x_adv`` to the box (when there is one).
       min_classes: smallest ``K`` the attack supports.
       extras: the attack's other per-example keyword arguments (:class:`Extra`).
+      budget_norm: ``"linf"`` / ``"l2"``: the budget is the radius of that ball, and a search
+        point outside it (:func:`within_budget`) is not a success: ``x_adv`` is reset to ``x``
+        (a minimum-norm search that went further, or a bug). ``aux["within_budget"]`` reports it.
+      budget_required: False makes the budget optional (FAB: minimum norm without it, a fixed
+        budget with it); the search then sees ``ex.budget = None`` when it is omitted.
+      search_success: the search decides success itself (``aux["success"]``, e.g. verified over
+        several draws of a randomised model); it is still refused for invalid input, outside
+        the budget or at non-finite logits.
+      check_classes: ``check_classes(K)`` raising a ``ValueError`` when the attack cannot run
+        with ``K`` classes (e.g. the DLR losses).
+      nan_aux: names of float ``aux`` entries (measurements such as FAB's ``size``) reported as
+        NaN for an invalid example.
+
+    Restarts: an attack with restarts combines its runs with :func:`advjax.attacks._restarts.
+    best_of_runs` under one of :data:`RESTART_RULES`: ``"best"`` (success first, then the
+    objective; PGD, the public APGD) or ``"first_success"`` (the first successful run wins and
+    later runs do not run; the AutoAttack stages, as in the official code).
 
     Returns:
       ``attack(x, label, *, key=None, target=None, <budget>, **extras) -> AttackResult``.
     """
+    if budget_norm is not None:
+        _checks.check_choice(budget_norm, "budget_norm", ("linf", "l2"))
+        if budget is None:
+            raise ValueError("`budget_norm` needs a `budget` argument name.")
     if target not in TARGET_POLICIES:
         raise ValueError(f"`target` policy must be one of {list(TARGET_POLICIES)}; got {target!r}.")
     if target == "optional" and default_target is None:
@@ -291,6 +350,8 @@ def per_example(
         k = num_classes(logits_fn, x)
         if k < min_classes:
             raise ValueError(f"`logits_fn` must output at least {min_classes} classes; got {k}.")
+        if check_classes is not None:
+            check_classes(k)
         x = jnp.asarray(x)
         label_in = label
         label = _check_class(label, "label")
@@ -307,7 +368,7 @@ def per_example(
         elif targeted and default_target is None:
             raise ValueError("`target` is required (scalar class index) for a targeted attack.")
         eps = None
-        if budget is not None:
+        if budget is not None and (budget_required or kwargs.get(budget) is not None):
             eps = _check_budget(kwargs.get(budget), budget)
         if box:
             _checks.check_in_range(x, "x", lo, hi)
@@ -348,13 +409,22 @@ def per_example(
         errors = sum(fails[i].astype(jnp.int32) << i for i in sorted(fails))
         valid = errors == 0
         # 3. sanitise: an invalid example gets a harmless stand-in
-        x_s = jnp.nan_to_num(x, nan=lo if box else 0.0)
+        x_s = jnp.nan_to_num(x, nan=lo if box else 0.0, posinf=hi if box else 0.0,
+                             neginf=lo if box else 0.0)
         x_s = jnp.where(valid, x, _clip(x_s, lo, hi))
         label_s = jnp.where(valid, label, 0)
         eps_s = None if eps is None else jnp.where(valid, eps, 0.0).astype(x.dtype)
         extra_s = {n: (v if v is None or extras[n].safe is None
                        else jnp.where(valid, v, extras[n].safe)) for n, v in extra.items()}
         clean_logits = logits_fn(x_s)
+        # The model itself at x: non-finite clean logits (argmax of NaN is 0) make the example
+        # unusable: flagged, never counted robust nor successful.
+        logits_ok = _checks.finite_ok(clean_logits)
+        if _checks.is_concrete(clean_logits) and not bool(logits_ok):
+            raise ValueError("`logits_fn` gives non-finite logits at `x`: the example can be "
+                             "neither robust nor broken.")
+        errors = errors | ((valid & ~logits_ok).astype(jnp.int32) << _LOGITS)
+        valid = errors == 0
         ex = Example(x=x_s, label=label_s, target=None, budget=eps_s, key=key,
                      clean_logits=clean_logits, num_classes=k, extra=extra_s)
         if targeted:
@@ -369,12 +439,22 @@ def per_example(
         if clip and box:
             x_adv = jnp.clip(x_adv, lo, hi)
         aux = dict(aux)
+        found = aux.pop("success") if search_success else None
+        if budget_norm is not None and eps is not None:
+            inside = within_budget(x_s, x_adv, eps_s, budget_norm)
+            x_adv = jnp.where(inside, x_adv, x_s)
+            aux["within_budget"] = inside
+            if found is not None:
+                found = found & inside
+        # The search's flags describe the stand-in of an invalid example: never report them.
+        aux = {n: (v & valid if jnp.result_type(v) == jnp.bool_ else
+                   jnp.where(valid, v, jnp.nan) if n in nan_aux else v) for n, v in aux.items()}
         aux["input_errors"] = errors
         if targeted:
             aux["target"] = target
         return make_result(logits_fn, x, x_adv, label, target=target if targeted else None,
                            clean_logits=clean_logits, aux=aux, valid=valid,
-                           reset_misclassified=reset_misclassified)
+                           reset_misclassified=reset_misclassified, success=found)
 
     return attack
 

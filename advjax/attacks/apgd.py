@@ -18,12 +18,30 @@ from advjax.attacks.result import AttackResult
 Array = jax.Array
 
 
-def checkpoints(steps: int) -> np.ndarray:
-    """APGD checkpoints ``w_j = ceil(p_j * steps)`` (Croce & Hein 2020, §3.2).
+SCHEDULES = ("paper", "official")
+KEEP = ("best", "last_success")
 
-    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``; the
-    checkpoints are the distinct ``w_j`` in ``(0, steps)``, increasing.
+
+def checkpoints(steps: int, rule: str = "paper") -> np.ndarray:
+    """APGD checkpoints ``w_j`` in ``(0, steps)``, increasing.
+
+    ``rule="paper"`` (Croce & Hein 2020, §3.2): ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``,
+    ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``.
+    ``rule="official"`` (``autopgd_base.py``): period lengths ``k_1 = max(int(0.22 N), 1)``,
+    ``k_{j+1} = max(k_j - max(int(0.03 N), 1), max(int(0.06 N), 1))`` (integer floors). Both give
+    22, 41, 57, 70, 80, 87, 93, 99 for ``N = 100``; they differ for other ``N`` (``N = 40``:
+    9, 17, 23, 28, ... vs 8, 15, 21, 26, ...).
     """
+    _checks.check_choice(rule, "schedule", SCHEDULES)
+    if rule == "official":
+        k = max(int(0.22 * steps), 1)
+        k_min, dec = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+        w, out = k, []
+        while w < steps:
+            out.append(w)
+            k = max(k - dec, k_min)
+            w += k
+        return np.asarray(out, np.int64)
     p = [0.0, 0.22]
     while p[-1] < 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
@@ -31,6 +49,170 @@ def checkpoints(steps: int) -> np.ndarray:
     w = sorted({int(math.ceil(round(q * steps, 9))) for q in p[1:]})
     w = [v for v in w if 0 < v < steps]
     return np.asarray(w, np.int64)
+
+
+def eot_value_and_grad(loss_fn, z: Array, key: Array, samples: int):
+    """Mean loss and mean input gradient over ``samples`` draws (keys ``fold_in(key, i)``).
+
+    ``loss_fn(z, key) -> (loss, logits)``. Returns ``(mean loss, logits of the first draw, mean
+    gradient)``; with ``samples == 1`` exactly ``loss_fn(z, key)`` and its gradient. (The
+    official code steers the step size by the loss of the LAST draw; the mean is the better
+    estimate of the expected loss whose gradient is averaged.)
+    """
+    vg = jax.value_and_grad(loss_fn, has_aux=True)
+    if samples == 1:
+        (v, logits), g = vg(z, key)
+        return v, logits, g
+    (v0, logits0), g0 = vg(z, jax.random.fold_in(key, 0))
+
+    def body(i, acc):
+        (v, _), g = vg(z, jax.random.fold_in(key, i))
+        return acc[0] + v, acc[1] + g
+
+    v_sum, g_sum = jax.lax.fori_loop(1, samples, body, (v0, g0))
+    return v_sum / samples, logits0, g_sum / samples
+
+
+def checkpoint_halves(n_inc: Array, period: Array, f_max: Array, f_max_ckpt: Array,
+                      reduced_ckpt: Array, *, rho: float, schedule: str) -> Array:
+    """The step-size decision at a checkpoint (Croce & Hein 2020, §3.2; ``autopgd_base.py``).
+
+    Halve (and restart from ``x_max``) when
+      (1) ``n_inc`` -- the steps of the ``period`` since the previous checkpoint that increased
+          the loss -- is below ``rho * period`` (``schedule="paper"``: ``<``, as written in the
+          paper; ``"official"``: ``<=``, as ``check_oscillation`` computes it), or
+      (2) the step was NOT halved at the previous checkpoint (``~reduced_ckpt``) and the best
+          loss has not grown since then (``f_max_ckpt >= f_max``).
+
+    Returns:
+      bool scalar.
+    """
+    limit = rho * period
+    cond1 = (n_inc <= limit) if schedule == "official" else (n_inc < limit)
+    cond2 = (~reduced_ckpt) & (f_max_ckpt >= f_max)
+    return cond1 | cond2
+
+
+def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str, steps: int,
+             lo: float | None, hi: float | None, rho: float = 0.75, alpha: float = 0.75,
+             schedule: str = "paper", start: str = "ball", projection: str = "exact",
+             eot_samples: int = 1, stop_at_success: bool = False, keep: str = "best",
+             active: Array | bool = True, start_key: Array | None = None):
+    """ONE run of APGD (Croce & Hein 2020, Algorithm 1) on ONE example: the only APGD loop of the
+    package (the public :func:`apgd`, :func:`advjax.attacks.apgd_targeted` and every AutoAttack
+    APGD stage call it; they differ only in the options below).
+
+    Iterates ``x^(0)`` (random start), ``x^(1) = P(x^(0) + eta d(g))`` and, for ``i >= 2``,
+    ``z = P(x^(i-1) + eta d(g))``, ``x^(i) = P(x^(i-1) + alpha (z - x^(i-1)) + (1 - alpha)
+    (x^(i-1) - x^(i-2)))``, ``eta = 2 eps`` halved at a checkpoint when (1) too few steps of the
+    period increased the loss or (2) it was not halved at the previous checkpoint and the best
+    loss has not grown since; a halving restarts from ``x_max`` (best loss) and its gradient.
+
+    Args:
+      loss_fn: ``(z, key) -> (loss to maximise, logits)``; ``key`` matters only for a randomised
+        model (EOT).
+      success_fn: ``logits -> bool``: what a success is (untargeted ``argmax != label``, or
+        ``argmax == target``).
+      x, eps, key: the clean example, the ball radius and the run's key (start: ``fold_in(key,
+        0)``; the draws at iterate ``i``: ``fold_in(key, i + 1)``).
+      norm, steps, lo, hi, rho, alpha: as in :func:`apgd`.
+      schedule: ``"paper"`` (checkpoints ``ceil(p_j N)``; condition (1) ``n_inc < rho k``
+        counting increases against the current iterate, ``f_max`` after a restart) or
+        ``"official"`` (``autopgd_base.py``: integer periods, ``n_inc <= rho k`` counted on the
+        sequence of losses as produced, whose first term is ``f(x^(1)) > 0``: the official
+        ``loss_steps[-1]`` is still 0 then).
+      start: ``"ball"`` or ``"surface"`` (:func:`advjax.attacks.projections.sample_start`).
+      projection: L2 projection onto ball ∩ box, ``"exact"`` or ``"clip"`` (the official one).
+      eot_samples: draws per gradient (mean loss and gradient; success from the first draw).
+      stop_at_success: stop at the first successful iterate (a deterministic model's flag is the
+        same either way; with EOT the run must go on: one draw's success is luck near the
+        boundary).
+      keep: ``"best"`` (success first, then loss, over all iterates) or ``"last_success"`` (the
+        last successful iterate, as the official ``x_best_adv``; ``x_max`` when none).
+      active: when False no iteration runs.
+      start_key: the key of the random start (default ``fold_in(key, 0)``; the public
+        :func:`apgd` passes its run key itself).
+
+    Returns:
+      ``(x_out, success, loss, eta)``: the kept point, whether any iterate succeeded, the loss
+      of the kept point (``f_max`` for ``keep="last_success"``) and the final step size.
+    """
+    _checks.check_choice(schedule, "schedule", SCHEDULES)
+    _checks.check_choice(keep, "keep", KEEP)
+    official = schedule == "official"
+    ckpt = checkpoints(steps, schedule)
+    is_ckpt = np.zeros(steps + 1, bool)
+    is_ckpt[ckpt] = True
+    period = np.zeros(steps + 1, np.float32)
+    prev = 0
+    for w in ckpt:
+        period[w] = w - prev
+        prev = w
+    is_ckpt_j, period_j = jnp.asarray(is_ckpt), jnp.asarray(period)
+    active = jnp.asarray(active, bool)
+
+    def proj(z):
+        return projections.project(z, x, eps, norm, lo, hi, l2_method=projection)
+
+    def evaluate(z, i):
+        v, logits, g = eot_value_and_grad(loss_fn, z, jax.random.fold_in(key, i + 1),
+                                          eot_samples)
+        return v, success_fn(logits), g
+
+    if start_key is None:
+        start_key = jax.random.fold_in(key, 0)
+    x0 = proj(x + projections.sample_start(start_key, x.shape, eps, norm, start, x.dtype))
+    f0, s0, g0 = evaluate(x0, 0)
+    st = dict(i=jnp.ones((), jnp.int32), x=x0, x_prev=x0, f=f0, f_raw=f0, g=g0,
+              eta=2.0 * eps, x_max=x0, f_max=f0, g_max=g0, x_best=x0, s_best=s0, f_best=f0,
+              x_last=x0, n_inc=jnp.zeros((), x.dtype), f_max_ckpt=f0,
+              reduced_ckpt=jnp.ones((), bool))
+
+    def cond(st):
+        go = (st["i"] <= steps) & active
+        return go & ~st["s_best"] if stop_at_success else go
+
+    def body(st):
+        i = st["i"]
+        z = proj(st["x"] + st["eta"] * projections.steepest_direction(st["g"], norm))
+        # The first step has no momentum (alpha = 1), as in the paper and the official code.
+        a = jnp.where(i == 1, 1.0, alpha).astype(x.dtype)
+        x_cur = st["x"]
+        x_new = proj(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - st["x_prev"]))
+        f_new, s_new, g_new = evaluate(x_new, i)
+        if official:
+            before = jnp.where(i == 1, jnp.zeros((), x.dtype), st["f_raw"])
+        else:
+            before = st["f"]
+        n_inc = st["n_inc"] + (f_new > before).astype(x.dtype)
+        up = f_new > st["f_max"]
+        x_max = jnp.where(up, x_new, st["x_max"])
+        g_max = jnp.where(up, g_new, st["g_max"])
+        f_max = jnp.where(up, f_new, st["f_max"])
+        take = better(s_new, f_new, st["s_best"], st["f_best"])
+        j = jnp.minimum(i, steps)
+        at_ckpt = is_ckpt_j[j]
+        halve = at_ckpt & checkpoint_halves(n_inc, period_j[j], f_max, st["f_max_ckpt"],
+                                            st["reduced_ckpt"], rho=rho, schedule=schedule)
+        return dict(
+            i=i + 1, x=jnp.where(halve, x_max, x_new), x_prev=x_cur,
+            f=jnp.where(halve, f_max, f_new), f_raw=f_new, g=jnp.where(halve, g_max, g_new),
+            eta=jnp.where(halve, 0.5 * st["eta"], st["eta"]),
+            x_max=x_max, f_max=f_max, g_max=g_max,
+            x_best=jnp.where(take, x_new, st["x_best"]), s_best=st["s_best"] | s_new,
+            f_best=jnp.where(take, f_new, st["f_best"]),
+            x_last=jnp.where(s_new, x_new, st["x_last"]),
+            n_inc=jnp.where(at_ckpt, 0.0, n_inc).astype(x.dtype),
+            f_max_ckpt=jnp.where(at_ckpt, f_max, st["f_max_ckpt"]),
+            reduced_ckpt=jnp.where(at_ckpt, halve, st["reduced_ckpt"]),
+        )
+
+    st = jax.lax.while_loop(cond, body, st)
+    success = st["s_best"] & active
+    if keep == "best":
+        return st["x_best"], success, st["f_best"], st["eta"]
+    return (jnp.where(st["s_best"], st["x_last"], st["x_max"]), success, st["f_max"],
+            st["eta"])
 
 
 def apgd(
@@ -62,7 +244,12 @@ def apgd(
         checkpoint increased ``f``, or (2) ``eta`` was not halved at the previous checkpoint and
         ``f_max`` has not grown since then.
     Every iterate is scored; the point returned is the best by "success first, then loss" over all
-    iterates and all ``n_restarts`` runs (a ``lax.scan``; each run draws a new random start).
+    iterates and all ``n_restarts`` runs (a ``lax.scan``; run 0 uses ``key`` itself, run
+    ``r >= 1`` ``fold_in(key, r)``, :func:`advjax.attacks._restarts.run_keys`; the run key
+    draws the start). This is :func:`apgd_run` with the paper's options
+    (``schedule="paper"``, ``start="ball"``, ``keep="best"``, restart rule ``"best"``); the
+    AutoAttack stages run the same loop with the official code's options
+    (:func:`advjax.attacks.autoattack.stage_search`).
 
     Args:
       logits_fn: per-example ``x -> logits (K,)``.
@@ -95,106 +282,33 @@ def apgd(
         raise ValueError(f"`rho` and `alpha` must lie in (0, 1]; got rho={rho}, alpha={alpha}.")
     lo, hi = _boundary.check_box_setting(lo, hi)
     targeted = bool(targeted)
-    ckpt = checkpoints(steps)
-    is_ckpt = np.zeros(steps + 1, bool)
-    is_ckpt[ckpt] = True
-    # Period length since the previous checkpoint (first period starts at 0).
-    period = np.zeros(steps + 1, np.float32)
-    prev = 0
-    for w in ckpt:
-        period[w] = w - prev
-        prev = w
-    is_ckpt_j = jnp.asarray(is_ckpt)
-    period_j = jnp.asarray(period)
 
     def search(logits_fn, ex: _boundary.Example):
         x, label, target, eps = ex.x, ex.label, ex.target, ex.budget
 
-        def evaluate(z):
-            def objective(z):
-                logits = logits_fn(z)
-                return losses.attack_loss(loss, logits, label, target), logits
+        def loss_fn(z, _key):
+            logits = logits_fn(z)
+            return losses.attack_loss(loss, logits, label, target), logits
 
-            (value, logits), g = jax.value_and_grad(objective, has_aux=True)(z)
+        def success_fn(logits):
             pred = jnp.argmax(logits)
-            success = (pred == target) if targeted else (pred != label)
-            return value, success, g
-
-        def proj(z):
-            return projections.project(z, x, eps, norm, lo, hi, l2_method=projection)
-
-        def step_dir(g):
-            return projections.steepest_direction(g, norm)
+            return (pred == target) if targeted else (pred != label)
 
         def run(run_key):
-            x0 = proj(x + projections.sample_ball(run_key, x.shape, eps, norm, x.dtype))
-            f0, s0, g0 = evaluate(x0)
-            eta = 2.0 * eps
-            x1 = proj(x0 + eta * step_dir(g0))
-            f1, s1, g1 = evaluate(x1)
-            # Best loss so far (x_max) and best "success then loss" point (x_best).
-            take1 = f1 > f0
-            state = dict(
-                x=x1, x_prev=x0, f=f1, g=g1, eta=eta,
-                x_max=jnp.where(take1, x1, x0), f_max=jnp.maximum(f0, f1),
-                g_max=jnp.where(take1, g1, g0),
-                x_best=jnp.where(better(s1, f1, s0, f0), x1, x0),
-                s_best=s0 | s1, f_best=jnp.where(better(s1, f1, s0, f0), f1, f0),
-                n_inc=(f1 > f0).astype(x.dtype),
-                f_max_ckpt=f0, reduced_ckpt=jnp.ones((), bool),
-            )
-
-            def body(k_iter, st):
-                z = proj(st["x"] + st["eta"] * step_dir(st["g"]))
-                x_cur = st["x"]
-                x_new = proj(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - st["x_prev"]))
-                f_new, s_new, g_new = evaluate(x_new)
-                n_inc = st["n_inc"] + (f_new > st["f"]).astype(x.dtype)
-                up = f_new > st["f_max"]
-                x_max = jnp.where(up, x_new, st["x_max"])
-                g_max = jnp.where(up, g_new, st["g_max"])
-                f_max = jnp.where(up, f_new, st["f_max"])
-                take = better(s_new, f_new, st["s_best"], st["f_best"])
-                x_best = jnp.where(take, x_new, st["x_best"])
-                f_best = jnp.where(take, f_new, st["f_best"])
-                s_best = st["s_best"] | s_new
-                # Checkpoint at iteration index k_iter + 1 (the iterate just produced).
-                j = k_iter + 1
-                at_ckpt = is_ckpt_j[j]
-                cond1 = n_inc < rho * period_j[j]
-                cond2 = (~st["reduced_ckpt"]) & (st["f_max_ckpt"] >= f_max)
-                halve = at_ckpt & (cond1 | cond2)
-                eta = jnp.where(halve, 0.5 * st["eta"], st["eta"])
-                x_next = jnp.where(halve, x_max, x_new)
-                g_next = jnp.where(halve, g_max, g_new)
-                f_next = jnp.where(halve, f_max, f_new)
-                # As in Algorithm 1 (and the reference code), x^(k) stays the momentum anchor even
-                # when x^(k+1) is reset to x_max.
-                x_prev = x_cur
-                return dict(
-                    x=x_next, x_prev=x_prev, f=f_next, g=g_next, eta=eta,
-                    x_max=x_max, f_max=f_max, g_max=g_max,
-                    x_best=x_best, s_best=s_best, f_best=f_best,
-                    n_inc=jnp.where(at_ckpt, 0.0, n_inc).astype(x.dtype),
-                    f_max_ckpt=jnp.where(at_ckpt, f_max, st["f_max_ckpt"]),
-                    reduced_ckpt=jnp.where(at_ckpt, halve, st["reduced_ckpt"]),
-                )
-
-            st = jax.lax.fori_loop(1, steps, lambda i, s: body(i, s), state)
-            return st["x_best"], st["s_best"], st["f_best"], st["eta"]
+            return apgd_run(loss_fn, success_fn, x, eps, run_key, norm=norm, steps=steps,
+                            lo=lo, hi=hi, rho=rho, alpha=alpha, schedule="paper", start="ball",
+                            projection=projection, keep="best", start_key=run_key)
 
         x_adv, _, best_loss, eta = best_of_runs(run, run_keys(ex.key, n_restarts), x,
                                                 (2.0 * eps,))
         return x_adv, {"loss": best_loss, "eta": eta}
 
-    def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None,
-               target: Array | None = None) -> AttackResult:
+    def check_classes(k):
         need = 4 if targeted else 3
-        if loss == "dlr" and (k := _boundary.num_classes(logits_fn, x)) < need:
+        if loss == "dlr" and k < need:
             raise ValueError(f"loss='dlr' needs at least {need} classes; `logits_fn` gives {k}.")
-        return inner(x, label, eps=eps, key=key, target=target)
 
-    inner = _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps",
-                                  target="required" if targeted else "none", needs_key=True,
-                                  reset_misclassified=bool(reset_misclassified))
-    return attack
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps", budget_norm=norm,
+                                 target="required" if targeted else "none", needs_key=True,
+                                 reset_misclassified=bool(reset_misclassified),
+                                 check_classes=check_classes)

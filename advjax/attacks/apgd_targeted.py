@@ -1,10 +1,10 @@
 """APGD-T (Croce & Hein 2020): targeted-DLR Auto-PGD against the top-k classes, for ONE example.
 
-The APGD loop here (:func:`apgd_search`) is the evaluation variant used by the AutoAttack stages:
-success is any misclassification seen at any iterate (as in the official code), an example stops
-as soon as it is misclassified or when it is not ``active`` (so a batch whose examples are all
-broken costs nothing more), and the gradient may be an expectation over random draws of the model
-(EOT, for randomised defences).
+The APGD loop is the package's one :func:`advjax.attacks.apgd.apgd_run`, with the official
+AutoAttack options (:data:`OFFICIAL`): integer checkpoint periods and condition (1) as in
+``autopgd_base.py``, the start on the sphere / cube surface, the L2 projection "rescale then
+clip", success = any misclassification seen at any iterate (the official ``acc``), the last
+misclassified iterate kept (``x_best_adv``), restarts and targets "first success wins".
 """
 
 from __future__ import annotations
@@ -13,132 +13,50 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _boundary, _search, losses, projections
-from advjax.attacks.apgd import checkpoints
-from advjax.attacks.pgd import better
+from advjax.attacks import _boundary, losses, projections
+from advjax.attacks._restarts import best_of_runs
+from advjax.attacks.apgd import apgd_run, eot_value_and_grad
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
 # loss_fn(z, key) -> (loss to maximise, logits used to decide success)
 LossFn = Callable[[Array, Array], tuple[Array, Array]]
 
+__all__ = ["OFFICIAL", "apgd_search", "apgd_t_search", "apgd_targeted", "eot_value_and_grad"]
+
+# The options of apgd_run that reproduce the official AutoAttack APGD (autopgd_base.py). Early
+# stopping at the first success is added by the callers for deterministic models only.
+OFFICIAL = dict(schedule="official", start="surface", projection="clip", keep="last_success")
+
 
 def _start(key: Array, x: Array, eps: Array, norm: str) -> Array:
-    """The official random start: uniform in the L-infinity cube, or ON the L2 sphere."""
-    if norm == "linf":
-        return x + eps * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-    g = jax.random.normal(key, x.shape, x.dtype)
-    return x + eps * projections.normalize_l2(g)
-
-
-def eot_value_and_grad(loss_fn: LossFn, z: Array, key: Array, samples: int):
-    """Mean loss and mean input gradient over ``samples`` draws (keys ``fold_in(key, i)``).
-
-    Returns:
-      ``(mean loss, logits of the first draw, mean gradient)``; with ``samples == 1`` exactly
-      ``loss_fn(z, key)`` and its gradient.
-    """
-    vg = jax.value_and_grad(loss_fn, has_aux=True)
-    if samples == 1:
-        (v, logits), g = vg(z, key)
-        return v, logits, g
-    (v0, logits0), g0 = vg(z, jax.random.fold_in(key, 0))
-
-    def body(i, acc):
-        (v, _), g = vg(z, jax.random.fold_in(key, i))
-        return acc[0] + v, acc[1] + g
-
-    v_sum, g_sum = jax.lax.fori_loop(1, samples, body, (v0, g0))
-    return v_sum / samples, logits0, g_sum / samples
+    """The official random start ``x + sample_surface(key, ...)`` (before projection)."""
+    return x + projections.sample_surface(key, x.shape, eps, norm, x.dtype)
 
 
 def apgd_search(loss_fn: LossFn, x: Array, label: Array, eps: Array, key: Array, *, norm: str,
                 steps: int, lo: float | None, hi: float | None, rho: float = 0.75,
                 alpha: float = 0.75, eot_samples: int = 1,
-                active: Array | bool = True) -> tuple[Array, Array, Array]:
-    """One APGD run (Croce & Hein 2020, Algorithm 1) on ONE example.
+                active: Array | bool = True, **options) -> tuple[Array, Array, Array]:
+    """One untargeted-success APGD run: :func:`advjax.attacks.apgd.apgd_run` with success
+    ``argmax logits != label``.
 
-    Args:
-      loss_fn: ``(z, key) -> (loss, logits)``; the loss is maximised, ``argmax logits != label``
-        is a success. ``key`` is used only by randomised models (EOT).
-      x: clean example, any shape, in ``[lo, hi]``.
-      label: true class.
-      eps: radius of the ``norm`` ball (input units, scalar).
-      key: random start and EOT draws.
-      norm: ``"linf"`` or ``"l2"``.
-      steps: iterations ``N`` (the checkpoints of :func:`advjax.attacks.apgd.checkpoints`).
-      lo, hi: the box.
-      rho, alpha: checkpoint threshold and momentum weight (0.75, 0.75 in the paper).
-      eot_samples: draws per gradient (1 for a deterministic model).
-      active: bool scalar; when False the run does no iteration (the result is the random start).
+    Defaults are plain Algorithm 1 (paper checkpoints, exact projection) from the surface start,
+    stopping at the first success and keeping the best iterate; ``**options`` (e.g.
+    :data:`OFFICIAL`, ``stop_at_success=False``) override them.
 
     Returns:
-      ``(x_best, success, loss_best)``: the best iterate by "misclassified first, then loss".
+      ``(x_kept, success, loss)``.
     """
-    ckpt = checkpoints(steps)
-    is_ckpt = np.zeros(steps + 1, bool)
-    is_ckpt[ckpt] = True
-    period = np.zeros(steps + 1, np.float32)
-    prev = 0
-    for w in ckpt:
-        period[w] = w - prev
-        prev = w
-    is_ckpt_j, period_j = jnp.asarray(is_ckpt), jnp.asarray(period)
-    active = jnp.asarray(active, bool)
-
-    def proj(z):
-        return projections.project(z, x, eps, norm, lo, hi)
-
-    def evaluate(z, i):
-        v, logits, g = eot_value_and_grad(loss_fn, z, jax.random.fold_in(key, i + 1), eot_samples)
-        return v, jnp.argmax(logits) != label, g
-
-    x0 = proj(_start(jax.random.fold_in(key, 0), x, eps, norm))
-    f0, s0, g0 = evaluate(x0, 0)
-    eta = 2.0 * eps
-    st = dict(i=jnp.ones((), jnp.int32), x=x0, x_prev=x0, f=f0, g=g0, eta=eta, x_max=x0,
-              f_max=f0, g_max=g0, x_best=x0, s_best=s0, f_best=f0,
-              n_inc=jnp.zeros((), x.dtype), f_max_ckpt=f0, reduced_ckpt=jnp.ones((), bool))
-
-    def cond(st):
-        return (st["i"] <= steps) & active & ~st["s_best"]
-
-    def body(st):
-        i = st["i"]
-        z = proj(st["x"] + st["eta"] * projections.steepest_direction(st["g"], norm))
-        # The first step has no momentum (alpha = 1), as in the paper.
-        a = jnp.where(i == 1, 1.0, alpha).astype(x.dtype)
-        x_cur = st["x"]
-        x_new = proj(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - st["x_prev"]))
-        f_new, s_new, g_new = evaluate(x_new, i)
-        n_inc = st["n_inc"] + (f_new > st["f"]).astype(x.dtype)
-        up = f_new > st["f_max"]
-        x_max = jnp.where(up, x_new, st["x_max"])
-        g_max = jnp.where(up, g_new, st["g_max"])
-        f_max = jnp.where(up, f_new, st["f_max"])
-        take = better(s_new, f_new, st["s_best"], st["f_best"])
-        j = jnp.minimum(i, steps)
-        at_ckpt = is_ckpt_j[j]
-        cond1 = n_inc < rho * period_j[j]
-        cond2 = (~st["reduced_ckpt"]) & (st["f_max_ckpt"] >= f_max)
-        halve = at_ckpt & (cond1 | cond2)
-        return dict(
-            i=i + 1, x=jnp.where(halve, x_max, x_new), x_prev=x_cur,
-            f=jnp.where(halve, f_max, f_new), g=jnp.where(halve, g_max, g_new),
-            eta=jnp.where(halve, 0.5 * st["eta"], st["eta"]),
-            x_max=x_max, f_max=f_max, g_max=g_max,
-            x_best=jnp.where(take, x_new, st["x_best"]), s_best=st["s_best"] | s_new,
-            f_best=jnp.where(take, f_new, st["f_best"]),
-            n_inc=jnp.where(at_ckpt, 0.0, n_inc).astype(x.dtype),
-            f_max_ckpt=jnp.where(at_ckpt, f_max, st["f_max_ckpt"]),
-            reduced_ckpt=jnp.where(at_ckpt, halve, st["reduced_ckpt"]),
-        )
-
-    st = jax.lax.while_loop(cond, body, st)
-    return st["x_best"], st["s_best"] & active, st["f_best"]
+    opts = dict(schedule="paper", start="surface", projection="exact", keep="best",
+                stop_at_success=True)
+    opts.update(options)
+    z, s, f, _ = apgd_run(loss_fn, lambda logits: jnp.argmax(logits) != label, x, eps, key,
+                          norm=norm, steps=steps, lo=lo, hi=hi, rho=rho, alpha=alpha,
+                          eot_samples=eot_samples, active=active, **opts)
+    return z, s, f
 
 
 def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, eps: Array,
@@ -146,12 +64,14 @@ def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
                   lo: float | None, hi: float | None, rho: float = 0.75, alpha: float = 0.75,
                   active: Array | bool = True) -> tuple[Array, Array]:
     """APGD-T on ONE example: one targeted-DLR run per target (the classes ranked 2nd, 3rd, ...
-    by the clean logits), later targets run only while the example is still robust.
+    by the clean logits) and restart (keys ``fold_in(fold_in(key, target index), r)``), with the
+    official options; later runs run only while the example is still robust.
 
     Returns:
-      ``(x_adv, success)``: the first successful point (or the last target's best point).
+      ``(x_adv, success)``: the first successful point (or the last run's point).
     """
-    targets = _search.top_targets(logits_fn(x), label, n_targets)
+    targets = losses.top_targets(logits_fn(x), n_targets)
+    active = jnp.asarray(active, bool)
 
     def body(carry, t_index):
         x_adv, done = carry
@@ -161,14 +81,17 @@ def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
             logits = logits_fn(z)
             return losses.targeted_dlr_loss(logits, label, target), logits
 
-        for r in range(n_restarts):
-            run_key = jax.random.fold_in(jax.random.fold_in(key, t_index), r)
-            z, s, _ = apgd_search(loss_fn, x, label, eps, run_key, norm=norm, steps=steps,
+        def run(run_key, run_active):
+            z, s, f = apgd_search(loss_fn, x, label, eps, run_key, norm=norm, steps=steps,
                                   lo=lo, hi=hi, rho=rho, alpha=alpha,
-                                  active=jnp.asarray(active) & ~done)
-            x_adv = jnp.where(s & ~done, z, x_adv)
-            done = done | s
-        return (x_adv, done), None
+                                  active=active & ~done & run_active, **OFFICIAL)
+            return z, s, f
+
+        t_key = jax.random.fold_in(key, t_index)
+        keys = _boundary.example_keys(t_key, n_restarts)
+        z, s, _ = best_of_runs(run, keys, x_adv, rule="first_success")
+        x_adv = jnp.where(done, x_adv, z)
+        return (x_adv, done | s), None
 
     (x_adv, done), _ = jax.lax.scan(body, (x, jnp.zeros((), bool)), jnp.arange(n_targets))
     return x_adv, done
@@ -187,7 +110,7 @@ def apgd_targeted(
     hi: float | None = 1.0,
 ) -> Callable[..., AttackResult]:
     """APGD-T: Auto-PGD on the targeted DLR loss (Croce & Hein 2020, Eq. 7) against the top-k
-    classes of the clean logits, best over targets; success = any misclassification.
+    classes of the clean logits; success = any misclassification (as in AutoAttack).
 
     Args:
       logits_fn: per-example ``x -> logits (K,)``, ``K >= 4`` (the targeted DLR loss).
@@ -211,18 +134,18 @@ def apgd_targeted(
         raise ValueError(f"`rho` and `alpha` must lie in (0, 1]; got rho={rho}, alpha={alpha}.")
     lo, hi = _boundary.check_box_setting(lo, hi)
 
-    logits_fn = _boundary._prepare_logits_fn(logits_fn)
-
-    def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None) -> AttackResult:
-        x, label, eps, key, k, valid = _search.check_call(logits_fn, x, label, eps, key, lo, hi)
+    def check_classes(k):
         if k < 4:
             raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes; `logits_fn` "
                              f"gives {k}.")
         if n_targets > k - 1:
             raise ValueError(f"`n_targets` must be <= K - 1 = {k - 1}; got {n_targets}.")
-        x_adv, _ = apgd_t_search(logits_fn, x, label, eps, key, norm=norm, steps=steps,
-                                 n_targets=n_targets, n_restarts=n_restarts, lo=lo, hi=hi,
-                                 rho=rho, alpha=alpha, active=valid)
-        return _search.finish(logits_fn, x, x_adv, label, valid, norm=norm, eps=eps)
 
-    return attack
+    def search(logits_fn, ex: _boundary.Example):
+        x_adv, _ = apgd_t_search(logits_fn, ex.x, ex.label, ex.budget, ex.key, norm=norm,
+                                 steps=steps, n_targets=n_targets, n_restarts=n_restarts, lo=lo,
+                                 hi=hi, rho=rho, alpha=alpha)
+        return x_adv, {}
+
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps", budget_norm=norm,
+                                 needs_key=True, check_classes=check_classes)

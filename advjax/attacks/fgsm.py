@@ -55,6 +55,6 @@ def fgsm(
         eps = ex.budget
         return ex.x + eps * projections.steepest_direction(g, norm), {}
 
-    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps",
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps", budget_norm=norm,
                                  target="required" if targeted else "none",
                                  reset_misclassified=bool(reset_misclassified))

@@ -21,6 +21,7 @@ __all__ = [
     "margin_loss",
     "targeted_dlr_loss",
     "targeted_margin_loss",
+    "top_targets",
 ]
 
 
@@ -87,3 +88,19 @@ def attack_loss(name: str, logits: Array, label: Array, target: Array | None = N
             return dlr_loss(logits, label)
         return targeted_dlr_loss(logits, label, target)
     raise ValueError(f"`loss` must be one of {list(LOSSES)}; got {name!r}.")
+
+
+def top_targets(clean_logits: Array, n_targets: int) -> Array:
+    """The ``n_targets`` most likely classes other than the top one, most likely first: the
+    classes ranked 2nd, 3rd, ... by the clean logits, the targets of APGD-T and FAB-T (as in the
+    official AutoAttack; for a misclassified example the label may be among them).
+
+    Args:
+      clean_logits: ``(K,)``.
+      n_targets: ``1 <= n_targets <= K - 1`` (static).
+
+    Returns:
+      ``(n_targets,)`` int32 class indices.
+    """
+    order = jnp.argsort(-clean_logits)
+    return order[1:1 + n_targets].astype(jnp.int32)

@@ -157,12 +157,12 @@ def pgd(
             return (jnp.where(take, z, best_z), jnp.where(take, success, best_s),
                     jnp.where(take, value, best_l))
 
-        # One run uses `key` itself; run r of several uses split(key, restarts)[r].
+        # Run 0 uses `key` itself, run r >= 1 fold_in(key, r) (_restarts.run_keys).
         keys = run_keys(ex.key if random_start else None, restarts)
         x_adv, _, best_loss = best_of_runs(run, keys, x)
         return x_adv, {"loss": best_loss}
 
-    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps",
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps", budget_norm=norm,
                                  target="required" if targeted else "none",
                                  needs_key=random_start,
                                  reset_misclassified=bool(reset_misclassified))

@@ -18,6 +18,8 @@ Array = jax.Array
 
 NORMS = ("linf", "l2")
 L2_PROJECTIONS = ("exact", "clip")
+# The random-start distributions of the package (:func:`sample_start`), one per documented choice.
+STARTS = ("ball", "surface")
 
 __all__ = [
     "L2_PROJECTIONS",
@@ -36,6 +38,9 @@ __all__ = [
     "sample_ball",
     "sample_l2_ball",
     "sample_linf_ball",
+    "sample_start",
+    "sample_surface",
+    "STARTS",
     "steepest_direction",
 ]
 
@@ -247,3 +252,37 @@ def sample_ball(key: Array, shape, eps: Array, norm: str, dtype=jnp.float32) -> 
     if norm == "linf":
         return sample_linf_ball(key, shape, eps, dtype)
     return sample_l2_ball(key, shape, eps, dtype)
+
+
+def sample_surface(key: Array, shape, eps: Array, norm: str, dtype=jnp.float32) -> Array:
+    """The official AutoAttack start (``autopgd_base.attack_single_run``, FAB's restarts): a point
+    at ``norm``-distance exactly ``eps``.
+
+    L2: ``eps * g / ||g||_2`` with ``g`` standard Gaussian (uniform on the sphere). L-infinity:
+    ``eps * t / max|t|`` with ``t`` uniform in ``[-1, 1]^d`` (a uniform cube point rescaled so
+    that its largest coordinate touches the cube's surface).
+    """
+    _check_norm(norm)
+    if norm == "linf":
+        t = jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+        return eps * t / jnp.maximum(jnp.max(jnp.abs(t)), 1e-12)
+    return eps * normalize_l2(jax.random.normal(key, shape, dtype))
+
+
+def sample_start(key: Array, shape, eps: Array, norm: str, start: str = "ball",
+                 dtype=jnp.float32) -> Array:
+    """A random start offset of shape ``shape`` for a ``norm`` ball of radius ``eps``.
+
+    Args:
+      start: ``"ball"`` (uniform in the ball, :func:`sample_ball`; PGD, the public ``apgd``) or
+        ``"surface"`` (at distance ``eps``, :func:`sample_surface`; the AutoAttack stages and
+        FAB's restarts, as in the official code).
+
+    Returns:
+      The offset (add it to ``x``, then project onto the ball ∩ box).
+    """
+    if start not in STARTS:
+        raise ValueError(f"`start` must be one of {list(STARTS)}; got {start!r}.")
+    if start == "ball":
+        return sample_ball(key, shape, eps, norm, dtype)
+    return sample_surface(key, shape, eps, norm, dtype)

@@ -68,6 +68,7 @@ def make_result(
     aux: Mapping[str, Array] | None = None,
     valid: Array | None = None,
     reset_misclassified: bool = True,
+    success: Array | None = None,
 ) -> AttackResult:
     """Builds an :class:`AttackResult` for ONE example: the only result builder of the attacks.
 
@@ -85,6 +86,14 @@ def make_result(
         already wrong (targeted: already ``target``) is returned unperturbed (``x_adv = x``); it
         is a success at zero distortion. False keeps the attack's point for every example
         (adversarial training, explanations).
+      success: the search's own success decision (bool scalar; e.g. verified over several draws
+        of a randomised model) used instead of the argmax rule; still refused where the example
+        is invalid or the logits at ``x_adv`` are not finite.
+
+    Non-finite logits are never a success (the argmax of a NaN vector is 0, which would count as
+    a misclassification for every label but 0): a non-finite logit vector at ``x_adv`` gives
+    ``success=False``, and non-finite clean logits give ``clean_correct=False`` (the boundary
+    also flags them, ``aux["input_errors"]``).
 
     Returns:
       The :class:`AttackResult`; success is ``argmax logits(x_adv) != label`` (targeted:
@@ -93,7 +102,8 @@ def make_result(
     if clean_logits is None:
         clean_logits = logits_fn(x)
     clean_pred = jnp.argmax(clean_logits, axis=-1)
-    clean_correct = clean_pred == label
+    clean_finite = jnp.all(jnp.isfinite(clean_logits), axis=-1)
+    clean_correct = (clean_pred == label) & clean_finite
     if reset_misclassified:
         already = ~clean_correct if target is None else clean_pred == target
         x_adv = jnp.where(already, x, x_adv)
@@ -104,7 +114,9 @@ def make_result(
         aux["valid_input"] = valid
     logits = logits_fn(x_adv)
     l2, linf, rmse = distortions(x, x_adv)
-    success = is_success(logits, label, target)
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    success = (is_success(logits, label, target) if success is None
+               else jnp.asarray(success, bool)) & finite
     if valid is not None:
         nan = jnp.asarray(jnp.nan, l2.dtype)
         l2, linf, rmse = (jnp.where(valid, v, nan) for v in (l2, linf, rmse))

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _boundary, _search, projections
+from advjax.attacks import _boundary, losses, projections
+from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -98,7 +98,7 @@ def square_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
         return projections.clip_box(z, lo, hi)
 
     def score(z):
-        return _search.margin(logits_fn(z), label)
+        return -losses.margin_loss(logits_fn(z), label)
 
     k_init, k_loop = jax.random.split(key)
     if norm == "linf":
@@ -172,6 +172,7 @@ def square(
     p_init: float = 0.8,
     n_restarts: int = 1,
     rescale_schedule: bool = False,
+    layout: str | None = None,
     lo: float | None = 0.0,
     hi: float | None = 1.0,
 ) -> Callable[..., AttackResult]:
@@ -185,6 +186,9 @@ def square(
       n_restarts: independent searches; later ones run only while the example is robust.
       rescale_schedule: map the square-size schedule onto ``queries`` (the paper's schedule is
         for 10 000 queries; AutoAttack does not rescale).
+      layout: ``"HWC"`` or ``"CHW"``: which axes of ``x`` are the image rows, columns and
+        channels (the squares are spatial windows, shared by all channels). ``None`` infers it
+        only when unambiguous (:func:`image_layout`) and refuses other images.
       lo, hi: the box.
 
     Returns:
@@ -199,22 +203,54 @@ def square(
         raise ValueError(f"`p_init` must lie in (0, 1]; got {p_init}.")
     lo, hi = _boundary.check_box_setting(lo, hi)
 
-    logits_fn = _boundary._prepare_logits_fn(logits_fn)
+    if layout is not None:
+        _checks.check_choice(layout, "layout", LAYOUTS)
 
-    def attack(x: Array, label: Array, *, eps: Array, key: Array | None = None) -> AttackResult:
-        if np.ndim(x) != 3:
-            raise ValueError(f"`x` must be one image (H, W, C); got shape {np.shape(x)}.")
-        x, label, eps, key, _, valid = _search.check_call(logits_fn, x, label, eps, key, lo, hi)
-        x_adv, done, used = x, jnp.zeros((), bool), jnp.zeros((), jnp.int32)
-        for r in range(n_restarts):
-            z, s, q = square_search(logits_fn, x, label, eps, jax.random.fold_in(key, r),
-                                    norm=norm, n_queries=queries, p_init=p_init, lo=lo, hi=hi,
-                                    rescale_schedule=rescale_schedule, active=valid & ~done)
-            x_adv = jnp.where(s & ~done, z, jnp.where(done, x_adv, z))
-            used = used + jnp.where(done, 0, q)
-            done = done | s
-        return _search.finish(logits_fn, x, x_adv, label, valid, norm=norm, eps=eps,
-                              aux={"queries": used})
+    def search(logits_fn, ex: _boundary.Example):
+        lay = image_layout(ex.x.shape, layout)
+        x = ex.x
+        f = logits_fn
+        if lay == "CHW":
+            x = jnp.moveaxis(x, 0, -1)
 
-    return attack
+            def f(z):
+                return logits_fn(jnp.moveaxis(z, -1, 0))
 
+        def run(run_key, run_active):
+            z, s, q = square_search(f, x, ex.label, ex.budget, run_key, norm=norm,
+                                    n_queries=queries, p_init=p_init, lo=lo, hi=hi,
+                                    rescale_schedule=rescale_schedule, active=run_active)
+            return z, s, jnp.zeros((), x.dtype), jnp.where(run_active, q, 0)
+
+        keys = _boundary.example_keys(ex.key, n_restarts)
+        x_adv, _, _, used = best_of_runs(run, keys, x, (jnp.zeros((), jnp.int32),),
+                                         rule="first_success", accumulate=(3,))
+        if lay == "CHW":
+            x_adv = jnp.moveaxis(x_adv, -1, 0)
+        return x_adv, {"queries": used}
+
+    return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps",
+                                 budget_norm=norm, needs_key=True)
+
+
+LAYOUTS = ("HWC", "CHW")
+
+
+def image_layout(shape, layout: str | None = None) -> str:
+    """The layout of an image of ``shape`` (one example): ``layout`` when given (checked against
+    the rank), else inferred only when unambiguous: ``HWC`` when the last axis has 1 or 3
+    channels and the first does not, ``CHW`` the other way round. Raises a ``ValueError``
+    naming ``layout`` otherwise (a batch, a flat vector, a 3x32x3 image...)."""
+    shape = tuple(shape)
+    if len(shape) != 3:
+        raise ValueError(f"`x` must be one image of rank 3 ((H, W, C) or (C, H, W), see "
+                         f"`layout`); got shape {shape}.")
+    if layout is not None:
+        return layout
+    last, first = shape[-1] in (1, 3), shape[0] in (1, 3)
+    if last and not first:
+        return "HWC"
+    if first and not last:
+        return "CHW"
+    raise ValueError(f"`layout` cannot be inferred for an image of shape {shape}: pass "
+                     "layout='HWC' or layout='CHW' to square(...).")

@@ -200,3 +200,10 @@ def tiny_mlp() -> NetProblem:
 def tiny_cnn() -> NetProblem:
     """Tiny CNN (one 3x3 conv, 4 channels, relu, dense), 6x6x1 inputs, 5 classes, 8 examples."""
     return make_net_problem(TinyCNN(), shape=(6, 6, 1), n=8, seed=1)
+
+
+@pytest.fixture(params=[False, True], ids=["eager", "jit"])
+def maybe_jit(request) -> Callable[[Callable], Callable]:
+    """The one jit/eager switch of the attack tests: ``maybe_jit(fn)`` is ``jax.jit(fn)`` in the
+    ``jit`` run and ``fn`` itself in the ``eager`` run, so one test body covers both paths."""
+    return jax.jit if request.param else (lambda fn: fn)

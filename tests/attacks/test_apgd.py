@@ -61,11 +61,10 @@ def test_l2_linear_success_boundary(linear_problem):
     np.testing.assert_allclose(m, np.round(m), atol=1e-4)
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_keys_and_targeted(tiny_mlp, use_jit):
+def test_keys_and_targeted(tiny_mlp, maybe_jit):
     p = tiny_mlp
     attack = apgd(p.logits_fn, steps=4, targeted=True, loss="dlr")
-    attack = jax.jit(attack) if use_jit else attack
+    attack = maybe_jit(attack)
     x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])
     t = jnp.asarray((int(p.labels[0]) + 1) % 5)
     a = attack(x, y, eps=0.3, key=jax.random.key(0), target=t)

@@ -150,3 +150,61 @@ def test_search_matches_plain_loop_of_algorithm_1(tiny_mlp, case, steps):
     assert not bool(success)
     np.testing.assert_allclose(float(loss), f_max, rtol=1e-5)
     np.testing.assert_allclose(z, x_max, atol=1e-4)
+
+
+@pytest.mark.parametrize("i,eps", [(0, 0.02), (1, 0.05), (3, 0.02)])
+def test_official_options_match_the_official_run(tiny_mlp, i, eps):
+    # The APGD-T run of AutoAttack (targeted DLR towards the 2nd class, 100 steps, official
+    # options) against a plain-Python transliteration of autopgd_base.attack_single_run from the
+    # same start: the same best loss and final step size (8 halvings at the official
+    # checkpoints 22, 41, 57, 70, 80, 87, 93, 99) and the same max-loss point, float32 rounding
+    # only. No iterate succeeds here, so the kept point is x_max.
+    from advjax.attacks import projections
+    from advjax.attacks.apgd import apgd_run
+    from advjax.attacks.apgd_targeted import OFFICIAL
+    from tests.attacks._apgd_official import apgd_official
+
+    p = tiny_mlp
+    x, y = jnp.asarray(p.xs[i]), jnp.int32(p.labels[i])
+    t = jnp.argsort(-p.logits_fn(x))[1]
+
+    def lf(z):
+        return losses.targeted_dlr_loss(p.logits_fn(z), y, t)
+
+    key = jax.random.key(4)
+    eps = jnp.float32(eps)
+    start = x + projections.sample_surface(jax.random.fold_in(key, 0), x.shape, eps, "linf")
+    x_best, f_best, step, log = apgd_official(jax.jit(lf), jax.jit(jax.grad(lf)), x, eps, start,
+                                              100)
+    assert sum(log.values()) == 8, log
+    z, s, f, eta = jax.jit(lambda x: apgd_run(
+        lambda z, _k: (lf(z), p.logits_fn(z)), lambda logits: jnp.argmax(logits) != y, x, eps,
+        key, norm="linf", steps=100, lo=0.0, hi=1.0, **OFFICIAL))(x)
+    assert not bool(s)
+    np.testing.assert_allclose(float(f), f_best, rtol=1e-5)
+    np.testing.assert_allclose(float(eta), step, rtol=1e-6)
+    np.testing.assert_allclose(z, x_best, atol=1e-5)
+
+
+def test_checkpoint_decision_truth_table():
+    # Both conditions of the step-size rule, as the official check_oscillation and
+    # fl_reduce_no_impr compute them (autopgd_base.py): (1) n_inc <= rho * k (official; the
+    # paper writes <), (2) not reduced at the previous checkpoint AND no improvement of the best
+    # loss since. Every row below decides differently from an inverted condition (2) or a strict
+    # condition (1).
+    from advjax.attacks.apgd import checkpoint_halves
+
+    rows = [  # n_inc, k, f_max, f_max_ckpt, reduced_ckpt -> official, paper
+        (12, 16, 1.0, 0.5, True, True, False),     # (1) at equality: official halves, paper not
+        (13, 16, 1.0, 0.5, True, False, False),    # improved, reduced before: keep
+        (13, 16, 1.0, 1.0, False, True, True),     # (2): not reduced, no improvement: halve
+        (13, 16, 1.0, 2.0, False, True, True),     # (2) with f_max_ckpt > f_max (rounding)
+        (13, 16, 1.0, 0.5, False, False, False),   # not reduced but improved: keep
+        (13, 16, 1.0, 1.0, True, False, False),    # reduced before, no improvement: keep
+        (3, 16, 1.0, 0.5, True, True, True),       # (1)
+    ]
+    for n_inc, k, f_max, f_ckpt, red, official, paper in rows:
+        args = (jnp.float32(n_inc), jnp.float32(k), jnp.float32(f_max), jnp.float32(f_ckpt),
+                jnp.bool_(red))
+        assert bool(checkpoint_halves(*args, rho=0.75, schedule="official")) == official, rows
+        assert bool(checkpoint_halves(*args, rho=0.75, schedule="paper")) == paper, rows

@@ -55,7 +55,6 @@ def _np_dist(c, c_star, dist_kind):
     return c if dist_kind == "linear" else abs(c - 2.0 * c_star) + 1.0
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
 @pytest.mark.parametrize("c_star,initial_const,steps,dist_kind", [
     (3.7, 1e-2, 9, "linear"),      # three growth steps (0.01, 0.1, 1 fail; 10 succeeds), bisection
     (3.7, 1e-2, 3, "linear"),      # never succeeds within the budget
@@ -63,13 +62,13 @@ def _np_dist(c, c_star, dist_kind):
     (0.37, 1.0, 8, "nonmonotone"),  # the kept candidate is the least distorted, not the last one
     (5.0, 5.0, 5, "linear"),       # success exactly at c_star
 ])
-def test_matches_reference_loop(c_star, initial_const, steps, dist_kind, use_jit):
+def test_matches_reference_loop(c_star, initial_const, steps, dist_kind, maybe_jit):
     # Truth: the plain-Python cleverhans loop (float64); tolerance float32 round-off.
     ref = reference_search(c_star, lambda c: _np_dist(c, c_star, dist_kind), initial_const, steps)
     solve = _solve_factory(c_star, dist_kind)
     fallback = jnp.full((2,), -1.0)
     run = lambda c0: c_search(solve, c0, fallback, search_steps=steps)
-    out = (jax.jit(run) if use_jit else run)(initial_const)
+    out = maybe_jit(run)(initial_const)
     assert bool(out.success) == (ref["num_successes"] > 0)
     assert int(out.num_successes) == ref["num_successes"]
     np.testing.assert_allclose(float(out.const), ref["const"], rtol=1e-5)

@@ -11,13 +11,12 @@ from advjax.attacks.deepfool import deepfool
 from tests.attacks.conftest import linear_min_l2, linear_min_l2_delta, make_linear_problem
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_linear_model_one_step_to_closed_form(linear_problem, use_jit):
+def test_linear_model_one_step_to_closed_form(linear_problem, maybe_jit):
     # Affine classifier, box inactive: one step reaches (1 + overshoot) * the minimal perturbation
     # (plus the 1e-4 logit margin), never less than the closed form.
     p = linear_problem
     attack = deepfool(p.logits_fn, overshoot=0.02)
-    attack = jax.jit(attack) if use_jit else attack
+    attack = maybe_jit(attack)
     for i in range(3):
         x, y = p.xs[i], p.labels[i]
         res = attack(jnp.asarray(x), jnp.asarray(y))
@@ -107,3 +106,50 @@ def test_cost_scales_with_candidates_not_classes():
     small, large, full = flops(100, 10), flops(1000, 10), flops(1000, None)
     assert large < 20 * small, (small, large)
     assert full > 20 * large, (large, full)
+
+
+def _deepfool_reference(logits_fn, x, y, overshoot, steps, lo=0.0, hi=1.0):
+    """Algorithm 2 of Moosavi-Dezfooli et al. (2016) as a plain loop, all classes candidates:
+    the overshoot scales the ACCUMULATED perturbation, ``x_{i+1} = clip(x + (1 + o) r_tot)``
+    (the reference's ``pert_image = image + (1 + overshoot) * r_tot``)."""
+    jac_fn = jax.jit(jax.jacrev(logits_fn))
+    r_tot = np.zeros(x.size)
+    x_i = np.asarray(x)
+    for i in range(steps):
+        z = np.asarray(logits_fn(jnp.asarray(x_i)), np.float64)
+        if np.argmax(z) != y:
+            return x_i, i
+        jac = np.asarray(jac_fn(jnp.asarray(x_i)), np.float64).reshape(z.size, -1)
+        best = None
+        for k in range(z.size):
+            if k == y:
+                continue
+            w = jac[k] - jac[y]
+            f = z[k] - z[y]
+            d = abs(f) / max(np.linalg.norm(w), 1e-12)
+            if best is None or d < best[0]:
+                best = (d, (abs(f) + 1e-4) / max(np.dot(w, w), 1e-24) * w)
+        r_tot = r_tot + best[1]
+        x_i = np.clip(np.asarray(x).reshape(-1) + (1 + overshoot) * r_tot, lo,
+                      hi).reshape(x.shape).astype(np.float32)
+    return x_i, steps
+
+
+def test_overshoot_scales_the_accumulated_perturbation(tiny_mlp):
+    # A non-linear model where DeepFool needs several steps and a large overshoot (0.5), on
+    # images with many pixels at the bounds (so the box clips): the overshoot applied to each
+    # step's increment (compounded into r_tot, or stepping from the current clipped iterate)
+    # lands elsewhere than the reference loop by far more than float32 rounding (1e-4).
+    p = tiny_mlp
+    attack = jax.jit(deepfool(p.logits_fn, candidates=None, overshoot=0.5, steps=20))
+    xs = np.clip(2.0 * p.xs - 0.5, 0.0, 1.0)
+    ys = np.asarray(jnp.argmax(jax.vmap(p.logits_fn)(jnp.asarray(xs)), -1))
+    multi = 0
+    for i in range(16):
+        x, y = jnp.asarray(xs[i]), int(ys[i])
+        res = attack(x, jnp.int32(y))
+        ref_x, ref_steps = _deepfool_reference(p.logits_fn, x, y, 0.5, 20)
+        assert int(res.aux["steps"]) == ref_steps
+        np.testing.assert_allclose(res.x_adv, ref_x, atol=1e-4)
+        multi += ref_steps >= 2
+    assert multi >= 2

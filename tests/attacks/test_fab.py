@@ -92,7 +92,7 @@ def test_runs_over_targets_and_restarts_keep_the_smallest(tiny_mlp, n_restarts):
     # whichever run found it: here each run is repeated on its own through `fab_search` with the
     # same target and key, and the ensemble's size must be their minimum. The smallest run is not
     # always the last one on these examples, so keeping the last (or the first) run fails.
-    from advjax.attacks import _search
+    from advjax.attacks import losses as _losses
     from advjax.attacks.fab import fab_search
 
     p = tiny_mlp
@@ -102,7 +102,7 @@ def test_runs_over_targets_and_restarts_keep_the_smallest(tiny_mlp, n_restarts):
                              n_restarts=n_restarts)))(xs, ys, key=keys)
 
     def one_run(x, y, key, ti, restart, radius):
-        target = _search.top_targets(p.logits_fn(x), y, 3)[ti]
+        target = _losses.top_targets(p.logits_fn(x), 3)[ti]
         run_key = jax.random.fold_in(jax.random.fold_in(key, ti), restart)
         return fab_search(p.logits_fn, x, y, run_key, norm="linf", steps=20, lo=0.0, hi=1.0,
                           target=target, random_start=restart > 0, start_radius=radius,
@@ -183,3 +183,44 @@ def test_projection_equals_the_sorted_solution_on_image_sized_problems(norm):
         if box[0] is not None:
             assert (p + got).min() >= -1e-6 and (p + got).max() <= 1 + 1e-6
     assert missed >= 3          # the box-corner case was exercised
+
+
+def _tiny_weight_case(norm):
+    """64 coordinates, 63 of them 0-0.02 below the top of the box (so their breakpoints lie near
+    the root), and one weight of 1e-12 (a breakpoint ~1e10 times the root)."""
+    rng = np.random.default_rng(0)
+    n = 64
+    w = rng.normal(size=n)
+    w[0] = 1e-12
+    p = rng.uniform(0.0, 1.0, size=n)
+    p[1:] = 1 - 0.02 * rng.uniform(size=n - 1)
+    b = w @ p + 0.0125 * np.abs(w).sum()
+    return p, w, b
+
+
+def _brentq_projection(p, w, b, norm):
+    """Independent truth in float64: the root of G(tau) = |c| by scipy's brentq."""
+    c = b - w @ p
+    s = np.sign(c)
+    room = np.maximum(np.where(s * w > 0, 1 - p, p), 0)
+    aw = np.abs(w)
+    brk = room / aw if norm == "l2" else room
+    weight = aw * aw if norm == "l2" else aw
+    tau = scipy.optimize.brentq(lambda t: np.sum(weight * np.minimum(t, brk)) - abs(c), 0,
+                                brk.max(), xtol=1e-300, rtol=1e-15)
+    step = np.minimum(tau, brk)
+    return s * np.sign(w) * (step * aw if norm == "l2" else step)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_projection_reaches_the_hyperplane_with_a_tiny_weight(norm):
+    # The former bisection on [0, max breakpoint] never got its bracket below the root here
+    # (max breakpoint ~1e10): the L2 step reached only 81.5 % of the way to the hyperplane
+    # (size 79 % of the truth). Exact: float32 rounding only (1e-5 relative, 1e-6 absolute).
+    p, w, b = _tiny_weight_case(norm)
+    d = np.asarray(project_hyperplane_box(jnp.asarray(p, jnp.float32),
+                                          jnp.asarray(w, jnp.float32), jnp.float32(b), 0.0, 1.0,
+                                          norm), np.float64)
+    truth = _brentq_projection(p, w, b, norm)
+    np.testing.assert_allclose((w @ d) / (b - w @ p), 1.0, atol=1e-5)
+    np.testing.assert_allclose(d, truth, atol=1e-6)

@@ -12,18 +12,11 @@ from hypothesis import strategies as st
 from advjax.attacks.fgsm import fgsm
 from tests.attacks.conftest import make_linear_problem
 
-JIT = pytest.mark.parametrize("use_jit", [False, True], ids=["nojit", "jit"])
 
-
-def _maybe_jit(fn, use_jit):
-    return jax.jit(fn) if use_jit else fn
-
-
-@JIT
-def test_linf_binary_equals_closed_form_sign_step(binary_linear_problem, use_jit):
+def test_linf_binary_equals_closed_form_sign_step(binary_linear_problem, maybe_jit):
     # CE gradient of a binary linear model is (1 - p_y)(w_other - w_y): the step is its sign.
     p = binary_linear_problem
-    attack = _maybe_jit(fgsm(p.logits_fn), use_jit)
+    attack = maybe_jit(fgsm(p.logits_fn))
     for x, y in zip(p.xs[:4], p.labels[:4], strict=True):
         eps = 0.03
         res = attack(jnp.asarray(x), jnp.asarray(y), eps=eps)
@@ -33,10 +26,9 @@ def test_linf_binary_equals_closed_form_sign_step(binary_linear_problem, use_jit
         np.testing.assert_allclose(res.linf, eps, rtol=1e-5)
 
 
-@JIT
-def test_l2_binary_equals_normalised_gradient_step(binary_linear_problem, use_jit):
+def test_l2_binary_equals_normalised_gradient_step(binary_linear_problem, maybe_jit):
     p = binary_linear_problem
-    attack = _maybe_jit(fgsm(p.logits_fn, norm="l2"), use_jit)
+    attack = maybe_jit(fgsm(p.logits_fn, norm="l2"))
     x, y = p.xs[0], p.labels[0]
     res = attack(jnp.asarray(x), jnp.asarray(y), eps=0.1)
     w = p.W[:, 1 - y] - p.W[:, y]

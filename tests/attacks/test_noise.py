@@ -29,11 +29,10 @@ def test_rms_statistics_unclipped(linear_problem):
     assert scipy.stats.kstest(z, "norm").pvalue > 1e-3
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_clipped_to_box_and_keys(linear_problem, use_jit):
+def test_clipped_to_box_and_keys(linear_problem, maybe_jit):
     p = linear_problem
     attack = gaussian_noise(p.logits_fn)
-    attack = jax.jit(attack) if use_jit else attack
+    attack = maybe_jit(attack)
     x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])
     a = attack(x, y, rms=0.5, key=jax.random.key(3))
     b = attack(x, y, rms=0.5, key=jax.random.key(3))

@@ -30,11 +30,14 @@ def _closed_forms(p, norm):
                                               ("l2", "ce", 1.2)])
 def test_success_exactly_where_closed_form_allows(linear_problem, norm, loss, margin):
     # Box inactive (x in [0.3, 0.7], minimal L2 < 0.15): success iff eps > minimal distortion.
-    # The margin loss follows the nearest boundary; CE ascends a softmax-weighted mixture of
-    # boundaries, so it is given a wider margin.
+    # The margin loss follows the largest other logit, whose boundary need not be the nearest:
+    # on example 5 (L2, 1.05 d) one run from a random start reaches it from 36 % of the starts
+    # (64 starts tried), so 8 restarts (the best run is kept; all 8 fail with probability
+    # ~3e-2 for that example, and these keys are fixed). CE ascends a softmax-weighted
+    # mixture of boundaries, so it is given a wider margin.
     p = linear_problem
     d = _closed_forms(p, norm)
-    attack = jax.jit(jax.vmap(pgd(p.logits_fn, norm=norm, loss=loss, steps=20)))
+    attack = jax.jit(jax.vmap(pgd(p.logits_fn, norm=norm, loss=loss, steps=20, restarts=8)))
     keys = jax.random.split(jax.random.key(0), len(p.xs))
     xs, ys = jnp.asarray(p.xs), jnp.asarray(p.labels)
     above = attack(xs, ys, eps=jnp.asarray(margin * d, jnp.float32), key=keys)
@@ -135,11 +138,10 @@ def test_restarts_keep_best_of_runs(tiny_mlp):
     np.testing.assert_allclose(multi.aux["loss"], max(losses), rtol=1e-6)
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_same_key_same_result_and_keys_matter(tiny_mlp, use_jit):
+def test_same_key_same_result_and_keys_matter(tiny_mlp, maybe_jit):
     p = tiny_mlp
     attack = pgd(p.logits_fn, norm="linf", steps=2, rel_step_size=0.1)
-    attack = jax.jit(attack) if use_jit else attack
+    attack = maybe_jit(attack)
     x, y = jnp.asarray(p.xs[1]), jnp.asarray(p.labels[1])
     a = attack(x, y, eps=0.01, key=jax.random.key(0))
     b = attack(x, y, eps=0.01, key=jax.random.key(0))

@@ -90,3 +90,60 @@ def test_forward_passes_only_and_invalid_input(binary):
     assert np.isnan(float(r.linf[0]))
     with pytest.raises(ValueError, match="x"):
         square(blind)(jnp.zeros((16,)), jnp.int32(0), eps=0.1, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_square_side_is_rounded_as_the_official_code(norm):
+    # Official square.py: s = max(int(round(sqrt(p * n_features / c))), 1) (L-infinity) or
+    # max(..., 3) made odd (L2), capped at min(h, w). 32x32 images and the p schedule from 0.8:
+    # sqrt(0.8 * 1024) = 28.6 rounds to 29 (floor: 28), and several later p do the same.
+    from advjax.attacks.square import _side
+
+    h = w = 32
+    floor_differs = 0
+    for halvings in range(10):
+        p = 0.8 / 2 ** halvings
+        root = np.sqrt(p * h * w)
+        s = max(int(round(root)), 1 if norm == "linf" else 3)
+        if norm == "l2" and s % 2 == 0:
+            s += 1
+        s = min(s, min(h, w))
+        got = int(_side(jnp.float32(p), h * w, 1 if norm == "linf" else 3, min(h, w),
+                        odd=norm == "l2"))
+        assert got == s, (p, got, s)
+        floor_differs += int(round(root)) != int(np.floor(root))
+    assert floor_differs >= 3                   # the cases where flooring would be wrong
+
+
+def test_layout_is_explicit_or_unambiguous():
+    # The same linear model behind a transpose: fed CHW with layout="CHW" it must give exactly
+    # the HWC result (the squares are spatial windows over all channels); an image whose layout
+    # cannot be told (3 x 4 x 3) is refused, naming `layout`.
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(6 * 5 * 3, 4))
+    b = rng.normal(size=4) * 0.1
+
+    def hwc_fn(x):
+        return x.reshape(-1) @ jnp.asarray(W, jnp.float32) + jnp.asarray(b, jnp.float32)
+
+    def chw_fn(x):
+        return hwc_fn(jnp.moveaxis(x, 0, -1))
+
+    xs = jnp.asarray(rng.uniform(0.2, 0.8, size=(6, 6, 5, 3)), jnp.float32)
+    ys = jnp.argmax(jax.vmap(hwc_fn)(xs), -1)
+    keys = jax.random.split(jax.random.key(0), 6)
+    eps = jnp.full((6,), 0.05)
+    r_hwc = jax.jit(jax.vmap(square(hwc_fn, queries=40)))(xs, ys, eps=eps, key=keys)
+    xs_chw = jnp.moveaxis(xs, -1, 1)
+    r_chw = jax.jit(jax.vmap(square(chw_fn, queries=40, layout="CHW")))(xs_chw, ys, eps=eps,
+                                                                        key=keys)
+    np.testing.assert_array_equal(r_chw.success, r_hwc.success)
+    np.testing.assert_allclose(jnp.moveaxis(r_chw.x_adv, 1, -1), r_hwc.x_adv, atol=1e-6)
+    # Inferred: (3, 6, 5) is CHW, (6, 5, 3) is HWC: the same results again.
+    r_inf = jax.jit(jax.vmap(square(chw_fn, queries=40)))(xs_chw, ys, eps=eps, key=keys)
+    np.testing.assert_array_equal(r_inf.success, r_hwc.success)
+    with pytest.raises(ValueError, match="layout"):
+        square(lambda x: x.reshape(-1)[:4], queries=4)(jnp.full((3, 4, 3), 0.5), jnp.int32(0),
+                                                       eps=0.1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="layout"):
+        square(hwc_fn, layout="NHWC")

@@ -319,3 +319,30 @@ def test_saturated_softmax_stalls_with_ce_and_margin_variant_moves():
                        loss="margin")
     assert res_m.num_stalled == 0 and res_m.num_failed == 0
     np.testing.assert_allclose(res_m.distortions, np.asarray(r_mg.rmse), rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps,overshoot,cross", [(6, 1.6, 3), (6, 1.3, 4), (7, 1.8, 3),
+                                                   (7, 1.4, 4)])
+def test_sanity_check_boundary_is_floor_half_inclusive(binary_linear_problem, steps, overshoot,
+                                                       cross):
+    # ensure_proper_minimization (papers.md §2.9): crossed within the first floor(T/2) steps.
+    # Straight path (binary linear model, criterion "l2"): RMSE after i steps is
+    # eps * overshoot * sum_{j<i} (T - j) / (T (T + 1) / 2), so the sphere is first reached
+    # after exactly `cross` steps (closed form below); floor(6/2) = floor(7/2) = 3. Crossing at
+    # 3 passes, at 4 fails: `< half`, `<= half + 1` or half = ceil(T/2) each flip a row.
+    p = binary_linear_problem
+    ramp = np.cumsum(np.arange(steps, 0, -1)) / (steps * (steps + 1) / 2)
+    assert int(np.argmax(overshoot * ramp >= 1.0)) + 1 == cross      # the closed form
+    x, y = jnp.asarray(p.xs[0]), jnp.asarray(p.labels[0])
+    attack = woods_l2(p.logits_fn, steps=steps, criterion="l2", track_best=True,
+                      eps_overshoot=overshoot)
+    res = attack(x, y, eps=0.05)
+    assert int(res.aux["cross_step"]) == cross
+    assert bool(res.aux["boundary_by_half"]) == (cross <= steps // 2)
+    checked_attack = woods_l2(p.logits_fn, steps=steps, criterion="l2", track_best=True,
+                              eps_overshoot=overshoot, sanity_check=True)
+    if cross <= steps // 2:
+        checked_attack(x, y, eps=0.05)
+    else:
+        with pytest.raises(ValueError, match="sanity check"):
+            checked_attack(x, y, eps=0.05)

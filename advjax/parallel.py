@@ -207,6 +207,19 @@ def gather(tree: Any) -> Any:
         [np.asarray(a)[p, :c] for p, c in enumerate(counts)], axis=0), every)
 
 
+def example_keys(key: jax.Array, n: int, offset: int = 0) -> jax.Array:
+    """The one per-example key helper: ``(n,)`` keys, key ``i`` = ``fold_in(key, offset + i)``.
+
+    ``offset + i`` is the example's index in the whole set, so a key depends neither on ``n``, nor
+    on the batch or chunk size, the device count or the process count. A typed key keeps its PRNG
+    implementation (``fold_in`` never rewraps an ``rbg`` key with the default one); a raw
+    ``uint32[2]`` key gives raw keys ``(n, 2)``. Every per-example and per-run key in advjax
+    (attacks' restarts, AutoAttack stages, evaluation, training, studies) comes from here.
+    """
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(
+        jnp.arange(offset, offset + n, dtype=jnp.uint32))
+
+
 def _split_keys(tree: Any, offset: int, n: int) -> tuple[Any, Any]:
     """Host rows of ``tree`` for the compiled call: scalars broadcast to ``(n,)``, a single typed
     key ``k`` to ``fold_in(k, offset + i)`` (``offset + i`` is the row's global index), typed key
@@ -218,8 +231,7 @@ def _split_keys(tree: Any, offset: int, n: int) -> tuple[Any, Any]:
         if _is_key(leaf):
             impls.append(jax.random.key_impl(leaf))
             if leaf.ndim == 0:
-                leaf = jax.vmap(lambda i: jax.random.fold_in(leaf, i))(
-                    jnp.arange(offset, offset + n, dtype=jnp.uint32))
+                leaf = example_keys(leaf, n, offset)
             return np.asarray(jax.random.key_data(leaf))
         impls.append(None)
         leaf = np.asarray(leaf)

@@ -46,6 +46,7 @@ from jax.experimental import checkify
 from advjax import _checks
 from advjax.attacks.result import AttackResult, make_result
 from advjax.lowering import LoweredFunction, lower_convs
+from advjax.parallel import example_keys  # noqa: F401 - re-exported: the one key helper
 
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
@@ -203,16 +204,6 @@ def check_key(key, *, x=None, name: str = "key") -> Array:
                          f"(a raw uint32[2] key under jax.vmap is split element-wise); "
                          f"{per_example}")
     return key
-
-
-def example_keys(key: Array, n: int) -> Array:
-    """The one per-example (and per-run) key helper: ``(n,)`` keys ``fold_in(key, i)``.
-
-    Key ``i`` does not depend on ``n`` (nor on the batch size or device count). A typed key keeps
-    its implementation (``jax.random.key(0, impl="rbg")`` stays rbg: ``fold_in`` never rewraps
-    it with the default implementation); a raw ``uint32[2]`` key gives raw keys.
-    """
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
 def check_box_setting(lo, hi) -> tuple[float | None, float | None]:

@@ -176,6 +176,16 @@ def settings_for(version: str, norm: str, **overrides) -> Settings:
     return Settings(**base)
 
 
+def check_stage_classes(stages: Sequence[str], num_classes: int) -> None:
+    """The class counts the stages need: ``'apgd-dlr'`` at least 3, ``'apgd-t'`` at least 4
+    (a ``ValueError`` naming the stage otherwise). Checked by :func:`autoattack` and
+    :func:`advjax.attacks.evaluate` alike."""
+    if "apgd-dlr" in stages and num_classes < 3:
+        raise ValueError(f"'apgd-dlr' needs at least 3 classes; `logits_fn` gives {num_classes}.")
+    if "apgd-t" in stages and num_classes < 4:
+        raise ValueError(f"'apgd-t' needs at least 4 classes; `logits_fn` gives {num_classes}.")
+
+
 def autoattack(
     logits_fn: Callable,
     *,
@@ -219,10 +229,7 @@ def autoattack(
     det = (lambda z: logits_fn(z, jax.random.key(0))) if cfg.randomized else logits_fn
 
     def check_classes(k):
-        if "apgd-dlr" in stages and k < 3:
-            raise ValueError(f"'apgd-dlr' needs at least 3 classes; `logits_fn` gives {k}.")
-        if "apgd-t" in stages and k < 4:
-            raise ValueError(f"'apgd-t' needs at least 4 classes; `logits_fn` gives {k}.")
+        check_stage_classes(stages, k)
 
     def search(_, ex: _boundary.Example):
         x, label, eps, key = ex.x, ex.label, ex.budget, ex.key

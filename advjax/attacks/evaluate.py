@@ -12,7 +12,6 @@ stages is global) and process 0 writes the state file.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -26,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import _checks, parallel
+from advjax import _checks, io, parallel
 from advjax.attacks import _boundary, diagnostics
 from advjax.attacks.autoattack import (
     autoattack,
+    check_stage_classes,
     settings_for,
     stage_search,
     verified_success,
@@ -118,18 +118,8 @@ def chunk_rows(left: int, batch_size: int, n_dev: int) -> int:
     return min(batch_size, -(-size // n_dev) * n_dev)
 
 
-def check_stage_classes(stages: Sequence[str], num_classes: int) -> None:
-    """The class counts the stages need (as :func:`advjax.attacks.autoattack`'s attack checks
-    at call time): ``'apgd-dlr'`` needs 3, ``'apgd-t'`` 4."""
-    if "apgd-dlr" in stages and num_classes < 3:
-        raise ValueError(f"'apgd-dlr' needs at least 3 classes; `logits_fn` gives {num_classes}.")
-    if "apgd-t" in stages and num_classes < 4:
-        raise ValueError(f"'apgd-t' needs at least 4 classes; `logits_fn` gives {num_classes}.")
-
-
 def _digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+    return io.array_digest(a)
 
 
 class AutoAttackEvaluator:
@@ -257,7 +247,7 @@ class AutoAttackEvaluator:
         key = _boundary.check_key(key)
         if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n, dtype=jnp.uint32))
+        keys = parallel.example_keys(key, n)
         labels = labels.astype(np.int32)
 
         probe = xs[:PROBE_ROWS]

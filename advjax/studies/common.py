@@ -125,8 +125,7 @@ def run_attack(attack, xs, labels, *, chunk_size: int = 256, progress: bool = Tr
 
 def example_keys(seed: int, n: int) -> jax.Array:
     """Per-example keys ``fold_in(key(seed), i)``: independent of batch size and device count."""
-    base = jax.random.key(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
+    return parallel.example_keys(jax.random.key(seed), n)
 
 
 def summarize_history(history: list[dict]) -> Mapping[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from advjax.parallel import example_keys
 from advjax.train.config import PGDAdversarialConfig, PoolConfig, WoodsAdversarialConfig
 from advjax.train.state import Pool, TrainState, example_logits_fn
 
@@ -65,10 +66,6 @@ def woods_attack_factory(config: WoodsAdversarialConfig) -> AttackFactory:
                         track_best=config.criterion != "l2", reset_misclassified=False)
 
     return make_attack
-
-
-def _example_keys(key: Array, n: int) -> Array:
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
 def _expand(mask: Array, ndim: int) -> Array:
@@ -121,7 +118,7 @@ def adversarial_examples(
                 return attack(xi, yi, eps=eps, key=ki, affected=mi).x_adv
             return attack(xi, yi, eps=eps, key=ki).x_adv
 
-        x_adv = jax.vmap(one, axis_name=axis)(x, y, _example_keys(k_attack, n), mask)
+        x_adv = jax.vmap(one, axis_name=axis)(x, y, example_keys(k_attack, n), mask)
         x_adv = jax.lax.stop_gradient(jnp.where(_expand(mask, x.ndim), x_adv, x))
         rmse = jnp.sqrt(jnp.mean(jnp.square(x_adv - x).reshape(n, -1), axis=-1))
         frac = jnp.mean(mask.astype(jnp.float32))
@@ -194,7 +191,7 @@ def adversarial_pool(
         logits_fn, axis = example_logits_fn(state, train=train_mode)
         attack = make_attack(logits_fn)
         x_new = jax.vmap(lambda xi, yi, ki: attack(xi, yi, eps=eps, key=ki).x_adv,
-                         axis_name=axis)(xs, ys, _example_keys(k_attack, refresh))
+                         axis_name=axis)(xs, ys, example_keys(k_attack, refresh))
         x_new = jax.lax.stop_gradient(x_new).astype(pool.x.dtype)
         slots = jax.random.permutation(k_slot, size)[:refresh]
         pool = Pool(x=pool.x.at[slots].set(x_new), y=pool.y.at[slots].set(ys.astype(jnp.int32)),

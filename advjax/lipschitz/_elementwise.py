@@ -635,9 +635,9 @@ class _Evaluator:
             d = (0.0, 0.0, 0.0, 1.0)
         else:
             a = [self.memo[id(x)] for x in n.args]
-            gs = [x.g for x in a]
-            if any(x.pred is None and x.g is None for x in a):
-                gs = None
+            # a predicate argument (max/min of comparisons) has no growth record: the
+            # node's own intervals are its only bound
+            gs = None if any(x.g is None for x in a) else [x.g for x in a]
             if gs is None:
                 pass
             elif op in ("add", "add_any", "sub"):
@@ -729,6 +729,9 @@ class _Evaluator:
             return _R(imul(x.v, rv), iadd(imul(x.d, rv), imul(x.v, rd)), aff)
         if op in ("max", "min"):
             x, y = a
+            if x.pred is not None and y.pred is not None:  # or / and of decided predicates
+                p = (max if op == "max" else min)(x.pred, y.pred)
+                return _R((0.0, 1.0), (0.0, 0.0), None, pred=p)
             order = self._switch(x, y)
             if order is None:  # continuous in any case: hull of both
                 f = max if op == "max" else min

@@ -150,20 +150,20 @@ class _Matcher:
         self.memo: dict = {}
         self.smemo: dict = {}
         self.scopes: dict = {}  # keeps every scope alive, so the ids in the memo keys are unique
-        for eqn in jaxpr.eqns:  # static values of the walked jaxpr, in order (no deep recursion)
-            if eqn.primitive.name not in _CALLS and all(
-                    isinstance(v, jcore.Literal) or (id(v), id(self.root)) in self.smemo
-                    and self.smemo[(id(v), id(self.root))][1] is not None for v in eqn.invars):
-                for v in eqn.outvars:
-                    self.static(v, self.root)
-        self.ready = True  # every other value of the walked jaxpr is not static
+        # which values of the walked jaxpr are computed from literals only (structurally: nothing
+        # is evaluated here; :meth:`static` evaluates the few a match asks for, on demand)
+        self.root_static: set = set()
+        for eqn in jaxpr.eqns:
+            if _evaluable(eqn) and all(isinstance(v, jcore.Literal) or v in self.root_static
+                                       for v in eqn.invars):
+                self.root_static.update(eqn.outvars)
 
     # ---- references --------------------------------------------------------------------------
 
     def node(self, var, scope: _Scope):
         """("lit", value) | ("eqn", eqn, scope, var) | ("leaf", var), through calls."""
         if isinstance(var, jcore.Literal):
-            return ("lit", np.asarray(var.val))
+            return ("lit", var.val)
         if var in scope.producers:
             eqn = scope.producers[var]
             if eqn.primitive.name in _CALLS:
@@ -183,33 +183,53 @@ class _Matcher:
                 i = scope.jaxpr.invars.index(var)
                 return self.node(eqn.invars[len(eqn.invars) - n_in + i], outer)
             if var in scope.jaxpr.constvars:
-                return ("lit", np.asarray(scope.consts[scope.jaxpr.constvars.index(var)]))
+                return ("lit", scope.consts[scope.jaxpr.constvars.index(var)])
             raise _NoMatch
         return ("leaf", var)
 
     def static(self, var, scope) -> np.ndarray | None:
-        """The value of ``var`` when it is computed from literals only."""
+        """The value of ``var`` when it is computed from literals only by pure, real-valued
+        equations (never an effect, a key or a complex value; evaluated on demand, once)."""
+        if isinstance(var, jcore.Literal):
+            return _real(var.val)
         key = (id(var), id(scope))
-        if key not in self.smemo:
-            if scope is self.root and getattr(self, "ready", False) \
-                    and not isinstance(var, jcore.Literal):
-                return None
-            self.smemo[key] = (None, self._static(var, scope))
+        if key in self.smemo:
+            return self.smemo[key][1]
+        stack = [(var, scope, False)]
+        while stack:  # post-order without recursion (a long chain of constants)
+            v, sc, expanded = stack.pop()
+            k = (id(v), id(sc))
+            if k in self.smemo:
+                continue
+            if isinstance(v, jcore.Literal):
+                self.smemo[k] = (v, _real(v.val))
+                continue
+            if sc is self.root and v not in self.root_static:
+                self.smemo[k] = (v, None)
+                continue
+            try:
+                nd = self.node(v, sc)
+            except _NoMatch:
+                nd = ("leaf", None)
+            if nd[0] != "eqn" or not _evaluable(nd[1]):
+                self.smemo[k] = (v, _real(nd[1]) if nd[0] == "lit" else None)
+                continue
+            eqn, esc = nd[1], nd[2]
+            pending = [(u, esc, False) for u in eqn.invars
+                       if not isinstance(u, jcore.Literal) and (id(u), id(esc)) not in self.smemo]
+            if pending and not expanded:
+                stack.append((v, sc, True))
+                stack.extend(pending)
+                continue
+            vals = [_real(u.val) if isinstance(u, jcore.Literal) else
+                    self.smemo[(id(u), id(esc))][1] for u in eqn.invars]
+            if any(x is None for x in vals):
+                self.smemo[k] = (v, None)
+                continue
+            out = eqn.primitive.bind(*vals, **eqn.params)
+            out = out[eqn.outvars.index(nd[3])] if eqn.primitive.multiple_results else out
+            self.smemo[k] = (v, _real(out))
         return self.smemo[key][1]
-
-    def _static(self, var, scope):
-        nd = self.node(var, scope)
-        if nd[0] == "lit":
-            return nd[1]
-        if nd[0] == "leaf":
-            return None
-        eqn, sc = nd[1], nd[2]
-        vals = [self.static(v, sc) for v in eqn.invars]
-        if any(v is None for v in vals):
-            return None
-        out = eqn.primitive.bind(*vals, **eqn.params)
-        out = out[eqn.outvars.index(var)] if eqn.primitive.multiple_results else out
-        return np.asarray(out)
 
     def scalar(self, var, scope) -> float | None:
         v = self.static(var, scope)
@@ -424,6 +444,28 @@ class _Matcher:
                 return dataclasses.replace(f, fvars=(*f.fvars, other),
                                            probe=_bcast(f.probe, out_shape))
         raise _NoMatch
+
+
+def _real_dtype(dtype) -> bool:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:  # extended dtypes (PRNG keys)
+        return False
+    return dt == np.bool_ or np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)
+
+
+def _evaluable(eqn) -> bool:
+    """An equation the matcher may evaluate: pure (no effects, not a call) and real-valued."""
+    return not eqn.effects and eqn.primitive.name not in _CALLS and all(
+            _real_dtype(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)
+            if hasattr(v.aval, "dtype"))
+
+
+def _real(value) -> np.ndarray | None:
+    """``value`` as a NumPy array when it is real (bool, integer, float), else None."""
+    if not _real_dtype(getattr(value, "dtype", np.asarray(value).dtype)):
+        return None
+    return np.asarray(value)
 
 
 def _leaf(var) -> _Full:

@@ -244,6 +244,8 @@ class Walker:
         for a in ins:
             if isinstance(a, _Deferred):
                 raise a.error
+        if eqn.effects:
+            return self._effect(eqn, ins)
         if all(isinstance(a, Const) for a in ins):
             vals = eqn.primitive.bind(*[a.value for a in ins], **eqn.params)
             vals = vals if eqn.primitive.multiple_results else [vals]
@@ -255,6 +257,19 @@ class Walker:
                 f"no Lipschitz rule for primitive {prim!r} (at "
                 f"{str(eqn.source_info.name_stack) or 'top level'}) applied to a value "
                 f"that depends on the input; supported: {sorted(self.rules)}")
+
+    def _effect(self, eqn, ins) -> list:
+        """An equation with a side effect (``debug.print``, ``io_callback``, ...) is never run:
+        the analysis reads the program, it does not execute the user's effects. Its outputs (if
+        any) are unknown; using one refuses, naming the primitive."""
+        name = f"{eqn.primitive.name!r} (at {str(eqn.source_info.name_stack) or 'top level'})"
+        if eqn.primitive.name in self.rules and any(isinstance(a, Dep) for a in ins):
+            outs = self.rules[eqn.primitive.name](self, eqn, ins)
+            return outs if isinstance(outs, list) else [outs]
+        err = UnsupportedPrimitiveError(
+                f"the result of the side-effecting primitive {name} is used: the analysis does "
+                "not run a program's side effects, so the value is unknown")
+        return [_Deferred(err)] * len(eqn.outvars)
 
     def _normalization(self, eqn, match: _normalize.Match, read) -> list | None:
         """The recognised normalisation's output, or None when the walk-time values do not fit

@@ -62,8 +62,11 @@ from advjax.lipschitz.walker import (
     Walker,
     check_finite,
     is_float,
+    mul_up,
+    norm_up,
     only_dep,
     out_aval,
+    sum_up,
     uniform,
 )
 
@@ -102,7 +105,7 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
     for a in ins:
         if isinstance(a, Dep) and a.shape != shape:
             ratio = math.prod(shape) / max(math.prod(a.shape), 1)
-            a = w.fresh(w.lip(a) * math.sqrt(ratio), shape, a.dtype, name)
+            a = w.fresh(mul_up(w.lip(a), math.sqrt(ratio)), shape, a.dtype, name)
         norm_ins.append(a)
     ins = norm_ins
     deps = [a for a in ins if isinstance(a, Dep)]
@@ -119,6 +122,9 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
         src = deps[0].src
         nodes = [a.node if isinstance(a, Dep) else ew.const(uniform(a.value)) for a in ins]
         params = tuple(sorted((k, v) for k, v in eqn.params.items() if k == "y"))
+        if jnp.issubdtype(dtype, jnp.integer):  # range-checked: the program wraps around
+            info = np.iinfo(dtype)
+            params = (*params, ("irange", (int(info.min), int(info.max))))
         if prim == "clamp":
             node = ew.Node("min", (ew.Node("max", (nodes[1], nodes[0])), nodes[2]))
         else:
@@ -129,7 +135,7 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
     if prim in ("add", "add_any", "sub"):
         # a translation by a constant keeps the increments, hence any pending scaling
         fold = w.fold(deps[0]) if len(deps) == 1 else None
-        return w.fresh(sum(lips), shape, dtype, name, fold=fold)
+        return w.fresh(sum_up(lips), shape, dtype, name, fold=fold)
     if prim in ("mul", "div") and len(deps) == 1 and (prim == "mul" or isinstance(ins[0], Dep)):
         c = np.asarray(consts[0].value, np.float64)
         if prim == "div":
@@ -141,12 +147,12 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
               name=name)
         f = w.fold(deps[0])
         fold = Fold(f.pre, f.scale * c, f.slope) if f is not None else Fold(lips[0], c, 1.0)
-        return w.fresh(lips[0] * bound, shape, dtype, name, fold=fold)
+        return w.fresh(mul_up(lips[0], bound), shape, dtype, name, fold=fold)
     if prim in ("max", "min", "clamp") or (prim == "select_n" and isinstance(ins[0], Const)):
         # Each output entry is one of the operands' entries (or a constant): ‖Δ‖² <= Σ ‖Δ_k‖².
         if len(deps) == 1 and prim != "select_n":
             w.row(eqn, "activation", shape, shape, 1.0, name=name)
-        return w.fresh(math.sqrt(sum(v * v for v in lips)), shape, dtype, name)
+        return w.fresh(norm_up(lips), shape, dtype, name)
     raise UnsupportedPrimitiveError(
             f"primitive {prim!r} at {name!r} combines input-dependent values that are not "
             "elementwise functions of one common value (or uses non-uniform constants in a "
@@ -182,7 +188,7 @@ def copies_rule(w: Walker, eqn, ins) -> Dep:
     dep = only_dep(eqn, ins)
     shape, dtype = out_aval(eqn)
     ratio = math.prod(shape) / max(math.prod(dep.shape), 1)
-    return w.fresh(w.lip(dep) * math.sqrt(ratio), shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), math.sqrt(ratio)), shape, dtype)
 
 
 def join_rule(w: Walker, eqn, ins) -> Dep:
@@ -191,7 +197,7 @@ def join_rule(w: Walker, eqn, ins) -> Dep:
     if eqn.primitive.name == "dynamic_update_slice" and any(isinstance(a, Dep) for a in ins[2:]):
         raise UnsupportedPrimitiveError("dynamic_update_slice with input-dependent indices")
     lips = [w.lip(a) for a in ins if isinstance(a, Dep)]
-    return w.fresh(math.sqrt(sum(v * v for v in lips)), shape, dtype)
+    return w.fresh(norm_up(lips), shape, dtype)
 
 
 def split_rule(w: Walker, eqn, ins) -> list:
@@ -213,7 +219,7 @@ def gather_rule(w: Walker, eqn, ins) -> Dep:
     counts = np.bincount(read, minlength=1) if read.size else np.zeros(1)
     bound = math.sqrt(float(counts.max()))
     w.row(eqn, "gather", dep.shape, shape, bound)
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,7 +232,7 @@ def reduce_sum_rule(w, eqn, ins):
     shape, dtype = out_aval(eqn)
     bound = math.sqrt(math.prod(dep.shape[a] for a in eqn.params["axes"]))
     w.row(eqn, "reduce", dep.shape, shape, bound)
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
 
 
 def reduce_max_rule(w, eqn, ins):
@@ -269,7 +275,7 @@ def window_rule(w, eqn, ins):
     bound = math.sqrt(per_window * cover) if prim == "reduce_window_sum" else math.sqrt(cover)
     w.row(eqn, "pool", dep.shape, shape, bound, param_shape=eqn.params["window_dimensions"],
           stride=eqn.params["window_strides"])
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,8 +304,8 @@ def _folded(w, dep: Dep, unfolded: float, norm_of_scaled) -> float:
     fold = w.fold(dep)
     vec = norm_of_scaled(fold) if fold is not None else None
     if vec is None:
-        return w.lip(dep) * unfolded
-    return min(w.lip(dep) * unfolded, fold.pre * fold.slope * vec)
+        return mul_up(w.lip(dep), unfolded)
+    return min(mul_up(w.lip(dep), unfolded), mul_up(fold.pre, fold.slope, vec))
 
 
 def dot_rule(w, eqn, ins):
@@ -435,7 +441,7 @@ def contrast_rule(w, eqn, ins):
                 "holds for eps > 0 and gamma in [0, 1] only")
     bound = eps ** (-gamma)
     w.row(eqn, "contrast_norm", dep.shape, shape, bound)
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -534,7 +540,7 @@ def scan_rule(w, eqn, ins):
                                  if items else np.zeros(shape, dtype)))
         else:
             lips = [w.lip(y) for _, y in items if isinstance(y, Dep)]
-            stacked.append(w.fresh(math.sqrt(sum(v * v for v in lips)), shape, dtype))
+            stacked.append(w.fresh(norm_up(lips), shape, dtype))
     return [*carry, *stacked]
 
 

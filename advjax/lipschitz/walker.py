@@ -106,6 +106,42 @@ class RuleTable(Mapping):
         return RuleTable({k: v for k, v in self._rules.items() if k not in names})
 
 
+def mul_up(*factors: float) -> float:
+    """The product of non-negative bounds, rounded upward; it never underflows to 0 (a product
+    below the smallest float is the smallest positive float) and is 0 only with a zero factor."""
+    out = 1.0
+    for f in factors:
+        f = float(f)
+        if out == 0.0 or f == 0.0:
+            out = 0.0
+            continue
+        out = ew.imul((out, out), (f, f))[1]
+    return out
+
+
+def sum_up(values) -> float:
+    """``Σ v`` of non-negative bounds, rounded upward."""
+    vals = [float(v) for v in values]
+    r = math.fsum(vals)  # correctly rounded
+    return math.nextafter(r, math.inf) if sum(v > 0 for v in vals) > 1 and math.isfinite(r) \
+        else r
+
+
+def norm_up(values) -> float:
+    """``√(Σ v²)`` of non-negative bounds, rounded upward and without under- or overflow of the
+    squares (scaled by the largest value)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return 0.0
+    m = max(vals)
+    if m == 0.0 or not math.isfinite(m) or sum(v > 0 for v in vals) == 1:
+        return m
+    r = m * math.sqrt(math.fsum((v / m) ** 2 for v in vals))
+    for _ in range(4):  # fsum, the quotients, sqrt and the product each round by <= 1 ulp
+        r = math.nextafter(r, math.inf)
+    return r
+
+
 def is_float(dtype) -> bool:
     return jnp.issubdtype(dtype, jnp.floating)
 
@@ -173,10 +209,10 @@ class Walker:
             if not (kind == "scale" and g == 1.0):
                 self.rows.append((dep.seq, LayerBound(dep.name, kind, "+".join(sorted(ops)),
                                                       dep.shape, dep.shape, None, None, g)))
-            dep.final = g * dep.src.lip
+            dep.final = mul_up(g, dep.src.lip)
             f = dep.src.fold
             # an elementwise function is diagonal: its secant slopes (<= g) join T
-            dep.final_fold = None if f is None else Fold(f.pre, f.scale, f.slope * g)
+            dep.final_fold = None if f is None else Fold(f.pre, f.scale, mul_up(f.slope, g))
         return dep.final
 
     def fold(self, dep: Dep) -> Fold | None:
@@ -288,7 +324,7 @@ class Walker:
         name = self.name(eqn, "norm")
         self.row(eqn, "norm", base.shape, shape, bound, name=name,
                  primitive=match.kind)
-        return [self.fresh(self.lip(base) * bound, shape, dtype, name)]
+        return [self.fresh(mul_up(self.lip(base), bound), shape, dtype, name)]
 
 
 @dataclasses.dataclass(eq=False)

@@ -6,7 +6,9 @@ and, for jumps, the executed function itself (a bound claimed for a function tha
 
 from __future__ import annotations
 
+import math
 import warnings
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental import io_callback
 
-from advjax.lipschitz import UnsupportedPrimitiveError, layer_bounds
+from advjax.lipschitz import UnsupportedPrimitiveError, certified_radius, layer_bounds
 
 
 def _sampled_jacobian_norm(fn, shape, n=64, scale=3.0, seed=0) -> float:
@@ -75,3 +77,80 @@ def test_complex_constants_are_not_cast_to_float():
     with warnings.catch_warnings():
         warnings.simplefilter("error", np.exceptions.ComplexWarning)
         assert layer_bounds(fn, jnp.zeros(4)).total == 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Unsound constructions
+# ---------------------------------------------------------------------------------------------
+
+
+def _jump(fn, t=0.0, h=1e-4) -> float:
+    """``|f(t + h) − f(t − h)|`` of the executed float32 program (a witness of a jump)."""
+    y = fn(jnp.full((3,), t + h, jnp.float32)) - fn(jnp.full((3,), t - h, jnp.float32))
+    return float(jnp.max(jnp.abs(y)))
+
+
+WRAPS = {
+        # 1·100 + 1·100 + 100 = 300 wraps to 44 in int8: the test flips at x = 0
+        "int8": lambda x: (lambda p: jnp.where(p * 100 + p * 100 + 100 > 50, x, x + 1))(
+                (x > 0).astype(jnp.int8)),
+        # 0 − 1 wraps to 255 in uint8
+        "uint8": lambda x: (lambda p: jnp.where(p - 1 < 5, x, x + 1))((x > 0).astype(jnp.uint8)),
+        # integer division truncates: 3 // 2 = 1, 0 // 2 = 0 (exact rationals: 3/2 != 1, 0 != 1)
+        "int-div": lambda x: (lambda p: jnp.where(jax.lax.div(p * 3, 2) == 1, x, x + 1))(
+                (x > 0).astype(jnp.int32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRAPS))
+def test_integer_arithmetic_on_predicates_is_the_executed_one(name):
+    fn = WRAPS[name]
+    assert _jump(fn) > 0.99  # witness: the executed function jumps by 1 at x = 0 (slope ~5e3)
+    with pytest.raises(UnsupportedPrimitiveError, match="wraps around|discontinuous"):
+        layer_bounds(fn, jnp.zeros(3))
+
+
+def test_integer_arithmetic_within_its_dtype_keeps_its_bound():
+    fn = lambda x: (lambda p: jnp.where(p * 100 + p * 100 + 100 > 50, x, x + 1))(
+            (x > 0).astype(jnp.int32))  # 300 fits: always the first branch
+    assert _jump(fn) < 1e-3
+    assert layer_bounds(fn, jnp.zeros(3)).total == 1.0
+    fn = lambda x: (lambda p: jnp.where(jax.lax.div(p * 3, 2) == 1, x, x))(
+            (x > 0).astype(jnp.int32))
+    assert layer_bounds(fn, jnp.zeros(3)).total == 1.0
+
+
+def test_a_jump_below_float64_resolution_inside_a_transcendental_is_refused():
+    fn = lambda x: jax.nn.sigmoid(jnp.where(x > 0, x + 40.5, x + 40.0))
+    # witness in exact arithmetic: σ(40.5) − σ(40) = e^-40 − e^-40.5 + O(e^-80) > 0, while both
+    # round to 1.0 in float64
+    assert math.exp(-40.0) - math.exp(-40.5) > 1e-18
+    assert 1 / (1 + math.exp(-40.5)) == 1 / (1 + math.exp(-40.0))
+    with pytest.raises(UnsupportedPrimitiveError, match="discontinuous"):
+        layer_bounds(fn, jnp.zeros(3))
+
+
+@pytest.mark.parametrize("fn,knot", [
+        (lambda x: jax.nn.sigmoid(jnp.where(x > 0, 2 * x, x)), 0.0),
+        (lambda x: jnp.where(x > 1, jnp.tanh(x) + (x - 1), jnp.tanh(x)), 1.0),
+        (lambda x: jnp.where(x > 0, 1 + x, jnp.exp(x)), 0.0),
+        (lambda x: jnp.where(x > 4, jnp.sqrt(x), 2 + (x - 4) / 4), 4.0),
+], ids=["sigmoid-rational", "same-expression", "exp-at-0", "sqrt-at-4"])
+def test_continuity_through_transcendentals_is_proved_exactly(fn, knot):
+    total = layer_bounds(fn, jnp.zeros(3)).total
+    assert math.isfinite(total)
+    assert _jump(fn, knot, 1e-3) <= total * 2e-3 * (1 + 1e-3)
+    assert total >= _sampled_jacobian_norm(fn, (3,), scale=2.0)
+
+
+def test_products_of_bounds_round_up_and_never_underflow():
+    fn = lambda x: jax.lax.fori_loop(0, 700, lambda i, h: h / 3, x)
+    total = layer_bounds(fn, jnp.zeros(4)).total
+    assert total > 0  # the exact constant 3^-700 ≈ 1e-334 is below every positive float64
+    z = jnp.array([1.0, 0.0, -1.0])
+    radius = float(certified_radius(z, 0, total))
+    assert math.isfinite(radius) and radius > 0
+    fn = lambda x: jax.lax.fori_loop(0, 40, lambda i, h: h / 3, x)
+    total = layer_bounds(fn, jnp.zeros(4)).total
+    assert Fraction(total) >= Fraction(1, 3 ** 40)  # rounded up, not to nearest
+    assert total <= 3.0 ** -40 * (1 + 1e-12)

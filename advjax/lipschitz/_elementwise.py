@@ -656,6 +656,48 @@ class _Evaluator:
             return 1
         return None
 
+    def _touching(self, xn: Node, yn: Node, x: _R, y: _R) -> int | None:
+        """The order of ``x`` and a constant ``y`` on the piece interior when ``x``'s range only
+        touches ``y`` (``elu(u) >= 0`` on ``(-∞, 0]``): each part of the piece either keeps ``x``
+        strictly on one side, or ``x`` is strictly monotone on it (derivative range excluding 0)
+        and strictly on that side at its end inside the piece, so ``x = y`` at most at an end of
+        the piece. 0 (``x > y``) / 1 (``x < y``), or None."""
+        if y.v[0] != y.v[1]:
+            if x.v[0] == x.v[1]:
+                order = self._touching(yn, xn, y, x)
+                return None if order is None else 1 - order
+            return None
+        c = y.v[0]
+        if x.v[1] == c:
+            side = 1
+        elif x.v[0] == c:
+            side = 0
+        else:
+            return None
+        lo, hi = self.lo, self.hi
+        if lo == -INF and hi == INF:
+            return None
+        if lo == -INF:
+            parts = [(-INF, Fraction(hi) - 1, None), (Fraction(hi) - 1, hi, Fraction(hi) - 1)]
+        elif hi == INF:
+            parts = [(lo, Fraction(lo) + 1, Fraction(lo) + 1), (Fraction(lo) + 1, INF, None)]
+        else:
+            mid = (Fraction(lo) + Fraction(hi)) / 2
+            parts = [(lo, mid, mid), (mid, hi, mid)]
+        for a, b, inner in parts:
+            ev = _Evaluator(a, b)
+            r = ev.ev(xn)
+            if ev.breakpoints:
+                return None
+            if (r.v[1] < c) if side == 1 else (r.v[0] > c):
+                continue
+            if not (r.d[0] > 0 or r.d[1] < 0) or inner is None:
+                return None
+            p = _Evaluator(inner, inner).ev(xn)
+            if not ((p.v[1] < c) if side == 1 else (p.v[0] > c)):
+                return None
+        return side
+
     def ev(self, node: Node) -> _R:
         if id(node) not in self.memo:     # arguments first: no recursion below ``_ev``
             for n in postorder(node, lambda n: id(n) in self.memo):
@@ -805,7 +847,13 @@ class _Evaluator:
         if op in COMPARISONS:
             x, y = a
             point_only = op in ("eq", "ne")
+            if n.args[0] is n.args[1]:  # v ⋈ v (a NaN test): v is finite wherever it is defined
+                p = op in ("eq", "le", "ge")
+                self.decisions[id(n)] = p
+                return _R((0.0, 1.0), (0.0, 0.0), None, pred=p)
             order = self._switch(x, y, point_only=point_only)
+            if order is None and not point_only and (x.aff is None or y.aff is None):
+                order = self._touching(n.args[0], n.args[1], x, y)
             if order is None:
                 if (x.aff is None or y.aff is None) and not self.breakpoints:
                     # (with a switch found inside this piece, the piece is split first: values
@@ -1173,6 +1221,11 @@ def lipschitz_constant(root: Node, *, max_rounds: int = 64) -> float:
                                                                                    16, 32, 64)}
         edges = [-INF, *sorted(set(bps) | grid), INF]
         bound = min(bound, _refine(root, edges))
+        # a shifted function (gelu(u + 70), squareplus(u − 56)) reaches its asymptotic regime
+        # only far out: tails from ±2^16 on, finite pieces doubling in length up to there
+        far = {Fraction(s * 2 ** k) for k in range(6, 17) for s in (-1, 1)}
+        wide = min(_refine(root, [-INF, *sorted(set(bps) | grid | far), INF]), INF)
+        bound = min(bound, wide)
     if not math.isfinite(bound):
         raise NotLipschitzError("its derivative is unbounded on "
                                 + ", ".join(f"({float(lo):g}, {float(hi):g})"

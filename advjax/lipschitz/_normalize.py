@@ -58,8 +58,9 @@ from typing import Any
 import jax.extend.core as jcore
 import numpy as np
 
-_CALLS = ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "remat", "remat2",
-          "checkpoint", "named_call")
+from advjax.lipschitz._prims import CALL_PARAMS as _CALL_PARAMS
+from advjax.lipschitz._prims import CALLS as _CALLS
+
 _SHAPE = ("reshape", "transpose", "squeeze", "expand_dims", "broadcast_in_dim",
           "convert_element_type", "copy", "copy_p", "stop_gradient")
 
@@ -144,15 +145,16 @@ class _Stat:
 
 
 class _Matcher:
-    def __init__(self, jaxpr, consts):
+    def __init__(self, jaxpr, consts, known=None):
         self.root = _scope(jaxpr)
         self.root_consts = consts
+        self.known = dict(known or {})  # variables of the walked jaxpr with known values
         self.memo: dict = {}
         self.smemo: dict = {}
         self.scopes: dict = {}  # keeps every scope alive, so the ids in the memo keys are unique
         # which values of the walked jaxpr are computed from literals only (structurally: nothing
         # is evaluated here; :meth:`static` evaluates the few a match asks for, on demand)
-        self.root_static: set = set()
+        self.root_static: set = set(self.known)
         for eqn in jaxpr.eqns:
             if _evaluable(eqn) and all(isinstance(v, jcore.Literal) or v in self.root_static
                                        for v in eqn.invars):
@@ -167,7 +169,7 @@ class _Matcher:
         if var in scope.producers:
             eqn = scope.producers[var]
             if eqn.primitive.name in _CALLS:
-                sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+                sub = next((eqn.params[k] for k in _CALL_PARAMS if k in eqn.params), None)
                 if isinstance(sub, jcore.ClosedJaxpr):
                     key = (id(eqn), id(scope))
                     if key not in self.scopes:
@@ -204,8 +206,8 @@ class _Matcher:
             if isinstance(v, jcore.Literal):
                 self.smemo[k] = (v, _real(v.val))
                 continue
-            if sc is self.root and v not in self.root_static:
-                self.smemo[k] = (v, None)
+            if sc is self.root and (v not in self.root_static or v in self.known):
+                self.smemo[k] = (v, _real(self.known[v]) if v in self.known else None)
                 continue
             try:
                 nd = self.node(v, sc)
@@ -589,9 +591,12 @@ def _softmax_family(kind: str, stat: _Stat, other, out_shape) -> Match:
     return Match(stat.base, 0.0, (), (), False, stat.n, kind, constant)
 
 
-def find(jaxpr, consts=()) -> dict[int, Match]:
-    """``{equation index: Match}`` for the normalisations in ``jaxpr`` (module docstring)."""
-    m = _Matcher(jaxpr, consts)
+def find(jaxpr, consts=(), known=None) -> dict[int, Match]:
+    """``{equation index: Match}`` for the normalisations in ``jaxpr`` (module docstring).
+
+    ``known`` maps variables of ``jaxpr`` (arguments of a call, constants) to their values at
+    this walk (a literal ``ε`` passed into an inner ``jit``, as in ``jax.nn.standardize``)."""
+    m = _Matcher(jaxpr, consts, known)
     found = {}
     for i, eqn in enumerate(jaxpr.eqns):
         if eqn.primitive.name in ("mul", "div", "add", "sub") and len(eqn.outvars) == 1:

@@ -26,6 +26,7 @@ import numpy as np
 
 from advjax.lipschitz import _elementwise as ew
 from advjax.lipschitz import _normalize
+from advjax.lipschitz._prims import CALLS  # noqa: F401  (re-exported)
 from advjax.lipschitz.report import LayerBound, UnsupportedPrimitiveError
 
 
@@ -241,7 +242,12 @@ class Walker:
         matched product is bounded from its base value.
         """
         env: dict[Any, Any] = {}
-        matches = _normalize.find(jaxpr) if self.options.get("normalize", True) else {}
+        known = {v: a.value if isinstance(a, Const) else a
+                 for v, a in zip((*jaxpr.constvars, *jaxpr.invars), (*consts, *args), strict=True)
+                 if not isinstance(a, Dep | Deferred)
+                 and np.ndim(a.value if isinstance(a, Const) else a) == 0}
+        matches = _normalize.find(jaxpr, known=known) if self.options.get("normalize", True) \
+            else {}
         live = _normalize.live_eqns(jaxpr, matches) if matches else None
 
         def read(v):
@@ -277,6 +283,10 @@ class Walker:
 
     def _apply(self, eqn, ins) -> list:
         prim = eqn.primitive.name
+        if prim == "sqrt" and len(ins) == 1 and isinstance(ins[0], SumOfSquares):
+            shape, dtype = out_aval(eqn)
+            self.row(eqn, "norm", shape, shape, 1.0)
+            return [self.fresh(ins[0].lip, shape, dtype)]
         for a in ins:
             if isinstance(a, _Deferred):
                 raise a.error
@@ -328,10 +338,24 @@ class Walker:
 
 
 @dataclasses.dataclass(eq=False)
-class _Deferred:
-    """A value computed only inside a recognised normalisation whose own rule refused it."""
+class Deferred:
+    """A value that must not be used: its use raises ``error`` (a value computed only inside a
+    recognised normalisation whose own rule refused it, the result of a side effect, the indices
+    of a sort)."""
 
     error: UnsupportedPrimitiveError
+
+
+_Deferred = Deferred
+
+
+@dataclasses.dataclass(eq=False)
+class SumOfSquares(Deferred):
+    """``Σ_G v²`` over disjoint groups ``G`` of an input-dependent ``v`` with constant ``lip``:
+    only its square root (the groups' Euclidean norms, a ``lip``-Lipschitz map by the reverse
+    triangle inequality per group) may use it."""
+
+    lip: float = 0.0
 
 
 def uniform(value) -> float | None:

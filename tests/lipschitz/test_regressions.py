@@ -154,3 +154,28 @@ def test_products_of_bounds_round_up_and_never_underflow():
     total = layer_bounds(fn, jnp.zeros(4)).total
     assert Fraction(total) >= Fraction(1, 3 ** 40)  # rounded up, not to nearest
     assert total <= 3.0 ** -40 * (1 + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# One list of call primitives for every traversal
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_matcher_follows_the_same_calls_as_the_walk():
+    from advjax.lipschitz import _normalize, _prims, rules
+
+    assert _normalize._CALLS is _prims.CALLS
+    assert {n for n, r in rules.DEFAULT_RULES.items() if r is rules.call_rule} == set(_prims.CALLS)
+
+    @jax.custom_vjp
+    def variance(v):
+        return jnp.var(v, -1, keepdims=True)
+
+    variance.defvjp(lambda v: (variance(v), v), lambda v, g: (jnp.zeros_like(v),))
+    eps = 0.25
+    fn = lambda x: (x - jnp.mean(x, -1, keepdims=True)) / jnp.sqrt(variance(x) + eps)
+    total = layer_bounds(fn, jnp.zeros(5)).total  # was refused: custom_vjp_call not followed
+    assert total == pytest.approx(1 / math.sqrt(eps), rel=1e-6)
+    plain = lambda x: (x - jnp.mean(x, -1, keepdims=True)) / jnp.sqrt(
+            jnp.var(x, -1, keepdims=True) + eps)  # the same primal, differentiable forward
+    assert _sampled_jacobian_norm(plain, (5,), scale=0.05) <= total

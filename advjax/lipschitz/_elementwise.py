@@ -20,12 +20,22 @@ The graph walk collects chains of elementwise primitives applied to one input-de
 3. At every breakpoint ``t`` (including isolated points from ``==``/``!=``) the function must be
    continuous. Three *point values* are computed at ``t`` through the whole DAG: the left limit (the
    switches of the left piece), the right limit (those of the right piece) and the actual value
-   (comparisons evaluated at ``t``). Algebraic operations are evaluated in exact rational arithmetic
-   and every other function at its exact (float64) point value, never an interval end, so a jump
-   hidden inside a bounded function (``cos(3·(u > 0))``, ``sin(where(u == 0, 5, u))``) is seen. The
-   criterion is absolute and exact: the three values must be equal; any jump, however small
-   relative to the values (``where(u > 0, u + 1e6 + 0.5, u + 1e6)``), is a discontinuity and the
-   function is refused (a function with a jump has no finite Lipschitz constant).
+   (comparisons evaluated at ``t``). They are exact: algebraic operations on rationals are
+   rational, a transcendental function is rational only at its rational points (``exp(0) = 1``,
+   ``√(p²/q²)``, ...) and otherwise an exact *expression* (one object per expression, shared by
+   the three values). The three must be the same rational or the same expression; equal float64
+   approximations of different expressions (``σ(40.5)`` and ``σ(40)``, 1.7e-18 apart) are not
+   accepted, so any jump, however small, is refused, as is a continuity the check cannot prove.
+   Orders of non-rational values at a breakpoint are read from float64 approximations only when
+   they are farther than ``1e-9`` (relative) apart; otherwise the function is refused.
+4. Integer intermediates (predicates cast to an integer type) are range-checked against their
+   dtype on every piece and at every breakpoint: a value outside it wraps around in the executed
+   program (``int8`` 300 → 44), so the exact-integer function analysed would not be the one run;
+   it is refused. Integer division truncates toward zero, as executed.
+
+Interval products and reciprocals round outward (the exact product lies inside; a product below
+the smallest float is not rounded to 0), so the derivative ranges enclose the exact ones up to
+the float64 rounding of sums and of the transcendental functions' values.
 
 A continuous, piecewise C¹ function has Lipschitz constant ``sup |g'|``, so the result is a sound
 bound of the exact-arithmetic function (up to the float64 rounding of the derivative ranges).

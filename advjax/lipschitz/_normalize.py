@@ -46,6 +46,14 @@ exactly, so its own (discontinuous) derivative never enters:
   approached as ``p → e_k``;
 * logsumexp ``log Σ_G e + s``: the gradient is ``p`` with ``‖p‖₂ <= ‖p‖₁ = 1``; groups are
   disjoint, so ``1`` per output copy of a group's value (``√copies`` when broadcast).
+
+Masks: ``x`` may be ``where(P, x, −inf)`` with a constant ``P`` (the same ``P`` wherever ``x``
+is used; ``where(P, e, 0)`` on ``e`` is then the identity, ``e`` being 0 at the masked entries).
+Masked entries of the output are exact constants (0, or ``−inf`` for log_softmax) and the others
+the same map of the unmasked logits, so its Jacobian is the unmasked one padded with zeros and
+the constants above hold. The matcher evaluates only the literal-only values it asks for, with
+pure, real-valued equations (never an effect, a key or a complex value), and knows the constant
+arguments of the walked call (a literal ``ε`` passed into an inner ``jit``).
 """
 
 from __future__ import annotations
@@ -123,6 +131,7 @@ class _Full:
     probe: np.ndarray           # base flat index of each entry
     groups: np.ndarray | None   # for c / c2: label (smallest member) of each base index's group
     token: Any = None           # for xs / e: the shift ``s``'s token
+    mask: bytes | None = None   # masked base entries (``-inf`` there): bytes of a bool array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -142,6 +151,7 @@ class _Stat:
     fvars: tuple = ()
     fconsts: tuple = ()
     token: Any = None           # pg / se / lse0: the variable where the shift ``s`` was made
+    mask: bytes | None = None   # the masked base entries of the value reduced
 
 
 class _Matcher:
@@ -213,6 +223,9 @@ class _Matcher:
                 nd = self.node(v, sc)
             except _NoMatch:
                 nd = ("leaf", None)
+            if nd[0] == "leaf" and nd[1] is not None and nd[1] in self.known:
+                self.smemo[k] = (v, _real(self.known[nd[1]]))  # an argument of a call
+                continue
             if nd[0] != "eqn" or not _evaluable(nd[1]):
                 self.smemo[k] = (v, _real(nd[1]) if nd[0] == "lit" else None)
                 continue
@@ -281,9 +294,10 @@ class _Matcher:
             f = self.need(ins[0], sc)
             if not (isinstance(f, _Full) and f.kind == "x"):
                 raise _NoMatch
-            r = _reduce(dataclasses.replace(f, kind="x"), tuple(eqn.params["axes"]))
+            r = _reduce(dataclasses.replace(f, kind="x"), tuple(eqn.params["axes"]), True)
             # the same reduction of the same value over the same groups: the same shift
-            return dataclasses.replace(r, kind="pg", token=(prim, id(f.base), r.groups.tobytes()))
+            return dataclasses.replace(r, kind="pg",
+                                       token=(prim, id(f.base), r.groups.tobytes(), f.mask))
         if prim == "is_finite":
             f = self.need(ins[0], sc)
             if not (isinstance(f, _Stat) and f.kind == "pg"):
@@ -300,6 +314,9 @@ class _Matcher:
                 raise _NoMatch
             return f if prim == "abs" else dataclasses.replace(f, kind="lse0")
         if prim == "select_n" and self.scalar(ins[0], sc) is None:
+            masked = self._masked(ins, sc, out_shape)
+            if masked is not None:
+                return masked
             return self._per_group(var, ins, sc, out_shape)
         if prim == "select_n":
             p = self.scalar(ins[0], sc)
@@ -339,6 +356,42 @@ class _Matcher:
         if f is None:
             raise _NoMatch
         return f
+
+    def _masked(self, ins, sc, out_shape):
+        """``where(P, v, c)`` with a constant mask ``P``: ``c = −inf`` where it is chosen and ``v``
+        an input-shaped value: the masked value (its masked entries are constants ``−inf`` that
+        the softmax family turns into exact zeros); or, on ``e = exp(x − s)`` of a masked ``x``,
+        ``c = 0`` exactly at the masked entries: the identity (``e`` is 0 there already)."""
+        if len(ins) != 3:
+            return None
+        pred = self.static(ins[0], sc)
+        if pred is None or pred.dtype != np.bool_:
+            return None
+        for ci, vi in ((1, 2), (2, 1)):
+            c = self.static(ins[ci], sc)
+            if c is None:
+                continue
+            f = self.form(ins[vi], sc)
+            if not (isinstance(f, _Full) and f.kind in ("x", "e") and f.probe.shape == out_shape):
+                return None
+            try:
+                chosen = np.broadcast_to(pred if ci == 2 else ~pred, out_shape)
+                cval = np.broadcast_to(c, out_shape)
+            except ValueError:
+                return None
+            if not np.array_equal(np.sort(f.probe.ravel()), np.arange(f.probe.size)):
+                return None
+            masked = np.zeros(f.probe.size, bool)
+            masked[f.probe[chosen]] = True
+            if f.mask is not None:
+                masked |= np.frombuffer(f.mask, bool)
+            if f.kind == "x" and np.all(cval[chosen] == -math.inf):
+                return dataclasses.replace(f, mask=masked.tobytes())
+            if f.kind == "e" and f.mask is not None and masked.tobytes() == f.mask \
+                    and np.all(cval[chosen] == 0):
+                return f
+            return None
+        return None
 
     def _per_group(self, var, ins, sc, out_shape):
         """An elementwise function of per-group values of one partition (finite constants
@@ -384,14 +437,14 @@ class _Matcher:
         if prim != "sub":
             raise _NoMatch
         if isinstance(a, _Full) and isinstance(b, _Stat) and a.kind == "x" and b.kind == "pg":
-            if not (a.base is b.base and a.probe.shape == out_shape
+            if not (a.base is b.base and a.probe.shape == out_shape and a.mask == b.mask
                     and _aligned(a.probe, b, out_shape)):
                 raise _NoMatch
-            return _Full("xs", a.base, a.probe, b.groups, b.token)
+            return _Full("xs", a.base, a.probe, b.groups, b.token, a.mask)
         if isinstance(a, _Full) and isinstance(b, _Stat) and a.kind == "xs" and b.kind == "lse0":
             return _softmax_family("log_softmax", b, a, out_shape)
         if isinstance(a, _Full) and isinstance(b, _Stat):
-            if not (a.kind == "x" and b.kind == "s1" and b.base is a.base
+            if not (a.kind == "x" and b.kind == "s1" and b.base is a.base and a.mask is None
                     and b.coef == Fraction(1, b.n) and a.probe.shape == out_shape
                     and _aligned(a.probe, b, out_shape)):
                 raise _NoMatch
@@ -510,9 +563,11 @@ def _shape_op(prim, params, probe, out_shape) -> np.ndarray:
     return _bcast(probe.reshape(shp), out_shape)
 
 
-def _reduce(f, axes) -> _Stat:
+def _reduce(f, axes, allow_mask: bool = False) -> _Stat:
     if not (isinstance(f, _Full) and f.kind in ("x", "x2", "c2", "e")):
         raise _NoMatch
+    if f.mask is not None and not (allow_mask or f.kind == "e"):
+        raise _NoMatch  # only the softmax family's shift and sum accept masked (-inf) entries
     p = f.probe
     if not np.array_equal(np.sort(p.ravel()), np.arange(p.size)):
         raise _NoMatch  # not a permutation of the base entries
@@ -528,10 +583,12 @@ def _reduce(f, axes) -> _Stat:
         raise _NoMatch  # a sum over other groups than the centring / the shift
     kind = {"x": "s1", "x2": "s2", "c2": "c2", "e": "se"}[f.kind]
     return _Stat(kind, f.base, groups, n, Fraction(1), labels.reshape([p.shape[a] for a in rest]),
-                 token=f.token)
+                 token=f.token, mask=f.mask)
 
 
 def _square(f):
+    if isinstance(f, _Full) and f.mask is not None:
+        raise _NoMatch
     if isinstance(f, _Full) and f.kind in ("x", "c"):
         return dataclasses.replace(f, kind=f.kind + "2")
     if isinstance(f, _Stat) and f.kind == "s1":
@@ -554,8 +611,8 @@ def _aligned(full_probe, stat: _Stat, out_shape) -> bool:
 
 
 def _norm(num: _Full, inv: _Stat, out_shape) -> Match:
-    ok = num.base is inv.base and num.probe.shape == out_shape and _aligned(num.probe, inv,
-                                                                            out_shape)
+    ok = num.mask is None and num.base is inv.base and num.probe.shape == out_shape \
+        and _aligned(num.probe, inv, out_shape)
     if num.kind == "c":
         ok = ok and inv.centred and np.array_equal(num.groups, inv.groups)
     elif num.kind == "x":
@@ -577,7 +634,7 @@ def _softmax_family(kind: str, stat: _Stat, other, out_shape) -> Match:
     ``e = exp(x − s)`` and ``s`` one per-group value: all three equal the shift-free map exactly
     for any finite ``s`` (the shift cancels), so ``s`` itself needs no bound."""
     ok = other.base is stat.base and other.token is not None \
-        and _same_token(stat.token, other.token) \
+        and _same_token(stat.token, other.token) and other.mask == stat.mask \
         and np.array_equal(other.groups, stat.groups)
     if kind == "logsumexp":
         ok = ok and np.array_equal(_bcast(other.probe, out_shape), _bcast(stat.probe, out_shape))

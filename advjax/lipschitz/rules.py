@@ -19,9 +19,15 @@ sound (one rule per idea; several primitives share a rule where the argument is 
   the gather itself on the entry numbers, so its real index semantics (clamping for ``clip`` and
   ``promise_in_bounds``, dropped reads for ``fill``) are the ones counted;
 * linear maps with a parameter: ``dot_general`` (largest singular value per batch block),
-  ``conv_general_dilated`` (:func:`advjax.lipschitz.conv_norm` for 1-/2-D convolutions; a
-  Collatz–Wielandt bound of ``‖|A|‖`` for transposed (``lhs_dilation``), 3-D or batch-grouped
-  ones: :mod:`advjax.lipschitz._nonneg`);
+  ``conv_general_dilated`` (:func:`advjax.lipschitz.conv_norm` for 1-/2-D convolutions;
+  transposed ones (``lhs_dilation``) through their adjoint, a strided convolution; 3-D ones as
+  2-D ones over (depth, channel) pairs; small ones (<= 2048 inputs) also by the explicit matrix's
+  largest singular value; a Collatz–Wielandt bound of ``‖|A|‖`` for what remains
+  (batch-grouped): :mod:`advjax.lipschitz._nonneg`);
+* order statistics and prefix sums: ``sort`` and ``top_k`` values 1, ``cumsum`` the norm of the
+  triangular matrix of ones; ``scatter-add`` with constant indices ``√(largest count)``; a
+  Euclidean norm ``√(Σ_G v²)`` over disjoint groups ``L_v``; the indices of a sort are refused
+  where used;
 * reductions and pooling: ``reduce_sum`` ``√n``, ``reduce_max`` 1, window max/min (including the
   generic ``reduce_window`` whose computation is one ``max``/``min``) ``√(max windows covering an
   input)``, window sums (Schur test);
@@ -32,10 +38,14 @@ sound (one rule per idea; several primitives share a rule where the argument is 
   only on constants are unrolled (the body composed once per iteration). An input-dependent branch
   index or loop condition is refused (the function generally jumps where the branch changes).
 
+Products and sums of bounds round upward (:func:`advjax.lipschitz.walker.mul_up`,
+``norm_up``, ``sum_up``) and a positive product never underflows to 0. Side-effecting equations
+(``debug.print``, ``io_callback``) are never run; a result of one that is used is refused.
 Products of two input-dependent values (attention scores, gating) are refused: they are not
 globally Lipschitz. The exceptions are recognised by the walker before these rules apply
 (:mod:`advjax.lipschitz._normalize`): LayerNorm / GroupNorm / RMSNorm with ``ε > 0``
-(``max|γ|/√ε``), softmax (1/2), log_softmax (``√n``) and logsumexp (1) over groups of ``n``.
+(``max|γ|/√ε``), softmax (1/2), log_softmax (``√n``) and logsumexp (1) over groups of ``n``,
+also with constant ``−inf`` masks (``softmax(where=)``, ``log_softmax(where=)``).
 """
 
 from __future__ import annotations
@@ -117,8 +127,11 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
     identity = {"max": -np.inf, "min": np.inf}.get(prim)
     if identity is not None and len(deps) == 1 and uniform(consts[0].value) == identity:
         return deps[0]  # max(v, -inf) = v (softmax's running maximum), min(v, +inf) = v
+    # A constant predicate picks each entry from one operand: a non-finite constant entry (a
+    # −inf mask) is a constant of the output, it never varies with the input.
+    masking = prim == "select_n" and isinstance(ins[0], Const) and uniform(ins[0].value) is None
     for c in consts:
-        if jnp.issubdtype(np.asarray(c.value).dtype, jnp.inexact):
+        if jnp.issubdtype(np.asarray(c.value).dtype, jnp.inexact) and not masking:
             check_finite(c.value, f"a constant operand of {prim!r} at {name!r}")
     srcs = {id(d.src) for d in deps}
     uniforms = [uniform(c.value) for c in consts]

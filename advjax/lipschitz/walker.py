@@ -244,8 +244,7 @@ class Walker:
         env: dict[Any, Any] = {}
         known = {v: a.value if isinstance(a, Const) else a
                  for v, a in zip((*jaxpr.constvars, *jaxpr.invars), (*consts, *args), strict=True)
-                 if not isinstance(a, Dep | Deferred)
-                 and np.ndim(a.value if isinstance(a, Const) else a) == 0}
+                 if not isinstance(a, Dep | Deferred)}
         matches = _normalize.find(jaxpr, known=known) if self.options.get("normalize", True) \
             else {}
         live = _normalize.live_eqns(jaxpr, matches) if matches else None

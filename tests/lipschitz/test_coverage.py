@@ -109,3 +109,40 @@ def test_standardize_is_a_normalisation():
     # 1/√ε, attained at x = const; ε = float32(0.01) = 0.01 − 2.2e-10: rel 1e-6
     assert total == pytest.approx(10.0, rel=1e-6)
     assert _sampled(fn, (6,), scale=0.01) <= total * (1 + 1e-9)
+
+
+_MASK = np.array([True, True, False, True, False, True])
+
+
+@pytest.mark.parametrize("fn,expected", [
+        (lambda x: jax.nn.softmax(jnp.where(_MASK, x, -jnp.inf)), 0.5),
+        (lambda x: jax.nn.softmax(x, where=_MASK), 0.5),
+        (lambda x: jax.nn.softmax(jnp.where(_MASK.reshape(2, 3), x.reshape(2, 3), -jnp.inf)),
+         0.5),
+        (lambda x: jax.nn.log_softmax(x, where=_MASK), np.sqrt(6)),
+        (lambda x: jax.nn.logsumexp(jnp.where(_MASK, x, -jnp.inf)), 1.0),
+], ids=["where-inf", "softmax-where", "softmax-rows", "log_softmax-where", "logsumexp-inf"])
+def test_masked_softmax_family(fn, expected):
+    """-inf masks: the masked entries are exact constants (0, or -inf for log_softmax) and the
+    unmasked ones the function of the unmasked logits, so the Jacobian is the unmasked one padded
+    with zeros: softmax 1/2, log_softmax √n (n the group size; √(unmasked) would do), logsumexp
+    1. The sampled Jacobians: softmax reaches 1/2 only at two equal top logits (not sampled)."""
+    total = layer_bounds(fn, jnp.zeros(6)).total
+    assert total == pytest.approx(expected, rel=1e-9)
+    masked_free = lambda x: jnp.where(jnp.isfinite(fn(x)), fn(x), 0.0)  # -inf entries: constants
+    assert _sampled(masked_free, (6,), scale=1.0) <= total
+
+
+def test_masks_that_reach_the_derivative_stay_refused():
+    # an input-dependent choice of -inf jumps
+    with pytest.raises(UnsupportedPrimitiveError):
+        layer_bounds(lambda x: jax.nn.softmax(jnp.where(x > 0, x, -jnp.inf)), jnp.zeros(6))
+    # numerator and denominator masked differently: not a softmax
+    other = np.array([True, False, False, True, False, True])
+
+    def mixed(x):
+        e = jnp.exp(jnp.where(_MASK, x, -jnp.inf) - jnp.max(jnp.where(_MASK, x, -jnp.inf)))
+        return e / jnp.sum(jnp.where(other, e, 0.0))
+
+    with pytest.raises(UnsupportedPrimitiveError):
+        layer_bounds(mixed, jnp.zeros(6))

@@ -131,7 +131,7 @@ class _Full:
     probe: np.ndarray           # base flat index of each entry
     groups: np.ndarray | None   # for c / c2: label (smallest member) of each base index's group
     token: Any = None           # for xs / e: the shift ``s``'s token
-    mask: bytes | None = None   # masked base entries (``-inf`` there): bytes of a bool array
+    mask: bytes | None = None   # float64 weights of the base entries (0: masked); None: all 1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -261,10 +261,12 @@ class _Matcher:
             try:
                 self.memo[key] = (var, self._form(var, scope))
             except _NoMatch:
-                # any other value of the walked jaxpr may be the normalised one
-                leaf = scope is self.root and not isinstance(var, jcore.Literal) \
-                    and np.issubdtype(var.aval.dtype, np.floating)
-                self.memo[key] = (var, _leaf(var) if leaf else None)
+                # any other value of the walked jaxpr may be the normalised one (also when
+                # reached as an argument of a call)
+                target = var if scope is self.root else self._root_alias(var, scope)
+                leaf = target is not None and not isinstance(target, jcore.Literal) \
+                    and np.issubdtype(target.aval.dtype, np.floating)
+                self.memo[key] = (var, _leaf(target) if leaf else None)
         return self.memo[key][1]
 
     def _form(self, var, scope):
@@ -308,11 +310,29 @@ class _Matcher:
             if not (isinstance(f, _Full) and f.kind == "xs"):
                 raise _NoMatch
             return dataclasses.replace(f, kind="e")
+        if prim == "sign":
+            f = self.need(ins[0], sc)
+            if not (isinstance(f, _Stat) and f.kind == "se"):
+                raise _NoMatch
+            return dataclasses.replace(f, kind="sgn")  # Σ w·e >= 0: sign 0 or 1
+        if prim == "lt" and self.scalar(ins[1], sc) == 0.0:
+            f = self.need(ins[0], sc)
+            if not (isinstance(f, _Stat) and f.kind == "sgn"):
+                raise _NoMatch
+            return dataclasses.replace(f, kind="never")  # sign(Σ w·e) < 0 is always false
         if prim in ("log", "abs"):
             f = self.need(ins[0], sc)
             if not (isinstance(f, _Stat) and f.kind == "se"):  # Σ exp > 0: abs is the identity
                 raise _NoMatch
             return f if prim == "abs" else dataclasses.replace(f, kind="lse0")
+        if prim == "select_n" and len(ins) == 3 and isinstance(
+                p := self.form(ins[0], sc), _Stat) and p.kind == "never":
+            f = self.need(ins[1], sc)  # the case of a false predicate, always taken
+            if isinstance(f, Match):
+                if tuple(ins[1].aval.shape) != out_shape:
+                    raise _NoMatch
+                return f
+            return dataclasses.replace(f, probe=_bcast(f.probe, out_shape))
         if prim == "select_n" and self.scalar(ins[0], sc) is None:
             masked = self._masked(ins, sc, out_shape)
             if masked is not None:
@@ -351,6 +371,18 @@ class _Matcher:
             return dataclasses.replace(f, kind="sd" if prim == "sqrt" else "inv")
         raise _NoMatch
 
+    def _root_alias(self, var, scope):
+        """The variable of the walked jaxpr that ``var`` (an argument of nested calls) is."""
+        while scope is not self.root:
+            if isinstance(var, jcore.Literal) or scope.parent is None \
+                    or var not in scope.jaxpr.invars:
+                return None
+            eqn, outer = scope.parent
+            n_in = len(scope.jaxpr.invars)
+            var = eqn.invars[len(eqn.invars) - n_in + scope.jaxpr.invars.index(var)]
+            scope = outer
+        return var
+
     def need(self, var, scope):
         f = self.form(var, scope)
         if f is None:
@@ -381,15 +413,12 @@ class _Matcher:
                 return None
             if not np.array_equal(np.sort(f.probe.ravel()), np.arange(f.probe.size)):
                 return None
-            masked = np.zeros(f.probe.size, bool)
-            masked[f.probe[chosen]] = True
-            if f.mask is not None:
-                masked |= np.frombuffer(f.mask, bool)
+            weights = _weights(f)
+            weights[f.probe[chosen]] = 0.0
             if f.kind == "x" and np.all(cval[chosen] == -math.inf):
-                return dataclasses.replace(f, mask=masked.tobytes())
-            if f.kind == "e" and f.mask is not None and masked.tobytes() == f.mask \
-                    and np.all(cval[chosen] == 0):
-                return f
+                return dataclasses.replace(f, mask=_pack(weights))
+            if f.kind == "e" and np.all(cval[chosen] == 0):
+                return dataclasses.replace(f, mask=_pack(weights))
             return None
         return None
 
@@ -437,7 +466,8 @@ class _Matcher:
         if prim != "sub":
             raise _NoMatch
         if isinstance(a, _Full) and isinstance(b, _Stat) and a.kind == "x" and b.kind == "pg":
-            if not (a.base is b.base and a.probe.shape == out_shape and a.mask == b.mask
+            if not (a.base is b.base and a.probe.shape == out_shape
+                    and (a.mask is None or a.mask == b.mask)
                     and _aligned(a.probe, b, out_shape)):
                 raise _NoMatch
             return _Full("xs", a.base, a.probe, b.groups, b.token, a.mask)
@@ -461,6 +491,21 @@ class _Matcher:
 
     def _product(self, prim, ins, sc, out_shape):
         fs = [self.form(v, sc) for v in ins]
+        if prim == "mul":
+            for i in (0, 1):
+                f, w = fs[i], self.static(ins[1 - i], sc)
+                if isinstance(f, _Full) and f.kind == "e" and w is not None \
+                        and f.probe.shape == out_shape and np.issubdtype(w.dtype, np.floating):
+                    try:
+                        wb = np.broadcast_to(np.asarray(w, np.float64), out_shape)
+                    except ValueError:
+                        raise _NoMatch from None
+                    if not (np.all(np.isfinite(wb)) and np.all(wb >= 0)) or not np.array_equal(
+                            np.sort(f.probe.ravel()), np.arange(f.probe.size)):
+                        raise _NoMatch
+                    weights = _weights(f)
+                    weights[f.probe] = weights[f.probe] * wb  # logsumexp(b=): Σ b·e
+                    return dataclasses.replace(f, mask=_pack(weights))
         if prim == "div":
             num, den = fs
             one = self.scalar(ins[0], sc)
@@ -521,6 +566,16 @@ def _real(value) -> np.ndarray | None:
     if not _real_dtype(getattr(value, "dtype", np.asarray(value).dtype)):
         return None
     return np.asarray(value)
+
+
+def _weights(f) -> np.ndarray:
+    """The per-base-entry weights of a masked / weighted value (1 without a mask)."""
+    n = f.probe.size if isinstance(f, _Full) else f.groups.size
+    return np.ones(n) if f.mask is None else np.frombuffer(f.mask, np.float64).copy()
+
+
+def _pack(weights: np.ndarray) -> bytes | None:
+    return None if np.all(weights == 1.0) else np.asarray(weights, np.float64).tobytes()
 
 
 def _leaf(var) -> _Full:
@@ -634,7 +689,8 @@ def _softmax_family(kind: str, stat: _Stat, other, out_shape) -> Match:
     ``e = exp(x − s)`` and ``s`` one per-group value: all three equal the shift-free map exactly
     for any finite ``s`` (the shift cancels), so ``s`` itself needs no bound."""
     ok = other.base is stat.base and other.token is not None \
-        and _same_token(stat.token, other.token) and other.mask == stat.mask \
+        and _same_token(stat.token, other.token) \
+        and (kind == "logsumexp" or other.mask == stat.mask) \
         and np.array_equal(other.groups, stat.groups)
     if kind == "logsumexp":
         ok = ok and np.array_equal(_bcast(other.probe, out_shape), _bcast(stat.probe, out_shape))
@@ -656,7 +712,8 @@ def find(jaxpr, consts=(), known=None) -> dict[int, Match]:
     m = _Matcher(jaxpr, consts, known)
     found = {}
     for i, eqn in enumerate(jaxpr.eqns):
-        if eqn.primitive.name in ("mul", "div", "add", "sub") and len(eqn.outvars) == 1:
+        if eqn.primitive.name in ("mul", "div", "add", "sub", "select_n", *_CALLS) \
+                and len(eqn.outvars) == 1:
             try:
                 f = m.form(eqn.outvars[0], m.root)
             except RecursionError:  # a very long chain: not matched (the walk decides)

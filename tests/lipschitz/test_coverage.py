@@ -121,12 +121,19 @@ _MASK = np.array([True, True, False, True, False, True])
          0.5),
         (lambda x: jax.nn.log_softmax(x, where=_MASK), np.sqrt(6)),
         (lambda x: jax.nn.logsumexp(jnp.where(_MASK, x, -jnp.inf)), 1.0),
-], ids=["where-inf", "softmax-where", "softmax-rows", "log_softmax-where", "logsumexp-inf"])
+        (lambda x: jax.nn.logsumexp(x, where=_MASK), 1.0),
+        (lambda x: jax.nn.logsumexp(x, b=jnp.array([1.0, 2.0, 0.0, 0.5, 3.0, 1.0])), 1.0),
+        (lambda x: jax.nn.logsumexp(x.reshape(2, 3), axis=1, b=jnp.array([[1.0, 2.0, 0.0],
+                                                                        [0.5, 3.0, 1.0]])),
+         1.0),
+], ids=["where-inf", "softmax-where", "softmax-rows", "log_softmax-where", "logsumexp-inf",
+        "logsumexp-where", "logsumexp-b", "logsumexp-b-rows"])
 def test_masked_softmax_family(fn, expected):
     """-inf masks: the masked entries are exact constants (0, or -inf for log_softmax) and the
     unmasked ones the function of the unmasked logits, so the Jacobian is the unmasked one padded
     with zeros: softmax 1/2, log_softmax √n (n the group size; √(unmasked) would do), logsumexp
-    1. The sampled Jacobians: softmax reaches 1/2 only at two equal top logits (not sampled)."""
+    1 (with weights b >= 0 its gradient b·e/Σb·e is still a probability vector). The sampled
+    Jacobians: softmax reaches 1/2 only at two equal top logits (not sampled)."""
     total = layer_bounds(fn, jnp.zeros(6)).total
     assert total == pytest.approx(expected, rel=1e-9)
     masked_free = lambda x: jnp.where(jnp.isfinite(fn(x)), fn(x), 0.0)  # -inf entries: constants
@@ -146,3 +153,7 @@ def test_masks_that_reach_the_derivative_stay_refused():
 
     with pytest.raises(UnsupportedPrimitiveError):
         layer_bounds(mixed, jnp.zeros(6))
+    # a negative weight: log of a sum that may be negative (NaN), no bound
+    with pytest.raises(UnsupportedPrimitiveError):
+        layer_bounds(lambda x: jax.nn.logsumexp(x, b=jnp.array([1.0, -2.0, 0.5, 1.0, 1.0, 1.0])),
+                     jnp.zeros(6))

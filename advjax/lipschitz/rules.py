@@ -62,6 +62,7 @@ from jax import lax
 from advjax.lipschitz import _elementwise as ew
 from advjax.lipschitz import _nonneg
 from advjax.lipschitz._prims import CALL_PARAMS as _CALL_PARAMS
+from advjax.lipschitz._prims import NORMALIZATIONS
 from advjax.lipschitz.contrast import contrast_norm_p
 from advjax.lipschitz.report import UnsupportedPrimitiveError
 from advjax.lipschitz.spectral import conv_norm
@@ -71,6 +72,7 @@ from advjax.lipschitz.walker import (
     Deferred,
     Dep,
     Fold,
+    NotApplicable,
     RuleTable,
     SumOfSquares,
     Walker,
@@ -578,6 +580,25 @@ def conv_rule(w, eqn, ins):
     return w.fresh(_folded(w, dep, plain, scaled), shape, dtype)
 
 
+def normalization_rule(w, eqn, ins):
+    """A recognised normalisation ``kind(base, *factors)`` (:mod:`advjax.lipschitz._normalize`):
+    ``L_base · constant · Π max|γ|``; not applicable (walked as is) for a constant base, an
+    input-dependent or non-finite factor."""
+    match = eqn.params["match"]
+    base, factors = ins[0], ins[1:]
+    if not (isinstance(base, Dep) and is_float(base.dtype)
+            and all(isinstance(f, Const) for f in factors)):
+        raise NotApplicable
+    values = [np.asarray(f.value, np.float64) for f in factors]
+    if not all(np.all(np.isfinite(v)) for v in [*values, *map(np.asarray, match.factor_consts)]):
+        raise NotApplicable
+    bound = match.bound(values)
+    shape, dtype = out_aval(eqn)
+    name = w.name(eqn, "norm")
+    w.row(eqn, "norm", base.shape, shape, bound, name=name, primitive=match.kind)
+    return w.fresh(mul_up(w.lip(base), bound), shape, dtype, name)
+
+
 def contrast_rule(w, eqn, ins):
     dep = only_dep(eqn, ins)
     shape, dtype = out_aval(eqn)
@@ -801,6 +822,7 @@ def _table() -> RuleTable:
                   "cond": cond_rule, "while": while_rule, "scan": scan_rule,
                   "sort": sort_rule, "top_k": top_k_rule, "cumsum": cumsum_rule,
                   "scatter-add": scatter_add_rule, "scatter_add": scatter_add_rule})
+    rules.update(dict.fromkeys(NORMALIZATIONS, normalization_rule))
     return RuleTable(rules)
 
 

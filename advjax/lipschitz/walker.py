@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax.lipschitz import _elementwise as ew
-from advjax.lipschitz import _normalize
+from advjax.lipschitz import _normalize, _prims
 from advjax.lipschitz._prims import CALLS  # noqa: F401  (re-exported)
 from advjax.lipschitz.report import LayerBound, UnsupportedPrimitiveError
 
@@ -236,10 +236,13 @@ class Walker:
     def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
         """Walks ``jaxpr`` with constants ``consts`` and arguments ``args`` (Const / Dep).
 
-        Normalisations (LayerNorm, GroupNorm, RMSNorm with ε > 0) are recognised first
-        (:mod:`advjax.lipschitz._normalize`); the equations needed only inside them are walked with
-        their errors deferred (a value that reaches anything else re-raises its error), and the
-        matched product is bounded from its base value.
+        Normalisations (LayerNorm, GroupNorm, RMSNorm with ε > 0) and the softmax family are
+        recognised first (:mod:`advjax.lipschitz._normalize`); the equations needed only inside
+        them are walked with their errors deferred (a value that reaches anything else re-raises
+        its error), and the matched equation dispatches through the rule table as the synthetic
+        primitive of its kind (``layer_norm``, ``rms_norm``, ``softmax``, ``log_softmax``,
+        ``logsumexp``: :data:`advjax.lipschitz._prims.NORMALIZATIONS`) applied to its base and
+        factors.
         """
         env: dict[Any, Any] = {}
         known = {v: a.value if isinstance(a, Const) else a
@@ -317,23 +320,27 @@ class Walker:
         return [_Deferred(err)] * len(eqn.outvars)
 
     def _normalization(self, eqn, match: _normalize.Match, read) -> list | None:
-        """The recognised normalisation's output, or None when the walk-time values do not fit
-        (a constant base, an input-dependent or non-finite factor): then it is walked as is."""
-        base = read(match.base)
-        factors = [read(v) for v in match.factor_vars]
-        if not (isinstance(base, Dep) and is_float(base.dtype)
-                and all(isinstance(f, Const) for f in factors)):
+        """The recognised normalisation, dispatched through the rule table as the synthetic
+        primitive ``match.kind`` applied to its base and factors; None when the table has no
+        such rule or the rule finds the walk-time values unfit (:class:`NotApplicable`): then
+        the equation is walked as is."""
+        if match.kind not in self.rules:
             return None
-        values = [np.asarray(f.value, np.float64) for f in factors]
-        if not all(np.all(np.isfinite(v)) for v in [*values, *map(np.asarray,
-                                                                   match.factor_consts)]):
+        syn = jcore.new_jaxpr_eqn([match.base, *match.factor_vars], list(eqn.outvars),
+                                  _prims.SYNTHETIC[match.kind], {"match": match}, set(),
+                                  eqn.source_info)
+        ins = [read(match.base), *(read(v) for v in match.factor_vars)]
+        if any(isinstance(a, _Deferred) for a in ins):
             return None
-        bound = match.bound(values)
-        shape, dtype = out_aval(eqn)
-        name = self.name(eqn, "norm")
-        self.row(eqn, "norm", base.shape, shape, bound, name=name,
-                 primitive=match.kind)
-        return [self.fresh(mul_up(self.lip(base), bound), shape, dtype, name)]
+        try:
+            outs = self.rules[match.kind](self, syn, ins)
+        except NotApplicable:
+            return None
+        return outs if isinstance(outs, list) else [outs]
+
+
+class NotApplicable(Exception):  # noqa: N818  (a signal, not an error)
+    """Raised by a rule of a synthetic primitive whose walk-time values do not fit it."""
 
 
 @dataclasses.dataclass(eq=False)

@@ -179,3 +179,23 @@ def test_the_matcher_follows_the_same_calls_as_the_walk():
     plain = lambda x: (x - jnp.mean(x, -1, keepdims=True)) / jnp.sqrt(
             jnp.var(x, -1, keepdims=True) + eps)  # the same primal, differentiable forward
     assert _sampled_jacobian_norm(plain, (5,), scale=0.05) <= total
+
+
+def test_normalisations_dispatch_through_the_rule_table():
+    from advjax.lipschitz import DEFAULT_RULES
+
+    fn = lambda x: jax.nn.softmax(x)
+    assert layer_bounds(fn, jnp.zeros(4)).total == pytest.approx(0.5)
+    # without the table's rule the product is walked as is (and refused: exp is unbounded)
+    with pytest.raises(UnsupportedPrimitiveError):
+        layer_bounds(fn, jnp.zeros(4), rules=DEFAULT_RULES.without("softmax"))
+    # a user's rule for the synthetic primitive is the one applied
+    seen = []
+
+    def rule(w, eqn, ins):
+        seen.append(eqn.params["match"].kind)
+        return DEFAULT_RULES["softmax"](w, eqn, ins)
+
+    table = DEFAULT_RULES.extend({"softmax": rule})
+    assert layer_bounds(fn, jnp.zeros(4), rules=table).total == pytest.approx(0.5)
+    assert seen and set(seen) == {"softmax"}

@@ -20,12 +20,22 @@ The graph walk collects chains of elementwise primitives applied to one input-de
 3. At every breakpoint ``t`` (including isolated points from ``==``/``!=``) the function must be
    continuous. Three *point values* are computed at ``t`` through the whole DAG: the left limit (the
    switches of the left piece), the right limit (those of the right piece) and the actual value
-   (comparisons evaluated at ``t``). Algebraic operations are evaluated in exact rational arithmetic
-   and every other function at its exact (float64) point value, never an interval end, so a jump
-   hidden inside a bounded function (``cos(3·(u > 0))``, ``sin(where(u == 0, 5, u))``) is seen. The
-   criterion is absolute and exact: the three values must be equal; any jump, however small
-   relative to the values (``where(u > 0, u + 1e6 + 0.5, u + 1e6)``), is a discontinuity and the
-   function is refused (a function with a jump has no finite Lipschitz constant).
+   (comparisons evaluated at ``t``). They are exact: algebraic operations on rationals are
+   rational, a transcendental function is rational only at its rational points (``exp(0) = 1``,
+   ``√(p²/q²)``, ...) and otherwise an exact *expression* (one object per expression, shared by
+   the three values). The three must be the same rational or the same expression; equal float64
+   approximations of different expressions (``σ(40.5)`` and ``σ(40)``, 1.7e-18 apart) are not
+   accepted, so any jump, however small, is refused, as is a continuity the check cannot prove.
+   Orders of non-rational values at a breakpoint are read from float64 approximations only when
+   they are farther than ``1e-9`` (relative) apart; otherwise the function is refused.
+4. Integer intermediates (predicates cast to an integer type) are range-checked against their
+   dtype on every piece and at every breakpoint: a value outside it wraps around in the executed
+   program (``int8`` 300 → 44), so the exact-integer function analysed would not be the one run;
+   it is refused. Integer division truncates toward zero, as executed.
+
+Interval products and reciprocals round outward (the exact product lies inside; a product below
+the smallest float is not rounded to 0), so the derivative ranges enclose the exact ones up to
+the float64 rounding of sums and of the transcendental functions' values.
 
 A continuous, piecewise C¹ function has Lipschitz constant ``sup |g'|``, so the result is a sound
 bound of the exact-arithmetic function (up to the float64 rounding of the derivative ranges).
@@ -43,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import sys
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -141,15 +152,62 @@ LINEAR_OPS = frozenset({"add", "add_any", "sub", "mul", "div", "neg", *CASTS})
 # --------------------------------------------------------------------------------------------------
 
 
-def _m(a: float, b: float) -> float:
+_SPLIT = 134217729.0  # 2^27 + 1 (Veltkamp)
+
+
+def _prod_err_sign(a: float, b: float, r: float) -> int:
+    """The sign of ``a·b − r`` (exact), for ``r = fl(a·b)`` finite."""
+    if abs(a) < 1e150 and abs(b) < 1e150 and (abs(r) > 1e-280 or r == 0.0 and (a == 0 or b == 0)):
+        c = _SPLIT * a
+        ah = c - (c - a)
+        al = a - ah
+        c = _SPLIT * b
+        bh = c - (c - b)
+        bl = b - bh
+        err = ((ah * bh - r) + ah * bl + al * bh) + al * bl  # Dekker: a·b − r exactly
+        return (err > 0) - (err < 0)
+    d = Fraction(a) * Fraction(b) - Fraction(r)  # near under- / overflow: exact rationals
+    return (d > 0) - (d < 0)
+
+
+def _mul_out(a: float, b: float) -> tuple[float, float]:
+    """``(lower, upper)`` float enclosure of the exact product ``a·b`` (``0·∞ = 0``): rounded
+    outward, never underflowing to a zero of the wrong side."""
     if a == 0.0 or b == 0.0:
-        return 0.0
-    return a * b
+        return (0.0, 0.0)
+    r = a * b
+    if not math.isfinite(r):
+        return (r, r) if not math.isnan(r) else (-INF, INF)
+    s = _prod_err_sign(a, b, r)
+    if s > 0:
+        return (r, math.nextafter(r, INF))
+    if s < 0:
+        return (math.nextafter(r, -INF), r)
+    return (r, r)
+
+
+def _recip_out(x: float) -> tuple[float, float]:
+    """``(lower, upper)`` enclosure of ``1/x`` (``x != 0``), rounded outward."""
+    if math.isinf(x):
+        return (0.0, 0.0)
+    r = 1.0 / x
+    if r == 0.0:  # underflow: 0 < |1/x| < the smallest subnormal
+        tiny = math.ulp(0.0)
+        return (0.0, tiny) if x > 0 else (-tiny, 0.0)
+    if not math.isfinite(r):  # overflow
+        big = sys.float_info.max
+        return (big, INF) if x > 0 else (-INF, -big)
+    s = (Fraction(r) * Fraction(x) > 1) - (Fraction(r) * Fraction(x) < 1)  # sign of r·x − 1
+    if s == 0:
+        return (r, r)
+    above = (s > 0) == (x > 0)  # r > 1/x
+    return (math.nextafter(r, -INF), r) if above else (r, math.nextafter(r, INF))
 
 
 def imul(x, y):
-    p = (_m(x[0], y[0]), _m(x[0], y[1]), _m(x[1], y[0]), _m(x[1], y[1]))
-    return (min(p), max(p))
+    """Interval product, rounded outward."""
+    p = [_mul_out(a, b) for a in x for b in y]
+    return (min(q[0] for q in p), max(q[1] for q in p))
 
 
 def iadd(x, y):
@@ -167,9 +225,10 @@ def ihull(x, y):
 
 
 def irecip(x):
+    """Interval reciprocal, rounded outward."""
     if x[0] <= 0.0 <= x[1]:
         return (-INF, INF)
-    return (1.0 / x[1], 1.0 / x[0])
+    return (_recip_out(x[1])[0], _recip_out(x[0])[1])
 
 
 def _unimodal(f: Callable[[float], float], peak: float, lo: float, hi: float):
@@ -607,6 +666,48 @@ class _Evaluator:
             return 1
         return None
 
+    def _touching(self, xn: Node, yn: Node, x: _R, y: _R) -> int | None:
+        """The order of ``x`` and a constant ``y`` on the piece interior when ``x``'s range only
+        touches ``y`` (``elu(u) >= 0`` on ``(-∞, 0]``): each part of the piece either keeps ``x``
+        strictly on one side, or ``x`` is strictly monotone on it (derivative range excluding 0)
+        and strictly on that side at its end inside the piece, so ``x = y`` at most at an end of
+        the piece. 0 (``x > y``) / 1 (``x < y``), or None."""
+        if y.v[0] != y.v[1]:
+            if x.v[0] == x.v[1]:
+                order = self._touching(yn, xn, y, x)
+                return None if order is None else 1 - order
+            return None
+        c = y.v[0]
+        if x.v[1] == c:
+            side = 1
+        elif x.v[0] == c:
+            side = 0
+        else:
+            return None
+        lo, hi = self.lo, self.hi
+        if lo == -INF and hi == INF:
+            return None
+        if lo == -INF:
+            parts = [(-INF, Fraction(hi) - 1, None), (Fraction(hi) - 1, hi, Fraction(hi) - 1)]
+        elif hi == INF:
+            parts = [(lo, Fraction(lo) + 1, Fraction(lo) + 1), (Fraction(lo) + 1, INF, None)]
+        else:
+            mid = (Fraction(lo) + Fraction(hi)) / 2
+            parts = [(lo, mid, mid), (mid, hi, mid)]
+        for a, b, inner in parts:
+            ev = _Evaluator(a, b)
+            r = ev.ev(xn)
+            if ev.breakpoints:
+                return None
+            if (r.v[1] < c) if side == 1 else (r.v[0] > c):
+                continue
+            if not (r.d[0] > 0 or r.d[1] < 0) or inner is None:
+                return None
+            p = _Evaluator(inner, inner).ev(xn)
+            if not ((p.v[1] < c) if side == 1 else (p.v[0] > c)):
+                return None
+        return side
+
     def ev(self, node: Node) -> _R:
         if id(node) not in self.memo:     # arguments first: no recursion below ``_ev``
             for n in postorder(node, lambda n: id(n) in self.memo):
@@ -635,9 +736,9 @@ class _Evaluator:
             d = (0.0, 0.0, 0.0, 1.0)
         else:
             a = [self.memo[id(x)] for x in n.args]
-            gs = [x.g for x in a]
-            if any(x.pred is None and x.g is None for x in a):
-                gs = None
+            # a predicate argument (max/min of comparisons) has no growth record: the
+            # node's own intervals are its only bound
+            gs = None if any(x.g is None for x in a) else [x.g for x in a]
             if gs is None:
                 pass
             elif op in ("add", "add_any", "sub"):
@@ -719,6 +820,14 @@ class _Evaluator:
             elif _const_of(y) is not None:
                 lu = _lu_affine(x, _const_of(y), 0.0)
             return _R(imul(x.v, y.v), d, aff, lu=lu)
+        if op == "div" and _irange(n) is not None:  # integer division truncates toward 0
+            x, y = a
+            if x.aff is None or y.aff is None or x.aff[0] != 0 or y.aff[0] != 0:
+                return _R((-INF, INF), (0.0, 0.0), None)  # settled once the predicates are
+            if y.aff[1] == 0:
+                raise NotLipschitzError("an integer division by zero")
+            q = Fraction(int(x.aff[1] / y.aff[1]))
+            return _R((float(q), float(q)), (0.0, 0.0), _faff(0, q))
         if op == "div":
             x, y = a
             rv = irecip(y.v)
@@ -729,6 +838,9 @@ class _Evaluator:
             return _R(imul(x.v, rv), iadd(imul(x.d, rv), imul(x.v, rd)), aff)
         if op in ("max", "min"):
             x, y = a
+            if x.pred is not None and y.pred is not None:  # or / and of decided predicates
+                p = (max if op == "max" else min)(x.pred, y.pred)
+                return _R((0.0, 1.0), (0.0, 0.0), None, pred=p)
             order = self._switch(x, y)
             if order is None:  # continuous in any case: hull of both
                 f = max if op == "max" else min
@@ -745,9 +857,17 @@ class _Evaluator:
         if op in COMPARISONS:
             x, y = a
             point_only = op in ("eq", "ne")
+            if n.args[0] is n.args[1]:  # v ⋈ v (a NaN test): v is finite wherever it is defined
+                p = op in ("eq", "le", "ge")
+                self.decisions[id(n)] = p
+                return _R((0.0, 1.0), (0.0, 0.0), None, pred=p)
             order = self._switch(x, y, point_only=point_only)
+            if order is None and not point_only and (x.aff is None or y.aff is None):
+                order = self._touching(n.args[0], n.args[1], x, y)
             if order is None:
-                if x.aff is None or y.aff is None:
+                if (x.aff is None or y.aff is None) and not self.breakpoints:
+                    # (with a switch found inside this piece, the piece is split first: values
+                    # computed from predicates are constants on the parts)
                     raise NotLipschitzError(
                             "a comparison between non-affine functions of the input cannot be "
                             "located (only comparisons of affine expressions, or of values "
@@ -798,7 +918,125 @@ _POINT_FNS: dict[str, Callable[[float], float]] = {
         "sin": math.sin, "cos": math.cos, "rsqrt": lambda v: 1.0 / math.sqrt(v)}
 
 
-def point_value(root: Node, t: Fraction, forced: dict[int, object] | None = None):
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Sym:
+    """An exact real number that is not (known to be) rational: a transcendental function of an
+    exact argument, or an arithmetic expression of such numbers. Built through :class:`_Exact`,
+    which makes one object per expression, so two are equal (``is``) exactly when they are the
+    same expression, never by their float64 values. ``f`` is a float64 approximation and ``m`` a
+    rough size of its terms (the scale of the approximation's error)."""
+
+    op: str
+    args: tuple
+    f: float
+    m: float
+
+    def __float__(self) -> float:
+        return self.f
+
+
+# exact values of the functions at the rational points where they are rational
+_EXACT_AT = {"logistic": {0: Fraction(1, 2)}, "tanh": {0: 0}, "erf": {0: 0}, "erfc": {0: 1},
+             "exp": {0: 1}, "expm1": {0: 0}, "log": {1: 0}, "log1p": {0: 0}, "sin": {0: 0},
+             "cos": {0: 1}}
+
+
+class _Exact:
+    """Exact arithmetic on rationals and :class:`_Sym` expressions (one table per continuity
+    check, shared by its left limit, right limit and value)."""
+
+    def __init__(self):
+        self.table: dict = {}
+
+    def sym(self, op: str, args: tuple, f: float):
+        key = (op, tuple(("q", a) if isinstance(a, Fraction | int) else id(a) for a in args))
+        if key not in self.table:
+            m = max([abs(f), *(abs(float(a)) if isinstance(a, Fraction | int) else a.m
+                               for a in args)])
+            self.table[key] = _Sym(op, args, f, m)
+        return self.table[key]
+
+    def transcendental(self, op: str, x):
+        if isinstance(x, Fraction):
+            exact = _EXACT_AT.get(op, {})
+            if x in exact:
+                return Fraction(exact[x])
+            if op in ("sqrt", "rsqrt") and x > 0:
+                num, den = math.isqrt(x.numerator), math.isqrt(x.denominator)
+                if num * num == x.numerator and den * den == x.denominator:
+                    return Fraction(num, den) if op == "sqrt" else Fraction(den, num)
+        val = _POINT_FNS[op](float(x))
+        if not math.isfinite(val):
+            raise OverflowError(f"{op} is not finite")
+        return self.sym(op, (x,), val)
+
+    def add(self, x, y):
+        if isinstance(x, Fraction) and isinstance(y, Fraction):
+            return x + y
+        if isinstance(x, Fraction) and x == 0:
+            return y
+        if isinstance(y, Fraction) and y == 0:
+            return x
+        if isinstance(y, _Sym) and y.op == "neg" and y.args[0] is x or \
+                isinstance(x, _Sym) and x.op == "neg" and x.args[0] is y:
+            return Fraction(0)  # v − v
+        return self.sym("add", (x, y), float(x) + float(y))
+
+    def neg(self, x):
+        if isinstance(x, Fraction):
+            return -x
+        if x.op == "neg":
+            return x.args[0]
+        return self.sym("neg", (x,), -x.f)
+
+    def mul(self, x, y):
+        if isinstance(x, Fraction) and isinstance(y, Fraction):
+            return x * y
+        for a, b in ((x, y), (y, x)):
+            if isinstance(a, Fraction) and a == 0:
+                return Fraction(0)
+            if isinstance(a, Fraction) and a == 1:
+                return b
+        return self.sym("mul", (x, y), float(x) * float(y))
+
+    def div(self, x, y):
+        if self.sign(y) == 0:
+            raise ZeroDivisionError("division by zero")
+        if isinstance(x, Fraction) and isinstance(y, Fraction):
+            return x / y
+        if isinstance(y, Fraction) and y == 1:
+            return x
+        if isinstance(x, Fraction) and x == 0:
+            return Fraction(0)
+        return self.sym("div", (x, y), float(x) / float(y))
+
+    def pow(self, x, k: int):
+        if isinstance(x, Fraction):
+            return x ** k
+        return self.sym("pow", (x, k), float(x) ** k)
+
+    @staticmethod
+    def sign(x) -> int:
+        """The sign of an exact value; refuses when a non-rational value is too close to 0 to
+        tell from its float64 approximation."""
+        if not isinstance(x, _Sym):  # rational (or a predicate)
+            return (x > 0) - (x < 0)
+        if abs(x.f) <= 1e-9 * (1 + x.m):
+            raise NotLipschitzError(f"the sign of {x.op}(...) at a breakpoint cannot be decided "
+                                    "in float64 (a value within 1e-9 of zero)")
+        return 1 if x.f > 0 else -1
+
+    def cmp(self, x, y) -> int:
+        """The sign of ``x − y`` (exact, or refused when undecidable in float64)."""
+        if x is y:
+            return 0
+        if not isinstance(x, _Sym) and not isinstance(y, _Sym):
+            return (x > y) - (x < y)
+        return self.sign(self.add(x, self.neg(y)))
+
+
+def point_value(root: Node, t: Fraction, forced: dict[int, object] | None = None,
+                exact: _Exact | None = None):
     """Value of the expression at ``u = t``: exact rationals for algebraic operations.
 
     Args:
@@ -806,16 +1044,19 @@ def point_value(root: Node, t: Fraction, forced: dict[int, object] | None = None
       t: the point.
       forced: comparison outcomes by node id (a one-sided limit: the outcomes on the adjacent
         piece); comparisons not in it are evaluated at ``t``.
+      exact: the expression table (share one between values that are compared).
 
     Returns:
-      A :class:`Fraction` (the float64 value of any transcendental function is taken as exact), or
-      a ``bool`` for a predicate.
+      A :class:`Fraction`, a :class:`_Sym` (an exact expression of transcendental values: two are
+      equal only when they are the same expression, never by their float64 values) or a
+      ``bool`` for a predicate.
 
     Raises:
       NotLipschitzError: when the value is undefined (log of a non-positive number, division by
         zero, overflow).
     """
     memo: dict[int, object] = {}
+    ex = exact if exact is not None else _Exact()
 
     def ev(n: Node):
         if id(n) not in memo:             # arguments first: no recursion below ``_pv``
@@ -834,39 +1075,67 @@ def point_value(root: Node, t: Fraction, forced: dict[int, object] | None = None
             if op in CASTS:
                 return Fraction(int(a[0])) if isinstance(a[0], bool) else a[0]
             if op in ("add", "add_any"):
-                return a[0] + a[1]
+                return ex.add(a[0], a[1])
             if op == "sub":
-                return a[0] - a[1]
+                return ex.add(a[0], ex.neg(a[1]))
             if op == "neg":
-                return -a[0]
+                return ex.neg(a[0])
             if op == "mul":
-                return a[0] * a[1]
+                return ex.mul(a[0], a[1])
             if op == "div":
-                return a[0] / a[1]
-            if op == "max":
-                return max(a[0], a[1])
-            if op == "min":
-                return min(a[0], a[1])
+                q = ex.div(a[0], a[1])
+                return Fraction(int(q)) if _irange(n) is not None else q
+            if op in ("max", "min"):
+                c = ex.cmp(a[0], a[1])
+                return a[0] if (c >= 0) == (op == "max") else a[1]
             if op == "abs":
-                return abs(a[0])
+                return a[0] if ex.sign(a[0]) >= 0 else ex.neg(a[0])
             if op in ("integer_pow", "square"):
-                k = 2 if op == "square" else int(dict(n.params)["y"])
-                return a[0] ** k
+                return ex.pow(a[0], 2 if op == "square" else int(dict(n.params)["y"]))
             if op in COMPARISONS:
                 if forced is not None and forced.get(id(n)) is not None:
                     return bool(forced[id(n)])
-                return _compare(op, a[0], a[1])
+                return _compare(op, ex.cmp(a[0], a[1]), 0)
             if op == "select_n":
                 which = a[0]
                 return a[1 + int(which)]
-            val = _POINT_FNS[op](float(a[0]))
+            return ex.transcendental(op, a[0])
         except (ZeroDivisionError, ValueError, OverflowError, KeyError) as err:
             raise NotLipschitzError(f"{op} is undefined at a breakpoint ({err})") from None
-        if not math.isfinite(val):
-            raise NotLipschitzError(f"{op} is not finite at a breakpoint")
-        return Fraction(val)
 
-    return ev(root)
+    value = ev(root)
+    for n in root.nodes():
+        _check_irange(n, memo.get(id(n)), f"at u = {float(t):g}")
+    return value
+
+
+def _same(x, y) -> bool:
+    """Exact equality of two point values (rationals, one :class:`_Exact` table's expressions, or
+    predicates)."""
+    if isinstance(x, _Sym) or isinstance(y, _Sym):
+        return x is y
+    return x == y
+
+
+def _irange(n: Node) -> tuple[int, int] | None:
+    """The (min, max) of the integer dtype of an integer-valued node, else None."""
+    for k, v in n.params:
+        if k == "irange":
+            return v
+    return None
+
+
+def _check_irange(n: Node, value, where: str) -> None:
+    """Refuses an integer intermediate outside its dtype: the program wraps around there, so the
+    exact-integer function analysed is not the one executed."""
+    rng = _irange(n)
+    if rng is None or value is None:
+        return
+    lo, hi = (value, value) if not isinstance(value, tuple) else value
+    if lo < rng[0] or hi > rng[1]:
+        raise NotLipschitzError(
+                f"the integer intermediate {n.op} takes values in [{float(lo):g}, {float(hi):g}] "
+                f"{where}, outside its dtype's range [{rng[0]}, {rng[1]}] (it wraps around)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -938,12 +1207,19 @@ def lipschitz_constant(root: Node, *, max_rounds: int = 64) -> float:
         pieces = list(zip(edges[:-1], edges[1:], strict=True))
         new: set[Fraction] = set()
         results = []
+        evaluators = []
         for lo, hi in pieces:
             ev = _Evaluator(lo, hi)
             r = ev.ev(root)
             new |= {t for t in ev.breakpoints if lo < t < hi}
             results.append((r, ev.decisions, ev.tail_bound(r)))
+            evaluators.append(ev)
         if not new:
+            for ev, (lo, hi) in zip(evaluators, pieces, strict=True):
+                for n in root.nodes():
+                    r = ev.memo.get(id(n))
+                    _check_irange(n, None if r is None else r.v,
+                                  f"on ({float(lo):g}, {float(hi):g})")
             break
         bps = sorted(set(bps) | new)
     else:
@@ -955,6 +1231,11 @@ def lipschitz_constant(root: Node, *, max_rounds: int = 64) -> float:
                                                                                    16, 32, 64)}
         edges = [-INF, *sorted(set(bps) | grid), INF]
         bound = min(bound, _refine(root, edges))
+        # a shifted function (gelu(u + 70), squareplus(u − 56)) reaches its asymptotic regime
+        # only far out: tails from ±2^16 on, finite pieces doubling in length up to there
+        far = {Fraction(s * 2 ** k) for k in range(6, 17) for s in (-1, 1)}
+        wide = min(_refine(root, [-INF, *sorted(set(bps) | grid | far), INF]), INF)
+        bound = min(bound, wide)
     if not math.isfinite(bound):
         raise NotLipschitzError("its derivative is unbounded on "
                                 + ", ".join(f"({float(lo):g}, {float(hi):g})"
@@ -962,10 +1243,18 @@ def lipschitz_constant(root: Node, *, max_rounds: int = 64) -> float:
                                             zip(pieces, results, strict=True)
                                             if not math.isfinite(m)))
     for i, t in enumerate(bps):
-        left = point_value(root, t, results[i][1])
-        right = point_value(root, t, results[i + 1][1])
-        actual = point_value(root, t)
-        if not left == right == actual:
+        ex = _Exact()
+        left = point_value(root, t, results[i][1], ex)
+        right = point_value(root, t, results[i + 1][1], ex)
+        actual = point_value(root, t, exact=ex)
+        if not _same(left, right) or not _same(right, actual):
+            if isinstance(left, _Sym | Fraction) and all(
+                    float(v) == float(left) for v in (right, actual)):
+                raise NotLipschitzError(
+                        f"it may be discontinuous at u = {float(t):g}: its left limit, right limit "
+                        f"and value agree in float64 ({float(left)!r}) but are different exact "
+                        "expressions, so continuity of the exact-arithmetic function is not "
+                        "proved")
             raise NotLipschitzError(
                     f"it is discontinuous at u = {float(t):g} (left limit {float(left)!r}, right "
                     f"limit {float(right)!r}, value {float(actual)!r})")

@@ -46,6 +46,14 @@ exactly, so its own (discontinuous) derivative never enters:
   approached as ``p → e_k``;
 * logsumexp ``log Σ_G e + s``: the gradient is ``p`` with ``‖p‖₂ <= ‖p‖₁ = 1``; groups are
   disjoint, so ``1`` per output copy of a group's value (``√copies`` when broadcast).
+
+Masks: ``x`` may be ``where(P, x, −inf)`` with a constant ``P`` (the same ``P`` wherever ``x``
+is used; ``where(P, e, 0)`` on ``e`` is then the identity, ``e`` being 0 at the masked entries).
+Masked entries of the output are exact constants (0, or ``−inf`` for log_softmax) and the others
+the same map of the unmasked logits, so its Jacobian is the unmasked one padded with zeros and
+the constants above hold. The matcher evaluates only the literal-only values it asks for, with
+pure, real-valued equations (never an effect, a key or a complex value), and knows the constant
+arguments of the walked call (a literal ``ε`` passed into an inner ``jit``).
 """
 
 from __future__ import annotations
@@ -58,8 +66,9 @@ from typing import Any
 import jax.extend.core as jcore
 import numpy as np
 
-_CALLS = ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "remat", "remat2",
-          "checkpoint", "named_call")
+from advjax.lipschitz._prims import CALL_PARAMS as _CALL_PARAMS
+from advjax.lipschitz._prims import CALLS as _CALLS
+
 _SHAPE = ("reshape", "transpose", "squeeze", "expand_dims", "broadcast_in_dim",
           "convert_element_type", "copy", "copy_p", "stop_gradient")
 
@@ -122,6 +131,7 @@ class _Full:
     probe: np.ndarray           # base flat index of each entry
     groups: np.ndarray | None   # for c / c2: label (smallest member) of each base index's group
     token: Any = None           # for xs / e: the shift ``s``'s token
+    mask: bytes | None = None   # float64 weights of the base entries (0: masked); None: all 1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -141,33 +151,35 @@ class _Stat:
     fvars: tuple = ()
     fconsts: tuple = ()
     token: Any = None           # pg / se / lse0: the variable where the shift ``s`` was made
+    mask: bytes | None = None   # the masked base entries of the value reduced
 
 
 class _Matcher:
-    def __init__(self, jaxpr, consts):
+    def __init__(self, jaxpr, consts, known=None):
         self.root = _scope(jaxpr)
         self.root_consts = consts
+        self.known = dict(known or {})  # variables of the walked jaxpr with known values
         self.memo: dict = {}
         self.smemo: dict = {}
         self.scopes: dict = {}  # keeps every scope alive, so the ids in the memo keys are unique
-        for eqn in jaxpr.eqns:  # static values of the walked jaxpr, in order (no deep recursion)
-            if eqn.primitive.name not in _CALLS and all(
-                    isinstance(v, jcore.Literal) or (id(v), id(self.root)) in self.smemo
-                    and self.smemo[(id(v), id(self.root))][1] is not None for v in eqn.invars):
-                for v in eqn.outvars:
-                    self.static(v, self.root)
-        self.ready = True  # every other value of the walked jaxpr is not static
+        # which values of the walked jaxpr are computed from literals only (structurally: nothing
+        # is evaluated here; :meth:`static` evaluates the few a match asks for, on demand)
+        self.root_static: set = set(self.known)
+        for eqn in jaxpr.eqns:
+            if _evaluable(eqn) and all(isinstance(v, jcore.Literal) or v in self.root_static
+                                       for v in eqn.invars):
+                self.root_static.update(eqn.outvars)
 
     # ---- references --------------------------------------------------------------------------
 
     def node(self, var, scope: _Scope):
         """("lit", value) | ("eqn", eqn, scope, var) | ("leaf", var), through calls."""
         if isinstance(var, jcore.Literal):
-            return ("lit", np.asarray(var.val))
+            return ("lit", var.val)
         if var in scope.producers:
             eqn = scope.producers[var]
             if eqn.primitive.name in _CALLS:
-                sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+                sub = next((eqn.params[k] for k in _CALL_PARAMS if k in eqn.params), None)
                 if isinstance(sub, jcore.ClosedJaxpr):
                     key = (id(eqn), id(scope))
                     if key not in self.scopes:
@@ -183,33 +195,56 @@ class _Matcher:
                 i = scope.jaxpr.invars.index(var)
                 return self.node(eqn.invars[len(eqn.invars) - n_in + i], outer)
             if var in scope.jaxpr.constvars:
-                return ("lit", np.asarray(scope.consts[scope.jaxpr.constvars.index(var)]))
+                return ("lit", scope.consts[scope.jaxpr.constvars.index(var)])
             raise _NoMatch
         return ("leaf", var)
 
     def static(self, var, scope) -> np.ndarray | None:
-        """The value of ``var`` when it is computed from literals only."""
+        """The value of ``var`` when it is computed from literals only by pure, real-valued
+        equations (never an effect, a key or a complex value; evaluated on demand, once)."""
+        if isinstance(var, jcore.Literal):
+            return _real(var.val)
         key = (id(var), id(scope))
-        if key not in self.smemo:
-            if scope is self.root and getattr(self, "ready", False) \
-                    and not isinstance(var, jcore.Literal):
-                return None
-            self.smemo[key] = (None, self._static(var, scope))
+        if key in self.smemo:
+            return self.smemo[key][1]
+        stack = [(var, scope, False)]
+        while stack:  # post-order without recursion (a long chain of constants)
+            v, sc, expanded = stack.pop()
+            k = (id(v), id(sc))
+            if k in self.smemo:
+                continue
+            if isinstance(v, jcore.Literal):
+                self.smemo[k] = (v, _real(v.val))
+                continue
+            if sc is self.root and (v not in self.root_static or v in self.known):
+                self.smemo[k] = (v, _real(self.known[v]) if v in self.known else None)
+                continue
+            try:
+                nd = self.node(v, sc)
+            except _NoMatch:
+                nd = ("leaf", None)
+            if nd[0] == "leaf" and nd[1] is not None and nd[1] in self.known:
+                self.smemo[k] = (v, _real(self.known[nd[1]]))  # an argument of a call
+                continue
+            if nd[0] != "eqn" or not _evaluable(nd[1]):
+                self.smemo[k] = (v, _real(nd[1]) if nd[0] == "lit" else None)
+                continue
+            eqn, esc = nd[1], nd[2]
+            pending = [(u, esc, False) for u in eqn.invars
+                       if not isinstance(u, jcore.Literal) and (id(u), id(esc)) not in self.smemo]
+            if pending and not expanded:
+                stack.append((v, sc, True))
+                stack.extend(pending)
+                continue
+            vals = [_real(u.val) if isinstance(u, jcore.Literal) else
+                    self.smemo[(id(u), id(esc))][1] for u in eqn.invars]
+            if any(x is None for x in vals):
+                self.smemo[k] = (v, None)
+                continue
+            out = eqn.primitive.bind(*vals, **eqn.params)
+            out = out[eqn.outvars.index(nd[3])] if eqn.primitive.multiple_results else out
+            self.smemo[k] = (v, _real(out))
         return self.smemo[key][1]
-
-    def _static(self, var, scope):
-        nd = self.node(var, scope)
-        if nd[0] == "lit":
-            return nd[1]
-        if nd[0] == "leaf":
-            return None
-        eqn, sc = nd[1], nd[2]
-        vals = [self.static(v, sc) for v in eqn.invars]
-        if any(v is None for v in vals):
-            return None
-        out = eqn.primitive.bind(*vals, **eqn.params)
-        out = out[eqn.outvars.index(var)] if eqn.primitive.multiple_results else out
-        return np.asarray(out)
 
     def scalar(self, var, scope) -> float | None:
         v = self.static(var, scope)
@@ -226,10 +261,12 @@ class _Matcher:
             try:
                 self.memo[key] = (var, self._form(var, scope))
             except _NoMatch:
-                # any other value of the walked jaxpr may be the normalised one
-                leaf = scope is self.root and not isinstance(var, jcore.Literal) \
-                    and np.issubdtype(var.aval.dtype, np.floating)
-                self.memo[key] = (var, _leaf(var) if leaf else None)
+                # any other value of the walked jaxpr may be the normalised one (also when
+                # reached as an argument of a call)
+                target = var if scope is self.root else self._root_alias(var, scope)
+                leaf = target is not None and not isinstance(target, jcore.Literal) \
+                    and np.issubdtype(target.aval.dtype, np.floating)
+                self.memo[key] = (var, _leaf(target) if leaf else None)
         return self.memo[key][1]
 
     def _form(self, var, scope):
@@ -259,9 +296,10 @@ class _Matcher:
             f = self.need(ins[0], sc)
             if not (isinstance(f, _Full) and f.kind == "x"):
                 raise _NoMatch
-            r = _reduce(dataclasses.replace(f, kind="x"), tuple(eqn.params["axes"]))
+            r = _reduce(dataclasses.replace(f, kind="x"), tuple(eqn.params["axes"]), True)
             # the same reduction of the same value over the same groups: the same shift
-            return dataclasses.replace(r, kind="pg", token=(prim, id(f.base), r.groups.tobytes()))
+            return dataclasses.replace(r, kind="pg",
+                                       token=(prim, id(f.base), r.groups.tobytes(), f.mask))
         if prim == "is_finite":
             f = self.need(ins[0], sc)
             if not (isinstance(f, _Stat) and f.kind == "pg"):
@@ -272,12 +310,33 @@ class _Matcher:
             if not (isinstance(f, _Full) and f.kind == "xs"):
                 raise _NoMatch
             return dataclasses.replace(f, kind="e")
+        if prim == "sign":
+            f = self.need(ins[0], sc)
+            if not (isinstance(f, _Stat) and f.kind == "se"):
+                raise _NoMatch
+            return dataclasses.replace(f, kind="sgn")  # Σ w·e >= 0: sign 0 or 1
+        if prim == "lt" and self.scalar(ins[1], sc) == 0.0:
+            f = self.need(ins[0], sc)
+            if not (isinstance(f, _Stat) and f.kind == "sgn"):
+                raise _NoMatch
+            return dataclasses.replace(f, kind="never")  # sign(Σ w·e) < 0 is always false
         if prim in ("log", "abs"):
             f = self.need(ins[0], sc)
             if not (isinstance(f, _Stat) and f.kind == "se"):  # Σ exp > 0: abs is the identity
                 raise _NoMatch
             return f if prim == "abs" else dataclasses.replace(f, kind="lse0")
+        if prim == "select_n" and len(ins) == 3 and isinstance(
+                p := self.form(ins[0], sc), _Stat) and p.kind == "never":
+            f = self.need(ins[1], sc)  # the case of a false predicate, always taken
+            if isinstance(f, Match):
+                if tuple(ins[1].aval.shape) != out_shape:
+                    raise _NoMatch
+                return f
+            return dataclasses.replace(f, probe=_bcast(f.probe, out_shape))
         if prim == "select_n" and self.scalar(ins[0], sc) is None:
+            masked = self._masked(ins, sc, out_shape)
+            if masked is not None:
+                return masked
             return self._per_group(var, ins, sc, out_shape)
         if prim == "select_n":
             p = self.scalar(ins[0], sc)
@@ -312,11 +371,56 @@ class _Matcher:
             return dataclasses.replace(f, kind="sd" if prim == "sqrt" else "inv")
         raise _NoMatch
 
+    def _root_alias(self, var, scope):
+        """The variable of the walked jaxpr that ``var`` (an argument of nested calls) is."""
+        while scope is not self.root:
+            if isinstance(var, jcore.Literal) or scope.parent is None \
+                    or var not in scope.jaxpr.invars:
+                return None
+            eqn, outer = scope.parent
+            n_in = len(scope.jaxpr.invars)
+            var = eqn.invars[len(eqn.invars) - n_in + scope.jaxpr.invars.index(var)]
+            scope = outer
+        return var
+
     def need(self, var, scope):
         f = self.form(var, scope)
         if f is None:
             raise _NoMatch
         return f
+
+    def _masked(self, ins, sc, out_shape):
+        """``where(P, v, c)`` with a constant mask ``P``: ``c = −inf`` where it is chosen and ``v``
+        an input-shaped value: the masked value (its masked entries are constants ``−inf`` that
+        the softmax family turns into exact zeros); or, on ``e = exp(x − s)`` of a masked ``x``,
+        ``c = 0`` exactly at the masked entries: the identity (``e`` is 0 there already)."""
+        if len(ins) != 3:
+            return None
+        pred = self.static(ins[0], sc)
+        if pred is None or pred.dtype != np.bool_:
+            return None
+        for ci, vi in ((1, 2), (2, 1)):
+            c = self.static(ins[ci], sc)
+            if c is None:
+                continue
+            f = self.form(ins[vi], sc)
+            if not (isinstance(f, _Full) and f.kind in ("x", "e") and f.probe.shape == out_shape):
+                return None
+            try:
+                chosen = np.broadcast_to(pred if ci == 2 else ~pred, out_shape)
+                cval = np.broadcast_to(c, out_shape)
+            except ValueError:
+                return None
+            if not np.array_equal(np.sort(f.probe.ravel()), np.arange(f.probe.size)):
+                return None
+            weights = _weights(f)
+            weights[f.probe[chosen]] = 0.0
+            if f.kind == "x" and np.all(cval[chosen] == -math.inf):
+                return dataclasses.replace(f, mask=_pack(weights))
+            if f.kind == "e" and np.all(cval[chosen] == 0):
+                return dataclasses.replace(f, mask=_pack(weights))
+            return None
+        return None
 
     def _per_group(self, var, ins, sc, out_shape):
         """An elementwise function of per-group values of one partition (finite constants
@@ -363,13 +467,14 @@ class _Matcher:
             raise _NoMatch
         if isinstance(a, _Full) and isinstance(b, _Stat) and a.kind == "x" and b.kind == "pg":
             if not (a.base is b.base and a.probe.shape == out_shape
+                    and (a.mask is None or a.mask == b.mask)
                     and _aligned(a.probe, b, out_shape)):
                 raise _NoMatch
-            return _Full("xs", a.base, a.probe, b.groups, b.token)
+            return _Full("xs", a.base, a.probe, b.groups, b.token, a.mask)
         if isinstance(a, _Full) and isinstance(b, _Stat) and a.kind == "xs" and b.kind == "lse0":
             return _softmax_family("log_softmax", b, a, out_shape)
         if isinstance(a, _Full) and isinstance(b, _Stat):
-            if not (a.kind == "x" and b.kind == "s1" and b.base is a.base
+            if not (a.kind == "x" and b.kind == "s1" and b.base is a.base and a.mask is None
                     and b.coef == Fraction(1, b.n) and a.probe.shape == out_shape
                     and _aligned(a.probe, b, out_shape)):
                 raise _NoMatch
@@ -386,6 +491,21 @@ class _Matcher:
 
     def _product(self, prim, ins, sc, out_shape):
         fs = [self.form(v, sc) for v in ins]
+        if prim == "mul":
+            for i in (0, 1):
+                f, w = fs[i], self.static(ins[1 - i], sc)
+                if isinstance(f, _Full) and f.kind == "e" and w is not None \
+                        and f.probe.shape == out_shape and np.issubdtype(w.dtype, np.floating):
+                    try:
+                        wb = np.broadcast_to(np.asarray(w, np.float64), out_shape)
+                    except ValueError:
+                        raise _NoMatch from None
+                    if not (np.all(np.isfinite(wb)) and np.all(wb >= 0)) or not np.array_equal(
+                            np.sort(f.probe.ravel()), np.arange(f.probe.size)):
+                        raise _NoMatch
+                    weights = _weights(f)
+                    weights[f.probe] = weights[f.probe] * wb  # logsumexp(b=): Σ b·e
+                    return dataclasses.replace(f, mask=_pack(weights))
         if prim == "div":
             num, den = fs
             one = self.scalar(ins[0], sc)
@@ -424,6 +544,38 @@ class _Matcher:
                 return dataclasses.replace(f, fvars=(*f.fvars, other),
                                            probe=_bcast(f.probe, out_shape))
         raise _NoMatch
+
+
+def _real_dtype(dtype) -> bool:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:  # extended dtypes (PRNG keys)
+        return False
+    return dt == np.bool_ or np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)
+
+
+def _evaluable(eqn) -> bool:
+    """An equation the matcher may evaluate: pure (no effects, not a call) and real-valued."""
+    return not eqn.effects and eqn.primitive.name not in _CALLS and all(
+            _real_dtype(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)
+            if hasattr(v.aval, "dtype"))
+
+
+def _real(value) -> np.ndarray | None:
+    """``value`` as a NumPy array when it is real (bool, integer, float), else None."""
+    if not _real_dtype(getattr(value, "dtype", np.asarray(value).dtype)):
+        return None
+    return np.asarray(value)
+
+
+def _weights(f) -> np.ndarray:
+    """The per-base-entry weights of a masked / weighted value (1 without a mask)."""
+    n = f.probe.size if isinstance(f, _Full) else f.groups.size
+    return np.ones(n) if f.mask is None else np.frombuffer(f.mask, np.float64).copy()
+
+
+def _pack(weights: np.ndarray) -> bytes | None:
+    return None if np.all(weights == 1.0) else np.asarray(weights, np.float64).tobytes()
 
 
 def _leaf(var) -> _Full:
@@ -466,9 +618,11 @@ def _shape_op(prim, params, probe, out_shape) -> np.ndarray:
     return _bcast(probe.reshape(shp), out_shape)
 
 
-def _reduce(f, axes) -> _Stat:
+def _reduce(f, axes, allow_mask: bool = False) -> _Stat:
     if not (isinstance(f, _Full) and f.kind in ("x", "x2", "c2", "e")):
         raise _NoMatch
+    if f.mask is not None and not (allow_mask or f.kind == "e"):
+        raise _NoMatch  # only the softmax family's shift and sum accept masked (-inf) entries
     p = f.probe
     if not np.array_equal(np.sort(p.ravel()), np.arange(p.size)):
         raise _NoMatch  # not a permutation of the base entries
@@ -484,10 +638,12 @@ def _reduce(f, axes) -> _Stat:
         raise _NoMatch  # a sum over other groups than the centring / the shift
     kind = {"x": "s1", "x2": "s2", "c2": "c2", "e": "se"}[f.kind]
     return _Stat(kind, f.base, groups, n, Fraction(1), labels.reshape([p.shape[a] for a in rest]),
-                 token=f.token)
+                 token=f.token, mask=f.mask)
 
 
 def _square(f):
+    if isinstance(f, _Full) and f.mask is not None:
+        raise _NoMatch
     if isinstance(f, _Full) and f.kind in ("x", "c"):
         return dataclasses.replace(f, kind=f.kind + "2")
     if isinstance(f, _Stat) and f.kind == "s1":
@@ -510,8 +666,8 @@ def _aligned(full_probe, stat: _Stat, out_shape) -> bool:
 
 
 def _norm(num: _Full, inv: _Stat, out_shape) -> Match:
-    ok = num.base is inv.base and num.probe.shape == out_shape and _aligned(num.probe, inv,
-                                                                            out_shape)
+    ok = num.mask is None and num.base is inv.base and num.probe.shape == out_shape \
+        and _aligned(num.probe, inv, out_shape)
     if num.kind == "c":
         ok = ok and inv.centred and np.array_equal(num.groups, inv.groups)
     elif num.kind == "x":
@@ -534,6 +690,7 @@ def _softmax_family(kind: str, stat: _Stat, other, out_shape) -> Match:
     for any finite ``s`` (the shift cancels), so ``s`` itself needs no bound."""
     ok = other.base is stat.base and other.token is not None \
         and _same_token(stat.token, other.token) \
+        and (kind == "logsumexp" or other.mask == stat.mask) \
         and np.array_equal(other.groups, stat.groups)
     if kind == "logsumexp":
         ok = ok and np.array_equal(_bcast(other.probe, out_shape), _bcast(stat.probe, out_shape))
@@ -547,12 +704,16 @@ def _softmax_family(kind: str, stat: _Stat, other, out_shape) -> Match:
     return Match(stat.base, 0.0, (), (), False, stat.n, kind, constant)
 
 
-def find(jaxpr, consts=()) -> dict[int, Match]:
-    """``{equation index: Match}`` for the normalisations in ``jaxpr`` (module docstring)."""
-    m = _Matcher(jaxpr, consts)
+def find(jaxpr, consts=(), known=None) -> dict[int, Match]:
+    """``{equation index: Match}`` for the normalisations in ``jaxpr`` (module docstring).
+
+    ``known`` maps variables of ``jaxpr`` (arguments of a call, constants) to their values at
+    this walk (a literal ``ε`` passed into an inner ``jit``, as in ``jax.nn.standardize``)."""
+    m = _Matcher(jaxpr, consts, known)
     found = {}
     for i, eqn in enumerate(jaxpr.eqns):
-        if eqn.primitive.name in ("mul", "div", "add", "sub") and len(eqn.outvars) == 1:
+        if eqn.primitive.name in ("mul", "div", "add", "sub", "select_n", *_CALLS) \
+                and len(eqn.outvars) == 1:
             try:
                 f = m.form(eqn.outvars[0], m.root)
             except RecursionError:  # a very long chain: not matched (the walk decides)

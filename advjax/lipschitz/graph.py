@@ -33,7 +33,7 @@ import numpy as np
 from advjax._checks import check_choice
 from advjax.lipschitz.report import LayerBound, LipschitzReport, UnsupportedPrimitiveError
 from advjax.lipschitz.rules import DEFAULT_RULES
-from advjax.lipschitz.walker import Const, Dep, RuleTable, Walker, is_float
+from advjax.lipschitz.walker import Const, Dep, RuleTable, Walker, is_float, norm_up
 
 Array = jax.Array
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def layer_bounds(
         x = walker.fresh(1.0, x_example.shape, x_example.dtype, "input")
         outs = walker.run(closed.jaxpr, closed.consts, [x])
         lips = [walker.lip(o) for o in outs if isinstance(o, Dep)]
-        total = math.sqrt(sum(v * v for v in lips))
+        total = norm_up(lips)
         if math.isnan(total):
             raise UnsupportedPrimitiveError("the network bound is NaN")
         return walker, outs, total

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from advjax._checks import check_floating, check_integer, check_nonnegative, check_rank
 
@@ -151,7 +152,19 @@ def certified_radius(
     else:
         lip = jnp.full((k,), jnp.sqrt(2.0).astype(logits.dtype)) * jnp.asarray(lipschitz,
                                                                                 logits.dtype)
-    per_class = jnp.where(others, margins / lip, jnp.inf)
+    try:  # a concrete positive bound that the logits' dtype rounds to 0 (a bound below 1e-38 in
+        # float32) is raised to the dtype's smallest normal number: a larger bound is still a
+        # bound, and the radius stays finite
+        positive = np.asarray(lipschitz, np.float64) > 0
+    except (TypeError, jax.errors.TracerArrayConversionError):
+        positive = None
+    if positive is not None:
+        tiny = jnp.finfo(logits.dtype).tiny
+        lip = jnp.where(jnp.broadcast_to(positive, lip.shape), jnp.maximum(lip, tiny), lip)
+    # a quotient beyond the dtype's range is a radius beyond it: the largest finite value
+    big = jnp.finfo(logits.dtype).max
+    quotient = jnp.where(lip > 0, jnp.minimum(margins / lip, big), margins / lip)
+    per_class = jnp.where(others, quotient, jnp.inf)
     radius = jnp.min(per_class)
     return jnp.where(jnp.isfinite(radius), jnp.maximum(radius, 0.0),
                      jnp.where(radius > 0, radius, 0.0))

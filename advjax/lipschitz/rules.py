@@ -19,9 +19,15 @@ sound (one rule per idea; several primitives share a rule where the argument is 
   the gather itself on the entry numbers, so its real index semantics (clamping for ``clip`` and
   ``promise_in_bounds``, dropped reads for ``fill``) are the ones counted;
 * linear maps with a parameter: ``dot_general`` (largest singular value per batch block),
-  ``conv_general_dilated`` (:func:`advjax.lipschitz.conv_norm` for 1-/2-D convolutions; a
-  Collatz–Wielandt bound of ``‖|A|‖`` for transposed (``lhs_dilation``), 3-D or batch-grouped
-  ones: :mod:`advjax.lipschitz._nonneg`);
+  ``conv_general_dilated`` (:func:`advjax.lipschitz.conv_norm` for 1-/2-D convolutions;
+  transposed ones (``lhs_dilation``) through their adjoint, a strided convolution; 3-D ones as
+  2-D ones over (depth, channel) pairs; small ones (<= 2048 inputs) also by the explicit matrix's
+  largest singular value; a Collatz–Wielandt bound of ``‖|A|‖`` for what remains
+  (batch-grouped): :mod:`advjax.lipschitz._nonneg`);
+* order statistics and prefix sums: ``sort`` and ``top_k`` values 1, ``cumsum`` the norm of the
+  triangular matrix of ones; ``scatter-add`` with constant indices ``√(largest count)``; a
+  Euclidean norm ``√(Σ_G v²)`` over disjoint groups ``L_v``; the indices of a sort are refused
+  where used;
 * reductions and pooling: ``reduce_sum`` ``√n``, ``reduce_max`` 1, window max/min (including the
   generic ``reduce_window`` whose computation is one ``max``/``min``) ``√(max windows covering an
   input)``, window sums (Schur test);
@@ -32,10 +38,14 @@ sound (one rule per idea; several primitives share a rule where the argument is 
   only on constants are unrolled (the body composed once per iteration). An input-dependent branch
   index or loop condition is refused (the function generally jumps where the branch changes).
 
+Products and sums of bounds round upward (:func:`advjax.lipschitz.walker.mul_up`,
+``norm_up``, ``sum_up``) and a positive product never underflows to 0. Side-effecting equations
+(``debug.print``, ``io_callback``) are never run; a result of one that is used is refused.
 Products of two input-dependent values (attention scores, gating) are refused: they are not
 globally Lipschitz. The exceptions are recognised by the walker before these rules apply
 (:mod:`advjax.lipschitz._normalize`): LayerNorm / GroupNorm / RMSNorm with ``ε > 0``
-(``max|γ|/√ε``), softmax (1/2), log_softmax (``√n``) and logsumexp (1) over groups of ``n``.
+(``max|γ|/√ε``), softmax (1/2), log_softmax (``√n``) and logsumexp (1) over groups of ``n``,
+also with constant ``−inf`` masks (``softmax(where=)``, ``log_softmax(where=)``).
 """
 
 from __future__ import annotations
@@ -51,19 +61,28 @@ from jax import lax
 
 from advjax.lipschitz import _elementwise as ew
 from advjax.lipschitz import _nonneg
+from advjax.lipschitz._prims import CALL_PARAMS as _CALL_PARAMS
+from advjax.lipschitz._prims import NORMALIZATIONS
 from advjax.lipschitz.contrast import contrast_norm_p
 from advjax.lipschitz.report import UnsupportedPrimitiveError
 from advjax.lipschitz.spectral import conv_norm
 from advjax.lipschitz.walker import (
+    CALLS,
     Const,
+    Deferred,
     Dep,
     Fold,
+    NotApplicable,
     RuleTable,
+    SumOfSquares,
     Walker,
     check_finite,
     is_float,
+    mul_up,
+    norm_up,
     only_dep,
     out_aval,
+    sum_up,
     uniform,
 )
 
@@ -102,7 +121,7 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
     for a in ins:
         if isinstance(a, Dep) and a.shape != shape:
             ratio = math.prod(shape) / max(math.prod(a.shape), 1)
-            a = w.fresh(w.lip(a) * math.sqrt(ratio), shape, a.dtype, name)
+            a = w.fresh(mul_up(w.lip(a), math.sqrt(ratio)), shape, a.dtype, name)
         norm_ins.append(a)
     ins = norm_ins
     deps = [a for a in ins if isinstance(a, Dep)]
@@ -110,8 +129,11 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
     identity = {"max": -np.inf, "min": np.inf}.get(prim)
     if identity is not None and len(deps) == 1 and uniform(consts[0].value) == identity:
         return deps[0]  # max(v, -inf) = v (softmax's running maximum), min(v, +inf) = v
+    # A constant predicate picks each entry from one operand: a non-finite constant entry (a
+    # −inf mask) is a constant of the output, it never varies with the input.
+    masking = prim == "select_n" and isinstance(ins[0], Const) and uniform(ins[0].value) is None
     for c in consts:
-        if jnp.issubdtype(np.asarray(c.value).dtype, jnp.inexact):
+        if jnp.issubdtype(np.asarray(c.value).dtype, jnp.inexact) and not masking:
             check_finite(c.value, f"a constant operand of {prim!r} at {name!r}")
     srcs = {id(d.src) for d in deps}
     uniforms = [uniform(c.value) for c in consts]
@@ -119,6 +141,9 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
         src = deps[0].src
         nodes = [a.node if isinstance(a, Dep) else ew.const(uniform(a.value)) for a in ins]
         params = tuple(sorted((k, v) for k, v in eqn.params.items() if k == "y"))
+        if jnp.issubdtype(dtype, jnp.integer):  # range-checked: the program wraps around
+            info = np.iinfo(dtype)
+            params = (*params, ("irange", (int(info.min), int(info.max))))
         if prim == "clamp":
             node = ew.Node("min", (ew.Node("max", (nodes[1], nodes[0])), nodes[2]))
         else:
@@ -129,7 +154,7 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
     if prim in ("add", "add_any", "sub"):
         # a translation by a constant keeps the increments, hence any pending scaling
         fold = w.fold(deps[0]) if len(deps) == 1 else None
-        return w.fresh(sum(lips), shape, dtype, name, fold=fold)
+        return w.fresh(sum_up(lips), shape, dtype, name, fold=fold)
     if prim in ("mul", "div") and len(deps) == 1 and (prim == "mul" or isinstance(ins[0], Dep)):
         c = np.asarray(consts[0].value, np.float64)
         if prim == "div":
@@ -141,12 +166,12 @@ def elementwise_rule(w: Walker, eqn, ins) -> Dep:
               name=name)
         f = w.fold(deps[0])
         fold = Fold(f.pre, f.scale * c, f.slope) if f is not None else Fold(lips[0], c, 1.0)
-        return w.fresh(lips[0] * bound, shape, dtype, name, fold=fold)
+        return w.fresh(mul_up(lips[0], bound), shape, dtype, name, fold=fold)
     if prim in ("max", "min", "clamp") or (prim == "select_n" and isinstance(ins[0], Const)):
         # Each output entry is one of the operands' entries (or a constant): ‖Δ‖² <= Σ ‖Δ_k‖².
         if len(deps) == 1 and prim != "select_n":
             w.row(eqn, "activation", shape, shape, 1.0, name=name)
-        return w.fresh(math.sqrt(sum(v * v for v in lips)), shape, dtype, name)
+        return w.fresh(norm_up(lips), shape, dtype, name)
     raise UnsupportedPrimitiveError(
             f"primitive {prim!r} at {name!r} combines input-dependent values that are not "
             "elementwise functions of one common value (or uses non-uniform constants in a "
@@ -182,7 +207,7 @@ def copies_rule(w: Walker, eqn, ins) -> Dep:
     dep = only_dep(eqn, ins)
     shape, dtype = out_aval(eqn)
     ratio = math.prod(shape) / max(math.prod(dep.shape), 1)
-    return w.fresh(w.lip(dep) * math.sqrt(ratio), shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), math.sqrt(ratio)), shape, dtype)
 
 
 def join_rule(w: Walker, eqn, ins) -> Dep:
@@ -191,7 +216,7 @@ def join_rule(w: Walker, eqn, ins) -> Dep:
     if eqn.primitive.name == "dynamic_update_slice" and any(isinstance(a, Dep) for a in ins[2:]):
         raise UnsupportedPrimitiveError("dynamic_update_slice with input-dependent indices")
     lips = [w.lip(a) for a in ins if isinstance(a, Dep)]
-    return w.fresh(math.sqrt(sum(v * v for v in lips)), shape, dtype)
+    return w.fresh(norm_up(lips), shape, dtype)
 
 
 def split_rule(w: Walker, eqn, ins) -> list:
@@ -213,7 +238,7 @@ def gather_rule(w: Walker, eqn, ins) -> Dep:
     counts = np.bincount(read, minlength=1) if read.size else np.zeros(1)
     bound = math.sqrt(float(counts.max()))
     w.row(eqn, "gather", dep.shape, shape, bound)
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,12 +246,30 @@ def gather_rule(w: Walker, eqn, ins) -> Dep:
 # --------------------------------------------------------------------------------------------------
 
 
+def _square_of(dep: Dep) -> Dep | None:
+    """``v`` when ``dep`` is the pending elementwise ``v·v`` or ``v²`` of an input-dependent
+    ``v``."""
+    n = dep.node
+    square = n.op == "mul" and len(n.args) == 2 and n.args[0] is n.args[1] or \
+        n.op == "square" or n.op == "integer_pow" and dict(n.params).get("y") == 2
+    if not square or not is_float(dep.dtype):
+        return None
+    return Dep(dep.src, n.args[0], dep.shape, dep.dtype, dep.name, seq=dep.seq)
+
+
 def reduce_sum_rule(w, eqn, ins):
     dep = only_dep(eqn, ins)
     shape, dtype = out_aval(eqn)
+    v = _square_of(dep)
+    if v is not None:  # Σ v² over groups: bounded where its square root is taken
+        return SumOfSquares(UnsupportedPrimitiveError(
+                f"a sum of squares of an input-dependent value (at {w.name(eqn, 'reduce_sum')!r}) "
+                "is used other than under a square root (a Euclidean norm): a sum of squares is "
+                "not globally Lipschitz"),
+                w.lip(v))
     bound = math.sqrt(math.prod(dep.shape[a] for a in eqn.params["axes"]))
     w.row(eqn, "reduce", dep.shape, shape, bound)
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
 
 
 def reduce_max_rule(w, eqn, ins):
@@ -269,7 +312,7 @@ def window_rule(w, eqn, ins):
     bound = math.sqrt(per_window * cover) if prim == "reduce_window_sum" else math.sqrt(cover)
     w.row(eqn, "pool", dep.shape, shape, bound, param_shape=eqn.params["window_dimensions"],
           stride=eqn.params["window_strides"])
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,8 +341,8 @@ def _folded(w, dep: Dep, unfolded: float, norm_of_scaled) -> float:
     fold = w.fold(dep)
     vec = norm_of_scaled(fold) if fold is not None else None
     if vec is None:
-        return w.lip(dep) * unfolded
-    return min(w.lip(dep) * unfolded, fold.pre * fold.slope * vec)
+        return mul_up(w.lip(dep), unfolded)
+    return min(mul_up(w.lip(dep), unfolded), mul_up(fold.pre, fold.slope, vec))
 
 
 def dot_rule(w, eqn, ins):
@@ -371,6 +414,106 @@ def _conv_fourier(w, eqn, dep, kernel) -> tuple[float, tuple, tuple]:
     return float(jnp.max(norms)), hwio_shape, strides[-nsp:]
 
 
+def _hwio_dilated(eqn, kernel) -> np.ndarray:
+    """The kernel as (spatial..., I, O), dilated by ``rhs_dilation`` (zeros between taps)."""
+    p = eqn.params
+    dn = p["dimension_numbers"]
+    nsp = len(dn.rhs_spec) - 2
+    k = np.transpose(kernel, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+    rd = tuple(p["rhs_dilation"])
+    if any(d != 1 for d in rd):
+        ksz = tuple((s - 1) * d + 1 for s, d in zip(k.shape[:nsp], rd, strict=True))
+        kd = np.zeros((*ksz, *k.shape[nsp:]), k.dtype)
+        kd[tuple(slice(None, None, d) for d in rd)] = k
+        k = kd
+    return k
+
+
+def _conv_norm_call(w, k, in_shape, strides, pads) -> float:
+    method = w.options.get("conv_method", "fft")
+    kwargs = dict(w.options.get("conv_kwargs") or {})
+    return float(conv_norm(jnp.asarray(k, jnp.float32), in_shape, strides=strides, padding=pads,
+                           method=method, **kwargs))
+
+
+def _conv_transposed(w, eqn, dep, kernel, out_shape) -> float | None:
+    """A transposed (input-dilated, unit window stride) 1-/2-D convolution ``A`` through its
+    adjoint, a strided convolution: ``‖A‖ = ‖Aᵀ‖``. With input dilation ``s``, padding
+    ``(lo, hi)`` and (dilated) kernel size ``K`` per axis, ``y[o] = Σ_j K[j] x_s[o + j − lo]``, so
+    ``(Aᵀy)[i] = Σ_j K[K−1−j] y[s·i − (K−1−lo) + j]``: stride ``s``, the kernel flipped with its
+    in/out channels swapped, padding ``(K−1−lo, (n_x−1)s + K − n_y − (K−1−lo))``; bounded by
+    :func:`conv_norm`. None when a padding is negative (the caller's fallback applies)."""
+    p = eqn.params
+    dn = p["dimension_numbers"]
+    nsp = len(dep.shape) - 2
+    if p["feature_group_count"] != 1 or any(v != 1 for v in p["window_strides"]) or nsp > 2:
+        return None
+    k = _hwio_dilated(eqn, kernel)
+    n_x = [dep.shape[d] for d in dn.lhs_spec[2:]]
+    n_y = [out_shape[d] for d in dn.out_spec[2:]]
+    s = [int(v) for v in p["lhs_dilation"]]
+    pads = []
+    for a in range(nsp):
+        ka, lo = k.shape[a], int(p["padding"][a][0])
+        plo = ka - 1 - lo
+        phi = (n_x[a] - 1) * s[a] + ka - n_y[a] - plo
+        if plo < 0 or phi < 0:
+            return None
+        pads.append((plo, phi))
+    adj = np.flip(k, tuple(range(nsp))).swapaxes(-1, -2)
+    c_out = adj.shape[-2]
+    if nsp == 1:
+        adj, n_y, s, pads = adj[None], [1, *n_y], [1, *s], [(0, 0), *pads]
+    return _conv_norm_call(w, adj, (*n_y, c_out), tuple(s), tuple(pads))
+
+
+def _conv_3d(w, eqn, dep, kernel, out_shape) -> float | None:
+    """A 3-D convolution as the 2-D one over (H, W) whose channels are (depth, channel) pairs:
+    ``K2[h, w, (d, ci), (e, co)] = K3[d − (e·s_D − lo_D), h, w, ci, co]`` (zero outside the
+    kernel) is the same linear map up to a permutation of entries, so the 2-D Fourier bound of
+    ``K2`` (exact in the channel direction) bounds it."""
+    p = eqn.params
+    dn = p["dimension_numbers"]
+    if len(dep.shape) != 5 or p["feature_group_count"] != 1 or any(
+            v != 1 for v in p["lhs_dilation"]):
+        return None
+    k = _hwio_dilated(eqn, kernel)
+    n_d, n_h, n_w = (dep.shape[d] for d in dn.lhs_spec[2:])
+    m_d = out_shape[dn.out_spec[2]]
+    s_d = int(p["window_strides"][0])
+    lo_d = int(p["padding"][0][0])
+    kd, kh, kw, ci, co = k.shape
+    if n_d * ci * m_d * co > 4096 * 4096:
+        return None
+    k2 = np.zeros((kh, kw, n_d, ci, m_d, co), np.float64)
+    for e in range(m_d):
+        for j in range(kd):
+            d = e * s_d - lo_d + j
+            if 0 <= d < n_d:
+                k2[:, :, d, :, e, :] += k[j]
+    k2 = k2.reshape(kh, kw, n_d * ci, m_d * co)
+    pads = tuple(tuple(int(v) for v in pp) for pp in p["padding"][1:])
+    return _conv_norm_call(w, k2, (n_h, n_w, n_d * ci), tuple(p["window_strides"][1:]), pads)
+
+
+_EXPLICIT_MAX = 2048  # inputs of a small convolution whose matrix is formed explicitly
+
+
+def _conv_explicit(in_shape, kernel, conv_params) -> float | None:
+    """The largest singular value of a small convolution's explicit matrix, in float64 (like a
+    dense layer's), rounded up by a relative ``1e-12`` (far above LAPACK's backward error for
+    these sizes). Each column is the image of a unit vector: every entry is one kernel tap or 0,
+    exact. None above :data:`_EXPLICIT_MAX` inputs."""
+    n = math.prod(in_shape)
+    if n > _EXPLICIT_MAX:
+        return None
+    k = jnp.asarray(kernel, jnp.float32)
+    basis = jnp.eye(n, dtype=jnp.float32).reshape(n, *in_shape)
+    cols = jax.vmap(lambda e: lax.conv_general_dilated(e, k, **conv_params).ravel())(basis)
+    sigma = float(np.linalg.svd(np.asarray(cols, np.float64), compute_uv=False)[0])
+    return mul_up(sigma, 1 + 1e-12)
+
+
 def conv_rule(w, eqn, ins):
     shape, dtype = out_aval(eqn)
     p = eqn.params
@@ -391,8 +534,20 @@ def conv_rule(w, eqn, ins):
         cache = w.options.get("cache")
         if cache is not None and key in cache:
             return cache[key]
+        special = None
+        if not fourier and p["batch_group_count"] == 1:
+            if any(d != 1 for d in p["lhs_dilation"]):
+                special = _conv_transposed(w, eqn, dep, k, shape)
+            elif nsp == 3:
+                special = _conv_3d(w, eqn, dep, k, shape)
+        if not fourier:
+            explicit = _conv_explicit(dep.shape, k, conv_params)
+            if explicit is not None:
+                special = explicit if special is None else min(special, explicit)
         if fourier:
             out = _conv_fourier(w, eqn, dep, k)
+        elif special is not None:
+            out = (special, k.shape, tuple(p["window_strides"]))
         else:
             # Transposed (lhs_dilation), 3-D or batch-grouped: ‖A‖ <= ‖|A|‖ <= Collatz–Wielandt.
             absk = np.abs(k)
@@ -425,6 +580,25 @@ def conv_rule(w, eqn, ins):
     return w.fresh(_folded(w, dep, plain, scaled), shape, dtype)
 
 
+def normalization_rule(w, eqn, ins):
+    """A recognised normalisation ``kind(base, *factors)`` (:mod:`advjax.lipschitz._normalize`):
+    ``L_base · constant · Π max|γ|``; not applicable (walked as is) for a constant base, an
+    input-dependent or non-finite factor."""
+    match = eqn.params["match"]
+    base, factors = ins[0], ins[1:]
+    if not (isinstance(base, Dep) and is_float(base.dtype)
+            and all(isinstance(f, Const) for f in factors)):
+        raise NotApplicable
+    values = [np.asarray(f.value, np.float64) for f in factors]
+    if not all(np.all(np.isfinite(v)) for v in [*values, *map(np.asarray, match.factor_consts)]):
+        raise NotApplicable
+    bound = match.bound(values)
+    shape, dtype = out_aval(eqn)
+    name = w.name(eqn, "norm")
+    w.row(eqn, "norm", base.shape, shape, bound, name=name, primitive=match.kind)
+    return w.fresh(mul_up(w.lip(base), bound), shape, dtype, name)
+
+
 def contrast_rule(w, eqn, ins):
     dep = only_dep(eqn, ins)
     shape, dtype = out_aval(eqn)
@@ -435,14 +609,99 @@ def contrast_rule(w, eqn, ins):
                 "holds for eps > 0 and gamma in [0, 1] only")
     bound = eps ** (-gamma)
     w.row(eqn, "contrast_norm", dep.shape, shape, bound)
-    return w.fresh(w.lip(dep) * bound, shape, dtype)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Order statistics, prefix sums, scatter-add, Euclidean norms
+# --------------------------------------------------------------------------------------------------
+
+
+def _index_output(eqn, what: str) -> Deferred:
+    where = str(eqn.source_info.name_stack) or "top level"
+    return Deferred(UnsupportedPrimitiveError(
+            f"the {what} of {eqn.primitive.name!r} (at {where}) depend on the input and are used: "
+            "indices are piecewise constant, not Lipschitz"))
+
+
+def sort_rule(w, eqn, ins):
+    """``sort`` of an input-dependent key along one axis: 1 (sorting is 1-Lipschitz in L2: for
+    sorted ``a``, ``b`` and any permutation ``π``, ``Σ a_i b_i >= Σ a_i b_π(i)`` (rearrangement), so
+    ``‖sort(x) − sort(y)‖² <= ‖x − y‖²``). Operands carried along with the keys (argsort's iota)
+    are permuted by an input-dependent permutation: refused where used."""
+    nk = int(eqn.params["num_keys"])
+    if nk != 1 or not isinstance(ins[0], Dep) or any(isinstance(a, Dep) for a in ins[1:]):
+        raise UnsupportedPrimitiveError(
+                "sort with several keys, or with an input-dependent operand that is not the key "
+                "(a value permuted by another value's order jumps where the order changes)")
+    shape, dtype = out_aval(eqn, 0)
+    if not is_float(dtype):
+        raise UnsupportedPrimitiveError(f"sort of a non-float input-dependent value ({dtype})")
+    w.row(eqn, "sort", shape, shape, 1.0)
+    return [w.fresh(w.lip(ins[0]), shape, dtype),
+            *[_index_output(eqn, "permuted operands") for _ in eqn.outvars[1:]]]
+
+
+def top_k_rule(w, eqn, ins):
+    """``top_k`` values: the first ``k`` entries of the descending sort along the last axis, a
+    coordinate projection of a 1-Lipschitz map: 1. The indices are refused where used."""
+    dep = only_dep(eqn, ins)
+    shape, dtype = out_aval(eqn, 0)
+    w.row(eqn, "sort", dep.shape, shape, 1.0)
+    return [w.fresh(w.lip(dep), shape, dtype), _index_output(eqn, "indices")]
+
+
+def cumsum_norm(n: int) -> float:
+    """The spectral norm of the ``n×n`` lower-triangular matrix of ones (a prefix sum): its
+    singular values are ``1 / (2 sin((2k − 1)π / (4n + 2)))``, ``k = 1..n`` (its inverse is the
+    first difference, ``LᵀL``'s inverse the tridiagonal ``[−1, 2, −1]`` with a 1 in a corner), so
+    ``1 / (2 sin(π / (4n + 2)))``, rounded up."""
+    if n <= 1:
+        return float(n)
+    return math.nextafter(math.nextafter(0.5 / math.sin(math.pi / (4 * n + 2)), math.inf),
+                          math.inf)
+
+
+def cumsum_rule(w, eqn, ins):
+    """``cumsum`` (either direction) along one axis: the norm of the triangular matrix of ones
+    (the other axes are independent copies)."""
+    dep = only_dep(eqn, ins)
+    shape, dtype = out_aval(eqn)
+    bound = cumsum_norm(int(dep.shape[eqn.params["axis"]]))
+    w.row(eqn, "linear", dep.shape, shape, bound)
+    return w.fresh(mul_up(w.lip(dep), bound), shape, dtype)
+
+
+def scatter_add_rule(w, eqn, ins):
+    """``scatter-add`` with constant indices: ``out = operand + S·updates`` with ``S`` a 0/1 matrix
+    with at most one 1 per column (each update lands on one entry, or is dropped), so ``SSᵀ`` is
+    diagonal with the number of updates per entry and ``‖S‖ = √(largest count)``; counted by
+    running the scatter itself on ones (its own index semantics: clipping, dropping)."""
+    operand, indices, updates = ins[0], ins[1], ins[2]
+    if isinstance(indices, Dep):
+        raise UnsupportedPrimitiveError("scatter-add with input-dependent indices")
+    shape, dtype = out_aval(eqn)
+    jaxpr = eqn.params.get("update_jaxpr")
+    body = [e.primitive.name for e in jaxpr.eqns] if jaxpr is not None else ["add"]
+    if body != ["add"]:
+        raise UnsupportedPrimitiveError(f"scatter-add whose update computation is {body}")
+    counts = eqn.primitive.bind(jnp.zeros(shape, jnp.float32), jnp.asarray(indices.value),
+                                jnp.ones(updates.shape if isinstance(updates, Dep) else
+                                         np.shape(updates.value), jnp.float32), **eqn.params)
+    bound = math.sqrt(float(np.max(np.asarray(counts)))) if np.size(counts) else 0.0
+    lips = []
+    if isinstance(operand, Dep):
+        lips.append(w.lip(operand))
+    if isinstance(updates, Dep):
+        w.row(eqn, "scatter", updates.shape, shape, bound)
+        lips.append(mul_up(w.lip(updates), bound))
+    return w.fresh(sum_up(lips), shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
 # Calls and control flow
 # --------------------------------------------------------------------------------------------------
 
-_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
 def _closed(j) -> tuple[Any, tuple]:
@@ -534,7 +793,7 @@ def scan_rule(w, eqn, ins):
                                  if items else np.zeros(shape, dtype)))
         else:
             lips = [w.lip(y) for _, y in items if isinstance(y, Dep)]
-            stacked.append(w.fresh(math.sqrt(sum(v * v for v in lips)), shape, dtype))
+            stacked.append(w.fresh(norm_up(lips), shape, dtype))
     return [*carry, *stacked]
 
 
@@ -542,8 +801,6 @@ def scan_rule(w, eqn, ins):
 # The table
 # --------------------------------------------------------------------------------------------------
 
-CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-         "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint", "custom_lin", "named_call")
 UNIT = ("reshape", "squeeze", "expand_dims", "transpose", "rev", "copy", "copy_p",
         "sharding_constraint", "slice", "dynamic_slice", "pad", "stop_gradient",
         "optimization_barrier")
@@ -562,7 +819,10 @@ def _table() -> RuleTable:
     rules.update({"reduce_precision": _reduce_precision_rule, "split": split_rule,
                   "gather": gather_rule, "reduce_sum": reduce_sum_rule, "dot_general": dot_rule,
                   "conv_general_dilated": conv_rule, contrast_norm_p.name: contrast_rule,
-                  "cond": cond_rule, "while": while_rule, "scan": scan_rule})
+                  "cond": cond_rule, "while": while_rule, "scan": scan_rule,
+                  "sort": sort_rule, "top_k": top_k_rule, "cumsum": cumsum_rule,
+                  "scatter-add": scatter_add_rule, "scatter_add": scatter_add_rule})
+    rules.update(dict.fromkeys(NORMALIZATIONS, normalization_rule))
     return RuleTable(rules)
 
 

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax.lipschitz import _elementwise as ew
-from advjax.lipschitz import _normalize
+from advjax.lipschitz import _normalize, _prims
+from advjax.lipschitz._prims import CALLS  # noqa: F401  (re-exported)
 from advjax.lipschitz.report import LayerBound, UnsupportedPrimitiveError
 
 
@@ -106,6 +107,42 @@ class RuleTable(Mapping):
         return RuleTable({k: v for k, v in self._rules.items() if k not in names})
 
 
+def mul_up(*factors: float) -> float:
+    """The product of non-negative bounds, rounded upward; it never underflows to 0 (a product
+    below the smallest float is the smallest positive float) and is 0 only with a zero factor."""
+    out = 1.0
+    for f in factors:
+        f = float(f)
+        if out == 0.0 or f == 0.0:
+            out = 0.0
+            continue
+        out = ew.imul((out, out), (f, f))[1]
+    return out
+
+
+def sum_up(values) -> float:
+    """``Σ v`` of non-negative bounds, rounded upward."""
+    vals = [float(v) for v in values]
+    r = math.fsum(vals)  # correctly rounded
+    return math.nextafter(r, math.inf) if sum(v > 0 for v in vals) > 1 and math.isfinite(r) \
+        else r
+
+
+def norm_up(values) -> float:
+    """``√(Σ v²)`` of non-negative bounds, rounded upward and without under- or overflow of the
+    squares (scaled by the largest value)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return 0.0
+    m = max(vals)
+    if m == 0.0 or not math.isfinite(m) or sum(v > 0 for v in vals) == 1:
+        return m
+    r = m * math.sqrt(math.fsum((v / m) ** 2 for v in vals))
+    for _ in range(4):  # fsum, the quotients, sqrt and the product each round by <= 1 ulp
+        r = math.nextafter(r, math.inf)
+    return r
+
+
 def is_float(dtype) -> bool:
     return jnp.issubdtype(dtype, jnp.floating)
 
@@ -173,10 +210,10 @@ class Walker:
             if not (kind == "scale" and g == 1.0):
                 self.rows.append((dep.seq, LayerBound(dep.name, kind, "+".join(sorted(ops)),
                                                       dep.shape, dep.shape, None, None, g)))
-            dep.final = g * dep.src.lip
+            dep.final = mul_up(g, dep.src.lip)
             f = dep.src.fold
             # an elementwise function is diagonal: its secant slopes (<= g) join T
-            dep.final_fold = None if f is None else Fold(f.pre, f.scale, f.slope * g)
+            dep.final_fold = None if f is None else Fold(f.pre, f.scale, mul_up(f.slope, g))
         return dep.final
 
     def fold(self, dep: Dep) -> Fold | None:
@@ -199,13 +236,20 @@ class Walker:
     def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list:
         """Walks ``jaxpr`` with constants ``consts`` and arguments ``args`` (Const / Dep).
 
-        Normalisations (LayerNorm, GroupNorm, RMSNorm with ε > 0) are recognised first
-        (:mod:`advjax.lipschitz._normalize`); the equations needed only inside them are walked with
-        their errors deferred (a value that reaches anything else re-raises its error), and the
-        matched product is bounded from its base value.
+        Normalisations (LayerNorm, GroupNorm, RMSNorm with ε > 0) and the softmax family are
+        recognised first (:mod:`advjax.lipschitz._normalize`); the equations needed only inside
+        them are walked with their errors deferred (a value that reaches anything else re-raises
+        its error), and the matched equation dispatches through the rule table as the synthetic
+        primitive of its kind (``layer_norm``, ``rms_norm``, ``softmax``, ``log_softmax``,
+        ``logsumexp``: :data:`advjax.lipschitz._prims.NORMALIZATIONS`) applied to its base and
+        factors.
         """
         env: dict[Any, Any] = {}
-        matches = _normalize.find(jaxpr) if self.options.get("normalize", True) else {}
+        known = {v: a.value if isinstance(a, Const) else a
+                 for v, a in zip((*jaxpr.constvars, *jaxpr.invars), (*consts, *args), strict=True)
+                 if not isinstance(a, Dep | Deferred)}
+        matches = _normalize.find(jaxpr, known=known) if self.options.get("normalize", True) \
+            else {}
         live = _normalize.live_eqns(jaxpr, matches) if matches else None
 
         def read(v):
@@ -241,9 +285,15 @@ class Walker:
 
     def _apply(self, eqn, ins) -> list:
         prim = eqn.primitive.name
+        if prim == "sqrt" and len(ins) == 1 and isinstance(ins[0], SumOfSquares):
+            shape, dtype = out_aval(eqn)
+            self.row(eqn, "norm", shape, shape, 1.0)
+            return [self.fresh(ins[0].lip, shape, dtype)]
         for a in ins:
             if isinstance(a, _Deferred):
                 raise a.error
+        if eqn.effects:
+            return self._effect(eqn, ins)
         if all(isinstance(a, Const) for a in ins):
             vals = eqn.primitive.bind(*[a.value for a in ins], **eqn.params)
             vals = vals if eqn.primitive.multiple_results else [vals]
@@ -256,31 +306,62 @@ class Walker:
                 f"{str(eqn.source_info.name_stack) or 'top level'}) applied to a value "
                 f"that depends on the input; supported: {sorted(self.rules)}")
 
+    def _effect(self, eqn, ins) -> list:
+        """An equation with a side effect (``debug.print``, ``io_callback``, ...) is never run:
+        the analysis reads the program, it does not execute the user's effects. Its outputs (if
+        any) are unknown; using one refuses, naming the primitive."""
+        name = f"{eqn.primitive.name!r} (at {str(eqn.source_info.name_stack) or 'top level'})"
+        if eqn.primitive.name in self.rules and any(isinstance(a, Dep) for a in ins):
+            outs = self.rules[eqn.primitive.name](self, eqn, ins)
+            return outs if isinstance(outs, list) else [outs]
+        err = UnsupportedPrimitiveError(
+                f"the result of the side-effecting primitive {name} is used: the analysis does "
+                "not run a program's side effects, so the value is unknown")
+        return [_Deferred(err)] * len(eqn.outvars)
+
     def _normalization(self, eqn, match: _normalize.Match, read) -> list | None:
-        """The recognised normalisation's output, or None when the walk-time values do not fit
-        (a constant base, an input-dependent or non-finite factor): then it is walked as is."""
-        base = read(match.base)
-        factors = [read(v) for v in match.factor_vars]
-        if not (isinstance(base, Dep) and is_float(base.dtype)
-                and all(isinstance(f, Const) for f in factors)):
+        """The recognised normalisation, dispatched through the rule table as the synthetic
+        primitive ``match.kind`` applied to its base and factors; None when the table has no
+        such rule or the rule finds the walk-time values unfit (:class:`NotApplicable`): then
+        the equation is walked as is."""
+        if match.kind not in self.rules:
             return None
-        values = [np.asarray(f.value, np.float64) for f in factors]
-        if not all(np.all(np.isfinite(v)) for v in [*values, *map(np.asarray,
-                                                                   match.factor_consts)]):
+        syn = jcore.new_jaxpr_eqn([match.base, *match.factor_vars], list(eqn.outvars),
+                                  _prims.SYNTHETIC[match.kind], {"match": match}, set(),
+                                  eqn.source_info)
+        ins = [read(match.base), *(read(v) for v in match.factor_vars)]
+        if any(isinstance(a, _Deferred) for a in ins):
             return None
-        bound = match.bound(values)
-        shape, dtype = out_aval(eqn)
-        name = self.name(eqn, "norm")
-        self.row(eqn, "norm", base.shape, shape, bound, name=name,
-                 primitive=match.kind)
-        return [self.fresh(self.lip(base) * bound, shape, dtype, name)]
+        try:
+            outs = self.rules[match.kind](self, syn, ins)
+        except NotApplicable:
+            return None
+        return outs if isinstance(outs, list) else [outs]
+
+
+class NotApplicable(Exception):  # noqa: N818  (a signal, not an error)
+    """Raised by a rule of a synthetic primitive whose walk-time values do not fit it."""
 
 
 @dataclasses.dataclass(eq=False)
-class _Deferred:
-    """A value computed only inside a recognised normalisation whose own rule refused it."""
+class Deferred:
+    """A value that must not be used: its use raises ``error`` (a value computed only inside a
+    recognised normalisation whose own rule refused it, the result of a side effect, the indices
+    of a sort)."""
 
     error: UnsupportedPrimitiveError
+
+
+_Deferred = Deferred
+
+
+@dataclasses.dataclass(eq=False)
+class SumOfSquares(Deferred):
+    """``Σ_G v²`` over disjoint groups ``G`` of an input-dependent ``v`` with constant ``lip``:
+    only its square root (the groups' Euclidean norms, a ``lip``-Lipschitz map by the reverse
+    triangle inequality per group) may use it."""
+
+    lip: float = 0.0
 
 
 def uniform(value) -> float | None:

@@ -1,4 +1,4 @@
-"""Lipschitz functions the walk used to refuse (issue 32), each bounded soundly.
+"""Lipschitz functions the walk used to refuse, each bounded soundly.
 
 Truth: the float64 Jacobian's largest singular value at sampled points (a sound bound is >= every
 one); where a bound is claimed tight, the reason is stated and the bound is compared with the

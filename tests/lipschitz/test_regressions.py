@@ -1,4 +1,4 @@
-"""Regressions of the graph walk (issue 32): constructions that crashed, or were bounded unsoundly.
+"""Regressions of the graph walk: constructions that crashed, or were bounded unsoundly.
 
 Truth for the bounds: the float64 Jacobian SVD at sampled points (a sound bound is >= every one)
 and, for jumps, the executed function itself (a bound claimed for a function that jumps is wrong).

@@ -1,8 +1,8 @@
-"""Issue 32 probes: ``layer_bounds`` of each construction named in the issue, printed as the
-total or the refusal. Not a test module: test_regressions.py and test_coverage.py check each
-against its truth.
+"""Probes: ``layer_bounds`` of each hard construction (former crashes, integer wrap-around,
+sub-resolution jumps, former refusals), printed as the total or the refusal. Not a test module:
+test_regressions.py and test_coverage.py check each against its truth.
 
-Run: ``python -m tests.lipschitz.issue32_probes [NAME ...]``.
+Run: ``python -m tests.lipschitz.probe_constructions [NAME ...]``.
 """
 
 import sys

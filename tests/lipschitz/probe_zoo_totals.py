@@ -1,7 +1,7 @@
-"""Issue 32: the network bounds of the zoo models of test_models.py and, with the argument
+"""Probe: the network bounds of the zoo models of test_models.py and, with the argument
 ``woods``, of the Woods ResNet-44 checkpoints under ``$ADVJAX_DATA_DIR``.
 
-Run: ``python -m tests.lipschitz.issue32_zoo woods`` (prints one JSON object).
+Run: ``python -m tests.lipschitz.probe_zoo_totals woods`` (prints one JSON object).
 """
 
 from __future__ import annotations

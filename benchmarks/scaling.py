@@ -24,10 +24,10 @@ Workloads:
 * ``pgd``: ``advjax.parallel.shard_attack`` of ``advjax.attacks.pgd`` (L∞, random start, one
   typed key folded per example) on a small CNN (two convolutions, one dense layer, 28×28×1 inputs,
   10 classes). Every process passes the same whole arrays, as the contract allows. The HLO and
-  memory figures are those of the executable ``shard_attack`` itself compiled: ``jax.jit`` is
-  observed while it is built and first called (``_observe_jit``). Attacks are independent per
-  example, so its collective count should be 0. A failure (e.g. ``shard_attack`` under several
-  processes before it is multi-process aware) is recorded in its row as ``failed: <message>``.
+  memory figures are those of the program ``shard_attack`` runs, as its ``lower`` gives it (the
+  same per-device ``vmap`` under ``shard_map``, shapes and shardings). Attacks are independent per
+  example, so its collective count should be 0. A failure is recorded in its row as
+  ``failed: <message>``.
 * ``train``: one jitted data-parallel SGD step of the same CNN (softmax cross-entropy), parameters
   replicated and the batch split over a 1-D ``"batch"`` mesh with ``NamedSharding``; each process
   builds its rows of the global batch with ``jax.make_array_from_process_local_data``. The step
@@ -51,7 +51,6 @@ Prints a Markdown table and writes JSON (rows, command, machine, versions, date)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -136,40 +135,6 @@ def _timed(fn, repeats: int, *, warm_up: bool = True) -> tuple[float | None, lis
     return first, times
 
 
-class _Recorded:
-    """A jitted function that remembers its calls with concrete (non-traced) arguments."""
-
-    def __init__(self, jitted, calls):
-        self._jitted, self._calls = jitted, calls
-
-    def __call__(self, *args, **kwargs):
-        import jax
-
-        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
-            self._calls.append((self._jitted, args, kwargs))
-        return self._jitted(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._jitted, name)
-
-
-@contextlib.contextmanager
-def _observe_jit(calls: list):
-    """While active, functions made by ``jax.jit`` record their concrete calls into ``calls``."""
-    import jax
-
-    real = jax.jit
-
-    def jit(*args, **kwargs):
-        return _Recorded(real(*args, **kwargs), calls)
-
-    jax.jit = jit
-    try:
-        yield
-    finally:
-        jax.jit = real
-
-
 def _row(workload: str, cfg: dict, batch: int) -> dict:
     return {"workload": workload, **cfg, "batch": batch, "status": "ok", "examples_per_s": None,
             "best_s": None, "times_s": None, "first_call_s": None, "memory": None,
@@ -188,24 +153,13 @@ def bench_pgd(model, variables, xs, labels, *, mesh, steps: int, eps: float, rep
         return model.apply(variables, x[None])[0]
 
     attack = pgd(logits_fn, norm="linf", steps=steps, random_start=True)
-    calls: list = []
     key = jax.random.key(1)
-    with _observe_jit(calls):  # built and first called (compiled) under observation
-        run = parallel.shard_attack(attack, mesh)
-        first, _ = _timed(lambda: run(xs, labels, eps=eps, key=key), 0)
+    run = parallel.shard_attack(attack, mesh)
+    first, _ = _timed(lambda: run(xs, labels, eps=eps, key=key), 0)
     _, times = _timed(lambda: run(xs, labels, eps=eps, key=key), repeats, warm_up=False)
-    if calls:
-        jitted, args, kwargs = calls[-1]
-        compiled = jitted.lower(*args, **kwargs).compile()
-        row["hlo_source"] = "observed shard_attack executable"
-    else:  # shard_attack compiled in a way not seen here: the same program, rebuilt.
-        sharding = parallel.batch_sharding(mesh)
-        compiled = jax.jit(jax.vmap(attack), out_shardings=sharding).lower(
-            jax.device_put(xs, sharding), jax.device_put(labels, sharding),
-            eps=jax.device_put(jax.numpy.full(xs.shape[0], eps, xs.dtype), sharding),
-            key=jax.device_put(jax.vmap(lambda i: jax.random.fold_in(key, i))(
-                jax.numpy.arange(xs.shape[0])), sharding)).compile()
-        row["hlo_source"] = "rebuilt jit(vmap(attack)) with batch shardings"
+    # The program shard_attack runs, as its ``lower`` gives it (the same jit, shapes, shardings).
+    compiled = run.lower(xs, labels, eps=eps, key=key).compile()
+    row["hlo_source"] = "shard_attack.lower"
     return _finish(row, compiled, first, times, xs.shape[0])
 
 

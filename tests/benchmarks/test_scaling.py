@@ -59,7 +59,7 @@ def test_smallest_configuration_writes_the_json(tmp_path):
     for d, dist in ((1, False), (2, False), (1, True)):
         pgd = rows[("pgd", dist, d)]
         assert pgd["collectives"]["total"] == 0  # attacks are independent per example
-        assert pgd["hlo_source"] == "observed shard_attack executable"
+        assert pgd["hlo_source"] == "shard_attack.lower"
     # The data-parallel step on 2 devices sums gradients across them: at least one all-reduce;
     # on 1 device none.
     assert rows[("train", False, 2)]["collectives"]["all-reduce"] >= 1

@@ -138,3 +138,29 @@ def test_the_evaluator_validates_as_autoattack_does(tiny_mlp):
     with pytest.raises(ValueError, match="'apgd-t' needs at least 4 classes"):
         evaluate(three, p.xs, labels, eps=0.05, key=jax.random.key(0),
                  **dict(KW, attacks=["apgd-ce", "apgd-t"]))
+
+
+def test_each_stage_runs_on_the_robust_examples_with_their_own_keys(tiny_mlp):
+    """Examples 0-3 are misclassified (labels shifted), so the examples still robust are not the
+    first ones: each must be attacked with its own key ``fold_in(key, j)`` (a compaction that
+    took the keys by position gave other random starts), and a misclassified example is never
+    attacked nor counted robust."""
+    p, key = tiny_mlp, jax.random.key(5)
+    preds = np.asarray(jax.vmap(p.logits_fn)(jnp.asarray(p.xs))).argmax(-1)
+    labels = np.asarray(p.labels).copy()
+    labels[:4] = (preds[:4] + 1) % 5
+    correct = labels == preds
+    ev = evaluate(p.logits_fn, p.xs, labels, eps=0.08, key=key, **ONE)
+    np.testing.assert_array_equal(ev.clean_correct, correct)
+    assert not ev.robust[~correct].any() and ev.attacked["apgd-ce"] == int(correct.sum())
+    assert ev.robust_accuracy["apgd-ce"] == float(ev.robust.mean()) <= ev.clean_accuracy
+    attack = jax.jit(autoattack(p.logits_fn, attacks=["apgd-ce"], **KW))
+    broke = 0
+    for j in np.flatnonzero(correct):
+        r = attack(jnp.asarray(p.xs[j]), jnp.asarray(labels[j]), eps=0.08,
+                   key=jax.random.fold_in(key, j))
+        assert bool(r.success) == (ev.broken_by[j] == 0), j
+        if r.success:
+            broke += 1
+            np.testing.assert_allclose(ev.x_adv[j], np.asarray(r.x_adv), atol=1e-6)
+    assert 0 < broke < correct.sum()  # both outcomes, so the points compared are attack points

@@ -283,7 +283,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
                 rows_per_call: Callable[[int, int], int] | None = None,
                 mesh: Mesh | None = None, axis_name: str = BATCH_AXIS,
                 progress: bool = False, desc: str = "chunks", cache: dict | None = None,
-                timings: dict | None = None, host: bool = True) -> Any:
+                timings: dict | None = None, host: bool = True,
+                lower_only: bool = False) -> Any:
     """Runs the per-example ``fn`` over rows in fixed-size chunks sharded over ``mesh``.
 
     The single loop behind :func:`stream`, :func:`shard_attack` and
@@ -317,6 +318,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
       timings: a dict; ``"run_s"`` and ``"compile_s"`` (seconds) are added to it.
       host: True: numpy results. False: with one process, the results stay on the devices
         (``jax.Array`` leaves sharded over the mesh); with several, numpy as with True.
+      lower_only: instead of running, return the ``jax.stages.Lowered`` of the first call (the
+        program, shapes and shardings the run would use; every process must call it).
 
     Returns:
       The pytree of ``fn``'s outputs stacked over the rows this process asked for (all N with
@@ -382,6 +385,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
         chunk = _pad_leading(_slice_rows(rows, done, done + real), real, size)
         chunk = jax.tree.map(lambda a: jax.make_array_from_process_local_data(
             sharding, a, (size * n_proc, *a.shape[1:])), chunk)  # noqa: B023
+        if lower_only:
+            return jax.jit(batched, out_shardings=sharding).lower(*chunk)
         sig = (size, jax.tree.structure(chunk), str(impls))
         if sig not in cache:
             t0 = time.perf_counter()
@@ -446,13 +451,9 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
                            host=False)
 
     def lower(xs, labels, **per_example):
-        sharding = batch_sharding(mesh, axis_name)
-        n = _leading_size((xs, labels))
-        rows, impls = _split_keys(((xs, labels), per_example), 0, n)
-        size = -(-n // mesh.shape[axis_name]) * mesh.shape[axis_name]
-        rows = jax.device_put(_pad_leading(rows, n, size), sharding)
-        return jax.jit(_per_device(attack, impls, mesh, axis_name),
-                       out_shardings=sharding).lower(*rows)
+        return run_chunked(attack, (xs, labels), per_example, data_layout=data_layout,
+                           chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
+                           lower_only=True)
 
     run.lower = lower
     return run

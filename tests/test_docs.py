@@ -132,3 +132,65 @@ def test_readme_models_section_runs():
     acc = namespace["acc"]
     assert acc.shape == (7,) and all(a >= b for a, b in zip(acc, acc[1:], strict=False))
     assert namespace["res"].x_adv.shape == xs.shape  # the streamed result, on the host
+
+
+def _docstring_options() -> dict:
+    """The `docstring_options` mkdocs.yml gives mkdocstrings (read from the file, not copied)."""
+    import yaml
+
+    # mkdocs.yml holds !!python/name tags elsewhere; only the plugin's options are read here
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    (plugin,) = [p for p in config["plugins"] if isinstance(p, dict) and "mkdocstrings" in p]
+    options = plugin["mkdocstrings"]["handlers"]["python"]["options"]
+    return {k: {"true": True, "false": False}.get(v, v)
+            for k, v in options["docstring_options"].items()}
+
+
+def _returned_values(annotation) -> int:
+    """How many values a function returns: the length of a fixed ``tuple[...]``, else one."""
+    text = str(annotation or "")
+    match = re.fullmatch(r"tuple\[(.*)\]", text)
+    if not match or "..." in text:
+        return 1
+    depth, count = 0, 1
+    for ch in match.group(1):
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            count += 1
+    return count
+
+
+def test_every_returns_section_has_one_row_per_returned_value():
+    """Parses every advjax docstring the way mkdocstrings does (the options of mkdocs.yml and the
+    docs/griffe_roles.py extension): a Returns section must not render more table rows than the
+    function returns values (a description continued over several lines is one row)."""
+    import griffe
+
+    options = _docstring_options()
+    pkg = griffe.load("advjax", search_paths=[str(ROOT)], docstring_parser="google",
+                      docstring_options=options, resolve_aliases=False,
+                      extensions=griffe.load_extensions(str(ROOT / "docs" / "griffe_roles.py")))
+    seen: set[str] = set()
+    sections, split = 0, []
+
+    def walk(node) -> None:
+        nonlocal sections
+        for member in list(node.members.values()):
+            if member.is_alias or member.path in seen:
+                continue
+            seen.add(member.path)
+            if member.is_module or member.is_class:
+                walk(member)
+            elif member.is_function and member.docstring is not None:
+                for section in member.docstring.parsed:
+                    if section.kind is griffe.DocstringSectionKind.returns:
+                        sections += 1
+                        if len(section.value) > _returned_values(member.returns):
+                            split.append(f"{member.path}: {len(section.value)} rows")
+
+    walk(pkg)
+    assert sections > 100, sections  # the walk saw the package (159 Returns sections in 12.2026)
+    assert not split, split

@@ -304,6 +304,7 @@ def run_file(path: str, workdir: Path, timeout: float = 900) -> tuple[str, list[
         assert done.returncode == 0 and "=== ALL BLOCKS RAN" in done.stdout, (
                 f"{path}: a block failed\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
         out.append(done.stdout)
+        sys.stderr.write(done.stderr[-2000:])  # the per-block times (pytest shows them with -s)
     return "\n".join(out), left_out
 
 

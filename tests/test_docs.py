@@ -225,3 +225,29 @@ def test_every_returns_section_has_one_row_per_returned_value():
     walk(pkg)
     assert sections > 100, sections  # the walk saw the package (159 Returns sections in 12.2026)
     assert not split, split
+
+
+def test_a_block_that_does_not_run_fails_the_page(tmp_path, monkeypatch):
+    """A new block that does not run, or that the test cannot run, fails: nothing is skipped
+    silently; a block marked as needing the data is left out, by name, where it is unset."""
+    page = tmp_path / "page.md"
+    work = tmp_path / "work"
+    work.mkdir()
+    good = "```python\nx = 1\n```\n\n<!-- test: needs ADVJAX_DATA_DIR -->\n```py\nx = 2\n```\n"
+    page.write_text(good + "\n```py\nprint(x + undefined_name)\n```\n")
+    with pytest.raises(AssertionError, match=r"(?s)block 2.*NameError: name 'undefined_name'"):
+        doc_blocks.run_file(str(page), work)
+    page.write_text(good + "\n```text\nsome output\n```\n")
+    with pytest.raises(AssertionError, match="neither Python nor shell"):
+        doc_blocks.run_file(str(page), work)
+    page.write_text(good + "\n```console\n$ advjax run no_such_study\n```\n")
+    with pytest.raises(AssertionError, match="no study 'no_such_study'"):
+        doc_blocks.run_file(str(page), work)
+    page.write_text(good + "\n<!-- test: skip please -->\n```python\nx = 3\n```\n")
+    with pytest.raises(AssertionError, match="unknown test directive"):
+        doc_blocks.run_file(str(page), work)
+    monkeypatch.delenv(doc_blocks.DATA_ENV, raising=False)
+    page.write_text(good + "\n```pycon\n>>> print(x * 10)\n10\n```\n")
+    output, left_out = doc_blocks.run_file(str(page), work)
+    assert left_out == [f"{page}:6 (block 1, ```py)"]
+    assert output.splitlines()[-2:] == ["10", "=== ALL BLOCKS RAN"]

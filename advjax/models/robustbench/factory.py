@@ -31,13 +31,17 @@ def _wrn(m: re.Match, **kw: Any) -> nn.Module:
     return WideResNet(depth=int(m["depth"]), widen_factor=int(m["k"]), **kw)
 
 
+def _act_of(m: re.Match) -> str:
+    """``relu`` (default) or ``silu`` (also spelt ``swish``, DeepMind's name)."""
+    return {"swish": "silu"}.get(m["act"] or "relu", m["act"] or "relu")
+
+
 def _dm_wrn(m: re.Match, **kw: Any) -> nn.Module:
-    return DMWideResNet(depth=int(m["depth"]), width=int(m["k"]),
-                        activation=(m["act"] or "relu").lower(), **kw)
+    return DMWideResNet(depth=int(m["depth"]), width=int(m["k"]), activation=_act_of(m), **kw)
 
 
 def _dm_preact(m: re.Match, **kw: Any) -> nn.Module:
-    return DMPreActResNet(depth=int(m["depth"]), activation=(m["act"] or "relu").lower(), **kw)
+    return DMPreActResNet(depth=int(m["depth"]), activation=_act_of(m), **kw)
 
 
 def _preact(m: re.Match, **kw: Any) -> nn.Module:

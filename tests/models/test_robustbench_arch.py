@@ -29,6 +29,14 @@ FULL_SIZE_PARAMS = {
     "ResNet-50": 23_520_842,
     "ResNet-50-imagenet": 25_557_032,
     "WideResNet-50-2-imagenet": 68_883_240,
+    # timm layout (twins in the script; the same as timm's convnext_tiny ... vit_large_patch16_224)
+    "ConvNeXt-T": 28_589_128,
+    "ConvNeXt-S": 50_223_688,
+    "ConvNeXt-B": 88_591_464,
+    "ConvNeXt-L": 197_767_336,
+    "ViT-S-16": 22_050_664,
+    "ViT-B-16": 86_567_656,
+    "ViT-L-16": 304_326_632,
 }
 
 
@@ -45,8 +53,9 @@ def test_full_size_parameter_counts_without_allocation(arch):
     assert rb.count_params(module) == FULL_SIZE_PARAMS[arch]  # jax.eval_shape: nothing allocated
 
 
-@pytest.mark.parametrize("arch,size,k", [("WideResNet-28-10", 32, 10), ("ResNet-50-imagenet", 224,
-                                                                        1000)])
+@pytest.mark.parametrize("arch,size,k", [("WideResNet-28-10", 32, 10),
+                                         ("ResNet-50-imagenet", 224, 1000),
+                                         ("ConvNeXt-T", 224, 1000), ("ViT-B-16", 224, 1000)])
 def test_full_size_output_shapes(arch, size, k):
     module = rb.build(arch)
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
@@ -74,6 +83,12 @@ def test_factory_names_and_options():
     assert r.mean == rb.IMAGENET_MEAN
     assert rb.build("WideResNet-50-2-imagenet").width_per_group == 128
     assert isinstance(rb.build("ResNet-18"), rb.ResNet)
+    c = rb.build("ConvNeXt-B")
+    assert isinstance(c, rb.ConvNeXt) and tuple(c.dims) == (128, 256, 512, 1024)
+    v = rb.build("ViT-B-16")
+    assert (v.dim, v.depth, v.heads, v.patch_size, v.mean) == (768, 12, 12, 16, (0.5,) * 3)
+    d = rb.build("DeiT-S")
+    assert (d.dim, d.heads, d.mean) == (384, 6, rb.IMAGENET_MEAN)
 
 
 def test_factory_errors_name_the_argument():

@@ -11,7 +11,8 @@ Models (linen; batched NHWC inputs in [0, 1] → logits ``(B, K)``):
 
 RobustBench architectures (``advjax.models.robustbench``, PyTorch-exact, torch-free checkpoint
 import): :class:`WideResNet`, :class:`DMWideResNet`, :class:`DMPreActResNet`,
-:class:`RobustBenchResNet`, :class:`RobustBenchPreActResNet`, :class:`ImageNetResNet`, the factory
+:class:`RobustBenchResNet`, :class:`RobustBenchPreActResNet`, :class:`ImageNetResNet`,
+:class:`ConvNeXt`, :class:`ViT` (also DeiT), the factory
 :func:`build_robustbench` and :func:`load_robustbench_checkpoint`; :func:`load_torch` reads either
 ``torch.save`` format.
 
@@ -39,9 +40,11 @@ from advjax.models.nnx_zoo import NNXLeNet5, NNXMnistCNN, NNXPreActBlock, NNXPre
 from advjax.models.pooling import max_pool_2x2
 from advjax.models.resnet import CIFAR10_MEAN, CIFAR10_STD, PreActBlock, PreActResNet
 from advjax.models.robustbench import (
+    ConvNeXt,
     DMPreActResNet,
     DMWideResNet,
     ImageNetResNet,
+    ViT,
     WideResNet,
 )
 from advjax.models.robustbench import PreActResNet as RobustBenchPreActResNet
@@ -82,6 +85,7 @@ __all__ = [
     "SZEGEDY_WEIGHT_DECAY",
     "WOODS2019_CHECKPOINTS",
     "AutoencoderClassifier",
+    "ConvNeXt",
     "DMPreActResNet",
     "DMWideResNet",
     "ImageNetResNet",
@@ -97,6 +101,7 @@ __all__ = [
     "RobustBenchPreActResNet",
     "RobustBenchResNet",
     "StubGlobal",
+    "ViT",
     "WideResNet",
     "Woods2019Checkpoint",
     "activation",

@@ -345,6 +345,9 @@ def load_torch_zip(source: str | os.PathLike | bytes,
             raise ValueError(f"{where!r}: expected exactly one '<name>/data.pkl' entry in the zip "
                              f"archive; found {pkls or 'none'}.")
         prefix = pkls[0][: -len("data.pkl")]
+        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder") != b"little":
+            raise ValueError(f"{where!r}: only little-endian files are supported (byteorder "
+                             f"{archive.read(prefix + 'byteorder')!r}).")
         main = RestrictedUnpickler(io.BytesIO(archive.read(pkls[0])), allow_tensors=True,
                                    stubs=stubs, zip_format=True)
         obj = main.load()

@@ -164,3 +164,16 @@ def test_training_checkpoint_with_argparse_namespace_is_read(tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=RTOL_SCALE * np.abs(want).max())
     with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
         rb.read_state_dict(path, stubs=())  # not stubbed: refused, named
+
+
+def test_big_endian_zip_is_refused(tmp_path):
+    src = FIXTURES / "wrn_10_1.pt"
+    with zipfile.ZipFile(src) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    entries["wrn_10_1/byteorder"] = b"big"
+    path = tmp_path / "big.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+    with pytest.raises(ValueError, match=r"big\.pt.*little-endian"):
+        rb.read_state_dict(path)

@@ -98,11 +98,18 @@ def test_factory_errors_name_the_argument():
         rb.build("WideResNet-28-10", mean=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="`num_classes`"):
         rb.build("WideResNet-28-10", num_classes=0)
+    def shapes(arch, size):  # the checks run at trace time: no computation needed
+        m = rb.build(arch)
+        return jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+
     with pytest.raises(ValueError, match="`depth`"):
-        rb.build("WideResNet-27-10").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        shapes("WideResNet-27-10", 32)
     with pytest.raises(ValueError, match="8×8"):
-        m = rb.build("WideResNet-10-1")
-        m.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+        shapes("WideResNet-10-1", 64)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        shapes("ConvNeXt-T", 200)
+    with pytest.raises(ValueError, match="224×224"):
+        shapes("ViT-B-16", 32)
 
 
 def test_dm_stride2_padding_is_bottom_right():

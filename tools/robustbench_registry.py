@@ -169,7 +169,8 @@ def classify(callee: str, args: list, kwargs: dict, norm: dict) -> dict[str, Any
         depth = _arg(args, kwargs, 0, "depth", 28)
         width = _arg(args, kwargs, 2, "widen_factor", 10)
         ok = (depth, width) in WRN_SIZES
-        return dict(arch=f"wrn-{depth}-{width}", supported=ok,
+        arch = f"wrn-{depth}-{width}" if ok else f"unsupported: WideResNet-{depth}-{width}"
+        return dict(arch=arch, supported=ok,
                     options={"sub_block1": bool(_arg(args, kwargs, 3, "sub_block1", False)),
                              "bias_last": bool(kwargs.get("bias_last", True))},
                     mean=mean, std=std)

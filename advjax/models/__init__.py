@@ -9,6 +9,12 @@ Models (linen; batched NHWC inputs in [0, 1] → logits ``(B, K)``):
   (their released PyTorch checkpoints, read without torch and without executing pickled code).
 - Activations: :func:`half_huber_relu`, :func:`activation`; pooling: :func:`max_pool_2x2`.
 
+RobustBench architectures (:mod:`advjax.models.robustbench`, PyTorch-exact, torch-free checkpoint
+import): :class:`WideResNet`, :class:`DMWideResNet`, :class:`DMPreActResNet`,
+:class:`RobustBenchResNet`, :class:`RobustBenchPreActResNet`, :class:`ImageNetResNet`, the factory
+:func:`build_robustbench` and :func:`load_robustbench_checkpoint`; :func:`load_torch` reads either
+``torch.save`` format.
+
 Adapters: :func:`linen_logits_fn` (``logits_fn(x)`` of one example), :func:`batched`,
 :func:`predict`.
 
@@ -32,6 +38,16 @@ from advjax.models.nnx_convert import linen_from_nnx, nnx_from_linen, set_nnx_va
 from advjax.models.nnx_zoo import NNXLeNet5, NNXMnistCNN, NNXPreActBlock, NNXPreActResNet
 from advjax.models.pooling import max_pool_2x2
 from advjax.models.resnet import CIFAR10_MEAN, CIFAR10_STD, PreActBlock, PreActResNet
+from advjax.models.robustbench import (
+    DMPreActResNet,
+    DMWideResNet,
+    ImageNetResNet,
+    WideResNet,
+)
+from advjax.models.robustbench import PreActResNet as RobustBenchPreActResNet
+from advjax.models.robustbench import ResNet as RobustBenchResNet
+from advjax.models.robustbench import build as build_robustbench
+from advjax.models.robustbench import load_checkpoint as load_robustbench_checkpoint
 from advjax.models.szegedy import (
     FC10,
     MLP,
@@ -40,7 +56,12 @@ from advjax.models.szegedy import (
     AutoencoderClassifier,
     szegedy_model,
 )
-from advjax.models.torch_legacy import RestrictedUnpickler, StubGlobal, load_legacy_torch
+from advjax.models.torch_legacy import (
+    RestrictedUnpickler,
+    StubGlobal,
+    load_legacy_torch,
+    load_torch,
+)
 from advjax.models.woods2019 import (
     WOODS2019_CHECKPOINTS,
     Woods2019Checkpoint,
@@ -61,6 +82,9 @@ __all__ = [
     "SZEGEDY_WEIGHT_DECAY",
     "WOODS2019_CHECKPOINTS",
     "AutoencoderClassifier",
+    "DMPreActResNet",
+    "DMWideResNet",
+    "ImageNetResNet",
     "LeNet5",
     "MnistCNN",
     "NNXLeNet5",
@@ -70,10 +94,14 @@ __all__ = [
     "PreActBlock",
     "PreActResNet",
     "RestrictedUnpickler",
+    "RobustBenchPreActResNet",
+    "RobustBenchResNet",
     "StubGlobal",
+    "WideResNet",
     "Woods2019Checkpoint",
     "activation",
     "batched",
+    "build_robustbench",
     "half_huber_relu",
     "lenet5_variables_from_torch",
     "linen_logits_fn",
@@ -82,6 +110,8 @@ __all__ = [
     "load_legacy_torch",
     "load_lenet5",
     "load_lenet5_state",
+    "load_robustbench_checkpoint",
+    "load_torch",
     "load_woods2019",
     "load_woods2019_checkpoint",
     "load_woods2019_metadata",

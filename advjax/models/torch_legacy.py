@@ -1,4 +1,4 @@
-"""Safe reader for legacy (non-zip) ``torch.save`` files: no torch, no pickled code is run.
+"""Safe reader for ``torch.save`` files (legacy and zip formats): no torch, no pickled code is run.
 
 Byte layout (papers.md §2.12), a concatenation of pickles and raw data:
 
@@ -11,8 +11,14 @@ Byte layout (papers.md §2.12), a concatenation of pickles and raw data:
 5. a pickled list of storage keys;
 6. for each key in that order: the element count (int64, little-endian) and the raw data.
 
+The zip format (``torch.save`` default since PyTorch 1.6) is a zip archive ``<name>/data.pkl`` (the
+main pickle, whose storages are persistent ids ``("storage", <StorageType>, key, location, numel)``)
+plus one entry ``<name>/data/<key>`` of raw little-endian bytes per storage; :func:`load_torch`
+reads either format.
+
 The unpickler is restricted: ``find_class`` resolves only ``collections.OrderedDict``,
-``torch._utils._rebuild_tensor_v2`` (replaced by a function that records the tensor's layout), the
+``torch._utils._rebuild_tensor_v2`` (replaced by a function that records the tensor's layout),
+``torch._utils._rebuild_parameter`` (a parameter is read as its tensor), the
 storage types ``torch.<Type>Storage`` (inert dtype markers) and, when the caller names them, stub
 globals that map to a harmless placeholder class (never imported). Any other global raises
 :class:`pickle.UnpicklingError` naming it, so no pickled code is executed.
@@ -25,6 +31,7 @@ import dataclasses
 import io
 import os
 import pickle
+import zipfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -132,6 +139,13 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return _TensorRef(storage, offset, size, stride)
 
 
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args) -> Any:
+    del requires_grad, backward_hooks, args
+    if not isinstance(data, _TensorRef):
+        raise pickle.UnpicklingError("a pickled parameter does not wrap a tensor.")
+    return data
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only an explicit allow-list of globals (see the module docstring).
 
@@ -139,16 +153,19 @@ class RestrictedUnpickler(pickle.Unpickler):
       file: binary file object positioned at a pickle.
       allow_tensors: allow the tensor/storage globals and storage persistent ids (main pickle).
       stubs: ``(module, name)`` globals to replace by :class:`StubGlobal` subclasses.
+      zip_format: storages are zip-format persistent ids (5-tuples, no view metadata).
     """
 
     def __init__(self, file, *, allow_tensors: bool = False,
-                 stubs: Iterable[tuple[str, str]] = ()) -> None:
+                 stubs: Iterable[tuple[str, str]] = (), zip_format: bool = False) -> None:
         super().__init__(file)
         self._allow_tensors = bool(allow_tensors)
+        self._zip_format = bool(zip_format)
         self._allowed: dict[tuple[str, str], Any] = {}
         if allow_tensors:
             self._allowed[("collections", "OrderedDict")] = collections.OrderedDict
             self._allowed[("torch._utils", "_rebuild_tensor_v2")] = _rebuild_tensor_v2
+            self._allowed[("torch._utils", "_rebuild_parameter")] = _rebuild_parameter
             for name in STORAGE_DTYPES:
                 self._allowed[("torch", name)] = _StorageType(name)
         for module, name in stubs:
@@ -168,6 +185,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         if not self._allow_tensors:
             raise pickle.UnpicklingError(f"refusing persistent id {pid!r}: this pickle of the file "
                                          "may not reference storages.")
+        if self._zip_format:
+            if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+                raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}; expected "
+                                             "('storage', StorageType, key, location, numel).")
+            pid = (*pid, None)
         if not isinstance(pid, tuple) or len(pid) != 6 or pid[0] != "storage":
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}; expected "
                                          "('storage', StorageType, key, location, numel, None).")
@@ -277,3 +299,103 @@ def load_legacy_torch(source: str | os.PathLike | bytes,
     if f.read(1):
         raise ValueError(f"{where!r}: unexpected trailing bytes after the last storage.")
     return _materialise(obj, arrays)
+
+
+def _describe_non_checkpoint(data: bytes, where: str) -> str:
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml", b"<")):
+        return (f"{where!r} is not a PyTorch checkpoint: it is an HTML/XML page (most likely a "
+                f"failed or interrupted download, e.g. a quota or login page); delete it and "
+                f"download it again. First bytes: {data[:60]!r}.")
+    if not data:
+        return f"{where!r} is not a PyTorch checkpoint: the file is empty."
+    return (f"{where!r} is not a PyTorch checkpoint (neither the zip nor the legacy torch.save "
+            f"format); first bytes: {data[:16]!r}.")
+
+
+def load_torch_zip(source: str | os.PathLike | bytes,
+                   *, stubs: Iterable[tuple[str, str]] = ()) -> Any:
+    """Load a zip-format ``torch.save`` file (PyTorch >= 1.6) into containers and numpy arrays.
+
+    Args:
+      source: path of the file, or its bytes.
+      stubs: as in :func:`load_legacy_torch`.
+
+    Returns:
+      The saved object with every tensor replaced by a numpy array (its storage dtype, C order).
+
+    Raises:
+      pickle.UnpicklingError: a global outside the allow-list, or a malformed tensor / storage.
+      ValueError: not a zip archive, no ``data.pkl``, a missing or short storage entry.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data, where = bytes(source), "<bytes>"
+    else:
+        where = os.fspath(source)
+        with open(where, "rb") as fh:
+            data = fh.read()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{where!r} is not a zip-format torch file: {err}") from None
+    with archive:
+        names = archive.namelist()
+        pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1:
+            raise ValueError(f"{where!r}: expected exactly one '<name>/data.pkl' entry in the zip "
+                             f"archive; found {pkls or 'none'}.")
+        prefix = pkls[0][: -len("data.pkl")]
+        main = RestrictedUnpickler(io.BytesIO(archive.read(pkls[0])), allow_tensors=True,
+                                   stubs=stubs, zip_format=True)
+        obj = main.load()
+        arrays: dict[str, np.ndarray] = {}
+        for key, ref in main.storages.items():
+            entry = f"{prefix}data/{key}"
+            try:
+                raw = archive.read(entry)
+            except KeyError:
+                raise ValueError(f"{where!r}: storage {key!r} has no entry {entry!r}.") from None
+            if len(raw) != ref.numel * ref.dtype.itemsize:
+                raise ValueError(f"{where!r}: storage {key!r} holds {len(raw)} bytes, the pickle "
+                                 f"declares {ref.numel} × {ref.dtype.itemsize}.")
+            arrays[key] = np.frombuffer(raw, ref.dtype)
+    return _materialise(obj, arrays)
+
+
+def load_torch(source: str | os.PathLike | bytes,
+               *, stubs: Iterable[tuple[str, str]] = (), name: str | None = None) -> Any:
+    """Load a ``torch.save`` file of either format (zip or legacy) without torch.
+
+    Args:
+      source: path of the file, or its bytes.
+      stubs: as in :func:`load_legacy_torch`.
+      name: what errors call the file when ``source`` is bytes (e.g. the path they were read from,
+        so the caller can hash exactly the bytes that were parsed).
+
+    Returns:
+      The saved object with tensors as numpy arrays.
+
+    Raises:
+      ValueError: naming the file when it is not a torch checkpoint at all (an HTML page saved by
+        a failed download is recognised and said so), or when it is malformed.
+      pickle.UnpicklingError: a global outside the allow-list.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data, where = bytes(source), name or "<bytes>"
+    else:
+        where = os.fspath(source)
+        with open(where, "rb") as fh:
+            data = fh.read()
+    if data[:4] == b"PK\x03\x04":
+        return _with_name(load_torch_zip, data, where, stubs)
+    if data[:2] == b"\x80\x02" or data[:1] == b"\x80":
+        return _with_name(load_legacy_torch, data, where, stubs)
+    raise ValueError(_describe_non_checkpoint(data, where))
+
+
+def _with_name(loader, data: bytes, where: str, stubs) -> Any:
+    """Run ``loader`` on ``data``, naming ``where`` (not ``<bytes>``) in its errors."""
+    try:
+        return loader(data, stubs=stubs)
+    except (ValueError, pickle.UnpicklingError) as err:
+        raise type(err)(str(err).replace("'<bytes>'", repr(where))) from None

@@ -198,8 +198,14 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
     from advjax.models import linen_logits_fn
     from advjax.models import robustbench as rb
 
+    arch = builder_arch(entry)
+    try:
+        rb.build(arch)
+    except ValueError:
+        raise ValueError(f"{entry.key}: architecture {arch} is not built by "
+                         "advjax.models.robustbench yet") from None
     module, variables, sha256s = rb.load_checkpoint(
-        [str(p) for p in paths] if len(paths) > 1 else str(paths[0]), arch=entry.arch,
+        [str(p) for p in paths] if len(paths) > 1 else str(paths[0]), arch=arch,
         **_build_options(entry))
     logits_fn = linen_logits_fn(module, variables)
     info = dataclasses.asdict(entry)
@@ -208,6 +214,38 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
     return logits_fn, info
 
 
+def builder_arch(entry: RobustBenchModel) -> str:
+    """The name :func:`advjax.models.robustbench.build` knows ``entry``'s architecture by.
+
+    ``"wrn-28-10"`` -> ``"WideResNet-28-10"``, ``"dm-wrn-70-16"`` with Swish ->
+    ``"DMWideResNet-70-16-silu"``, ``"imagenet-resnet-50"`` -> ``"ResNet-50-imagenet"``, ...
+    """
+    arch, act = entry.arch, entry.options.get("activation", "relu")
+    act = {"swish": "silu"}.get(act, act)
+    for prefix, name in (("dm-wrn-", "DMWideResNet-"), ("dm-preact-resnet-", "DMPreActResNet-")):
+        if arch.startswith(prefix):
+            return f"{name}{arch.removeprefix(prefix)}-{act}"
+    if arch.startswith("imagenet-resnet-"):
+        return f"ResNet-{arch.removeprefix('imagenet-resnet-')}-imagenet"
+    if arch.startswith("imagenet-wrn-"):
+        return f"WideResNet-{arch.removeprefix('imagenet-wrn-')}-imagenet"
+    if arch.startswith("wrn-"):
+        return "WideResNet-" + arch.removeprefix("wrn-")
+    if arch == "preact-resnet-18":
+        return "PreActResNet-18"
+    if arch.startswith("resnet-"):
+        return "ResNet-" + arch.removeprefix("resnet-")
+    return {"convnext-t": "ConvNeXt-T", "convnext-s": "ConvNeXt-S", "convnext-b": "ConvNeXt-B",
+            "convnext-l": "ConvNeXt-L", "vit-b-16": "ViT-B-16", "vit-s-16": "ViT-S-16",
+            "deit-s": "DeiT-S", "deit-b": "DeiT-B"}.get(arch, arch)
+
+
 def _build_options(entry: RobustBenchModel) -> dict[str, Any]:
-    """Keyword arguments of ``advjax.models.robustbench.load_checkpoint`` for ``entry``."""
-    return dict(num_classes=entry.num_classes, mean=entry.mean, std=entry.std)
+    """Keyword arguments of ``advjax.models.robustbench.load_checkpoint`` for ``entry``: the
+    class count and the zoo's normalisation, explicit (identity when RobustBench has none, since
+    the builder's default is the architecture's own statistics)."""
+    mean, std = (entry.mean, entry.std) if entry.mean is not None else ((0.0,) * 3, (1.0,) * 3)
+    options = dict(num_classes=entry.num_classes, mean=mean, std=std)
+    if "bias_last" in entry.options:
+        options["bias_last"] = entry.options["bias_last"]
+    return options

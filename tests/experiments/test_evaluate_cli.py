@@ -192,3 +192,29 @@ def test_zoo_checkpoints_end_to_end(tmp_path, capsys, model, folder):
     assert metrics["clean_accuracy"] == np.mean(np.argmax(logits, 1) == ds.labels)
     assert metrics["robust_accuracy"]["apgd-ce"] <= metrics["clean_accuracy"]
     assert "| clean |" in printed and "published" in printed
+
+
+def test_registry_model_from_checkpoint_file(tmp_path, capsys, monkeypatch):
+    require_data("cifar10-test-head")
+    from advjax.models import robustbench_registry as reg
+    from tests.models.test_robustbench_registry import FIXTURES, tiny_registry
+
+    tiny_registry(monkeypatch)
+    ckpt = FIXTURES / "wrn-10-1.pt"
+    out = tmp_path / "carmon"
+    code, printed, err = _run(["evaluate", "Carmon2019Unlabeled", "--checkpoint", str(ckpt),
+                               "--n", "4", "--out", str(out), "--version", "custom",
+                               "--attacks", "apgd-ce", "--steps", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "config.json").read_text())
+    # The published numbers and budget come from the registry; the file is fingerprinted.
+    assert metrics["eps"] == 8 / 255 and metrics["published"]["clean"] == 0.8969
+    assert metrics["published"]["robust"] == 0.5953
+    assert record["inputs"]["file:wrn-10-1.pt"] == reg.load_robustbench(
+        "Carmon2019Unlabeled", path=ckpt)[1]["sha256"][0]
+    logits_fn = reg.load_robustbench("Carmon2019Unlabeled", path=ckpt)[0]
+    ds = data_lib.load("cifar10_head", "all", limit=4)
+    pred = np.array([int(np.argmax(logits_fn(jnp.asarray(x)))) for x in ds.images])
+    assert metrics["clean_accuracy"] == np.mean(pred == ds.labels)
+    assert "59.53 %" in printed and "89.69 %" in printed

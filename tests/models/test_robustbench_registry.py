@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from advjax.models import robustbench_registry as reg
@@ -122,3 +126,37 @@ def test_generator_reads_constructors_and_buffers():
     assert rows["D"][0] == dict(arch="unsupported: Custom", supported=False, options={},
                                 mean=None, std=None)
     assert rows["E"][0]["arch"] == "unsupported: WideResNet-28-4" and not rows["E"][0]["supported"]
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def tiny_registry(monkeypatch) -> None:
+    """The registry with two CIFAR-10 entries rebuilt at WideResNet-10-1, the architecture of the
+    fixture checkpoint (tools/make_robustbench_fixture.py: RobustBench's WRN code, random weights),
+    so that the whole path name -> architecture -> normalisation -> file is exercised."""
+    entries = dict(reg.registry())
+    for name in ("Carmon2019Unlabeled", "Rice2020Overfitting"):
+        key = f"cifar10/Linf/{name}"
+        entries[key] = dataclasses.replace(entries[key], arch="wrn-10-1")
+    monkeypatch.setattr(reg, "registry", lambda: entries)
+
+
+def _noise_images() -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 1, (8, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, expected", [("Carmon2019Unlabeled", "logits"),
+                                            ("Rice2020Overfitting", "logits_normalised")])
+def test_load_robustbench_matches_pytorch(monkeypatch, name, expected):
+    tiny_registry(monkeypatch)
+    path = FIXTURES / "wrn-10-1.pt"
+    logits_fn, info = reg.load_robustbench(name, "cifar10", "Linf", path=path)
+    truth = np.load(FIXTURES / "wrn-10-1_logits.npz")[expected]
+    got = np.stack([np.asarray(logits_fn(jnp.asarray(x))) for x in _noise_images()])
+    # PyTorch and XLA sum the convolutions in different orders in float32: differences of a few
+    # ulps of the activations (measured 7e-8 on logits of size ~0.3); 1e-5 leaves room for
+    # other CPUs, and a wrong normalisation moves the logits by ~0.1.
+    np.testing.assert_allclose(got, truth, atol=1e-5)
+    assert info["sha256"] == [hashlib.sha256(path.read_bytes()).hexdigest()]
+    assert info["clean_acc"] == reg.lookup(name).clean_acc and info["name"] == name

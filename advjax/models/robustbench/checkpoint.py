@@ -8,7 +8,8 @@ legacy format, restricted unpickler: no torch, no pickled code run) and returns 
   ``{"model": ...}``, ``{"net": ...}`` (other entries such as ``epoch`` are ignored);
 - strips the ``module.`` prefix of ``DataParallel`` and a ``model.`` prefix common to every key;
 - unwraps RobustBench's ``normalize_model`` wrapper (``nn.Sequential(ImageNormalizer, model)``:
-  keys ``0.mean``, ``0.std``, ``1.<key>``) and returns its mean and std;
+  keys ``normalize.mean``/``normalize.std``/``model.<key>``, or positional ``0.mean``/``0.std``/
+  ``1.<key>``, after any ``module.``/``model.`` prefix) and returns its mean and std;
 - refuses, naming the file, anything that is not a checkpoint (an HTML page saved by a failed
   download is recognised).
 
@@ -79,18 +80,26 @@ def _strip_prefixes(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return state
 
 
+# (normaliser prefix, model prefix) of RobustBench's normalize_model wrapper: the current
+# nn.Sequential(OrderedDict(normalize=..., model=...)) and the older positional nn.Sequential.
+NORMALIZER_PREFIXES = (("normalize.", "model."), ("0.", "1."))
+
+
 def _unwrap_normalizer(state: dict[str, np.ndarray], where: str
                        ) -> tuple[dict[str, np.ndarray], tuple[float, ...] | None,
                                   tuple[float, ...] | None]:
-    if "0.mean" not in state or "0.std" not in state:
-        return state, None, None
-    rest = {k: v for k, v in state.items() if k not in ("0.mean", "0.std")}
-    if not all(k.startswith("1.") for k in rest):
-        raise ValueError(f"{where!r}: keys '0.mean'/'0.std' of a normalize_model wrapper, but "
-                         f"other keys do not start with '1.': {sorted(rest)[:5]}.")
-    mean = tuple(float(v) for v in np.asarray(state["0.mean"], np.float64).reshape(-1))
-    std = tuple(float(v) for v in np.asarray(state["0.std"], np.float64).reshape(-1))
-    return _strip_prefixes({k[2:]: v for k, v in rest.items()}), mean, std
+    for norm, body in NORMALIZER_PREFIXES:
+        if f"{norm}mean" not in state or f"{norm}std" not in state:
+            continue
+        rest = {k: v for k, v in state.items() if k not in (f"{norm}mean", f"{norm}std")}
+        if not all(k.startswith(body) for k in rest):
+            raise ValueError(f"{where!r}: keys '{norm}mean'/'{norm}std' of a normalize_model "
+                             f"wrapper, but other keys do not start with {body!r}: "
+                             f"{sorted(rest)[:5]}.")
+        mean = tuple(float(v) for v in np.asarray(state[f"{norm}mean"], np.float64).reshape(-1))
+        std = tuple(float(v) for v in np.asarray(state[f"{norm}std"], np.float64).reshape(-1))
+        return _strip_prefixes({k[len(body):]: v for k, v in rest.items()}), mean, std
+    return state, None, None
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

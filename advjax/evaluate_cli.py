@@ -8,7 +8,8 @@ The model is one of
 * a checkpoint of the zoo under ``ADVJAX_DATA_DIR`` (:data:`ZOO`), e.g.
   ``woods2019-resnet44-standard`` or ``advertorch-lenet5-advtrained``;
 * ``package.module:function``: a Python function that takes no argument and returns a
-  per-example ``logits_fn(x) -> (K,)`` (``logits_fn(x, key)`` for ``--version rand``).
+  per-example ``logits_fn(x) -> (K,)`` (``logits_fn(x, key)`` for ``--version rand``); modules
+  of the current folder are importable.
 
 It is evaluated on the first ``--n`` examples of ``--data`` with
 :func:`advjax.attacks.evaluate` and the folder obeys :func:`advjax.pipeline.execute`'s rules:
@@ -26,6 +27,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import re
 import shlex
 import sys
@@ -198,6 +200,10 @@ def _zoo_model(name: str, ckpt: ZooCheckpoint) -> Model:
 
 def _function_model(spec: str) -> Model:
     module_name, fn_name = spec.split(":")
+    # As ``python -m`` does: a module in the current folder is importable (the console script's
+    # own folder is on the path instead).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

@@ -5,7 +5,7 @@ The model is one of
 * a RobustBench name with its checkpoint file(s): ``advjax evaluate Carmon2019Unlabeled
   --checkpoint FILE`` (``--dataset`` / ``--threat-model`` pick the leaderboard; see
   :mod:`advjax.models.robustbench_registry`);
-* a checkpoint of the zoo under ``ADVJAX_DATA_DIR`` (:data:`ZOO`), e.g.
+* a checkpoint of the zoo under ``ADVJAX_DATA_DIR`` (:func:`zoo`), e.g.
   ``woods2019-resnet44-standard`` or ``advertorch-lenet5-advtrained``;
 * ``package.module:function``: a Python function that takes no argument and returns a
   per-example ``logits_fn(x) -> (K,)`` (``logits_fn(x, key)`` for ``--version rand``); modules
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
@@ -34,8 +35,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-from advjax.models.robustbench_registry import DATASETS, THREAT_MODELS, parse_eps
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 # --data aliases named after the folders of ADVJAX_DATA_DIR: (advjax.data name, split).
@@ -63,37 +62,41 @@ class ZooCheckpoint:
     published: dict
 
 
-def _zoo() -> dict[str, ZooCheckpoint]:
+@functools.cache
+def zoo() -> dict[str, ZooCheckpoint]:
+    """The zoo's checkpoints by name: ``woods2019-resnet44-{standard,adv-train,all,robust}``
+    (:data:`advjax.models.WOODS2019_CHECKPOINTS`) and ``advertorch-lenet5-{clntrained,advtrained}``.
+    """
     from advjax.models import WOODS2019_CHECKPOINTS
 
-    zoo = {}
+    out = {}
     for file, numbers in WOODS2019_CHECKPOINTS.items():
-        zoo["woods2019-" + file.removesuffix(".pt")] = ZooCheckpoint(
+        out["woods2019-" + file.removesuffix(".pt")] = ZooCheckpoint(
             "woods2019-resnet44", file, "woods2019", None, "cifar10-test-head",
             {"clean": numbers["test_acc"], "source": "Woods et al. 2019, 1,000 test images"})
     # advertorch's README: full MNIST test set; L∞ PGD eps 0.3, 40 steps, no random start.
     for variant, clean, robust in (("clntrained", 0.9889, 0.0), ("advtrained", 0.9864, 0.932)):
-        zoo[f"advertorch-lenet5-{variant}"] = ZooCheckpoint(
+        out[f"advertorch-lenet5-{variant}"] = ZooCheckpoint(
             "advertorch-lenet5", "lenet5_mnist.npz", "lenet5", variant, "mnist-test",
             {"clean": clean, "robust": robust, "robust_eps": 0.3,
              "robust_attack": "PGD-40 (advertorch)", "source": "advertorch, MNIST test set"})
-    return zoo
-
-
-ZOO = _zoo()
+    return out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Registers ``evaluate`` on the ``advjax`` command's subparsers."""
     p = sub.add_parser("evaluate", help="AutoAttack evaluation of one model into a results folder",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="RobustBench name, zoo checkpoint name "
-                                 f"({', '.join(ZOO)}) or package.module:function")
+    # No advjax.models import here: building the parser must stay fast for `advjax list`.
+    p.add_argument("model", help="RobustBench name, zoo checkpoint name (woods2019-resnet44-"
+                                 "{standard,adv-train,all,robust}, advertorch-lenet5-"
+                                 "{clntrained,advtrained}) or package.module:function")
     p.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
                    help="checkpoint file of a RobustBench model (repeat for an ensemble)")
-    p.add_argument("--dataset", default="cifar10", help=f"RobustBench dataset {DATASETS}")
+    p.add_argument("--dataset", default="cifar10",
+                   help="RobustBench dataset: cifar10, cifar100 or imagenet")
     p.add_argument("--threat-model", default=None,
-                   help=f"RobustBench threat model {THREAT_MODELS} (default: from --norm)")
+                   help="RobustBench threat model: Linf, L2 or corruptions (default: from --norm)")
     p.add_argument("--data", default=None,
                    help="data set to attack: mnist-test, cifar10-test-head, or an advjax.data / "
                         "TFDS name with an optional :SPLIT (default split test); default: the "
@@ -153,11 +156,11 @@ def _is_function_spec(spec: str) -> bool:
 def resolve_model(spec: str, checkpoints: Sequence[str], dataset: str,
                   threat_model: str) -> Model:
     """Builds the model named by ``spec`` (checks files; raises ValueError / FileNotFoundError)."""
-    if spec in ZOO:
+    if spec in zoo():
         if checkpoints:
             raise ValueError(f"--checkpoint: {spec!r} is a zoo checkpoint read from "
                              "ADVJAX_DATA_DIR; --checkpoint is for RobustBench models")
-        return _zoo_model(spec, ZOO[spec])
+        return _zoo_model(spec, zoo()[spec])
     if _is_function_spec(spec):
         if checkpoints:
             raise ValueError("--checkpoint is for RobustBench models; a module:function loads "
@@ -259,6 +262,7 @@ def plan(args: argparse.Namespace, command: str) -> Plan:
     from advjax import data as data_lib
     from advjax import io, pipeline
     from advjax.attacks.evaluate import AutoAttackEvaluator
+    from advjax.models.robustbench_registry import parse_eps
 
     if args.version not in VERSIONS:
         raise ValueError(f"--version must be one of {list(VERSIONS)}; got {args.version!r}")

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 N_INPUTS = 4
@@ -110,6 +111,132 @@ class TVResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+# --------------------------------------------------- timm-layout ConvNeXt and ViT twins
+# timm is not installable here (it needs torchvision); these follow timm's convnext.py
+# (ConvNeXtBlock with conv_mlp=False, LayerNorm2d, NormMlpClassifierHead) and
+# vision_transformer.py (PatchEmbed, Attention with a fused qkv, Block, token pooling) with the
+# same module names, so the checkpoints have timm's keys.
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (timm.layers.LayerNorm2d)."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim, ls_init_value=1e-6):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, 4 * dim)
+        self.gamma = nn.Parameter(ls_init_value * torch.ones(dim))
+
+    def forward(self, x):
+        shortcut = x
+        x = self.conv_dw(x).permute(0, 2, 3, 1)
+        x = self.mlp(self.norm(x)).permute(0, 3, 1, 2)
+        return x.mul(self.gamma.reshape(1, -1, 1, 1)) + shortcut
+
+
+class ConvNeXtStage(nn.Module):
+    def __init__(self, cin, cout, depth, downsample):
+        super().__init__()
+        self.downsample = (nn.Sequential(LayerNorm2d(cin, eps=1e-6),
+                                         nn.Conv2d(cin, cout, kernel_size=2, stride=2))
+                           if downsample else nn.Identity())
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(cout) for _ in range(depth)])
+
+    def forward(self, x):
+        return self.blocks(self.downsample(x))
+
+
+class NormHead(nn.Module):
+    def __init__(self, dim, num_classes):
+        super().__init__()
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.norm = LayerNorm2d(dim, eps=1e-6)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.norm(self.global_pool(x))))
+
+
+class TimmConvNeXt(nn.Module):
+    def __init__(self, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_classes=1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4),
+                                  LayerNorm2d(dims[0], eps=1e-6))
+        ins = (dims[0], *dims[:3])
+        self.stages = nn.Sequential(*[ConvNeXtStage(ins[i], dims[i], depths[i], i > 0)
+                                      for i in range(4)])
+        self.head = NormHead(dims[3], num_classes)
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio=4.0):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimmViT(nn.Module):
+    def __init__(self, img_size=224, patch=16, dim=768, depth=12, heads=12, num_classes=1000):
+        super().__init__()
+        self.patch_embed = PatchEmbed(patch, dim)
+        self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, (img_size // patch) ** 2 + 1, dim))
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
 # ------------------------------------------- RobustBench models at small widths (their blocks)
 def small_dm_preact(rb_dm, widths, activation_fn, num_classes=10):
     """``DMPreActResNet(depth=18)`` with stage widths ``widths``: RobustBench's ``__init__`` with
@@ -161,11 +288,18 @@ def randomise(model: nn.Module, seed: int) -> None:
                 mod.running_var.copy_(
                         torch.empty_like(mod.running_var).uniform_(0.5, 1.5, generator=g))
                 mod.num_batches_tracked.fill_(7)
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.copy_(torch.empty_like(mod.weight).uniform_(0.5, 1.5, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
             elif isinstance(mod, (nn.Conv2d, nn.Linear)):
                 fan_in = mod.weight[0].numel()
                 mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
                 if mod.bias is not None:
                     mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+        for name, p in model.named_parameters():  # layer scale and tokens: O(1), not 1e-6
+            if name.endswith(("gamma", "cls_token", "pos_embed")):
+                p.copy_(torch.empty_like(p).uniform_(0.2, 1.0, generator=g)
+                        if name.endswith("gamma") else 0.5 * torch.randn(p.shape, generator=g))
 
 
 def inputs(size: int, seed: int) -> np.ndarray:
@@ -188,18 +322,13 @@ def fixtures(defs: Path):
     rb_utils = _import(defs, "rb_utils_architectures")
     imnet_mean, imnet_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     preact_mean, preact_std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-    small, tiny = (4, 8, 16, 32), (2, 4, 8, 16)
+    small, tiny = (4, 8, 16, 32), (1, 2, 4, 8)
     return [
         ("wrn_10_1", "WideResNet-10-1", {}, rb_wrn.WideResNet(depth=10, widen_factor=1),
-         "plain", 32),
-        # a second member (other weights, same inputs) for the ensemble test
-        ("wrn_10_1_b", "WideResNet-10-1", {}, rb_wrn.WideResNet(depth=10, widen_factor=1),
          "plain", 32),
         ("dmwrn_10_1_silu", "DMWideResNet-10-1-silu", {},
          rb_dm.DMWideResNet(depth=10, width=1, activation_fn=rb_dm.Swish),
          "module_model_state_dict", 32),
-        ("dmwrn_10_1_relu", "DMWideResNet-10-1", {},
-         rb_dm.DMWideResNet(depth=10, width=1, activation_fn=nn.ReLU), "legacy_state_dict", 32),
         ("dmpreact18_silu", "DMPreActResNet-18-silu", {"widths": small},
          small_dm_preact(rb_dm, small, rb_dm.Swish), "plain", 32),
         ("preact18", "PreActResNet-18", {"widths": small},
@@ -211,7 +340,8 @@ def fixtures(defs: Path):
          small_resnet(rb_res, rb_res.ResNet, rb_res.BasicBlock, (2, 2, 2, 2), small),
          "positional_normalizer", 32),
         ("resnet50", "ResNet-50", {"widths": tiny},
-         small_resnet(rb_res, rb_res.ResNet, rb_res.Bottleneck, (3, 4, 6, 3), tiny), "plain", 32),
+         small_resnet(rb_res, rb_res.ResNet, rb_res.Bottleneck, (3, 4, 6, 3), tiny),
+         "legacy_state_dict", 32),
         ("resnet50_imagenet", "ResNet-50-imagenet", {"widths": tiny, "num_classes": 10},
          rb_utils.normalize_model(TVResNet((3, 4, 6, 3), num_classes=10, widths=tiny),
                                   imnet_mean, imnet_std), "normalize_model", 64),
@@ -219,6 +349,19 @@ def fixtures(defs: Path):
          rb_utils.normalize_model(
                  TVResNet((3, 4, 6, 3), num_classes=10, width_per_group=128, widths=tiny),
                  imnet_mean, imnet_std), "inner_of_normalize_model", 64),
+        ("convnext_small", "ConvNeXt-T", {"depths": (1, 1, 2, 1), "dims": (8, 16, 24, 32),
+                                          "num_classes": 10},
+         rb_utils.normalize_model(TimmConvNeXt((1, 1, 2, 1), (8, 16, 24, 32), num_classes=10),
+                                  imnet_mean, imnet_std), "normalize_model", 64),
+        ("vit_small", "ViT-S-16", {"patch_size": 8, "image_size": 32, "dim": 32, "depth": 2,
+                                   "heads": 4, "num_classes": 10},
+         rb_utils.normalize_model(TimmViT(32, 8, 32, 2, 4, num_classes=10), (0.5,) * 3,
+                                  (0.5,) * 3), "normalize_model", 32),
+        # a second member (other weights, same inputs) for the ensemble test
+        ("vit_small_b", "ViT-S-16", {"patch_size": 8, "image_size": 32, "dim": 32, "depth": 2,
+                                     "heads": 4, "num_classes": 10},
+         rb_utils.normalize_model(TimmViT(32, 8, 32, 2, 4, num_classes=10), (0.5,) * 3,
+                                  (0.5,) * 3), "normalize_model", 32),
     ]
 
 
@@ -265,6 +408,13 @@ def full_size_counts(defs: Path) -> dict[str, int]:
         "ResNet-50": rb_res.ResNet50,
         "ResNet-50-imagenet": lambda: TVResNet((3, 4, 6, 3)),
         "WideResNet-50-2-imagenet": lambda: TVResNet((3, 4, 6, 3), width_per_group=128),
+        "ConvNeXt-T": lambda: TimmConvNeXt((3, 3, 9, 3), (96, 192, 384, 768)),
+        "ConvNeXt-S": lambda: TimmConvNeXt((3, 3, 27, 3), (96, 192, 384, 768)),
+        "ConvNeXt-B": lambda: TimmConvNeXt((3, 3, 27, 3), (128, 256, 512, 1024)),
+        "ConvNeXt-L": lambda: TimmConvNeXt((3, 3, 27, 3), (192, 384, 768, 1536)),
+        "ViT-S-16": lambda: TimmViT(dim=384, depth=12, heads=6),
+        "ViT-B-16": lambda: TimmViT(dim=768, depth=12, heads=12),
+        "ViT-L-16": lambda: TimmViT(dim=1024, depth=24, heads=16),
     }
     counts = {}
     for name, make in makers.items():

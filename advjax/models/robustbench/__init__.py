@@ -1,6 +1,7 @@
 """Architectures of the RobustBench leaderboards in Flax linen, with PyTorch-exact semantics.
 
-One module per family (:mod:`.wide_resnet`, :mod:`.dm_wide_resnet`, :mod:`.resnet`, ...); every
+One module per family (:mod:`.wide_resnet`, :mod:`.dm_wide_resnet`, :mod:`.resnet`,
+:mod:`.convnext`, :mod:`.vit`; Swin is not implemented); every
 module maps NHWC images ``(B, H, W, C)`` in [0, 1] to logits ``(B, K)`` with any input
 normalisation inside the model, and names its submodules after the PyTorch ``state_dict`` so
 :func:`load_checkpoint` imports RobustBench checkpoints without torch (:mod:`.checkpoint`).
@@ -16,6 +17,7 @@ from advjax.models.robustbench.checkpoint import (
     read_state_dict,
     variables_from_state_dict,
 )
+from advjax.models.robustbench.convnext import CONVNEXT_SIZES, ConvNeXt
 from advjax.models.robustbench.dm_wide_resnet import DMPreActResNet, DMWideResNet
 from advjax.models.robustbench.ensemble import Ensemble
 from advjax.models.robustbench.factory import (
@@ -31,19 +33,24 @@ from advjax.models.robustbench.resnet import (
     PreActResNet,
     ResNet,
 )
+from advjax.models.robustbench.vit import VIT_SIZES, ViT
 from advjax.models.robustbench.wide_resnet import WideResNet
 
 __all__ = [
     "ARCHITECTURE_PATTERNS",
+    "CONVNEXT_SIZES",
     "EXAMPLE_ARCHITECTURES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "VIT_SIZES",
+    "ConvNeXt",
     "DMPreActResNet",
     "DMWideResNet",
     "Ensemble",
     "ImageNetResNet",
     "PreActResNet",
     "ResNet",
+    "ViT",
     "WideResNet",
     "build",
     "count_params",

@@ -128,6 +128,12 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     return state, {"sha256": sha, "mean": mean, "std": std, "path": where}
 
 
+def _default_input_shape(module: nn.Module) -> tuple[int, int, int]:
+    """``(S, S, 3)`` with ``S`` the module's ``image_size`` attribute or ``input_size``."""
+    size = getattr(module, "image_size", None) or getattr(module, "input_size", 32)
+    return (int(size), int(size), 3)
+
+
 def _torch_key(collection: str, path: tuple[str, ...]) -> str:
     *mods, leaf = path
     if collection == "batch_stats":
@@ -154,7 +160,8 @@ def variables_from_state_dict(module: nn.Module, state: Mapping[str, np.ndarray]
       module: a linen module whose submodule names are the PyTorch prefixes (the architectures of
         :mod:`advjax.models.robustbench`).
       state: flat ``{key: array}`` (prefixes already stripped, e.g. by :func:`read_state_dict`).
-      input_shape: one input ``(H, W, C)`` (default: ``module.input_size`` square RGB).
+      input_shape: one input ``(H, W, C)`` (default: ``module.image_size`` or
+        ``module.input_size``, square RGB).
       ignored_keys: key prefixes of the PyTorch model that the forward pass never reads.
 
     Returns:
@@ -165,8 +172,7 @@ def variables_from_state_dict(module: nn.Module, state: Mapping[str, np.ndarray]
       ValueError: naming every missing key, unexpected key, or shape mismatch.
     """
     if input_shape is None:
-        size = int(getattr(module, "input_size", 32))
-        input_shape = (size, size, 3)
+        input_shape = _default_input_shape(module)
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0),
                                                 jnp.zeros((1, *input_shape), jnp.float32)))
     ignored = tuple(ignored_keys) + tuple(getattr(module, "ignored_keys", ()))
@@ -213,8 +219,7 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
 def count_params(module: nn.Module, input_shape: Sequence[int] | None = None) -> int:
     """Number of trainable parameters of ``module`` from ``jax.eval_shape`` (nothing allocated)."""
     if input_shape is None:
-        size = int(getattr(module, "input_size", 32))
-        input_shape = (size, size, 3)
+        input_shape = _default_input_shape(module)
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0),
                                                 jnp.zeros((1, *input_shape), jnp.float32)))
     return int(sum(np.prod(s.shape, dtype=np.int64)

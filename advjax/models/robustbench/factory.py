@@ -7,8 +7,9 @@ Architecture names (case-insensitive; ``WRN`` is accepted for ``WideResNet``):
 - ``DMPreActResNet-{18|34}[-relu|-silu]``;
 - ``PreActResNet-18``; ``ResNet-{18|34|50|101|152}`` (CIFAR variants);
 - ``ResNet-{18|34|50|101|152}-imagenet``, ``WideResNet-50-2-imagenet`` (torchvision layout);
-- ``ConvNeXt-{T|S|B|L}`` and ``ViT-{Ti|S|B|L}-16`` / ``DeiT-{Ti|S|B}`` (timm layout; when present
-  in :data:`ARCHITECTURE_PATTERNS`).
+- ``ConvNeXt-{T|S|B|L}`` and ``ViT-{Ti|S|B|L}[-{patch}]`` / ``DeiT-{Ti|S|B}`` (timm layout; ViT
+  normalises with 0.5/0.5, DeiT with the ImageNet statistics, as timm's ``default_cfg``).
+  Swin is not implemented.
 """
 
 from __future__ import annotations
@@ -21,9 +22,17 @@ from typing import Any
 import flax.linen as nn
 
 from advjax.models.robustbench.checkpoint import read_state_dict, variables_from_state_dict
+from advjax.models.robustbench.convnext import CONVNEXT_SIZES, ConvNeXt
 from advjax.models.robustbench.dm_wide_resnet import DMPreActResNet, DMWideResNet
 from advjax.models.robustbench.ensemble import Ensemble
-from advjax.models.robustbench.resnet import ImageNetResNet, PreActResNet, ResNet
+from advjax.models.robustbench.resnet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageNetResNet,
+    PreActResNet,
+    ResNet,
+)
+from advjax.models.robustbench.vit import VIT_SIZES, ViT
 from advjax.models.robustbench.wide_resnet import WideResNet
 
 
@@ -31,13 +40,17 @@ def _wrn(m: re.Match, **kw: Any) -> nn.Module:
     return WideResNet(depth=int(m["depth"]), widen_factor=int(m["k"]), **kw)
 
 
+def _act_of(m: re.Match) -> str:
+    """``relu`` (default) or ``silu`` (also spelt ``swish``, DeepMind's name)."""
+    return {"swish": "silu"}.get(m["act"] or "relu", m["act"] or "relu")
+
+
 def _dm_wrn(m: re.Match, **kw: Any) -> nn.Module:
-    return DMWideResNet(depth=int(m["depth"]), width=int(m["k"]),
-                        activation=(m["act"] or "relu").lower(), **kw)
+    return DMWideResNet(depth=int(m["depth"]), width=int(m["k"]), activation=_act_of(m), **kw)
 
 
 def _dm_preact(m: re.Match, **kw: Any) -> nn.Module:
-    return DMPreActResNet(depth=int(m["depth"]), activation=(m["act"] or "relu").lower(), **kw)
+    return DMPreActResNet(depth=int(m["depth"]), activation=_act_of(m), **kw)
 
 
 def _preact(m: re.Match, **kw: Any) -> nn.Module:
@@ -59,6 +72,27 @@ def _imagenet_wrn(m: re.Match, **kw: Any) -> nn.Module:
     return ImageNetResNet(depth=int(m["depth"]), width_per_group=64 * int(m["k"]), **kw)
 
 
+def _convnext(m: re.Match, **kw: Any) -> nn.Module:
+    depths, dims = CONVNEXT_SIZES[m["size"].upper()]
+    kw.setdefault("num_classes", 1000)
+    kw.setdefault("depths", depths)
+    kw.setdefault("dims", dims)
+    return ConvNeXt(**kw)
+
+
+def _vit(m: re.Match, **kw: Any) -> nn.Module:
+    size = {"ti": "Ti", "s": "S", "b": "B", "l": "L"}[m["size"]]
+    dim, depth, heads = VIT_SIZES[size]
+    kw.setdefault("num_classes", 1000)
+    if m["family"] == "deit":  # DeiT's default_cfg normalises with the ImageNet statistics
+        kw.setdefault("mean", IMAGENET_MEAN)
+        kw.setdefault("std", IMAGENET_STD)
+    for key, value in (("patch_size", int(m["patch"] or 16)), ("dim", dim), ("depth", depth),
+                       ("heads", heads)):
+        kw.setdefault(key, value)
+    return ViT(**kw)
+
+
 # (pattern, constructor(match, **kwargs)); the first full match wins.
 ARCHITECTURE_PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
     (r"(?:wideresnet|wrn)-(?P<depth>\d+)-(?P<k>\d+)-imagenet", _imagenet_wrn),
@@ -68,13 +102,16 @@ ARCHITECTURE_PATTERNS: list[tuple[str, Callable[..., nn.Module]]] = [
     (r"dmpreactresnet-(?P<depth>\d+)(?:-(?P<act>relu|silu|swish))?", _dm_preact),
     (r"preactresnet-18", _preact),
     (r"resnet-(?P<depth>\d+)", _resnet),
+    (r"convnext-(?P<size>[tsbl])", _convnext),
+    (r"(?P<family>vit|deit)-(?P<size>ti|s|b|l)(?:-(?P<patch>\d+))?", _vit),
 ]
 
 EXAMPLE_ARCHITECTURES = (
     "WideResNet-28-10", "WideResNet-34-10", "WideResNet-34-20", "WideResNet-70-16",
     "DMWideResNet-28-10", "DMWideResNet-70-16-silu", "DMWideResNet-106-16-silu",
     "DMPreActResNet-18", "DMPreActResNet-18-silu", "PreActResNet-18", "ResNet-18", "ResNet-50",
-    "ResNet-50-imagenet", "WideResNet-50-2-imagenet",
+    "ResNet-50-imagenet", "WideResNet-50-2-imagenet", "ConvNeXt-T", "ConvNeXt-B", "ConvNeXt-L",
+    "ViT-B-16", "ViT-S-16", "DeiT-S", "DeiT-B",
 )
 
 

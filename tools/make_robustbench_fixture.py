@@ -7,7 +7,8 @@ weights and batch-norm statistics, saved with ``torch.save`` as RobustBench's ch
 PyTorch computes for 8 uniform-noise images (``numpy.random.default_rng(0)``, NHWC in [0, 1]):
 ``logits`` on the images as they are, ``logits_normalised`` on ``(x - MEAN) / STD`` with the
 CIFAR-10 statistics RobustBench's ``Rice2020OverfittingNet`` uses (the independent truth the
-Flax import is checked against)::
+Flax import is checked against). ``wrn-10-1-mu-sigma.pt`` holds the same weights saved as such a
+model saves itself: with its ``mu`` and ``sigma`` buffers (shape ``(1, 3, 1, 1)``)::
 
     /work/venv-bench/bin/python tools/make_robustbench_fixture.py tests/models/fixtures
 """
@@ -40,6 +41,10 @@ def main(folder: Path) -> None:
     net.eval()
     state = {f"module.{k}": v for k, v in net.state_dict().items()}
     torch.save({"state_dict": state, "epoch": 1}, folder / "wrn-10-1.pt")
+    # As a RobustBench model with mu / sigma buffers saves itself (Rice2020OverfittingNet).
+    buffers = {"mu": torch.tensor(MEAN).view(1, 3, 1, 1),
+               "sigma": torch.tensor(STD).view(1, 3, 1, 1)}
+    torch.save({**buffers, **net.state_dict()}, folder / "wrn-10-1-mu-sigma.pt")
     x = noise_images()
     xn = ((x - np.float32(MEAN)) / np.float32(STD)).astype(np.float32)
     with torch.no_grad():

@@ -65,6 +65,10 @@ def value(node: ast.AST, env: dict[str, Any]) -> Any:
         return ast.literal_eval(node)
     except ValueError:
         pass
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):  # [0.5] * 3
+        left, right = value(node.left, env), value(node.right, env)
+        if isinstance(left, list) and isinstance(right, int):
+            return left * right
     name = dotted(node)
     if name in env:
         return env[name]

@@ -204,14 +204,38 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
     except ValueError:
         raise ValueError(f"{entry.key}: architecture {arch} is not built by "
                          "advjax.models.robustbench yet") from None
-    module, variables, sha256s = rb.load_checkpoint(
-        [str(p) for p in paths] if len(paths) > 1 else str(paths[0]), arch=arch,
-        **_build_options(entry))
+    options = _build_options(entry)
+    if len(paths) > 1:
+        module, variables, sha256s = rb.load_checkpoint([str(p) for p in paths], arch=arch,
+                                                        **options)
+    else:
+        module, variables, sha256s = _load_one(paths[0], arch, options)
     logits_fn = linen_logits_fn(module, variables)
     info = dataclasses.asdict(entry)
     info.update(module=module, variables=variables, sha256=list(sha256s),
                 registry=registry_source())
     return logits_fn, info
+
+
+def _load_one(path: Path, arch: str, options: dict[str, Any]):
+    """``(module, variables, (sha256,))`` of one file. RobustBench models that normalise with
+    ``mu`` / ``sigma`` buffers (``Rice2020OverfittingNet``, ``Engstrom2019RobustnessNet``, ...)
+    save them in the checkpoint, and PyTorch's ``load_state_dict`` makes the saved values the
+    ones used (``Modas2021PRIMEResNet18``'s differ from its constructor's): so do we."""
+    import numpy as np
+
+    from advjax.models import robustbench as rb
+
+    state, info = rb.read_state_dict(path)
+    if "mu" in state and "sigma" in state:
+        options = dict(options, mean=tuple(np.ravel(state.pop("mu")).tolist()),
+                       std=tuple(np.ravel(state.pop("sigma")).tolist()))
+    module = rb.build(arch, **options)
+    try:
+        variables = rb.variables_from_state_dict(module, state)
+    except ValueError as err:
+        raise ValueError(f"{os.fspath(path)!r}: {err}") from None
+    return module, variables, (info["sha256"],)
 
 
 def builder_arch(entry: RobustBenchModel) -> str:

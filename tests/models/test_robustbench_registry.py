@@ -59,6 +59,9 @@ def test_required_families_are_covered_and_others_named():
                    "resnet-50", "imagenet-resnet-50", "imagenet-wrn-50-2", "convnext-b",
                    "vit-b-16", "deit-s"):
         assert family in archs, family
+    for m in reg.registry().values():  # normalisation read as numbers, never as source text
+        for v in (m.mean, m.std):
+            assert v is None or (len(v) == 3 and all(isinstance(c, float) for c in v)), m.key
     unsupported = [m for m in reg.registry().values() if not m.supported]
     assert unsupported and all(m.arch.startswith("unsupported: ") and len(m.arch) > 14
                                for m in unsupported)
@@ -160,3 +163,14 @@ def test_load_robustbench_matches_pytorch(monkeypatch, name, expected):
     np.testing.assert_allclose(got, truth, atol=1e-5)
     assert info["sha256"] == [hashlib.sha256(path.read_bytes()).hexdigest()]
     assert info["clean_acc"] == reg.lookup(name).clean_acc and info["name"] == name
+
+
+def test_mu_sigma_buffers_of_the_file_normalise(monkeypatch):
+    # The file holds Rice2020OverfittingNet's mu / sigma buffers; PyTorch uses the saved values.
+    # Carmon2019Unlabeled has no normalisation in the registry, so only the file can supply it.
+    tiny_registry(monkeypatch)
+    logits_fn, _ = reg.load_robustbench("Carmon2019Unlabeled",
+                                        path=FIXTURES / "wrn-10-1-mu-sigma.pt")
+    truth = np.load(FIXTURES / "wrn-10-1_logits.npz")["logits_normalised"]
+    got = np.stack([np.asarray(logits_fn(jnp.asarray(x))) for x in _noise_images()])
+    np.testing.assert_allclose(got, truth, atol=1e-5)  # tolerance: see the test above

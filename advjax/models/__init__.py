@@ -9,7 +9,7 @@ Models (linen; batched NHWC inputs in [0, 1] → logits ``(B, K)``):
   (their released PyTorch checkpoints, read without torch and without executing pickled code).
 - Activations: :func:`half_huber_relu`, :func:`activation`; pooling: :func:`max_pool_2x2`.
 
-RobustBench architectures (:mod:`advjax.models.robustbench`, PyTorch-exact, torch-free checkpoint
+RobustBench architectures (``advjax.models.robustbench``, PyTorch-exact, torch-free checkpoint
 import): :class:`WideResNet`, :class:`DMWideResNet`, :class:`DMPreActResNet`,
 :class:`RobustBenchResNet`, :class:`RobustBenchPreActResNet`, :class:`ImageNetResNet`, the factory
 :func:`build_robustbench` and :func:`load_robustbench_checkpoint`; :func:`load_torch` reads either

@@ -133,3 +133,34 @@ def test_wrong_architecture_names_the_file_and_the_keys():
 
 def test_sha256_helper_matches_the_loader():
     assert rb.file_sha256(FIXTURES / "resnet50.pt") == MANIFEST["fixtures"]["resnet50"]["sha256"]
+
+
+def _rewrap_with_args(src: Path, dst: Path) -> None:
+    """``dst``: ``src`` (a zip-format state dict) re-saved as ``{"state_dict": sd, "args":
+    argparse.Namespace(), "best_acc": 0.5}``, by editing the pickle opcodes (no torch here)."""
+    with zipfile.ZipFile(src) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    pkl_name = next(n for n in entries if n.endswith("/data.pkl"))
+    body = entries[pkl_name]
+    assert body[:2] == b"\x80\x02" and body[-1:] == b"."
+    head = b"\x80\x02}(" + b"X\x0a\x00\x00\x00state_dict"  # EMPTY_DICT, MARK, key (no memo used)
+    args = (b"X\x04\x00\x00\x00args" + b"cargparse\nNamespace\n)\x81}b"  # Namespace() + BUILD {}
+            + b"X\x08\x00\x00\x00best_accG?\xe0\x00\x00\x00\x00\x00\x00")  # 0.5 as a float
+    entries[pkl_name] = head + body[2:-1] + args + b"u."  # SETITEMS, STOP
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+
+
+def test_training_checkpoint_with_argparse_namespace_is_read(tmp_path):
+    path = tmp_path / "with_args.pt"
+    _rewrap_with_args(FIXTURES / "wrn_10_1.pt", path)
+    raw = load_torch(path, stubs=[("argparse", "Namespace")])
+    assert set(raw) == {"state_dict", "args", "best_acc"} and raw["best_acc"] == 0.5
+    *_, x, want = _load("wrn_10_1")
+    module, variables, shas = rb.load_checkpoint(path, arch="WideResNet-10-1")
+    assert shas == (rb.file_sha256(path),)
+    got = np.asarray(module.apply(variables, x))
+    np.testing.assert_allclose(got, want, rtol=0, atol=RTOL_SCALE * np.abs(want).max())
+    with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
+        rb.read_state_dict(path, stubs=())  # not stubbed: refused, named

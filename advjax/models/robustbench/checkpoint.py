@@ -38,6 +38,15 @@ from advjax.models.torch_legacy import load_torch
 
 NESTING_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
+# Harmless globals that training checkpoints pickle beside the weights (the run's argparse
+# arguments, numpy scalars such as a best accuracy): read as inert placeholders, never imported.
+DEFAULT_STUBS = (
+    ("argparse", "Namespace"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "dtype"),
+)
+
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of the file at ``path``."""
@@ -102,11 +111,14 @@ def _unwrap_normalizer(state: dict[str, np.ndarray], where: str
     return state, None, None
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_state_dict(path: str | os.PathLike, *, stubs: Sequence[tuple[str, str]] = DEFAULT_STUBS
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read one RobustBench-style checkpoint file (see the module docstring).
 
     Args:
       path: a ``torch.save`` file (zip or legacy format).
+      stubs: ``(module, name)`` globals read as inert placeholders (default
+        :data:`DEFAULT_STUBS`); any other global is refused.
 
     Returns:
       ``(state_dict, info)``: the flat ``{key: numpy array}`` with prefixes and wrappers removed,
@@ -122,7 +134,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     with open(where, "rb") as fh:
         data = fh.read()
     sha = hashlib.sha256(data).hexdigest()
-    obj = load_torch(data, name=where)
+    obj = load_torch(data, name=where, stubs=stubs)
     state = _strip_prefixes(_unnest(obj, where))
     state, mean, std = _unwrap_normalizer(state, where)
     return state, {"sha256": sha, "mean": mean, "std": std, "path": where}

@@ -21,7 +21,11 @@ from typing import Any
 
 import flax.linen as nn
 
-from advjax.models.robustbench.checkpoint import read_state_dict, variables_from_state_dict
+from advjax.models.robustbench.checkpoint import (
+    DEFAULT_STUBS,
+    read_state_dict,
+    variables_from_state_dict,
+)
 from advjax.models.robustbench.convnext import CONVNEXT_SIZES, ConvNeXt
 from advjax.models.robustbench.dm_wide_resnet import DMPreActResNet, DMWideResNet
 from advjax.models.robustbench.ensemble import Ensemble
@@ -157,6 +161,7 @@ def build(arch: str, *, num_classes: int | None = None, mean: Sequence[float] | 
 def load_checkpoint(path_or_paths: str | os.PathLike | Sequence[str | os.PathLike], *,
                     arch: str, num_classes: int | None = None,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    stubs: Sequence[tuple[str, str]] = DEFAULT_STUBS,
                     **kwargs: Any) -> tuple[nn.Module, dict[str, Any], tuple[str, ...]]:
     """Build ``arch`` and load its weights from one checkpoint file or an ensemble of files.
 
@@ -167,6 +172,8 @@ def load_checkpoint(path_or_paths: str | os.PathLike | Sequence[str | os.PathLik
       num_classes: as in :func:`build`.
       mean, std: input normalisation; ``None`` takes it from the checkpoint's ``normalize_model``
         wrapper when there is one, else the architecture's default.
+      stubs: harmless pickled globals read as inert placeholders (see
+        :func:`advjax.models.robustbench.read_state_dict`); any other global is refused.
       **kwargs: further module attributes (see :func:`build`).
 
     Returns:
@@ -183,7 +190,7 @@ def load_checkpoint(path_or_paths: str | os.PathLike | Sequence[str | os.PathLik
         raise ValueError("`path_or_paths` must name at least one checkpoint file.")
     members, variables, shas = [], [], []
     for path in paths:
-        state, info = read_state_dict(path)
+        state, info = read_state_dict(path, stubs=stubs)
         m_mean, m_std = (mean, std) if mean is not None else (info["mean"], info["std"])
         module = build(arch, num_classes=num_classes, mean=m_mean, std=m_std, **kwargs)
         try:

@@ -1,8 +1,8 @@
 """The ``advjax`` command.
 
-``advjax list``, ``advjax show STUDY [--config NAME]`` and
+``advjax list``, ``advjax show STUDY [--config NAME]``,
 ``advjax run STUDY [--config quick|paper] [--out DIR] [--set KEY=VALUE]... [--resume | --overwrite]
-[--download]``.
+[--download]`` and ``advjax evaluate MODEL ...`` (:mod:`advjax.evaluate_cli`).
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="list a study's config fields: type, default, meaning")
     show.add_argument("experiment", help="study name")
     show.add_argument("--config", default="quick", help="preset whose values are shown")
+    from advjax import evaluate_cli
+
+    evaluate_cli.add_parser(sub)
     return parser
 
 
@@ -134,6 +137,10 @@ def _show(name: str, config_name: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.command == "evaluate":
+        from advjax import evaluate_cli
+
+        return evaluate_cli.main(args, argv)
     if args.command == "run":
         # Record the command as a user would type it, whatever script started the run.
         argv = ["run", args.experiment, *argv[argv.index(args.experiment) + 1:]]

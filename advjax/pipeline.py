@@ -597,6 +597,29 @@ def execute(name: str, config_name: str = "quick", out_dir: str | Path | None = 
     """
     module, config, out, record = prepare(name, config_name, out_dir, overrides, raw=raw,
                                           download=download, command=command)
+    title = (module.__doc__ or name).strip().splitlines()[0]
+    metrics = execute_record(out, record, lambda run: module.run(config, run), title=title,
+                             resume=resume, overwrite=overwrite, progress=progress,
+                             stages=stages)
+    return out, metrics
+
+
+def execute_record(out: Path, record: dict, body: Callable[[Run], Mapping[str, Any]], *,
+                   title: str, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True, stages: list | None = None) -> dict:
+    """Runs ``body(run)`` into ``out`` under the folder rules of :func:`execute`.
+
+    The shared half of :func:`execute`, for commands that are not studies (``advjax evaluate``):
+    the caller has checked every argument and input and built ``record`` (the content of
+    ``config.json``: at least ``study``, ``config_name``, ``config``, ``inputs``, ``code``,
+    ``command`` and ``fingerprint``, see :func:`fingerprint`). Process 0 checks the folder
+    (refusing another run's folder unless ``overwrite``), ``body`` runs on every process with a
+    :class:`Run` whose stages are cached under ``state/<fingerprint>/``, and process 0 writes the
+    record once ``body`` returns.
+
+    Returns:
+      ``body``'s metrics with ``wall_time_s`` and ``stages`` added (the same on every process).
+    """
     versions = io.versions()
     state = out / STATE_DIR / record["fingerprint"]
 
@@ -609,22 +632,23 @@ def execute(name: str, config_name: str = "quick", out_dir: str | Path | None = 
             shutil.rmtree(state / "figures")
 
     _multiprocess.on_lead(open_folder)
-    run = Run(name=name, config_name=config_name, out_dir=out, state_dir=state, progress=progress)
+    run = Run(name=record["study"], config_name=record["config_name"], out_dir=out,
+              state_dir=state, progress=progress)
     if stages is not None:
         run.stages = stages
-    title = (module.__doc__ or name).strip().splitlines()[0]
     run.report_lines += [f"# {title}", "",
-                         f"Study `{name}`, config `{config_name}`, fingerprint "
-                         f"`{record['fingerprint']}`. Command: `{record['command']}`.", ""]
+                         f"Study `{record['study']}`, config `{record['config_name']}`, "
+                         f"fingerprint `{record['fingerprint']}`. Command: `{record['command']}`.",
+                         ""]
     start = time.time()
-    metrics = dict(module.run(config, run))
+    metrics = dict(body(run))
     # The lead's wall time and stage records, so that every process returns the same metrics.
     metrics["wall_time_s"] = round(time.time() - start, 2)
     metrics["stages"] = [dataclasses.asdict(s) for s in run.stages]
     metrics = _multiprocess.broadcast_object(metrics)
     run.text(f"Wall time: {metrics['wall_time_s']:.1f} s.")
     _multiprocess.on_lead(lambda: _finish(out, run, record, metrics, versions))
-    return out, metrics
+    return metrics
 
 
 def describe_inputs(module) -> str:

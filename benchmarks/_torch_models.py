@@ -114,3 +114,86 @@ def load_torch_woods2019(path: str | os.PathLike, device: str = "cpu") -> TorchP
     from advjax.models import load_woods2019
     module, variables = load_woods2019(Path(path))
     return torch_preact_resnet(module, variables, device)
+
+
+# RobustBench's WideResNet (robustbench/model_zoo/architectures/wide_resnet.py, itself from TRADES),
+# the same layers and state_dict names, for the RobustBench peer benchmark and test fixtures.
+
+
+class _TorchWRNBlock(torch.nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        nn = torch.nn
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.equal = c_in == c_out
+        self.convShortcut = None if self.equal else nn.Conv2d(c_in, c_out, 1, stride=stride,
+                                                               bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.equal:
+            out = F.relu(self.bn1(x))
+        else:
+            x = F.relu(self.bn1(x))
+            out = x
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return (x if self.equal else self.convShortcut(x)) + out
+
+
+class _TorchWRNGroup(torch.nn.Module):
+    def __init__(self, n: int, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.layer = torch.nn.Sequential(*[_TorchWRNBlock(c_in if i == 0 else c_out, c_out,
+                                                          stride if i == 0 else 1)
+                                           for i in range(n)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class TorchWideResNet(torch.nn.Module):
+    """RobustBench's ``WideResNet(depth, num_classes, widen_factor)`` (no normalisation, ReLU,
+    8×8 average pooling; NCHW inputs in [0, 1]) with its initialisation (He-normal convolutions,
+    unit BN scales, zero biases)."""
+
+    def __init__(self, depth: int = 28, num_classes: int = 10, widen_factor: int = 10):
+        super().__init__()
+        nn = torch.nn
+        ch = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        n = (depth - 4) // 6
+        self.conv1 = nn.Conv2d(3, ch[0], 3, stride=1, padding=1, bias=False)
+        self.block1 = _TorchWRNGroup(n, ch[0], ch[1], 1)
+        self.block2 = _TorchWRNGroup(n, ch[1], ch[2], 2)
+        self.block3 = _TorchWRNGroup(n, ch[2], ch[3], 2)
+        self.bn1 = nn.BatchNorm2d(ch[3])
+        self.fc = nn.Linear(ch[3], num_classes)
+        self.channels = ch[3]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, (2.0 / fan) ** 0.5)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+            elif isinstance(m, nn.Linear):
+                m.bias.data.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.avg_pool2d(F.relu(self.bn1(out)), 8)
+        return self.fc(out.view(-1, self.channels))
+
+
+def randomise_batch_norm(net: torch.nn.Module, seed: int) -> None:
+    """Gives every BatchNorm random running statistics and affine parameters (a freshly initialised
+    net has mean 0 / variance 1, which would leave the import of those tensors untested)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            m.weight.data.copy_(1.0 + 0.1 * torch.randn(c, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(c, generator=g))

@@ -14,7 +14,9 @@ import): :class:`WideResNet`, :class:`DMWideResNet`, :class:`DMPreActResNet`,
 :class:`RobustBenchResNet`, :class:`RobustBenchPreActResNet`, :class:`ImageNetResNet`,
 :class:`ConvNeXt`, :class:`ViT` (also DeiT), the factory
 :func:`build_robustbench` and :func:`load_robustbench_checkpoint`; :func:`load_torch` reads either
-``torch.save`` format.
+``torch.save`` format. RobustBench's leaderboard entries by name: :func:`load_robustbench`
+(architecture, normalisation and published numbers from the registry of
+``advjax.models.robustbench_registry``, around the user's checkpoint files).
 
 Adapters: :func:`linen_logits_fn` (``logits_fn(x)`` of one example), :func:`batched`,
 :func:`predict`.
@@ -51,6 +53,7 @@ from advjax.models.robustbench import PreActResNet as RobustBenchPreActResNet
 from advjax.models.robustbench import ResNet as RobustBenchResNet
 from advjax.models.robustbench import build as build_robustbench
 from advjax.models.robustbench import load_checkpoint as load_robustbench_checkpoint
+from advjax.models.robustbench_registry import load_robustbench
 from advjax.models.szegedy import (
     FC10,
     MLP,
@@ -115,6 +118,7 @@ __all__ = [
     "load_legacy_torch",
     "load_lenet5",
     "load_lenet5_state",
+    "load_robustbench",
     "load_robustbench_checkpoint",
     "load_torch",
     "load_woods2019",

@@ -343,8 +343,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
                 rows_per_call: Callable[[int, int], int] | None = None,
                 mesh: Mesh | None = None, axis_name: str = BATCH_AXIS,
                 progress: bool | Callable[[ProgressUpdate], Any] = False, desc: str = "chunks",
-                cache: dict | None = None,
-                timings: dict | None = None, host: bool = True) -> Any:
+                cache: dict | None = None, timings: dict | None = None, host: bool = True,
+                lower_only: bool = False) -> Any:
     """Runs the per-example ``fn`` over rows in fixed-size chunks sharded over ``mesh``.
 
     The single loop behind :func:`stream`, :func:`shard_attack` and
@@ -381,6 +381,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
       host: True: numpy results. False: with one process, the results stay on the devices
         (``jax.Array`` leaves split along the batch axis, :func:`rows_sharding`); with several,
         numpy as with True.
+      lower_only: instead of running, return the ``jax.stages.Lowered`` of the first call (the
+        program, shapes and shardings the run would use; every process must call it).
 
     Returns:
       The pytree of ``fn``'s outputs stacked over the rows this process asked for (all N with
@@ -435,7 +437,7 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
     timings = {} if timings is None else timings
     timings.setdefault("run_s", 0.0)
     timings.setdefault("compile_s", 0.0)
-    bar = _Progress(progress, n_local, desc) if progress else None
+    bar = _Progress(progress, n_local, desc) if progress and not lower_only else None
     outputs, done = [], 0
     while done < most:
         size = per_call(most - done)
@@ -443,6 +445,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
         chunk = _pad_leading(_slice_rows(rows, done, done + real), real, size)
         chunk = jax.tree.map(lambda a: jax.make_array_from_process_local_data(
             sharding, a, (size * n_proc, *a.shape[1:])), chunk)  # noqa: B023
+        if lower_only:
+            return jax.jit(batched, out_shardings=sharding).lower(*chunk)
         sig = (size, jax.tree.structure(chunk), str(impls))
         if sig not in cache:
             t0 = time.perf_counter()
@@ -530,13 +534,9 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
                            host=False)
 
     def lower(xs, labels, **per_example):
-        sharding = batch_sharding(mesh, axis_name)
-        n = _leading_size((xs, labels))
-        rows, impls = _split_keys(((xs, labels), per_example), 0, n)
-        size = -(-n // mesh.shape[axis_name]) * mesh.shape[axis_name]
-        rows = jax.device_put(_pad_leading(rows, n, size), sharding)
-        return jax.jit(_per_device(attack, impls, mesh, axis_name),
-                       out_shardings=sharding).lower(*rows)
+        return run_chunked(attack, (xs, labels), per_example, data_layout=data_layout,
+                           chunk_size=chunk_size, mesh=mesh, axis_name=axis_name,
+                           lower_only=True)
 
     run.lower = lower
     return run

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import doc_blocks
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("attacks", "lipschitz", "models", "data", "train", "metrics", "explain")
 
@@ -93,42 +95,159 @@ def test_a_broken_cross_reference_fails_the_build(tmp_path):
     assert fine.returncode == 0, fine.stderr[-4000:]
 
 
-@pytest.mark.slow
-def test_cookbook_runs(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "cookbook.md").read_text(), re.S)
-    assert len(blocks) >= 6
-    namespace: dict = {}
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"docs/cookbook.md[{i}]", "exec"), namespace)  # noqa: S102
-    out = capsys.readouterr().out
-    clean = float(re.search(r"clean accuracy\s+([\d.]+)", out).group(1))
-    curve = [float(v) for v in re.findall(r"eps [\d.]+  robust accuracy ([\d.]+)", out)]
-    assert clean > 0.8, out  # a 3-epoch CNN on digits: measured 0.93
-    assert len(curve) == 7 and curve[0] > 0.8, out  # eps = 0: the clean accuracy of 200 digits
-    assert all(a >= b for a, b in zip(curve, curve[1:], strict=False)), out  # common keys
+DOC_PAGES = [p for p in doc_blocks.doc_files() if p != "README.md"]  # README: test_readme.py
 
 
 @pytest.mark.slow
-@pytest.mark.data
-def test_readme_models_section_runs():
-    """The README's loaders / curve / shard / stream snippet runs on the released weights."""
-    import jax
-    import jax.numpy as jnp
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_every_block_of_the_page_runs_in_order(page, tmp_path):
+    """Each page's Python blocks run in order in one fresh process; its shell blocks name real
+    commands, studies, options, extras and files (tests/doc_blocks.py)."""
+    output, left_out = doc_blocks.run_file(page, tmp_path)
+    if page == "docs/cookbook.md":
+        clean = float(re.search(r"clean accuracy\s+([\d.]+)", output).group(1))
+        curve = [float(v) for v in re.findall(r"eps [\d.]+  robust accuracy ([\d.]+)", output)]
+        assert clean > 0.8, output  # a 3-epoch CNN on digits: measured 0.93
+        assert len(curve) == 7 and curve[0] > 0.8, output  # eps = 0: the clean accuracy
+        assert all(a >= b for a, b in zip(curve, curve[1:], strict=False)), output  # common keys
+        stages = dict(re.findall(r"^(\S+)\s+robust accuracy ([\d.]+)  attacked", output, re.M))
+        assert list(stages) == ["apgd-ce", "apgd-t", "fab-t", "square"], output
+        robust = [float(v) for v in stages.values()]
+        # robust accuracy is cumulative over the stages and never above the clean accuracy
+        # (64 digits here vs 200 for `clean`: a loose bound, hence only <=)
+        assert all(a >= b for a, b in zip(robust, robust[1:], strict=False)) and robust[0] <= clean
+        assert "resumed, same result: True" in output
+        assert (tmp_path / "autoattack_state.npz").is_file()
+    if page == "docs/testing.md":
+        assert "8 devices" in output and "equal per example: True" in output, output
+    if left_out:
+        pytest.skip(f"the other blocks ran; these need {doc_blocks.DATA_ENV} (unset): {left_out}")
 
-    from tests.conftest import require_data
 
-    require_data("advertorch-lenet5", "lenet5_mnist.npz")
-    root = require_data("woods2019-resnet44", "resnet44-all.pt").parents[1]
-    blocks = re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    (code,) = [b for b in blocks if "load_lenet5" in b]  # the models section (not AutoAttack's)
-    code = code.replace('"advertorch-lenet5/', f'"{root}/advertorch-lenet5/')
-    code = code.replace('"woods2019-resnet44/', f'"{root}/woods2019-resnet44/')
-    n = 8
-    xs = jax.random.uniform(jax.random.key(0), (n, 28, 28, 1))
-    namespace = {"jnp": jnp, "xs": xs, "key": jax.random.key(1),
-                 "keys": jax.random.split(jax.random.key(2), n)}
-    namespace["ys"] = jnp.zeros((n,), jnp.int32)
-    exec(compile(code, "README.md[py]", "exec"), namespace)  # noqa: S102
-    acc = namespace["acc"]
-    assert acc.shape == (7,) and all(a >= b for a, b in zip(acc, acc[1:], strict=False))
-    assert namespace["res"].x_adv.shape == xs.shape  # the streamed result, on the host
+def test_every_skipped_block_exists_once_and_says_why():
+    for (page, line), reason in doc_blocks.SKIPPED.items():
+        matching = [b for b in doc_blocks.blocks(page) if line in b.code]
+        assert len(matching) == 1, (page, line, len(matching))
+        assert reason.strip(), (page, line)
+
+
+def test_every_page_has_its_blocks_found():
+    """The extraction sees every fence, whatever its language (a miscount would leave blocks
+    untested): the number of fence lines is twice the number of blocks."""
+    for page in doc_blocks.doc_files():
+        text = (ROOT / page).read_text()
+        fences = len(re.findall(r"^\s*(```|~~~)", text, re.M))
+        assert fences == 2 * len(doc_blocks.blocks(page)), page
+
+
+@pytest.mark.parametrize(("command", "problem"), [
+    ("advjax run quickstart --config quick", None),
+    ("advjax run no_such_study", "no study"),
+    ("advjax run quickstart --config nope", "nope"),
+    ("advjax run quickstart --set no_such_field=1", "no_such_field"),
+    ("advjax run quickstart --no-such-option", "refused by advjax.cli.build_parser"),
+    ('python -m pip install -e ".[docs,test]"', None),
+    ('python -m pip install -e ".[nonexistent]"', "nonexistent"),
+    ('python -m pytest -n 2 -m "not slow" tests/test_readme.py::test_ci_runs_the_readme', None),
+    ("python -m pytest tests/no_such_file.py", "does not exist"),
+    ("ruff check . advjax", None),
+    ("srun --nodes=2 advjax run no_such_study", "no study"),
+    ('gcloud x --command="cd advjax && advjax run woods_ara --config nope"', "nope"),
+    ("rm -rf results", "not known"),
+])
+def test_shell_commands_are_checked(command, problem):
+    runs: list = []
+    (words,) = doc_blocks.shell_commands(command)  # quoted `&&` stays inside --command=
+    found = doc_blocks.check_command(words, runs)
+    if problem is None:
+        assert found == [], found
+    else:
+        assert len(found) == 1 and problem in found[0], found
+
+
+def _docstring_options() -> dict:
+    """The `docstring_options` mkdocs.yml gives mkdocstrings (read from the file, not copied)."""
+    import yaml
+
+    # mkdocs.yml holds !!python/name tags elsewhere; only the plugin's options are read here
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    (plugin,) = [p for p in config["plugins"] if isinstance(p, dict) and "mkdocstrings" in p]
+    options = plugin["mkdocstrings"]["handlers"]["python"]["options"]
+    return {k: {"true": True, "false": False}.get(v, v)
+            for k, v in options["docstring_options"].items()}
+
+
+def _returned_values(annotation) -> int:
+    """How many values a function returns: the length of a fixed ``tuple[...]``, else one."""
+    text = str(annotation or "")
+    match = re.fullmatch(r"tuple\[(.*)\]", text)
+    if not match or "..." in text:
+        return 1
+    depth, count = 0, 1
+    for ch in match.group(1):
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            count += 1
+    return count
+
+
+def test_every_returns_section_has_one_row_per_returned_value():
+    """Parses every advjax docstring the way mkdocstrings does (the options of mkdocs.yml and the
+    docs/griffe_roles.py extension): a Returns section must not render more table rows than the
+    function returns values (a description continued over several lines is one row)."""
+    import griffe
+
+    options = _docstring_options()
+    pkg = griffe.load("advjax", search_paths=[str(ROOT)], docstring_parser="google",
+                      docstring_options=options, resolve_aliases=False,
+                      extensions=griffe.load_extensions(str(ROOT / "docs" / "griffe_roles.py")))
+    seen: set[str] = set()
+    sections, split = 0, []
+
+    def walk(node) -> None:
+        nonlocal sections
+        for member in list(node.members.values()):
+            if member.is_alias or member.path in seen:
+                continue
+            seen.add(member.path)
+            if member.is_module or member.is_class:
+                walk(member)
+            elif member.is_function and member.docstring is not None:
+                for section in member.docstring.parsed:
+                    if section.kind is griffe.DocstringSectionKind.returns:
+                        sections += 1
+                        if len(section.value) > _returned_values(member.returns):
+                            split.append(f"{member.path}: {len(section.value)} rows")
+
+    walk(pkg)
+    assert sections > 100, sections  # the walk saw the package (159 Returns sections in 12.2026)
+    assert not split, split
+
+
+def test_a_block_that_does_not_run_fails_the_page(tmp_path, monkeypatch):
+    """A new block that does not run, or that the test cannot run, fails: nothing is skipped
+    silently; a block marked as needing the data is left out, by name, where it is unset."""
+    page = tmp_path / "page.md"
+    work = tmp_path / "work"
+    work.mkdir()
+    good = "```python\nx = 1\n```\n\n<!-- test: needs ADVJAX_DATA_DIR -->\n```py\nx = 2\n```\n"
+    page.write_text(good + "\n```py\nprint(x + undefined_name)\n```\n")
+    with pytest.raises(AssertionError, match=r"(?s)block 2.*NameError: name 'undefined_name'"):
+        doc_blocks.run_file(str(page), work)
+    page.write_text(good + "\n```text\nsome output\n```\n")
+    with pytest.raises(AssertionError, match="neither Python nor shell"):
+        doc_blocks.run_file(str(page), work)
+    page.write_text(good + "\n```console\n$ advjax run no_such_study\n```\n")
+    with pytest.raises(AssertionError, match="no study 'no_such_study'"):
+        doc_blocks.run_file(str(page), work)
+    page.write_text(good + "\n<!-- test: skip please -->\n```python\nx = 3\n```\n")
+    with pytest.raises(AssertionError, match="unknown test directive"):
+        doc_blocks.run_file(str(page), work)
+    monkeypatch.delenv(doc_blocks.DATA_ENV, raising=False)
+    page.write_text(good + "\n```pycon\n>>> print(x * 10)\n10\n```\n")
+    output, left_out = doc_blocks.run_file(str(page), work)
+    assert left_out == [f"{page}:6 (block 1, ```py)"]
+    assert output.splitlines()[-2:] == ["10", "=== ALL BLOCKS RAN"]

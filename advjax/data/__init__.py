@@ -17,7 +17,13 @@ from advjax.data._types import (
 )
 from advjax.data.digits import load_digits
 from advjax.data.idx import read_idx
-from advjax.data.local import DATA_ENV, load_cifar10_head, load_mnist_local, resolve_data_dir
+from advjax.data.local import (
+    DATA_ENV,
+    load_cifar10_head,
+    load_mnist_local,
+    resolve_data_dir,
+    resolve_data_path,
+)
 from advjax.data.npz import read_npz
 from advjax.data.registry import (
     DEFAULT_DATASET,
@@ -56,6 +62,7 @@ __all__ = [
         "read_idx",
         "read_npz",
         "resolve_data_dir",
+        "resolve_data_path",
         "shuffle",
         "split",
         "splitmix64",

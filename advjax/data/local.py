@@ -69,6 +69,44 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def resolve_data_path(path: str | os.PathLike) -> Path:
+    """A file or folder named by ``path``, looked up in the working directory, then the data folder.
+
+    The order: ``path`` as given (absolute, or relative to the working directory); then, for a
+    relative ``path`` that is not found there, ``$ADVJAX_DATA_DIR/path``. Checkpoint loaders
+    (``advjax.models.load_lenet5``, ``load_woods2019``, ...) call this, so
+    ``load_lenet5("advertorch-lenet5/lenet5_mnist.npz")`` works from any directory once
+    ``ADVJAX_DATA_DIR`` is set.
+
+    Args:
+        path: a file or folder path.
+
+    Returns:
+        The first of the candidates above that exists, as a ``Path``.
+
+    Raises:
+        DataNotFoundError: no candidate exists; the message names every place tried and
+            ``ADVJAX_DATA_DIR``.
+    """
+    given = Path(path)
+    if given.exists():
+        return given
+    tried = [f"{os.fspath(given.absolute())!r}"]
+    value = os.environ.get(DATA_ENV)
+    if not given.is_absolute():
+        if value:
+            candidate = Path(value) / given
+            if candidate.exists():
+                return candidate
+            tried.append(f"{os.fspath(candidate)!r} (from {DATA_ENV}={value!r})")
+        else:
+            tried.append(f"{DATA_ENV} (not set)")
+    raise DataNotFoundError(
+            f"{os.fspath(path)!r} not found; tried {' and '.join(tried)}. A relative path is "
+            f"looked up in the working directory, then under {DATA_ENV} (the folder holding "
+            "advertorch-lenet5/, woods2019-resnet44/, ...).")
+
+
 def _subfolder(data_dir, folder: str, files: tuple[str, ...]) -> Path:
     root = resolve_data_dir(data_dir)
     base = root / folder

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from advjax.data._types import DataNotFoundError
+from advjax.data.local import resolve_data_path
 from advjax.models.cnn import LeNet5
 
 LENET5_VARIANTS = ("clntrained", "advtrained")
@@ -68,7 +70,8 @@ def load_lenet5_state(path: str | os.PathLike, which: str = "clntrained") -> dic
     """The raw PyTorch state dict (numpy arrays, PyTorch layouts) of one advertorch LeNet5.
 
     Args:
-      path: ``lenet5_mnist.npz``, or the folder holding it.
+      path: ``lenet5_mnist.npz``, or the folder holding it; a relative path is looked up in the
+        working directory, then under ``$ADVJAX_DATA_DIR`` (``advjax.data.resolve_data_path``).
       which: ``"clntrained"`` (clean training) or ``"advtrained"`` (PGD adversarial training).
 
     Returns:
@@ -76,11 +79,11 @@ def load_lenet5_state(path: str | os.PathLike, which: str = "clntrained") -> dic
     """
     if which not in LENET5_VARIANTS:
         raise ValueError(f"`which` must be one of {LENET5_VARIANTS}; got {which!r}.")
-    path = os.fspath(path)
+    path = os.fspath(resolve_data_path(path))
     if os.path.isdir(path):
         path = os.path.join(path, "lenet5_mnist.npz")
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise DataNotFoundError(
                 f"`path` must be lenet5_mnist.npz or its folder; {path!r} not found.")
     prefix = f"mnist_lenet5_{which}/"
     with np.load(path, allow_pickle=False) as archive:
@@ -96,7 +99,8 @@ def load_lenet5(
     """advertorch's trained MNIST LeNet5 as ``(module, variables)``.
 
     Args:
-      path: ``advertorch-lenet5/lenet5_mnist.npz`` (or its folder).
+      path: ``advertorch-lenet5/lenet5_mnist.npz`` (or its folder); a relative path is looked up
+        in the working directory, then under ``$ADVJAX_DATA_DIR``.
       which: ``"clntrained"`` (published clean accuracy 98.89 %) or ``"advtrained"`` (98.64 %;
         L∞ PGD eps 0.3 robust accuracy 93.2 %).
 

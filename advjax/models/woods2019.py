@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax.data.local import resolve_data_path
 from advjax.models.resnet import PreActResNet
 from advjax.models.torch_legacy import StubGlobal, load_legacy_torch
 
@@ -189,7 +190,7 @@ def woods2019_variables_from_state(state: dict[str, np.ndarray]) -> tuple[PreAct
 
 
 def _read(path: str | os.PathLike) -> dict[str, Any]:
-    obj = load_legacy_torch(path, stubs=[PREPROCESS_STUB])
+    obj = load_legacy_torch(resolve_data_path(path), stubs=[PREPROCESS_STUB])
     if not isinstance(obj, dict) or "model_params" not in obj:
         raise ValueError(
                 f"{os.fspath(path)!r} holds no `model_params` (not a Woods 2019 checkpoint).")
@@ -200,7 +201,8 @@ def load_woods2019_checkpoint(path: str | os.PathLike) -> Woods2019Checkpoint:
     """Module, variables and ``training_options`` of a Woods et al. (2019) checkpoint.
 
     Args:
-      path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``.
+      path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``; a
+        relative path is looked up in the working directory, then under ``$ADVJAX_DATA_DIR``.
 
     Returns:
       A :class:`Woods2019Checkpoint`.
@@ -236,7 +238,8 @@ def load_woods2019(path: str | os.PathLike) -> tuple[PreActResNet, dict[str, Any
     Loads the legacy PyTorch checkpoint without torch and without executing pickled code.
 
     Args:
-      path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``.
+      path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``; a
+        relative path is looked up in the working directory, then under ``$ADVJAX_DATA_DIR``.
 
     Returns:
       ``(module, variables)``: ``module.apply(variables, x, train=False)`` maps ``(B, 32, 32, 3)``
@@ -250,7 +253,8 @@ def load_woods2019_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's ``training_options`` as plain data (see :class:`Woods2019Checkpoint`).
 
     Args:
-      path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``.
+      path: one of ``woods2019-resnet44/resnet44-{standard,adv-train,all,robust}.pt``; a
+        relative path is looked up in the working directory, then under ``$ADVJAX_DATA_DIR``.
 
     Returns:
       A JSON-serialisable dict, e.g. ``{"robust_additions": True, "adversarial_training": False,

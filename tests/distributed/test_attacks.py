@@ -54,5 +54,6 @@ def test_per_example_results_equal_one_device(p, d, reference, tmp_path):
             np.testing.assert_allclose(got[f"{name}_x"], ref_x[rows], rtol=0, atol=1e-6,
                                        err_msg=name)
         assert bool(got["mismatch_refused"])
+        assert int(got["collectives"]) == 0, "a sharded attack needs no cross-device collective"
         moved |= bool(np.any(got["shard_global_x"] != 0))
     assert moved and ref_s.any() and not ref_s.all()   # the attack really did something

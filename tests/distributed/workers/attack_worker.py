@@ -6,6 +6,7 @@ argv: OUT_PREFIX N COUNTS, e.g. ``/tmp/x 13 3,0,5,5``: N examples in all; with
 Writes ``OUT_PREFIX.<process>.npz`` with every result; a failure exits at once (``os._exit``).
 """
 import os
+import re
 import sys
 import traceback
 
@@ -58,6 +59,12 @@ def main():
     out["shard_local_x"], out["shard_local_s"] = loc.x_adv, loc.success
     every = parallel.gather(loc)
     out["shard_gathered_x"], out["shard_gathered_s"] = every.x_adv, every.success
+    # The program a call runs, lowered on every process (a Python-float eps broadcast to the rows,
+    # as a user writes it): it must contain no collective.
+    text = run_g.lower(xs, labels, key=key, eps=0.1).compile().as_text()
+    out["collectives"] = np.asarray(len(re.findall(
+        r"\s(?:all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\(",
+        text)))
     attack = make_attack(logits_fn)
 
     def per_example(x, label, key, eps):

@@ -5,14 +5,22 @@ Cases (``--cases``, default all):
 
 * ``square_linf_mlp`` / ``square_l2_mlp``: ``jit(vmap(square(...)))`` of a tiny MLP
   (28x28x1 -> 32 -> 10), 64 images: lower and compile seconds, StableHLO lines.
-* ``evaluate_l2_mlp``: ``evaluate`` (standard AutoAttack, L2, eps 1.5) of an MLP
+* ``evaluate_l2_mlp``: ``evaluate`` (standard AutoAttack, L2, eps 0.05) of an MLP
   (784 -> 128 -> 10, seeded random weights) on 357 MNIST test images (random images without
   ``ADVJAX_DATA_DIR``).
 * ``evaluate_linf_lenet5adv``: ``evaluate`` (L-infinity, eps 0.3) of advertorch's PGD-trained
   LeNet5 on 64 MNIST test images (needs ``ADVJAX_DATA_DIR``; skipped otherwise).
-* ``evaluate_linf_nnx_bn``: an NNX CNN with BatchNorm (eval mode), 64 MNIST images.
+* ``evaluate_linf_nnx_bn``: an NNX CNN with BatchNorm (eval mode, random weights), 64 MNIST
+  images, eps 0.002.
 * ``evaluate_linf_linen_gn_resnet``: a small linen ResNet with GroupNorm (3 stages of one
-  residual block), 64 CIFAR-10 test images (random without the data), eps 8/255.
+  residual block, random weights), 64 CIFAR-10 test images (random without the data),
+  eps 0.5/255.
+
+The random-weight models get small budgets so that every stage keeps robust examples and so
+compiles (a stage with no example left is not compiled at all).
+* ``..._native``: the same with ``lower_convs(fn, mode="native")`` (XLA's own convolutions and
+  their transposes instead of the attack boundary's ``"tangent"`` derivatives): what the
+  convolution lowering costs in compile time.
 
 Per case and process: the compile seconds (``Evaluation.compile_seconds`` summed over the
 stages, plus the clean pass and the probe's first call, i.e. ``lower().compile()`` wall time;
@@ -42,7 +50,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("square_linf_mlp", "square_l2_mlp", "evaluate_l2_mlp", "evaluate_linf_lenet5adv",
-         "evaluate_linf_nnx_bn", "evaluate_linf_linen_gn_resnet")
+         "evaluate_linf_nnx_bn", "evaluate_linf_linen_gn_resnet",
+         "evaluate_linf_lenet5adv_native", "evaluate_linf_nnx_bn_native")
 
 
 # ----------------------------------------------------------------------------- one process
@@ -178,6 +187,16 @@ def _square_case(norm, quick):
 
 def one_process(case: str, quick: bool) -> dict:
     t_start = time.perf_counter()
+    if case.endswith("_native"):
+        from advjax.lowering import lower_convs
+        out = _one(case[:-len("_native")], quick, lambda fn: lower_convs(fn, mode="native"))
+    else:
+        out = _one(case, quick, lambda fn: fn)
+    out["process_wall_s"] = time.perf_counter() - t_start
+    return out
+
+
+def _one(case: str, quick: bool, wrap) -> dict:
     import jax
     from jax import monitoring
 
@@ -188,6 +207,14 @@ def one_process(case: str, quick: bool) -> dict:
         events[name] = events.get(name, 0) + 1
 
     monitoring.register_event_listener(count)
+    durations: dict = {}
+
+    def add(name, seconds, **kw):
+        durations[name] = durations.get(name, 0.0) + seconds
+
+    # JAX's own split of a compilation: tracing to a jaxpr, lowering to MLIR, XLA compile (or
+    # cache retrieval).
+    monitoring.register_event_duration_secs_listener(add)
     if os.environ.get("COMPILE_TIME_CACHE"):
         if hasattr(advjax, "enable_compilation_cache"):
             advjax.enable_compilation_cache(os.environ["COMPILE_TIME_CACHE"])
@@ -199,27 +226,29 @@ def one_process(case: str, quick: bool) -> dict:
         out = _square_case("l2" if "l2" in case else "linf", quick)
     elif case == "evaluate_l2_mlp":
         xs, labels, source = _mnist(357)
-        out = _evaluate_case(_mlp(128), xs, labels, 1.5, "l2", quick)
+        out = _evaluate_case(_mlp(128), xs, labels, 0.05, "l2", quick)
         out["data"] = source
     elif case == "evaluate_linf_lenet5adv":
         from advjax.models import linen_logits_fn, load_lenet5
         module, variables = load_lenet5(
             Path(os.environ["ADVJAX_DATA_DIR"]) / "advertorch-lenet5", "advtrained")
         xs, labels, source = _mnist(64)
-        out = _evaluate_case(linen_logits_fn(module, variables), xs, labels, 0.3, "linf", quick)
+        out = _evaluate_case(wrap(linen_logits_fn(module, variables)), xs, labels, 0.3, "linf",
+                             quick)
     elif case == "evaluate_linf_nnx_bn":
         xs, labels, source = _mnist(64)
-        out = _evaluate_case(_nnx_bn(), xs, labels, 0.3, "linf", quick)
+        out = _evaluate_case(wrap(_nnx_bn()), xs, labels, 0.002, "linf", quick)
         out["data"] = source
     elif case == "evaluate_linf_linen_gn_resnet":
         xs, labels, source = _cifar(64)
-        out = _evaluate_case(_linen_gn_resnet(), xs, labels, 8 / 255, "linf", quick)
+        out = _evaluate_case(_linen_gn_resnet(), xs, labels, 0.5 / 255, "linf", quick)
         out["data"] = source
     else:
         raise ValueError(f"unknown case {case!r}; one of {CASES}")
     out["cache_hits"] = events.get("/jax/compilation_cache/cache_hits", 0)
     out["cache_misses"] = events.get("/jax/compilation_cache/cache_misses", 0)
-    out["process_wall_s"] = time.perf_counter() - t_start
+    out["jax_durations_s"] = {k: v for k, v in durations.items() if "/compile/" in k
+                              or "compilation_cache" in k}
     return out
 
 
@@ -240,6 +269,15 @@ def _spawn(case: str, src: Path, cache: str | None, quick: bool) -> dict:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out.update(loadavg_before=load, loadavg_after=os.getloadavg(), subprocess_wall_s=wall)
     return out
+
+
+def _append(path: Path, run: dict) -> None:
+    import jax
+    doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    doc.setdefault("machine", dict(cpus=os.cpu_count(), jax=jax.__version__,
+                                   python=sys.version.split()[0]))
+    doc["runs"].append(run)
+    path.write_text(json.dumps(doc, indent=1))
 
 
 def table(doc: dict) -> str:
@@ -289,13 +327,15 @@ def main(argv=None) -> int:
     label = args.label or str(args.src)
     runs = []
     for case in args.cases:
-        if case == "evaluate_linf_lenet5adv" and not os.environ.get("ADVJAX_DATA_DIR"):
+        if case.startswith("evaluate_linf_lenet5adv") and not os.environ.get("ADVJAX_DATA_DIR"):
             print(f"{case}: skipped (needs ADVJAX_DATA_DIR)", file=sys.stderr)
             continue
         with tempfile.TemporaryDirectory() as cache:
             first = _spawn(case, args.src, cache, quick)
             second = None if args.no_second else _spawn(case, args.src, cache, quick)
         runs.append(dict(case=case, label=label, quick=quick, first=first, second=second))
+        if args.out:
+            _append(args.out, runs[-1])
         short = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in first.items()
                  if k in ("compile_s", "run_s", "process_wall_s", "loadavg_before", "error")}
         print(case, "first", short, file=sys.stderr)
@@ -304,13 +344,6 @@ def main(argv=None) -> int:
                                    for k, v in second.items()
                                    if k in ("compile_s", "process_wall_s", "cache_hits",
                                             "cache_misses", "error")}, file=sys.stderr)
-    if args.out:
-        import jax
-        doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-        doc.setdefault("machine", dict(cpus=os.cpu_count(), jax=jax.__version__,
-                                       python=sys.version.split()[0]))
-        doc["runs"] += runs
-        args.out.write_text(json.dumps(doc, indent=1))
     return 0
 
 

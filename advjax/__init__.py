@@ -10,6 +10,7 @@ Pure functional modules, batched by transforms:
 * ``advjax.metrics``   accuracy, robust-accuracy curves, ARA, transfer matrices
 * ``advjax.explain``   adversarial explanations
 * ``advjax.parallel``  meshes and sharded batch attacks
+* ``advjax.enable_compilation_cache()``  JAX's persistent compilation cache (the CLI turns it on)
 
 Sub-packages are imported on first access, so ``import advjax`` does no work beyond
 :mod:`advjax.xla_cpu`, which sets the one XLA:CPU option CNN attacks need to use every core
@@ -36,12 +37,14 @@ _SUBMODULES = (
         "train",
 )
 
-__all__ = list(_SUBMODULES) + ["__version__", "xla_cpu"]
+__all__ = list(_SUBMODULES) + ["__version__", "enable_compilation_cache", "xla_cpu"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"advjax.{name}")
+    if name == "enable_compilation_cache":
+        return importlib.import_module("advjax.compilation_cache").enable_compilation_cache
     raise AttributeError(f"module 'advjax' has no attribute {name!r}")
 
 

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--download", action="store_true",
                      help="download and prepare missing TFDS data (needs internet)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-compilation-cache", action="store_true",
+                     help="do not use JAX's persistent compilation cache ($ADVJAX_CACHE_DIR or "
+                          "~/.cache/advjax/jax; also off with ADVJAX_COMPILATION_CACHE=0)")
     run.add_argument("--verbose", action="store_true", help="log per-epoch metrics and saves")
     sub.add_parser("list", help="list the studies, the data they need and their quick runtime")
     show = sub.add_parser("show", help="list a study's config fields: type, default, meaning")
@@ -154,6 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             print(f"advjax: error: {err}", file=sys.stderr)
             return EXIT_ERROR
+        from advjax import compilation_cache
+
+        if not (args.no_compilation_cache or compilation_cache.opted_out()):
+            # Before the first compilation: a second run of the same study loads its programs.
+            compilation_cache.enable_compilation_cache()
     from advjax import pipeline
 
     try:

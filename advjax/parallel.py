@@ -13,6 +13,7 @@ unsharded ones. Under ``jax.distributed`` (P processes) each process passes eith
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -262,6 +263,65 @@ def _slice_rows(tree: Any, start: int, stop: int) -> Any:
     return jax.tree.map(lambda a: a[start:stop] if np.ndim(a) else a, tree, is_leaf=_is_key)
 
 
+# ----------------------------------------------------------------------------- progress
+@dataclasses.dataclass(frozen=True)
+class ProgressUpdate:
+    """One report of :func:`run_chunked`'s progress to a callable ``progress`` sink.
+
+    Attributes:
+      desc: what runs (e.g. the stage name).
+      done: rows finished so far (this process's rows; 0 at the start, ``total`` at the end).
+      total: rows to run.
+      elapsed_s: seconds since the start, compilation included.
+      eta_s: estimated seconds left: the run seconds per row so far times the rows left,
+        compilation excluded (``None`` before the first call finished; 0 at the end).
+    """
+
+    desc: str
+    done: int
+    total: int
+    elapsed_s: float
+    eta_s: float | None
+
+
+class _Progress:
+    """Reports finished rows to a tqdm bar (``progress=True``; tqdm shows the time left) or to a
+    callable sink (:class:`ProgressUpdate`), from the host loop between compiled calls: no
+    callback inside a program (a program with a Python callback is never written to JAX's
+    persistent compilation cache) and no synchronisation beyond the one per call."""
+
+    def __init__(self, progress: bool | Callable[[ProgressUpdate], Any], total: int, desc: str):
+        self.total, self.desc, self.done, self.run_s = total, desc, 0, 0.0
+        self.t0 = time.perf_counter()
+        self.bar = self.sink = None
+        if callable(progress):
+            self.sink = progress
+        elif progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="ex")
+        self._report()
+
+    def _report(self):
+        if self.sink is not None:
+            left = self.total - self.done
+            eta = (0.0 if left == 0 else None if self.done == 0
+                   else self.run_s / self.done * left)
+            self.sink(ProgressUpdate(self.desc, self.done, self.total,
+                                     time.perf_counter() - self.t0, eta))
+
+    def advance(self, rows: int, run_s: float):
+        rows = min(rows, self.total - self.done)
+        self.done += rows
+        self.run_s += run_s
+        if self.bar is not None:
+            self.bar.update(rows)
+        self._report()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
 # ----------------------------------------------------------------------------- the one runner
 def _per_device(fn: Callable, impls: Any, mesh: Mesh, axis_name: str):
     """``batched(args, kwargs)``: ``jax.vmap(fn)`` run by every device on its own rows
@@ -282,8 +342,8 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
                 data_layout: str = "global", chunk_size: int | None = 256,
                 rows_per_call: Callable[[int, int], int] | None = None,
                 mesh: Mesh | None = None, axis_name: str = BATCH_AXIS,
-                progress: bool = False, desc: str = "chunks", cache: dict | None = None,
-                timings: dict | None = None, host: bool = True,
+                progress: bool | Callable[[ProgressUpdate], Any] = False, desc: str = "chunks",
+                cache: dict | None = None, timings: dict | None = None, host: bool = True,
                 lower_only: bool = False) -> Any:
     """Runs the per-example ``fn`` over rows in fixed-size chunks sharded over ``mesh``.
 
@@ -313,11 +373,14 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
         (a multiple of ``local_devices``; e.g. :func:`advjax.attacks.evaluate.chunk_rows`).
       mesh: a 1-D mesh with axis ``axis_name`` over the devices of every process, the same number
         on each (default: :func:`make_mesh`).
-      progress, desc: a tqdm bar over this process's rows.
+      progress, desc: True: a tqdm bar over this process's rows (rate and time left); a
+        callable: called with a :class:`ProgressUpdate` at the start and after every call
+        (``done`` monotone, ending at the total, with the estimated time left).
       cache: a dict the compiled calls are kept in, keyed by the rows' shapes (reused when given).
       timings: a dict; ``"run_s"`` and ``"compile_s"`` (seconds) are added to it.
       host: True: numpy results. False: with one process, the results stay on the devices
-        (``jax.Array`` leaves sharded over the mesh); with several, numpy as with True.
+        (``jax.Array`` leaves split along the batch axis, :func:`rows_sharding`); with several,
+        numpy as with True.
       lower_only: instead of running, return the ``jax.stages.Lowered`` of the first call (the
         program, shapes and shardings the run would use; every process must call it).
 
@@ -374,10 +437,7 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
     timings = {} if timings is None else timings
     timings.setdefault("run_s", 0.0)
     timings.setdefault("compile_s", 0.0)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_local, desc=desc, unit="ex")
+    bar = _Progress(progress, n_local, desc) if progress and not lower_only else None
     outputs, done = [], 0
     while done < most:
         size = per_call(most - done)
@@ -399,9 +459,10 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
         elif real < size:
             out = jax.tree.map(lambda a: a[:real], out)  # noqa: B023
         outputs.append(out)
-        timings["run_s"] += time.perf_counter() - t0
+        run_s = time.perf_counter() - t0
+        timings["run_s"] += run_s
         if bar is not None:
-            bar.update(real)
+            bar.advance(real, run_s)
         done += size
     if bar is not None:
         bar.close()
@@ -410,7 +471,27 @@ def run_chunked(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict | None
     else:
         cat = np.concatenate if host or n_proc > 1 else jnp.concatenate
         result = jax.tree.map(lambda *parts: cat(parts, axis=0), *outputs)
+    if not (host or n_proc > 1):
+        result = jax.tree.map(lambda a: jax.device_put(a, rows_sharding(a.shape[0], mesh,
+                                                                        axis_name)), result)
     return gather(result) if data_layout == "global" and n_proc > 1 else result
+
+
+def rows_sharding(n: int, mesh: Mesh, axis_name: str = BATCH_AXIS) -> NamedSharding:
+    """Where :func:`run_chunked` (``host=False``) and :func:`shard_attack` leave ``n`` result
+    rows: split along the batch axis over the first ``g`` devices of ``mesh``, ``g`` the largest
+    device count up to the mesh's that divides ``n`` (JAX shards an axis only evenly).
+
+    ``n`` a multiple of the device count: every device holds ``n / D`` rows (the mesh's own
+    :func:`batch_sharding`). Otherwise (a ragged ``n``) each row is still on exactly one device,
+    never copied to all of them, over fewer devices: 13 rows on 8 devices sit on 1 (13 is
+    prime), 12 rows on 8 devices on 6 (2 rows each), 100 rows on 8 on 5.
+    """
+    devices = mesh.devices.reshape(-1)
+    g = max(d for d in range(1, len(devices) + 1) if n % d == 0) if n else len(devices)
+    if g == len(devices):
+        return batch_sharding(mesh, axis_name)
+    return NamedSharding(Mesh(devices[:g], (axis_name,)), PartitionSpec(axis_name))
 
 
 def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
@@ -435,7 +516,9 @@ def shard_attack(attack: Callable[..., Any], mesh: Mesh | None = None, *,
       and a single typed PRNG key ``k`` becomes ``fold_in(k, j)`` for the example of global index
       ``j`` (raw ``uint32`` keys must be given per example, ``(n, 2)``). Uneven sizes are padded
       and unpadded. The result is the attack's pytree with leading axis n — one process:
-      ``jax.Array`` leaves sharded over the mesh; several: numpy arrays on the host — equal
+      ``jax.Array`` leaves split along the batch axis (over the whole mesh when n is a multiple
+      of its device count, else over the largest number of its devices that divides n:
+      :func:`rows_sharding`; never replicated); several: numpy arrays on the host — equal
       per example to ``jax.jit(jax.vmap(attack))`` on one device (bitwise for the same
       per-device rows; otherwise up to float reduction order). ``run.lower(xs, labels,
       **per_example)`` gives the ``jax.stages.Lowered`` of one call (to inspect the program).

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 DATA_ENV = "ADVJAX_DATA_DIR"
+# The CLI turns on JAX's persistent compilation cache in ~/.cache; tests that run the CLI in this
+# process must neither write there nor switch the cache on for the tests after them.
+os.environ.setdefault("ADVJAX_COMPILATION_CACHE", "0")
 
 
 def _data_dir() -> Path | None:

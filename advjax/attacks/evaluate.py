@@ -41,6 +41,9 @@ _STATE_VERSION = 3
 # Rows whose clean logits identify the model (computed on one device with one fixed shape, so the
 # digest is the same bits whatever the device and process count) and run the masking checks.
 PROBE_ROWS = 64
+# With a progress report, a stage of up to this many full calls is split into about this many
+# calls of one size (one compilation), so the report moves during the stage.
+PROGRESS_CHUNKS = 8
 
 
 @dataclasses.dataclass
@@ -176,23 +179,39 @@ class AutoAttackEvaluator:
 
         return run
 
-    def _rows_per_call(self):
+    def _rows_per_call(self, chunks: int = 1):
+        """``rows(left, local_devices)`` for :func:`advjax.parallel.run_chunked`. ``chunks > 1``
+        (a progress report): a stage of at most ``chunks`` full calls runs as about ``chunks``
+        calls of ONE size, ``chunk_rows(total / chunks)`` (the last one padded up to it), so
+        the report moves during the stage at no extra compilation; larger stages run as
+        without it."""
         per_process = -(-self.batch_size // jax.process_count())
-        return lambda left, local_dev: chunk_rows(left, per_process, local_dev)
+        first: dict = {}
 
-    def _run_chunked(self, name: str, args: tuple, progress: bool):
+        def rows(left, local_dev):
+            total = first.setdefault("rows", left)     # the first call sees every row left
+            if chunks > 1 and total <= chunks * per_process:
+                return chunk_rows(-(-total // chunks), per_process, local_dev)
+            return chunk_rows(left, per_process, local_dev)
+
+        return rows
+
+    def _run_chunked(self, name: str, args: tuple, progress):
         """Runs stage ``name`` on the rows of ``args`` (the same host arrays on every process);
         returns host outputs (every row) and (run seconds, compile seconds)."""
         if len(args[0]) == 0:
             return None, None, None, 0.0, 0.0
         t: dict = {}
+        chunks = PROGRESS_CHUNKS if progress else 1
         z, s, bad = parallel.run_chunked(
-            self._fns[name], args, data_layout="global", rows_per_call=self._rows_per_call(),
-            mesh=self.mesh, progress=progress, desc=name, cache=self._compiled[name], timings=t)
+            self._fns[name], args, data_layout="global",
+            rows_per_call=self._rows_per_call(chunks), mesh=self.mesh, progress=progress,
+            desc=name, cache=self._compiled[name], timings=t)
         return z, s, bad, t["run_s"], t["compile_s"]
 
     def __call__(self, xs, labels, *, eps, key: Array, state_path: str | os.PathLike | None = None,
-                 progress: bool = False, data_layout: str = "global") -> Evaluation:
+                 progress: bool | Callable = False,
+                 data_layout: str = "global") -> Evaluation:
         """Evaluates ``xs`` with ``labels`` at ``eps``.
 
         Args:
@@ -209,7 +228,11 @@ class AutoAttackEvaluator:
             state belongs to the evaluation that made it: one made with other stages or
             settings, other images, labels, budgets or key, or another model (a SHA-256 digest
             of its clean logits) raises a ``ValueError`` naming what differs.
-          progress: a tqdm bar per stage.
+          progress: True: a tqdm bar per stage (examples done, rate, time left); a callable:
+            called with an :class:`advjax.parallel.ProgressUpdate` (``desc`` the stage) at the
+            start of each stage and after each of its calls. Either way a stage runs in about
+            :data:`PROGRESS_CHUNKS` calls of one compiled size (up to that many full calls),
+            so the report moves within the stage; the results are the same.
           data_layout: ``"global"`` or ``"local"``.
 
         Returns:
@@ -385,7 +408,8 @@ class AutoAttackEvaluator:
 def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "linf",
              version: str = "standard", attacks: Sequence[str] | None = None,
              batch_size: int = 256, mesh=None, state_path: str | os.PathLike | None = None,
-             progress: bool = False, data_layout: str = "global", lo: float | None = 0.0,
+             progress: bool | Callable = False, data_layout: str = "global",
+             lo: float | None = 0.0,
              hi: float | None = 1.0, **settings: Any) -> Evaluation:
     """AutoAttack evaluation of a data set (see :class:`AutoAttackEvaluator`).
 
@@ -399,7 +423,8 @@ def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "l
       state_path: resumable state file (``.npz``), written atomically by process 0 after every
         stage; it resumes only the evaluation that made it (see
         ``AutoAttackEvaluator.__call__``).
-      progress: a tqdm bar per stage.
+      progress: True (a tqdm bar per stage) or a callable progress sink (see
+        ``AutoAttackEvaluator.__call__``); the report moves within each stage.
       data_layout: ``"global"`` (every process passes the whole set) or ``"local"`` (each its
         own rows).
 

@@ -69,8 +69,25 @@ def main():
     out["shard_rows"] = [x_sharding.shard_shape((m, 4, 4, 1))[0]]
     out["distinct_devices"] = len({d.id for d in x_sharding.device_set})
     out["collectives"] = collectives(compiled.as_text())
+    out["ragged"] = {str(n): ragged_layout(n) for n in (13, 12, 16)}
     out.update(library_checks())
     print(json.dumps(out))
+
+
+def ragged_layout(n):
+    """Where shard_attack leaves n result rows on the 8 devices: the devices that hold rows,
+    rows held per device (a copy counts again), whether the sharding is replicated, and the
+    values against jit(vmap)."""
+    xs = jax.random.uniform(jax.random.key(3), (n, 4, 4, 1))
+    labels = jnp.arange(n) % 3
+    keys = jax.random.split(jax.random.key(4), n)
+    got = parallel.shard_attack(gradient_step)(xs, labels, key=keys, eps=0.1)["x_adv"]
+    ref = jax.jit(jax.vmap(gradient_step))(xs, labels, key=keys, eps=jnp.full(n, 0.1))["x_adv"]
+    rows = sorted(s.data.shape[0] for s in got.addressable_shards)
+    return {"devices": len(got.sharding.device_set), "rows_per_device": rows,
+            "replicated": bool(got.sharding.is_fully_replicated and len(rows) > 1),
+            "spec": str(getattr(got.sharding, "spec", None)),
+            "equal": bool(np.array_equal(np.asarray(got), np.asarray(ref)))}
 
 
 def library_checks():

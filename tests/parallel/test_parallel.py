@@ -42,6 +42,13 @@ def test_sharded_equals_unsharded_on_eight_devices():
         assert got["stream_max_abs_diff"] == 0.0, n
         assert got["single_key_max_abs_diff"] == 0.0, n
     assert out["num_shards"] == 8 and out["distinct_devices"] == 8
+    # n rows not a multiple of 8: split along the batch over the largest device count that
+    # divides n (JAX shards an axis only evenly), each row on one device, never replicated.
+    for n, devices in (("13", 1), ("12", 6), ("16", 8)):
+        got = out["ragged"][n]
+        assert got["equal"], n
+        assert not got["replicated"] and got["spec"] == "P('batch',)", (n, got)
+        assert got["devices"] == devices and got["rows_per_device"] == [int(n) // devices] * devices
     assert out["shard_rows"] == [2]
     # Attacks are independent per example: no cross-device communication in the program.
     assert sum(out["collectives"].values()) == 0, out["collectives"]

@@ -290,9 +290,12 @@ class AutoAttackEvaluator:
                 raise ValueError(f"`state_path` {state_path}: the processes read different "
                                  "states (every process must see the same file system).")
         if state is not None:
-            logger.info("evaluate: resumed %s: reused the clean pass and stages %s; running %s.",
-                        state_path, state["done"] or "none",
-                        [s for s in self.stages if s not in state["done"]] or "none")
+            # WARNING level: Python shows it without any logging set-up (a resumed evaluation
+            # must never pass unnoticed).
+            logger.warning("evaluate: resumed %s: reused the clean pass and stages %s; "
+                           "running %s.",
+                           state_path, state["done"] or "none",
+                           [s for s in self.stages if s not in state["done"]] or "none")
         checks = self._masking_checks(probe, labels[:PROBE_ROWS])
         if state is None:
             pred, finite = parallel.run_chunked(

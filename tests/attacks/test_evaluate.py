@@ -37,8 +37,9 @@ def test_a_model_with_the_same_predictions_but_other_logits_is_refused(tiny_mlp,
     with caplog.at_level(logging.INFO, logger="advjax.attacks.evaluate"):
         again = evaluate(p.logits_fn, p.xs, p.labels, eps=0.08, key=key, state_path=state,
                          **ONE)
-    lines = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
-    assert len(lines) == 1 and "['apgd-ce']" in lines[0], lines
+    lines = [r for r in caplog.records if "resumed" in r.getMessage()]
+    assert len(lines) == 1 and "['apgd-ce']" in lines[0].getMessage(), lines
+    assert lines[0].levelno >= logging.WARNING   # shown without any logging set-up
     np.testing.assert_array_equal(again.broken_by, first.broken_by)
 
 

@@ -81,8 +81,9 @@ SWAPPED_MIN_IN_CHANNELS = 2
 # The tangent form computes the VALUE of an ungrouped convolution with at most this many input
 # channels as an elementwise multiply-accumulate (``conv_gemm(form="mac")``), which XLA fuses
 # with the bias and ReLU that follow; XLA:CPU's kernel for it is a K = prod(kernel) · I matrix
-# product bound by writing its wide output. From A/Bs of the attack loop (benchmarks/README.md,
-# "One-input-channel values as multiply-adds"): PGD-40 on the plain-Flax LeNet5 1.15x faster.
+# product bound by writing its wide output. From A/Bs of the attack loop
+# (benchmarks/results/lab_notes.md, "One-input-channel values as multiply-adds"): PGD-40 on the
+# plain-Flax LeNet5 1.15x faster.
 MAC_MAX_IN_CHANNELS = 1
 # Kernels with more taps than this stay native: they are the weight-gradient convolutions of an
 # already differentiated program (kernel = a feature map), not layers.

@@ -8,8 +8,8 @@ XLA's own convolution kernels (Eigen) take 16 ms on two. Every CNN attack step i
 convolutions (the values, and the input gradients of :mod:`advjax.lowering`'s ``"tangent"`` form),
 so on this project's 2-core benchmark machine PGD-40 on the LeNet5 runs 1.36× faster and
 APGD-100 on the ResNet-44 1.28× faster with convolutions left to XLA (PGD-10 on the ResNet-44:
-no difference in the same interleaved run); ``benchmarks/README.md``, "XLA:CPU's convolution
-kernels", and ``benchmarks/conv_threads.py``.
+no difference in the same interleaved run); ``benchmarks/results/lab_notes.md``, "XLA:CPU's
+convolution kernels", and ``benchmarks/conv_threads.py``.
 
 ``import advjax`` (any submodule) therefore adds :data:`FLAG` — XLA's default list without
 individual convolutions — to ``XLA_FLAGS``, unless

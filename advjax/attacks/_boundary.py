@@ -69,8 +69,8 @@ def _prepare_logits_fn(logits_fn: LogitsFn) -> LogitsFn:
     ``mode="auto"``, ``form="tangent"``): forward convolutions over flipped kernels or matrix
     products. The values are XLA's own convolutions, bit for bit (except cropping paddings,
     computed as matrix products because XLA:CPU can get them wrong), and the input gradients equal
-    XLA's up to float32 summation order (``benchmarks/README.md``: PGD-40 on the PGD-trained
-    LeNet5 ~2x faster than with XLA's convolutions).
+    XLA's up to float32 summation order (``benchmarks/results/lab_notes.md``: PGD-40 on the
+    PGD-trained LeNet5 ~2x faster than with XLA's convolutions).
     GPU/TPU programs are unchanged. A function already wrapped by ``lower_convs`` is kept as
     given: ``lower_convs(fn, mode="native")`` opts out, ``mode="gemm"`` forces the full
     rewrite.

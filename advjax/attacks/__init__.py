@@ -5,13 +5,15 @@
 ``jax.vmap`` (per-example eps, target, c and key all map) and compile it with ``jax.jit``.
 
 * ``fgsm``, ``pgd`` (L-infinity / L2, restarts), ``apgd`` (CE / DLR): fixed-budget attacks;
-* ``lbfgs`` (Szegedy et al.'s box-constrained L-BFGS), ``cw_l2``, ``deepfool``: minimum distortion;
+* ``lbfgs`` (Szegedy et al.'s box-constrained L-BFGS), ``cw_l2``, ``deepfool``, ``ddn`` (L2) and
+  ``fmn`` (L0, L1, L2, L-infinity): minimum distortion;
 * ``woods_l2``: Algorithm 1 of Woods et al. (``l2``, ``l2_min``, ``btr``; explanations);
 * ``gaussian_noise``: the random control;
 * ``apgd_targeted``, ``fab``, ``square`` and the ``autoattack`` ensemble, with ``evaluate`` (data
   sets, sharded, resumable), ``min_eps`` (per-example minimal budget) and ``diagnostics``.
 
-Shared vocabularies: ``advjax.attacks.projections`` (norms, ball ∩ box projections, ball sampling)
+Shared vocabularies: ``advjax.attacks.projections`` (norms, L-infinity / L2 / L1 ball ∩ box
+projections, ball sampling)
 and ``advjax.attacks.losses`` (CE, margin, DLR and their targeted forms). Invalid input (label,
 target, budget or image) is never a success: ``success=False``, NaN distortions, ``x_adv = x``
 and ``aux["valid_input"] = False``; ``checked(jax.vmap(attack))`` raises instead.
@@ -25,10 +27,12 @@ from advjax.attacks.apgd import apgd
 from advjax.attacks.apgd_targeted import apgd_targeted
 from advjax.attacks.autoattack import autoattack
 from advjax.attacks.cw import cw_l2
+from advjax.attacks.ddn import ddn
 from advjax.attacks.deepfool import deepfool
 from advjax.attacks.evaluate import AutoAttackEvaluator, Evaluation, evaluate
 from advjax.attacks.fab import fab
 from advjax.attacks.fgsm import fgsm
+from advjax.attacks.fmn import fmn
 from advjax.attacks.lbfgs import lbfgs, random_wrong_target, second_most_likely_target
 from advjax.attacks.min_eps import accuracy_vs_eps, min_eps
 from advjax.attacks.noise import gaussian_noise
@@ -42,9 +46,11 @@ __all__ = [
     "apgd",
     "checked",
     "cw_l2",
+    "ddn",
     "deepfool",
     "distortions",
     "fgsm",
+    "fmn",
     "gaussian_noise",
     "is_success",
     "lbfgs",

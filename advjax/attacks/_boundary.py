@@ -239,19 +239,23 @@ def budget_slack(x: Array, norm: str) -> Array:
     """Float rounding allowed above a budget: clipping to ``x +- eps`` (or rescaling onto the L2
     sphere) in floating point can leave ``||x_adv - x||`` a few ulps of ``|x|`` above ``eps``.
 
-    ``4 ulp(1 + max|x|)`` per coordinate (times ``sqrt(d)`` for L2): at float32 and ``[0, 1]``
+    ``4 ulp(1 + max|x|)`` per coordinate (times ``sqrt(d)`` for L2, ``d`` for L1, a sum of ``d``
+    rounded coordinates): at float32 and ``[0, 1]``
     images ~1e-6 (L-infinity) -- orders of magnitude below any budget in use, so a point
     genuinely outside the ball (even 0.1 % outside at eps = 8/255) is refused.
     """
     ulp = jnp.finfo(x.dtype).eps * (1.0 + jnp.max(jnp.abs(x)))
-    return 4 * ulp * (1.0 if norm == "linf" else jnp.sqrt(jnp.asarray(x.size, x.dtype)))
+    scale = {"linf": 1.0, "l2": jnp.sqrt(jnp.asarray(x.size, x.dtype)),
+             "l1": jnp.asarray(x.size, x.dtype)}[norm]
+    return 4 * ulp * scale
 
 
 def within_budget(x: Array, x_adv: Array, eps: Array, norm: str) -> Array:
     """The inside-the-budget check of the boundary (bool scalar): ``||x_adv - x||_norm <= eps``
     up to :func:`budget_slack` (no relative tolerance)."""
     delta = (x_adv - x).reshape(-1)
-    size = jnp.max(jnp.abs(delta)) if norm == "linf" else jnp.sqrt(jnp.sum(delta * delta))
+    size = {"linf": lambda: jnp.max(jnp.abs(delta)), "l2": lambda: jnp.sqrt(jnp.sum(delta * delta)),
+            "l1": lambda: jnp.sum(jnp.abs(delta))}[norm]()
     return size <= eps + budget_slack(x, norm)
 
 
@@ -293,9 +297,10 @@ def per_example(
       clip: clip the search's ``x_adv`` to the box (when there is one).
       min_classes: smallest ``K`` the attack supports.
       extras: the attack's other per-example keyword arguments (:class:`Extra`).
-      budget_norm: ``"linf"`` / ``"l2"``: the budget is the radius of that ball, and a search
-        point outside it (:func:`within_budget`) is not a success: ``x_adv`` is reset to ``x``
-        (a minimum-norm search that went further, or a bug). ``aux["within_budget"]`` reports it.
+      budget_norm: ``"linf"`` / ``"l2"`` / ``"l1"``: the budget is the radius of that ball, and
+        a search point outside it (:func:`within_budget`) is not a success: ``x_adv`` is reset to
+        ``x`` (a minimum-norm search that went further, or a bug). ``aux["within_budget"]``
+        reports it.
       budget_required: False makes the budget optional (FAB: minimum norm without it, a fixed
         budget with it); the search then sees ``ex.budget = None`` when it is omitted.
       search_success: the search decides success itself (``aux["success"]``, e.g. verified over
@@ -315,7 +320,7 @@ def per_example(
       ``attack(x, label, *, key=None, target=None, <budget>, **extras) -> AttackResult``.
     """
     if budget_norm is not None:
-        _checks.check_choice(budget_norm, "budget_norm", ("linf", "l2"))
+        _checks.check_choice(budget_norm, "budget_norm", ("linf", "l2", "l1"))
         if budget is None:
             raise ValueError("`budget_norm` needs a `budget` argument name.")
     if target not in TARGET_POLICIES:

@@ -19,7 +19,31 @@ Array = jax.Array
 
 
 SCHEDULES = ("paper", "official")
-KEEP = ("best", "last_success")
+KEEP = ("best", "last_success", "max")
+# APGD-L1 (Croce & Hein 2021, "Mind the box: l1-APGD for sparse adversarial attacks on image
+# classifiers"; ``autopgd_base.py``, ``norm == 'L1'``): step size ``eps`` (not ``2 eps``), no
+# momentum, the sparsity ``k`` of the step adapted every ``max(int(0.04 N), 1)`` iterations.
+L1_CHECK_FRACTION = 0.04
+L1_TOPK_INIT = 0.2
+L1_STEP_DECAY = 1.5
+L1_MIN_STEP_FACTOR = 10.0
+
+
+def l1_sparse_step(g: Array, topk: Array) -> Array:
+    """APGD-L1's step direction (``autopgd_base.py``): the signs of the gradient's entries whose
+    magnitude is at least the ``(1 - topk)``-quantile (about ``topk * d`` of them; ties kept),
+    divided by their number, so that the step has L1 norm 1.
+
+    Args:
+      g: gradient, any shape.
+      topk: fraction of coordinates kept, scalar in ``(0, 1]``.
+    """
+    flat = jnp.abs(g).reshape(-1)
+    n = flat.shape[0]
+    idx = jnp.clip(((1.0 - topk) * n).astype(jnp.int32), 0, n - 1)
+    thr = jnp.sort(flat)[idx]
+    s = jnp.sign(g) * (jnp.abs(g) >= thr)
+    return s / (jnp.sum(jnp.abs(s)) + 1e-10)
 
 
 def checkpoints(steps: int, rule: str = "paper") -> np.ndarray:
@@ -97,7 +121,8 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
              lo: float | None, hi: float | None, rho: float = 0.75, alpha: float = 0.75,
              schedule: str = "paper", start: str = "ball", projection: str = "exact",
              eot_samples: int = 1, stop_at_success: bool = False, keep: str = "best",
-             active: Array | bool = True, start_key: Array | None = None):
+             active: Array | bool = True, start_key: Array | None = None,
+             x_init: Array | None = None):
     """ONE run of APGD (Croce & Hein 2020, Algorithm 1) on ONE example: the only APGD loop of the
     package (the public :func:`apgd`, :func:`advjax.attacks.apgd_targeted` and every AutoAttack
     APGD stage call it; they differ only in the options below).
@@ -127,11 +152,23 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
       stop_at_success: stop at the first successful iterate (a deterministic model's flag is the
         same either way; with EOT the run must go on: one draw's success is luck near the
         boundary).
-      keep: ``"best"`` (success first, then loss, over all iterates) or ``"last_success"`` (the
-        last successful iterate, as the official ``x_best_adv``; ``x_max`` when none).
+      keep: ``"best"`` (success first, then loss, over all iterates), ``"last_success"`` (the
+        last successful iterate, as the official ``x_best_adv``; ``x_max`` when none) or
+        ``"max"`` (``x_max``, the best loss: the official ``x_best``, the start of the next
+        budget of APGD-L1's decreasing-budget schedule, :func:`apgd_l1_schedule_run`).
       active: when False no iteration runs.
       start_key: the key of the random start (default ``fold_in(key, 0)``; the public
         :func:`apgd` passes its run key itself).
+      x_init: a starting point instead of the random start (projected onto the ball ∩ box).
+
+    ``norm="l1"`` (APGD-L1, ``autopgd_base.py``): the step is ``eta`` times
+    :func:`l1_sparse_step` (the top-``k`` gradient signs, ``k = 0.2 d`` at a random start, the
+    start's sparsity ``/ 1.5`` at ``x_init``), no momentum, ``eta = eps``; every
+    ``max(int(0.04 N), 1)`` iterations ``k`` becomes the sparsity of ``x_max - x`` over 1.5 and,
+    when that sparsity fell below 95 % of its previous value, ``eta`` is reset to ``eps`` and the
+    iterate to ``x_max``, else ``eta`` is divided by 1.5 (kept in ``[eps / 10, eps]``). The
+    official random start is a standard Gaussian offset projected onto the ball ∩ box
+    (``start="surface"``). ``schedule`` and ``rho`` / ``alpha`` do not apply.
 
     Returns:
       ``(x_out, success, loss, eta)``: the kept point, whether any iterate succeeded, the loss
@@ -161,12 +198,29 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
 
     if start_key is None:
         start_key = jax.random.fold_in(key, 0)
-    x0 = proj(x + projections.sample_start(start_key, x.shape, eps, norm, start, x.dtype))
+    l1 = norm == "l1"
+    n_fts = x.size
+    if x_init is not None:
+        x0 = proj(x_init)
+    elif l1 and start == "surface":
+        # The official L1 start: x + N(0, I), projected.
+        x0 = proj(x + jax.random.normal(start_key, x.shape, x.dtype))
+    else:
+        x0 = proj(x + projections.sample_start(start_key, x.shape, eps, norm, start, x.dtype))
     f0, s0, g0 = evaluate(x0, 0)
+    eta0 = (1.0 if l1 else 2.0) * eps
+    if x_init is not None:
+        sp0 = projections.l0_norm(x0 - x)
+        topk0 = sp0 / n_fts / L1_STEP_DECAY
+    else:
+        sp0 = jnp.asarray(n_fts, x.dtype)
+        topk0 = jnp.asarray(L1_TOPK_INIT, x.dtype)
     st = dict(i=jnp.ones((), jnp.int32), x=x0, x_prev=x0, f=f0, f_raw=f0, g=g0,
-              eta=2.0 * eps, x_max=x0, f_max=f0, g_max=g0, x_best=x0, s_best=s0, f_best=f0,
+              eta=eta0, x_max=x0, f_max=f0, g_max=g0, x_best=x0, s_best=s0, f_best=f0,
               x_last=x0, n_inc=jnp.zeros((), x.dtype), f_max_ckpt=f0,
-              reduced_ckpt=jnp.ones((), bool))
+              reduced_ckpt=jnp.ones((), bool), topk=topk0.astype(x.dtype),
+              sp_old=sp0.astype(x.dtype))
+    l1_period = max(int(L1_CHECK_FRACTION * steps), 1)
 
     def cond(st):
         go = (st["i"] <= steps) & active
@@ -174,11 +228,14 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
 
     def body(st):
         i = st["i"]
-        z = proj(st["x"] + st["eta"] * projections.steepest_direction(st["g"], norm))
-        # The first step has no momentum (alpha = 1), as in the paper and the official code.
-        a = jnp.where(i == 1, 1.0, alpha).astype(x.dtype)
         x_cur = st["x"]
-        x_new = proj(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - st["x_prev"]))
+        if l1:
+            x_new = proj(x_cur + st["eta"] * l1_sparse_step(st["g"], st["topk"]))
+        else:
+            z = proj(x_cur + st["eta"] * projections.steepest_direction(st["g"], norm))
+            # The first step has no momentum (alpha = 1), as in the paper and the official code.
+            a = jnp.where(i == 1, 1.0, alpha).astype(x.dtype)
+            x_new = proj(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - st["x_prev"]))
         f_new, s_new, g_new = evaluate(x_new, i)
         if official:
             before = jnp.where(i == 1, jnp.zeros((), x.dtype), st["f_raw"])
@@ -190,29 +247,73 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
         g_max = jnp.where(up, g_new, st["g_max"])
         f_max = jnp.where(up, f_new, st["f_max"])
         take = better(s_new, f_new, st["s_best"], st["f_best"])
+        common = dict(
+            i=i + 1, x_prev=x_cur, x_max=x_max, f_max=f_max, g_max=g_max,
+            x_best=jnp.where(take, x_new, st["x_best"]), s_best=st["s_best"] | s_new,
+            f_best=jnp.where(take, f_new, st["f_best"]),
+            x_last=jnp.where(s_new, x_new, st["x_last"]), f_raw=f_new)
+        if l1:
+            at_check = (i % l1_period) == 0
+            sp = projections.l0_norm(x_max - x)
+            red = at_check & (sp / st["sp_old"] < 0.95)
+            eta = jnp.where(red, eps, st["eta"] / jnp.where(at_check, L1_STEP_DECAY, 1.0))
+            eta = jnp.clip(eta, eps / L1_MIN_STEP_FACTOR, eps)
+            return {**st, **common,
+                    "x": jnp.where(red, x_max, x_new), "f": jnp.where(red, f_max, f_new),
+                    "g": jnp.where(red, g_max, g_new), "eta": eta.astype(x.dtype),
+                    "topk": jnp.where(at_check, sp / n_fts / L1_STEP_DECAY, st["topk"]),
+                    "sp_old": jnp.where(at_check, sp, st["sp_old"])}
         j = jnp.minimum(i, steps)
         at_ckpt = is_ckpt_j[j]
         halve = at_ckpt & checkpoint_halves(n_inc, period_j[j], f_max, st["f_max_ckpt"],
                                             st["reduced_ckpt"], rho=rho, schedule=schedule)
-        return dict(
-            i=i + 1, x=jnp.where(halve, x_max, x_new), x_prev=x_cur,
-            f=jnp.where(halve, f_max, f_new), f_raw=f_new, g=jnp.where(halve, g_max, g_new),
-            eta=jnp.where(halve, 0.5 * st["eta"], st["eta"]),
-            x_max=x_max, f_max=f_max, g_max=g_max,
-            x_best=jnp.where(take, x_new, st["x_best"]), s_best=st["s_best"] | s_new,
-            f_best=jnp.where(take, f_new, st["f_best"]),
-            x_last=jnp.where(s_new, x_new, st["x_last"]),
-            n_inc=jnp.where(at_ckpt, 0.0, n_inc).astype(x.dtype),
-            f_max_ckpt=jnp.where(at_ckpt, f_max, st["f_max_ckpt"]),
-            reduced_ckpt=jnp.where(at_ckpt, halve, st["reduced_ckpt"]),
-        )
+        return {**st, **common,
+                "x": jnp.where(halve, x_max, x_new), "f": jnp.where(halve, f_max, f_new),
+                "g": jnp.where(halve, g_max, g_new),
+                "eta": jnp.where(halve, 0.5 * st["eta"], st["eta"]),
+                "n_inc": jnp.where(at_ckpt, 0.0, n_inc).astype(x.dtype),
+                "f_max_ckpt": jnp.where(at_ckpt, f_max, st["f_max_ckpt"]),
+                "reduced_ckpt": jnp.where(at_ckpt, halve, st["reduced_ckpt"])}
 
     st = jax.lax.while_loop(cond, body, st)
     success = st["s_best"] & active
     if keep == "best":
         return st["x_best"], success, st["f_best"], st["eta"]
+    if keep == "max":
+        return st["x_max"], success, st["f_max"], st["eta"]
     return (jnp.where(st["s_best"], st["x_last"], st["x_max"]), success, st["f_max"],
             st["eta"])
+
+
+def l1_schedule(steps: int) -> tuple[tuple[float, int], ...]:
+    """The official APGD-L1 decreasing-budget schedule (``use_largereps``,
+    ``autopgd_base.py``): ``(budget factor, iterations)`` = ``(3, ceil(0.3 N))``,
+    ``(2, ceil(0.3 N))``, ``(1, N - the rest)``."""
+    a = math.ceil(0.3 * steps)
+    return ((3.0, a), (2.0, a), (1.0, steps - 2 * a))
+
+
+def apgd_l1_schedule_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, steps: int,
+                         lo: float | None, hi: float | None, keep: str = "last_success",
+                         stop_at_success: bool = False, active: Array | bool = True, **kw):
+    """APGD-L1 with the official decreasing budgets (``decr_eps_pgd``, AutoAttack's L1 APGD
+    stages): a run at ``3 eps`` from ``x + N(0, I)``, then at ``2 eps`` and at ``eps``, each
+    from the previous run's ``x_max`` projected onto its ball (:func:`l1_schedule` iterations).
+    Only the last run, inside the ``eps`` ball, decides success.
+
+    Returns:
+      :func:`apgd_run`'s ``(x_out, success, loss, eta)`` of the last run.
+    """
+    runs = [r for r in l1_schedule(steps) if r[1] > 0]
+    z = x + jax.random.normal(jax.random.fold_in(key, 0), x.shape, x.dtype)
+    for j, (factor, n) in enumerate(runs):
+        last = j == len(runs) - 1
+        out = apgd_run(loss_fn, success_fn, x, factor * eps, jax.random.fold_in(key, j + 1),
+                       norm="l1", steps=n, lo=lo, hi=hi, x_init=z,
+                       keep=keep if last else "max",
+                       stop_at_success=stop_at_success and last, active=active, **kw)
+        z = out[0]
+    return out
 
 
 def apgd(
@@ -255,7 +356,8 @@ def apgd(
       logits_fn: per-example ``x -> logits (K,)``.
       loss: ``"ce"`` (targeted: ``-CE(target)``) or ``"dlr"`` (Eq. 6 / targeted Eq. 7: needs
         ``K >= 3`` / ``K >= 4``).
-      norm: ``"linf"`` or ``"l2"``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"`` (APGD-L1 of Croce & Hein 2021, see
+        :func:`apgd_run`: sparse steps, no momentum; from a uniform point of the L1 ball).
       steps: iterations per run ``N`` (``lax.fori_loop``).
       n_restarts: runs from independent random starts.
       rho: checkpoint condition (1) threshold, in ``(0, 1]``.
@@ -272,7 +374,7 @@ def apgd(
       size of the run that produced ``x_adv``.
     """
     _checks.check_choice(loss, "loss", ("ce", "dlr"))
-    _checks.check_choice(norm, "norm", projections.NORMS)
+    _checks.check_choice(norm, "norm", projections.BALL_NORMS)
     _checks.check_choice(projection, "projection", projections.L2_PROJECTIONS)
     _checks.check_positive_int(steps, "steps")
     _checks.check_positive_int(n_restarts, "n_restarts")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from advjax import _checks
 from advjax.attacks import _boundary, losses, projections
 from advjax.attacks._restarts import best_of_runs
-from advjax.attacks.apgd import apgd_run, eot_value_and_grad
+from advjax.attacks.apgd import apgd_l1_schedule_run, apgd_run, eot_value_and_grad
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -45,7 +45,9 @@ def apgd_search(loss_fn: LossFn, x: Array, label: Array, eps: Array, key: Array,
 
     Defaults are plain Algorithm 1 (paper checkpoints, exact projection) from the surface start,
     stopping at the first success and keeping the best iterate; ``**options`` (e.g.
-    :data:`OFFICIAL`, ``stop_at_success=False``) override them.
+    :data:`OFFICIAL`, ``stop_at_success=False``) override them. ``norm="l1"`` runs APGD-L1 with
+    the official decreasing budgets ``3 eps, 2 eps, eps``
+    (:func:`advjax.attacks.apgd.apgd_l1_schedule_run`, AutoAttack's ``use_largereps``).
 
     Returns:
       ``(x_kept, success, loss)``.
@@ -53,7 +55,13 @@ def apgd_search(loss_fn: LossFn, x: Array, label: Array, eps: Array, key: Array,
     opts = dict(schedule="paper", start="surface", projection="exact", keep="best",
                 stop_at_success=True)
     opts.update(options)
-    z, s, f, _ = apgd_run(loss_fn, lambda logits: jnp.argmax(logits) != label, x, eps, key,
+    success_fn = lambda logits: jnp.argmax(logits) != label  # noqa: E731
+    if norm == "l1":
+        z, s, f, _ = apgd_l1_schedule_run(loss_fn, success_fn, x, eps, key, steps=steps, lo=lo,
+                                          hi=hi, rho=rho, alpha=alpha, eot_samples=eot_samples,
+                                          active=active, **opts)
+        return z, s, f
+    z, s, f, _ = apgd_run(loss_fn, success_fn, x, eps, key,
                           norm=norm, steps=steps, lo=lo, hi=hi, rho=rho, alpha=alpha,
                           eot_samples=eot_samples, active=active, **opts)
     return z, s, f
@@ -114,7 +122,7 @@ def apgd_targeted(
 
     Args:
       logits_fn: per-example ``x -> logits (K,)``, ``K >= 4`` (the targeted DLR loss).
-      norm: ``"linf"`` or ``"l2"``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"`` (APGD-L1 with AutoAttack's decreasing budgets).
       steps: APGD iterations per target and restart (100 in AutoAttack).
       n_targets: classes attacked, ``1 <= n_targets <= K - 1`` (9 in AutoAttack).
       n_restarts: random restarts per target (1 in AutoAttack).
@@ -124,7 +132,7 @@ def apgd_targeted(
     Returns:
       ``attack(x, label, *, eps, key) -> AttackResult``; ``key`` is required (random starts).
     """
-    _checks.check_choice(norm, "norm", projections.NORMS)
+    _checks.check_choice(norm, "norm", projections.BALL_NORMS)
     _checks.check_positive_int(steps, "steps")
     _checks.check_positive_int(n_targets, "n_targets")
     _checks.check_positive_int(n_restarts, "n_restarts")

@@ -45,6 +45,12 @@ VERSION_STAGES = {
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
     "rand": ("apgd-ce", "apgd-dlr"),
 }
+# The official ``AutoAttack(norm='L1', version='standard')`` runs apgd-ce, apgd-t, fab-t and
+# square (APGD with the decreasing budgets ``use_largereps``, 5 restarts of APGD-CE, 5 APGD-T
+# targets). advjax's Square has no L1 step (``advjax.attacks.square``: L-infinity and L2), so the
+# L1 ensemble is the first three stages; ``norm="l1"`` with "square" is refused.
+L1_STAGES = ("apgd-ce", "apgd-t", "fab-t")
+L1_OVERRIDES = dict(apgd_restarts=5, apgd_n_targets=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +58,13 @@ class Settings:
     """Static settings of the stages (the published values by default).
 
     Attributes:
-      norm: ``"linf"`` or ``"l2"``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
       steps: APGD / FAB iterations (100).
       apgd_restarts: APGD-CE / APGD-DLR restarts (1 standard and rand, 5 plus).
       fab_restarts: untargeted FAB restarts (5, plus only).
       n_targets: APGD-T / FAB-T target classes (9; capped at ``K - 1``).
+      apgd_n_targets: APGD-T's target classes when they differ from FAB-T's (``None``: the same;
+        5 for L1, as the official code).
       queries: Square queries (5000); ``p_init``: 0.8.
       eot_samples: gradient draws per APGD step (1; 20 for ``rand``).
       randomized: ``logits_fn(x, key)`` is a randomised model.
@@ -72,6 +80,7 @@ class Settings:
     apgd_restarts: int = 1
     fab_restarts: int = 5
     n_targets: int = 9
+    apgd_n_targets: int | None = None
     queries: int = 5000
     p_init: float = 0.8
     eot_samples: int = 1
@@ -118,10 +127,12 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
     if name == "apgd-dlr":
         return apgd_untargeted("dlr")
     if name == "apgd-t":
+        apgd_targets = n_targets if cfg.apgd_n_targets is None else cfg.apgd_n_targets
+
         def search(x, label, eps, key, active):
             k = _boundary.num_classes(det, x)
             return apgd_t_search(det, x, label, eps, key, norm=cfg.norm, steps=cfg.steps,
-                                 n_targets=min(n_targets, k - 1), lo=cfg.lo, hi=cfg.hi,
+                                 n_targets=min(apgd_targets, k - 1), lo=cfg.lo, hi=cfg.hi,
                                  active=active)[0]
         return search
     if name in ("fab", "fab-t"):
@@ -166,8 +177,10 @@ def verified_success(logits_fn: Callable, cfg: Settings, x: Array, z: Array, lab
 def settings_for(version: str, norm: str, **overrides) -> Settings:
     """The published settings of ``version`` (then ``overrides``)."""
     _checks.check_choice(version, "version", VERSIONS)
-    _checks.check_choice(norm, "norm", projections.NORMS)
+    _checks.check_choice(norm, "norm", projections.BALL_NORMS)
     base = dict(norm=norm)
+    if norm == "l1" and version == "standard":
+        base.update(L1_OVERRIDES)
     if version == "plus":
         base.update(apgd_restarts=5, fab_restarts=5)
     if version == "rand":
@@ -201,7 +214,9 @@ def autoattack(
     Args:
       logits_fn: per-example ``x -> logits (K,)``; for ``version="rand"`` a randomised model
         ``logits_fn(x, key) -> logits``.
-      norm: ``"linf"`` or ``"l2"``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"`` (standard: :data:`L1_STAGES`, the official L1
+        stages without Square, with the official L1 settings :data:`L1_OVERRIDES`; APGD-L1 runs
+        the decreasing budgets ``3 eps, 2 eps, eps``).
       version: ``"standard"``, ``"plus"`` or ``"rand"`` (stages and settings as published).
       attacks: a custom order of stages from ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``,
         ``fab-t``, ``square`` (default: the version's).
@@ -216,11 +231,17 @@ def autoattack(
     """
     lo, hi = _boundary.check_box_setting(lo, hi)
     cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
-    stages = tuple(VERSION_STAGES[version] if attacks is None else attacks)
+    if attacks is None:
+        attacks = (L1_STAGES if norm == "l1" and version == "standard"
+                   else VERSION_STAGES[version])
+    stages = tuple(attacks)
     if not stages:
         raise ValueError("`attacks` must name at least one stage.")
     for s in stages:
         _checks.check_choice(s, "attacks", STAGES)
+    if norm == "l1" and "square" in stages:
+        raise ValueError("`attacks`: 'square' has no L1 version in advjax (norm='l1' runs "
+                         f"{list(L1_STAGES)}); got {stages!r}.")
     if cfg.randomized and any(s in ("fab", "fab-t", "square", "apgd-t") for s in stages):
         raise ValueError("`attacks`: with a randomised model only 'apgd-ce' and 'apgd-dlr' use "
                          "EOT; got " + repr(stages))

@@ -1,6 +1,6 @@
 """FAB, the fast adaptive boundary attack (Croce & Hein 2020, "Minimally distorted adversarial
-examples with a fast adaptive boundary attack"), for ONE example: L-infinity and L2, untargeted and
-targeted (top-k classes), with restarts.
+examples with a fast adaptive boundary attack"), for ONE example: L-infinity, L2 and L1,
+untargeted and targeted (top-k classes), with restarts.
 
 Each step linearises the decision boundary to the chosen class at the current point ``x1``,
 projects both ``x1`` and the clean ``x`` onto that hyperplane intersected with the box (exactly,
@@ -44,7 +44,8 @@ def project_hyperplane_box(p: Array, w: Array, b: Array, lo: float | None, hi: f
       p: the point, flat ``(n,)``.
       w, b: the hyperplane ``w . z = b`` (``w`` flat ``(n,)``, ``b`` scalar).
       lo, hi: the box (``None``: no box).
-      norm: ``"linf"`` or ``"l2"``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"`` (a fractional knapsack, see
+        :func:`_l1_hyperplane_step`).
 
     Returns:
       ``d``, flat ``(n,)``.
@@ -57,6 +58,8 @@ def project_hyperplane_box(p: Array, w: Array, b: Array, lo: float | None, hi: f
     else:
         room = jnp.maximum(jnp.where(up, hi - p, p - lo), 0.0)
     aw = jnp.abs(w)
+    if norm == "l1":
+        return _l1_hyperplane_step(s, w, aw, room, jnp.abs(c))
     if norm == "l2":
         weight = aw * aw
         brk = jnp.where(aw > 0, room / jnp.where(aw > 0, aw, 1.0), 0.0)
@@ -87,8 +90,29 @@ def project_hyperplane_box(p: Array, w: Array, b: Array, lo: float | None, hi: f
     return jnp.where(target > 0, d, 0.0)
 
 
+def _l1_hyperplane_step(s: Array, w: Array, aw: Array, room: Array, target: Array) -> Array:
+    """The L1-smallest move reaching ``|w . d| = target`` in the box (the official FAB
+    ``projection_l1``): a fractional knapsack. Coordinate ``i`` buys ``|w_i|`` of progress per
+    unit of L1 norm, up to its room ``u_i``, so the coordinates are filled in decreasing
+    ``|w_i|`` until ``target`` is reached (the last one partially); when the whole box is not
+    enough every coordinate goes to its bound."""
+    order = jnp.argsort(-aw)
+    ws, us = aw[order], room[order]
+    reach = jnp.cumsum(ws * us)
+    m = jnp.sum(reach < target)                    # coordinates filled completely
+    n = ws.shape[0]
+    before = jnp.where(m > 0, reach[jnp.maximum(m - 1, 0)], 0.0)
+    part = jnp.clip((target - before) / jnp.maximum(ws[jnp.minimum(m, n - 1)], 1e-30), 0.0,
+                    us[jnp.minimum(m, n - 1)])
+    rank = jnp.arange(n)
+    step_sorted = jnp.where(rank < m, us, jnp.where(rank == m, part, 0.0))
+    step = jnp.zeros_like(step_sorted).at[order].set(step_sorted)
+    step = jnp.where(aw > 0, step, 0.0)
+    return jnp.where(target > 0, s * jnp.sign(w) * step, 0.0)
+
+
 def _size(v: Array, norm: str) -> Array:
-    return jnp.max(jnp.abs(v)) if norm == "linf" else jnp.sqrt(jnp.sum(v * v))
+    return projections.norm_of(v, norm)
 
 
 def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key: Array, *,
@@ -134,8 +158,9 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
         jac = jax.jacrev(flat_logits)(z)                     # (K, n)
         df_all = logits - logits[label]
         dg_all = jac - jac[label]
-        dual = (jnp.sum(jnp.abs(dg_all), axis=1) if norm == "linf"
-                else jnp.sqrt(jnp.sum(dg_all * dg_all, axis=1)))
+        dual = {"linf": lambda: jnp.sum(jnp.abs(dg_all), axis=1),
+                "l2": lambda: jnp.sqrt(jnp.sum(dg_all * dg_all, axis=1)),
+                "l1": lambda: jnp.max(jnp.abs(dg_all), axis=1)}[norm]()
         ratio = jnp.abs(df_all) / (1e-12 + dual)
         ratio = jnp.where(jnp.arange(k) == label, jnp.inf, ratio)
         j = jnp.argmin(ratio)
@@ -229,7 +254,7 @@ def fab(
 
     Args:
       logits_fn: per-example ``x -> logits (K,)``.
-      norm: ``"linf"`` or ``"l2"``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
       steps: iterations per run (100 in AutoAttack).
       n_restarts: runs per target (restart 0 from ``x``, later ones from random points).
       targeted: attack the classes ranked 2nd .. ``n_targets + 1``-th by the clean logits (FAB-T;
@@ -247,7 +272,7 @@ def fab(
       such a point is found. ``aux["size"]`` is the ``norm`` of the smallest perturbation found
       (``inf`` if none, 0 if already misclassified).
     """
-    _checks.check_choice(norm, "norm", projections.NORMS)
+    _checks.check_choice(norm, "norm", projections.BALL_NORMS)
     _checks.check_positive_int(steps, "steps")
     _checks.check_positive_int(n_restarts, "n_restarts")
     _checks.check_positive_int(n_targets, "n_targets")

@@ -54,6 +54,15 @@ CASES = {
     "autoattack": (_aa, "eps", "linf", True, False, "autoattack"),
     "deepfool": (lambda f, s: attacks.deepfool(f, steps=s), None, None, False, False,
                  "deepfool"),
+    "apgd_l1": (lambda f, s: attacks.apgd(f, norm="l1", steps=s), "eps", "l1", True, False,
+                "apgd"),
+    "fab_l1": (lambda f, s: attacks.fab(f, norm="l1", steps=s), "eps", "l1", True, False, "fab"),
+    "autoattack_l1": (lambda f, s: attacks.autoattack(f, norm="l1", steps=s, n_targets=2), "eps",
+                      "l1", True, False, "autoattack"),
+    "fmn": (lambda f, s: attacks.fmn(f, steps=s), None, None, False, False, "fmn"),
+    "fmn_l1": (lambda f, s: attacks.fmn(f, norm="l1", steps=s), None, None, False, False, "fmn"),
+    "fmn_l0": (lambda f, s: attacks.fmn(f, norm="l0", steps=s), None, None, False, False, "fmn"),
+    "ddn": (lambda f, s: attacks.ddn(f, steps=s), None, None, False, False, "ddn"),
     "cw_l2": (lambda f, s: attacks.cw_l2(f, steps=s, search_steps=2), None, None, False, False,
               "cw_l2"),
     "lbfgs": (lambda f, s: attacks.lbfgs(f, search_steps=2, max_iterations=s), None, None, False,
@@ -182,7 +191,8 @@ def test_jit_vmap_equals_eager_loop_fields_box_and_budget(case):
     else:
         np.testing.assert_array_equal(res.success, pred != np.asarray(ys))
     if norm is not None:
-        size = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+        size = {"linf": np.abs(delta).max(axis=1), "l2": np.linalg.norm(delta, axis=1),
+                "l1": np.abs(delta).sum(axis=1)}[norm]
         assert np.all(size <= BUDGET[budget] + BUDGET_ATOL), (name, size)
     for i in range(2):
         one = attack(xs[i], ys[i], **_kwargs(name, i), **_targets(name, ys[i]))
@@ -295,7 +305,7 @@ def test_restarts_are_never_worse_than_one_run(name):
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(CASES) if n not in (
-    "fgsm", "gaussian_noise", "autoattack")])
+    "fgsm", "gaussian_noise", "autoattack", "autoattack_l1")])
 def test_compiled_program_is_flat_in_the_step_count(name):
     # Loops must stay loops: the lowered program for 4x the steps is (nearly) the same size.
     # Unrolling would multiply it; 1.2 leaves room for constants such as schedule tables.

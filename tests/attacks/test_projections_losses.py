@@ -59,8 +59,9 @@ def test_projections_of_points_inside_and_linf_box():
     np.testing.assert_allclose(projections.project_l2(jnp.asarray([3.0, 4.0]), 1.0), [0.6, 0.8])
     np.testing.assert_allclose(projections.steepest_direction(jnp.asarray([3.0, -4.0]), "l2"),
                                [0.6, -0.8])
+    # "l1" is a projection norm now (project_l1_box, tests/attacks/test_l1.py); "l3" is not.
     with pytest.raises(ValueError, match="norm"):
-        projections.project(x, x, 1.0, "l1", 0.0, 1.0)
+        projections.project(x, x, 1.0, "l3", 0.0, 1.0)
     with pytest.raises(ValueError, match="method"):
         projections.project_l2_box(x, x, 1.0, 0.0, 1.0, method="bisect")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,47 @@ from advjax.pipeline import Input
 logger = logging.getLogger(__name__)
 
 WOODS_CHECKPOINT_FOLDER = "woods2019-resnet44"
+
+
+def check_config(config, *, positive: Sequence[str] = (), nonnegative: Sequence[str] = (),
+                 choices: Mapping[str, Sequence[Any]] | None = None) -> None:
+    """The one validating boundary of a study config (called by its ``__post_init__``).
+
+    It runs when a preset is defined and whenever ``--set`` overrides are applied
+    (``dataclasses.replace``), so a run with an invalid value stops before anything is written.
+    A tuple field's rule applies to each of its items.
+
+    Args:
+      config: the config dataclass instance.
+      positive: fields whose numbers must be finite and > 0 (counts, rates, radii).
+      nonnegative: fields whose numbers must be finite and >= 0 (seeds, indices, momenta).
+      choices: fields whose values (or items) must be one of the given names.
+
+    Raises:
+      ValueError: naming the field, the value and what was expected.
+    """
+
+    def items(name):
+        value = getattr(config, name)
+        return value if isinstance(value, tuple) else (value,)
+
+    def fail(name, expected):
+        raise ValueError(f"config field {name!r} = {getattr(config, name)!r}: expected "
+                         f"{expected}")
+
+    for name in positive:
+        if not all(np.isfinite(v) and v > 0 for v in items(name)):
+            fail(name, "a number > 0" + (" for every item" if isinstance(
+                getattr(config, name), tuple) else ""))
+    for name in nonnegative:
+        if not all(np.isfinite(v) and v >= 0 for v in items(name)):
+            fail(name, "a number >= 0" + (" for every item" if isinstance(
+                getattr(config, name), tuple) else ""))
+    for name, known in (choices or {}).items():
+        bad = [v for v in items(name) if v not in known]
+        if bad:
+            fail(name, f"{'items' if isinstance(getattr(config, name), tuple) else 'one'} "
+                       f"of {list(known)} (unknown: {bad})")
 
 
 def dataset_input(name: str, data_dir: str | None, required: bool = True) -> Input:

@@ -19,8 +19,6 @@ from advjax.metrics import stats
 from advjax.models import SZEGEDY_WEIGHT_DECAY, szegedy_model
 from advjax.studies import common
 
-QUICK_RUNTIME = "339 s (load 15)"
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -37,6 +35,8 @@ class Config:
       lbfgs_search_steps: bisection steps of the per-example L-BFGS constant c.
       lbfgs_iterations: L-BFGS iterations per value of c.
       pgd_eps: L2 radii of the PGD-40 robust-accuracy curve (pixels in [0, 1]).
+      quantization_step: the input's quantisation step (1/255 for 8-bit images): a certified
+        radius below it certifies no other image the data could hold, and is called vacuous.
       seed: seed of initialisation, data order, attack targets and bootstrap resampling.
     """
 
@@ -50,7 +50,15 @@ class Config:
     lbfgs_search_steps: int = 6
     lbfgs_iterations: int = 60
     pgd_eps: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+    quantization_step: float = 1 / 255
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "batch_size", "learning_rate", "attack_examples",
+                            "lbfgs_search_steps", "lbfgs_iterations", "quantization_step"),
+            nonnegative=("pgd_eps", "seed"),
+            choices={"model": [m for m in SZEGEDY_WEIGHT_DECAY if m != "AE400-10"]})
 
 
 CONFIGS = {

@@ -16,11 +16,11 @@ import numpy as np
 
 from advjax import attacks, metrics, train
 from advjax.metrics import stats
+from advjax.models import SZEGEDY_WEIGHT_DECAY
 from advjax.studies import common
 from advjax.studies.szegedy_table1 import Config as Table1Config
 from advjax.studies.szegedy_table1 import attack_set
 
-QUICK_RUNTIME = "87 s"
 BASE, POOL = "weight decay", "weight decay + adversarial pool"
 
 
@@ -63,6 +63,14 @@ class Config:
     search_steps: int = 6
     max_iterations: int = 60
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "batch_size", "learning_rate", "pool_size", "pool_refresh",
+                            "pool_mix", "pool_eps", "pool_steps", "eval_examples", "search_steps",
+                            "max_iterations"),
+            nonnegative=("eval_eps", "seed"),
+            choices={"model": list(SZEGEDY_WEIGHT_DECAY)})
 
 
 CONFIGS = {

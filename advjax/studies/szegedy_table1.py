@@ -15,9 +15,8 @@ import numpy as np
 
 from advjax import attacks, metrics
 from advjax.metrics import stats
+from advjax.models import SZEGEDY_WEIGHT_DECAY
 from advjax.studies import common
-
-QUICK_RUNTIME = "82 s"
 
 PUBLISHED = {  # papers.md §1.5 Table 1: train error, test error, av. min. distortion
     "FC10(1e-4)": (0.067, 0.074, 0.062),
@@ -59,6 +58,12 @@ class Config:
     search_steps: int = 6
     max_iterations: int = 60
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "ae_epochs", "batch_size", "learning_rate",
+                            "attack_examples", "search_steps", "max_iterations"),
+            nonnegative=("seed",), choices={"models": list(SZEGEDY_WEIGHT_DECAY)})
 
 
 CONFIGS = {

@@ -18,11 +18,10 @@ import numpy as np
 from advjax import data as data_lib
 from advjax import metrics
 from advjax.metrics import plots, stats
+from advjax.models import SZEGEDY_WEIGHT_DECAY
 from advjax.studies import common
 from advjax.studies.szegedy_table1 import Config as Table1Config
 from advjax.studies.szegedy_table1 import attack_set
-
-QUICK_RUNTIME = "1097 s (load 15)"
 
 TABLE2_MODELS = ("FC10(1e-4)", "FC10(1e-2)", "FC10(1)", "FC100-100-10", "FC200-200-10",
                  "AE400-10")
@@ -72,6 +71,13 @@ class Config:
     gaussian_table4: tuple[float, ...] = (0.06, 0.1)
     amplify_rms: float = 0.1
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "ae_epochs", "batch_size", "learning_rate",
+                            "attack_examples", "search_steps", "max_iterations", "amplify_rms",
+                            "gaussian_table2", "gaussian_table4"),
+            nonnegative=("seed",), choices={"table2_models": list(SZEGEDY_WEIGHT_DECAY)})
 
 
 CONFIGS = {

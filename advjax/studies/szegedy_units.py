@@ -20,7 +20,6 @@ from advjax.metrics import stats
 from advjax.models import MnistCNN, activation
 from advjax.studies import common
 
-QUICK_RUNTIME = "37 s"
 EQUIVALENCE_MARGIN = 0.15  # purity difference (fraction of top-k images) counted as "about equal"
 
 
@@ -49,6 +48,12 @@ class Config:
     directions_shown: int = 6
     directions_measured: int = 64
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "batch_size", "learning_rate", "top_k", "directions_shown",
+                            "directions_measured"),
+            nonnegative=("seed",))
 
 
 CONFIGS = {"quick": Config(), "paper": Config(dataset="mnist", epochs=20, top_k=10)}

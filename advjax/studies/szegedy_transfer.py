@@ -205,6 +205,11 @@ def run(config: Config, run) -> dict:
     run.table(["Examples for ↓ / model →", *cols2, "Av. distortion"], table2)
     plots.plot_transfer_matrix(m2, rows2, cols2, run.figure_path("table2.png"))
     run.figure("table2.png", "Cross-model transfer (error rates)")
+    plots.plot_image_rows(np.stack([xs[:8], *(sets[r][0][:8] for r in rows2)]),
+                          ["original", *rows2], run.figure_path("table2_examples.png"),
+                          title="Training images and the Table-2 examples made from them")
+    run.figure("table2_examples.png", "Originals (top), each model's L-BFGS examples and the "
+               "Gaussian-noise controls of Table 2")
     usable = [r for r in rows2 if r in models and not fail2[r]]
     off = [err2[rows2.index(r), j] for r in usable for j, c in enumerate(cols2) if c != r]
     noise_row = f"gaussian {config.gaussian_table2[0]:g}"

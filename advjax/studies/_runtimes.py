@@ -6,6 +6,7 @@ from it (a test checks that the two agree), so that no runtime is typed by hand 
 Measure (writes ``runtimes.json`` beside this file, one study after another)::
 
     python -m advjax.studies._runtimes measure [STUDY ...]
+    python -m advjax.studies._runtimes readme    # rewrites the table in experiments/README.md
 
 Each entry holds the study's own ``wall_time_s`` of a full ``quick`` run, the machine (CPU model
 and cores), the 1-minute load average before and after the run (``os.getloadavg()``; on a shared
@@ -117,11 +118,23 @@ def markdown(studies: list[str]) -> str:
     return "\n".join([*lines, "", README_END])
 
 
+README = Path(__file__).resolve().parents[2] / "experiments" / "README.md"
+
+
+def readme_with_table(text: str, studies: list[str]) -> str:
+    """``text`` (the README) with the block between its runtime markers regenerated."""
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no runtime block ({README_BEGIN!r} ... {README_END!r})")
+    return text[:start] + markdown(studies) + text[end + len(README_END):]
+
+
 def main(argv: list[str]) -> int:
     from advjax import pipeline
 
     if argv[:1] == ["readme"]:
-        print(markdown(pipeline.list_experiments()))
+        README.write_text(readme_with_table(README.read_text(), pipeline.list_experiments()))
+        print(f"wrote the runtime table of {README}")
         return 0
     if argv[:1] != ["measure"]:
         print(__doc__)

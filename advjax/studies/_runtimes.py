@@ -65,7 +65,9 @@ def load_runtimes(path: Path = RUNTIMES_FILE) -> dict[str, Runtime]:
 def runtime_text(study: str) -> str:
     """The recorded quick runtime of ``study`` in words, or ``"not recorded"``."""
     entry = load_runtimes().get(study)
-    return entry.describe() if entry is not None else "not recorded"
+    if entry is None:
+        return f"not recorded (measure: python -m advjax.studies._runtimes measure {study})"
+    return entry.describe()
 
 
 def machine() -> str:

@@ -100,25 +100,28 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     for s in metrics.get("stages", []):
         how = "reused" if s["cached"] else "computed"
         lines.append(f"  {s['name']:48s} {how:9s} {s['seconds']:8.1f} s")
+    if metrics.get("figures"):
+        lines.append(f"figures: {', '.join(metrics['figures'])}")
     lines.append("metrics:")
     for key, text in _flatten({k: v for k, v in metrics.items()
-                               if k not in ("stages", "history")}):
+                               if k not in ("stages", "history", "figures")}):
         lines.append(f"  {key} = {text}")
     return lines
 
 
 def _list() -> int:
     from advjax import pipeline
+    from advjax.studies import _runtimes
 
-    print(f"{'study':30s} {'configs':13s} {'quick runtime':18s} data needed (quick config)")
+    print(f"{'study':30s} {'configs':13s} data needed (quick config)")
     for name in pipeline.list_experiments():
         module = pipeline.load_experiment(name)
-        runtime = getattr(module, "QUICK_RUNTIME", "not recorded")
-        print(f"{name:30s} {', '.join(sorted(module.CONFIGS)):13s} {runtime:18s} "
+        print(f"{name:30s} {', '.join(sorted(module.CONFIGS)):13s} "
               f"{pipeline.describe_inputs(module)}")
         doc = (module.__doc__ or "").strip().splitlines()
         if doc:
             print(f"{'':30s} {doc[0]}")
+        print(f"{'':30s} quick runtime: {_runtimes.runtime_text(name)}")
     return 0
 
 

@@ -7,7 +7,12 @@ A study is a module of :mod:`advjax.studies` that defines
 * ``run(config, run: Run) -> dict`` — computes and returns the metrics (JSON-able), writing tables
   to ``run.report``, figures to ``run.figure_path(name)`` and wrapping each expensive step in
   ``run.stage(name, fn)``;
-* optionally ``inputs(config) -> list[Input]`` (the data and files it reads) and ``QUICK_RUNTIME``.
+* optionally ``inputs(config) -> list[Input]`` (the data and files it reads).
+
+The config dataclass validates itself (``__post_init__``, see
+:func:`advjax.studies.common.check_config`), so an invalid ``--set`` value is refused before
+anything is written. Each study's quick runtime is recorded once, in
+``advjax/studies/runtimes.json`` (:mod:`advjax.studies._runtimes`).
 
 :func:`execute` resolves and type-checks the config, checks every input and fingerprints it (data
 content, imported files, code version) **before writing anything**, then runs the study into
@@ -16,7 +21,8 @@ finished, writes the record: ``config.json`` (config, fingerprint, inputs, exact
 ``versions.json``, ``metrics.json``, ``report.md`` and ``figures/``.
 
 A folder holding another config's run is refused with the changed fields named (``overwrite=True``
-replaces it); the same config resumes, skipping finished stages.
+replaces it); the same config resumes, skipping finished stages, and a finished run of the same
+config is left as it is (nothing runs; its recorded metrics are returned, every stage reused).
 
 Started as P processes joined by ``jax.distributed`` (the same command on every process, as on a
 pod; call :func:`advjax.parallel.initialize_distributed` first, as the ``advjax`` command does),
@@ -355,6 +361,7 @@ class Run:
     report_lines: list[str] = dataclasses.field(default_factory=list)
     stages: list[StageRecord] = dataclasses.field(default_factory=list)
     progress: bool = True
+    figures: list[str] = dataclasses.field(default_factory=list)
     _scratch_dir: Path | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
@@ -379,6 +386,8 @@ class Run:
         """
         folder = self.state_dir if _multiprocess.is_lead() else self._scratch()
         path = folder / "figures" / name
+        if name not in self.figures:
+            self.figures.append(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -531,6 +540,20 @@ def check_folder(out: Path, record: Mapping[str, Any], *, resume: bool, overwrit
             f"{rec.get('command') or 'the recorded command'}).")
 
 
+def finished_metrics(out: Path, fp: str) -> dict | None:
+    """The metrics of the finished run of fingerprint ``fp`` recorded in ``out``, else ``None``.
+
+    A run is finished when its complete record is there: ``config.json`` naming ``fp``, and
+    ``metrics.json``, ``versions.json`` and ``report.md`` (written before ``config.json``).
+    """
+    record = _read_json(out / "config.json")
+    if record is None or record.get("fingerprint") != fp:
+        return None
+    if not all((out / name).is_file() for name in RECORD_FILES):
+        return None
+    return _read_json(out / "metrics.json")
+
+
 def _finish(out: Path, run: Run, record: dict, metrics: dict, versions: dict) -> None:
     """Writes the record of a finished run, replacing any other run's record and state."""
     for name in RECORD_DIRS + LEGACY_DIRS:
@@ -593,7 +616,9 @@ def execute(name: str, config_name: str = "quick", out_dir: str | Path | None = 
 
     Returns:
       ``(out, metrics)``. Nothing is written when the config, the inputs or the folder are
-      refused; a failed or interrupted run changes only its own ``state/<fingerprint>/``.
+      refused; a failed or interrupted run changes only its own ``state/<fingerprint>/``. When
+      ``out`` holds the finished run of this exact config (and not ``overwrite``), nothing runs
+      and nothing is written: the recorded metrics are returned with every stage marked reused.
     """
     module, config, out, record = prepare(name, config_name, out_dir, overrides, raw=raw,
                                           download=download, command=command)
@@ -623,15 +648,26 @@ def execute_record(out: Path, record: dict, body: Callable[[Run], Mapping[str, A
     versions = io.versions()
     state = out / STATE_DIR / record["fingerprint"]
 
-    def open_folder() -> None:
+    def open_folder() -> dict | None:
         check_folder(out, record, resume=resume, overwrite=overwrite)
+        finished = None if overwrite else finished_metrics(out, record["fingerprint"])
+        if finished is not None:
+            return finished
         state.mkdir(parents=True, exist_ok=True)
         if not (state / "run.json").is_file():
             io.atomic_write_json(state / "run.json", record)
         if (state / "figures").is_dir():
             shutil.rmtree(state / "figures")
+        return None
 
-    _multiprocess.on_lead(open_folder)
+    finished = _multiprocess.on_lead(open_folder)
+    if finished is not None:
+        # A finished run of this exact config: every stage is reused, nothing runs and the
+        # record is left byte for byte as it was; the stages are reported as reused.
+        reused = [StageRecord(s["name"], True, 0.0) for s in finished.get("stages", [])]
+        if stages is not None:
+            stages[:] = reused
+        return {**finished, "stages": [dataclasses.asdict(s) for s in reused]}
     run = Run(name=record["study"], config_name=record["config_name"], out_dir=out,
               state_dir=state, progress=progress)
     if stages is not None:
@@ -645,6 +681,7 @@ def execute_record(out: Path, record: dict, body: Callable[[Run], Mapping[str, A
     # The lead's wall time and stage records, so that every process returns the same metrics.
     metrics["wall_time_s"] = round(time.time() - start, 2)
     metrics["stages"] = [dataclasses.asdict(s) for s in run.stages]
+    metrics["figures"] = sorted(run.figures)
     metrics = _multiprocess.broadcast_object(metrics)
     run.text(f"Wall time: {metrics['wall_time_s']:.1f} s.")
     _multiprocess.on_lead(lambda: _finish(out, run, record, metrics, versions))

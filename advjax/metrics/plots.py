@@ -1,4 +1,6 @@
-"""Figures of the metrics: accuracy-vs-distortion curves with the ARA shaded, transfer heatmaps.
+"""Figures of the metrics: accuracy-vs-distortion curves with the ARA shaded, transfer heatmaps,
+robust-accuracy curves, distortion histograms, per-layer bound bars and image grids (adversarial
+examples beside their originals).
 
 matplotlib is imported inside the functions and drives the Agg canvas directly (no ``pyplot``
 global state, no display needed). Figures are written as PNG atomically.
@@ -136,3 +138,178 @@ def plot_transfer_matrix(
     if title:
         ax.set_title(title)
     return save_figure_png(fig, path)
+
+
+def plot_robust_accuracy_curve(
+    eps,
+    accuracy,
+    path: str | os.PathLike,
+    *,
+    ci: Sequence[tuple[float, float]] | None = None,
+    title: str | None = None,
+    xlabel: str = "L2 radius ε",
+) -> Path:
+    """Robust accuracy versus attack radius, with its 95% interval as a band.
+
+    Args:
+      eps: ``(m,)`` radii (input units), increasing.
+      accuracy: ``(m,)`` robust accuracies in ``[0, 1]``.
+      path: the PNG file to write.
+      ci: optional ``m`` pairs ``(low, high)``: the interval of each accuracy.
+      title: optional title.
+      xlabel: label of the radius axis.
+
+    Returns:
+      The path written.
+    """
+    check_rank(eps, "eps", 1)
+    e = np.asarray(eps, np.float64)
+    a = np.asarray(accuracy, np.float64)
+    check_shape(a, "accuracy", e.shape)
+    fig = _new_figure((5.0, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    if ci is not None:
+        band = np.asarray(ci, np.float64)
+        check_shape(band, "ci", (e.shape[0], 2))
+        ax.fill_between(e, band[:, 0], band[:, 1], color="C0", alpha=0.25, label="95% interval")
+    ax.plot(e, a, "o-", color="C0", label="robust accuracy")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper right", fontsize="small")
+    return save_figure_png(fig, path)
+
+
+def plot_distortion_histogram(
+    distortions: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    bins: int = 20,
+    title: str | None = None,
+    xlabel: str = "minimum distortion (RMS)",
+) -> Path:
+    """Histograms of the minimum distortions found, one outlined histogram per model.
+
+    Args:
+      distortions: ``{name: (n,) distortions}``; non-finite values (images not fooled) are left
+        out and counted in the legend.
+      path: the PNG file to write.
+      bins: number of bins shared by every histogram (over the finite values' range).
+      title: optional title.
+      xlabel: label of the distortion axis.
+
+    Returns:
+      The path written.
+    """
+    if not distortions:
+        raise ValueError("`distortions` must hold at least one model's distortions.")
+    values = {str(k): np.asarray(v, np.float64).reshape(-1) for k, v in distortions.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+    hi = float(finite.max()) if finite.size else 1.0
+    edges = np.linspace(0.0, hi if hi > 0 else 1.0, bins + 1)
+    fig = _new_figure((5.5, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, (name, v) in enumerate(values.items()):
+        ok = v[np.isfinite(v)]
+        label = f"{name} (n={ok.size}" + (f", {v.size - ok.size} not found)" if ok.size < v.size
+                                          else ")")
+        ax.hist(ok, bins=edges, histtype="step", linewidth=1.5, color=f"C{i}", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper right", fontsize="small")
+    return save_figure_png(fig, path)
+
+
+def plot_layer_bounds(
+    bounds: Mapping[str, Sequence[float]],
+    layer_names: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Per-layer upper Lipschitz bounds as bars on a log scale, one group of bars per network.
+
+    Args:
+      bounds: ``{network: (L,) per-layer bounds}`` (all networks with ``L`` layers, or a
+        mapping of one network).
+      layer_names: ``L`` layer labels.
+      path: the PNG file to write.
+      title: optional title.
+
+    Returns:
+      The path written. Bounds are positive; a bar's height is its bound (log axis).
+    """
+    if not bounds:
+        raise ValueError("`bounds` must hold at least one network's layer bounds.")
+    groups = {str(k): np.asarray(v, np.float64) for k, v in bounds.items()}
+    n_layers = len(layer_names)
+    for name, b in groups.items():
+        check_shape(b, f"bounds[{name!r}]", (n_layers,))
+    fig = _new_figure((1.5 + 0.7 * n_layers * len(groups) ** 0.5, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(groups)
+    x = np.arange(n_layers)
+    for i, (name, b) in enumerate(groups.items()):
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, b, width=width, color=f"C{i}",
+               label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(x, labels=list(layer_names), rotation=30, ha="right", fontsize="small")
+    ax.set_ylabel("upper Lipschitz bound (L2)")
+    if title:
+        ax.set_title(title)
+    if len(groups) > 1 or next(iter(groups)):
+        ax.legend(fontsize="small")
+    return save_figure_png(fig, path)
+
+
+def plot_image_rows(rows, row_labels: Sequence[str], path: str | os.PathLike,
+                    title: str | None = None) -> Path:
+    """A PNG grid of images ``rows`` ``(R, N, H, W, C)`` in ``[0, 1]``, one labelled row each."""
+    rows = np.clip(np.asarray(rows, np.float32), 0.0, 1.0)
+    check_rank(rows, "rows", 5)
+    r, n = rows.shape[:2]
+    check_shape(row_labels, "row_labels", (r,))
+    fig = _new_figure((1.1 * n + 1.6, 1.1 * r + 0.4))
+    axes = fig.subplots(r, n, squeeze=False)
+    for i in range(r):
+        for j in range(n):
+            ax = axes[i, j]
+            img = rows[i, j]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure_png(fig, path)
+
+
+def plot_adversarial_examples(originals, adversarials, path: str | os.PathLike, *,
+                              title: str | None = None,
+                              labels: Sequence[str] = ("original", "adversarial",
+                                                       "difference")) -> Path:
+    """Adversarial examples beside their originals, and the (amplified) difference below.
+
+    Args:
+      originals: ``(N, H, W, C)`` images in ``[0, 1]``.
+      adversarials: ``(N, H, W, C)`` their adversarial examples.
+      path: the PNG file to write.
+      title: optional title.
+      labels: the three row labels.
+
+    Returns:
+      The path written. The difference row shows ``0.5 + d / (2 max |d|)`` per image (grey is
+      no change), so that small perturbations are visible.
+    """
+    x = np.asarray(originals, np.float32)
+    check_rank(x, "originals", 4)
+    adv = np.asarray(adversarials, np.float32)
+    check_shape(adv, "adversarials", x.shape)
+    d = adv - x
+    scale = np.abs(d).reshape(len(d), -1).max(axis=1).reshape(-1, 1, 1, 1)
+    diff = 0.5 + d / (2.0 * np.where(scale > 0, scale, 1.0))
+    return plot_image_rows(np.stack([x, adv, diff]), list(labels), path, title=title)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,47 @@ from advjax.pipeline import Input
 logger = logging.getLogger(__name__)
 
 WOODS_CHECKPOINT_FOLDER = "woods2019-resnet44"
+
+
+def check_config(config, *, positive: Sequence[str] = (), nonnegative: Sequence[str] = (),
+                 choices: Mapping[str, Sequence[Any]] | None = None) -> None:
+    """The one validating boundary of a study config (called by its ``__post_init__``).
+
+    It runs when a preset is defined and whenever ``--set`` overrides are applied
+    (``dataclasses.replace``), so a run with an invalid value stops before anything is written.
+    A tuple field's rule applies to each of its items.
+
+    Args:
+      config: the config dataclass instance.
+      positive: fields whose numbers must be finite and > 0 (counts, rates, radii).
+      nonnegative: fields whose numbers must be finite and >= 0 (seeds, indices, momenta).
+      choices: fields whose values (or items) must be one of the given names.
+
+    Raises:
+      ValueError: naming the field, the value and what was expected.
+    """
+
+    def items(name):
+        value = getattr(config, name)
+        return value if isinstance(value, tuple) else (value,)
+
+    def fail(name, expected):
+        raise ValueError(f"config field {name!r} = {getattr(config, name)!r}: expected "
+                         f"{expected}")
+
+    for name in positive:
+        if not all(np.isfinite(v) and v > 0 for v in items(name)):
+            fail(name, "a number > 0" + (" for every item" if isinstance(
+                getattr(config, name), tuple) else ""))
+    for name in nonnegative:
+        if not all(np.isfinite(v) and v >= 0 for v in items(name)):
+            fail(name, "a number >= 0" + (" for every item" if isinstance(
+                getattr(config, name), tuple) else ""))
+    for name, known in (choices or {}).items():
+        bad = [v for v in items(name) if v not in known]
+        if bad:
+            fail(name, f"{'items' if isinstance(getattr(config, name), tuple) else 'one'} "
+                       f"of {list(known)} (unknown: {bad})")
 
 
 def dataset_input(name: str, data_dir: str | None, required: bool = True) -> Input:
@@ -182,33 +223,53 @@ def train_szegedy(name: str, train_set, eval_set, *, seed: int, epochs: int, bat
                      eval_data=eval_set, checkpoint_dir=ckpt("classifier"), progress=progress)
 
 
-def image_rows_png(rows: np.ndarray, row_labels: list[str], path: Path,
-                   title: str | None = None) -> Path:
-    """A PNG grid of images ``rows`` ``(R, N, H, W, C)`` in [0, 1], one labelled row each."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+# A network bound more than this many times the largest local Jacobian norm found is called
+# astronomically loose: the certificate it gives says next to nothing about the network.
+LOOSE_BOUND_RATIO = 1e6
 
-    from advjax import io
 
-    rows = np.clip(np.asarray(rows, np.float32), 0.0, 1.0)
-    r, n = rows.shape[:2]
-    fig, axes = plt.subplots(r, n, figsize=(1.1 * n + 1.6, 1.1 * r + 0.4), squeeze=False)
-    for i in range(r):
-        for j in range(n):
-            ax = axes[i, j]
-            img = rows[i, j]
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    import io as _io
+def certificate_remarks(radii, quantization_step: float, bound: float,
+                        lower: float | None = None) -> dict:
+    """What a Lipschitz certificate is worth: radii in quantisation steps, vacuity, looseness.
 
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return io.atomic_write_bytes(path, buf.getvalue())
+    Args:
+      radii: ``(n,)`` certified L2 radii (input units) of the examples the network classifies
+        correctly (a misclassified one has no certificate; pass only the others).
+      quantization_step: the input's quantisation step (``1/255`` for 8-bit images). A radius
+        below it is *vacuous*: no other image the data could hold lies within it.
+      bound: the network's upper Lipschitz bound ``L``.
+      lower: the largest local Jacobian norm found (a lower bound of the Lipschitz constant), or
+        ``None`` when none was computed.
+
+    Returns:
+      ``{"quantization_step", "mean_radius_steps", "vacuous_fraction", "all_vacuous",
+      "bound_to_lower", "loose", "remark"}``: ``mean_radius_steps`` is the mean radius divided by
+      the step; ``vacuous_fraction`` the share of radii below one step; ``loose`` is ``True`` when
+      ``bound > LOOSE_BOUND_RATIO × lower`` (``None`` without a lower bound); ``remark`` says both
+      in words (empty when neither applies).
+    """
+    if not (np.isfinite(quantization_step) and quantization_step > 0):
+        raise ValueError(f"`quantization_step` must be a number > 0; got {quantization_step!r}")
+    r = np.asarray(radii, np.float64).reshape(-1)
+    steps = r / quantization_step
+    vacuous = r < quantization_step
+    ratio = float(bound / lower) if lower is not None and lower > 0 else None
+    loose = None if ratio is None else bool(not ratio <= LOOSE_BOUND_RATIO)
+    remarks = []
+    if r.size and vacuous.all():
+        remarks.append(f"Every certified radius is vacuous: below the input's quantisation step "
+                       f"{quantization_step:.4g} (mean {np.mean(steps):.3g} steps), so the "
+                       "certificate excludes no other image the data could hold.")
+    elif vacuous.any():
+        remarks.append(f"{int(vacuous.sum())} of {r.size} certified radii are vacuous (below "
+                       f"the input's quantisation step {quantization_step:.4g}).")
+    if loose:
+        remarks.append(f"The bound {bound:.4g} is astronomically loose: {ratio:.3g} times the "
+                       f"largest local Jacobian norm found ({lower:.4g}); the rule: more than "
+                       f"{LOOSE_BOUND_RATIO:.0e} times.")
+    return {"quantization_step": float(quantization_step),
+            "mean_radius_steps": float(np.mean(steps)) if r.size else float("nan"),
+            "vacuous_fraction": float(np.mean(vacuous)) if r.size else float("nan"),
+            "all_vacuous": bool(r.size and vacuous.all()),
+            "bound_to_lower": ratio, "loose": loose, "remark": " ".join(remarks)}

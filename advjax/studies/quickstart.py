@@ -15,11 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import attacks, lipschitz, metrics, train
-from advjax.metrics import stats
+from advjax.metrics import plots, stats
 from advjax.models import SZEGEDY_WEIGHT_DECAY, szegedy_model
 from advjax.studies import common
-
-QUICK_RUNTIME = "339 s (load 15)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +35,8 @@ class Config:
       lbfgs_search_steps: bisection steps of the per-example L-BFGS constant c.
       lbfgs_iterations: L-BFGS iterations per value of c.
       pgd_eps: L2 radii of the PGD-40 robust-accuracy curve (pixels in [0, 1]).
+      quantization_step: the input's quantisation step (1/255 for 8-bit images): a certified
+        radius below it certifies no other image the data could hold, and is called vacuous.
       seed: seed of initialisation, data order, attack targets and bootstrap resampling.
     """
 
@@ -50,7 +50,15 @@ class Config:
     lbfgs_search_steps: int = 6
     lbfgs_iterations: int = 60
     pgd_eps: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+    quantization_step: float = 1 / 255
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "batch_size", "learning_rate", "attack_examples",
+                            "lbfgs_search_steps", "lbfgs_iterations", "quantization_step"),
+            nonnegative=("pgd_eps", "seed"),
+            choices={"model": [m for m in SZEGEDY_WEIGHT_DECAY if m != "AE400-10"]})
 
 
 CONFIGS = {
@@ -71,7 +79,8 @@ def findings(m: dict) -> list[stats.Claim]:
     Args:
       m: ``metrics.json`` of a run: ``lbfgs_success`` and ``lbfgs_mean_rmse`` interval dicts,
         ``lbfgs_attacked``, ``lbfgs_failure`` (why the attack's results are unusable, or ``""``),
-        ``certificate_violations`` and ``mean_certified_radius``.
+        ``certificate_violations``, ``mean_certified_radius`` and optionally ``certificate``
+        (:func:`advjax.studies.common.certificate_remarks`, whose remark joins the evidence).
     """
     claims = []
     statement = ("adversarial examples exist for (almost) every correctly classified image "
@@ -87,6 +96,9 @@ def findings(m: dict) -> list[stats.Claim]:
                  "Lipschitz bound (§4.3)")
     evidence = (f"{m['certificate_violations']} violations; mean certified L2 radius "
                 f"{m['mean_certified_radius']:.4g}")
+    remark = (m.get("certificate") or {}).get("remark")
+    if remark:  # a vacuous radius or a loose bound makes "no violation" say little
+        evidence += f". {remark}"
     if m["lbfgs_failure"]:
         claims.append(stats.blocked(statement, m["lbfgs_failure"], evidence))
     else:
@@ -139,6 +151,20 @@ def run(config: Config, run) -> dict:
         logits, jnp.asarray(ys), report.total))
     l2_found = np.asarray(res.l2)
     violated = int(np.sum(l2_found[found] < radii[found] - 1e-6))
+    lower = float(lipschitz.local_lower_bound(logits_fn, jnp.asarray(xs)))
+    certificate = common.certificate_remarks(radii[attacked], config.quantization_step,
+                                             float(report.total), lower)
+
+    plots.plot_robust_accuracy_curve(
+        curve_eps, pgd_acc, run.figure_path("robust_accuracy.png"),
+        ci=[(c.low, c.high) for c in pgd_ci], title=f"PGD-40 (L2), {config.model}")
+    shown = (np.flatnonzero(found) if found.any() else np.arange(len(xs)))[:8]
+    plots.plot_adversarial_examples(
+        xs[shown], np.asarray(res.x_adv)[shown], run.figure_path("lbfgs_examples.png"),
+        title="L-BFGS minimum-distortion examples (random wrong target)")
+    plots.plot_distortion_histogram(
+        {config.model: np.where(found, rmse, np.nan)[attacked]},
+        run.figure_path("lbfgs_distortion.png"), title="L-BFGS minimum distortion")
 
     run.section("Clean error", f"Model {config.model} on `{config.dataset}` "
                 f"({len(train_set[1])} train / {len(test_set[1])} test images). Brackets: 95% "
@@ -150,14 +176,23 @@ def run(config: Config, run) -> dict:
                "av. min. distortion (RMS) [95% CI]", "median RMS", "mean L2"],
               [[len(xs), int(attacked.sum()), str(success_ci), str(rmse_ci), dstats.median_rmse,
                 float(np.mean(l2_found[found])) if found.any() else float("nan")]])
+    run.figure("lbfgs_examples.png", "Originals, their L-BFGS adversarial examples and the "
+               "amplified difference")
+    run.figure("lbfgs_distortion.png", "Histogram of the minimum RMS distortion found")
     run.section("PGD-40 (L2) robust accuracy")
     run.table(["eps (L2)", "robust accuracy [95% CI]"],
               [[f"{e:g}", str(c)] for e, c in zip(curve_eps, pgd_ci, strict=True)])
+    run.figure("robust_accuracy.png", "Robust accuracy versus L2 radius (95% Wilson band)")
     run.section("Lipschitz bounds (spectral norms, jaxpr walk)")
     run.text(report.to_markdown())
     run.text(f"Network bound L = {float(report.total):.4g}; mean certified L2 radius "
-             f"{float(np.mean(radii)):.4g}; L-BFGS examples inside a certified radius: "
-             f"{violated}.")
+             f"{float(np.mean(radii)):.4g} ({certificate['mean_radius_steps']:.3g} "
+             f"quantisation steps of {config.quantization_step:.4g} on the correctly "
+             f"classified images); largest local Jacobian norm found {lower:.4g} (bound / "
+             f"local: {certificate['bound_to_lower']:.3g}); L-BFGS examples inside a certified "
+             f"radius: {violated}.")
+    if certificate["remark"]:
+        run.text(certificate["remark"])
     out = {
         "model": config.model,
         "dataset": config.dataset,
@@ -175,6 +210,8 @@ def run(config: Config, run) -> dict:
         "pgd_l2_accuracy_ci": [common.ci_dict(c) for c in pgd_ci],
         "lipschitz_bound": float(report.total),
         "mean_certified_radius": float(np.mean(radii)),
+        "lipschitz_lower_bound": lower,
+        "certificate": certificate,
         "certificate_violations": violated,
         "history": [{"epoch": h["epoch"], "eval": h.get("eval")} for h in history],
     }

@@ -15,12 +15,12 @@ import dataclasses
 import numpy as np
 
 from advjax import attacks, metrics, train
-from advjax.metrics import stats
+from advjax.metrics import plots, stats
+from advjax.models import SZEGEDY_WEIGHT_DECAY
 from advjax.studies import common
 from advjax.studies.szegedy_table1 import Config as Table1Config
 from advjax.studies.szegedy_table1 import attack_set
 
-QUICK_RUNTIME = "87 s"
 BASE, POOL = "weight decay", "weight decay + adversarial pool"
 
 
@@ -63,6 +63,14 @@ class Config:
     search_steps: int = 6
     max_iterations: int = 60
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "batch_size", "learning_rate", "pool_size", "pool_refresh",
+                            "pool_mix", "pool_eps", "pool_steps", "eval_examples", "search_steps",
+                            "max_iterations"),
+            nonnegative=("eval_eps", "seed"),
+            choices={"model": list(SZEGEDY_WEIGHT_DECAY)})
 
 
 CONFIGS = {
@@ -119,7 +127,7 @@ def run(config: Config, run) -> dict:
     keys = common.example_keys(config.seed + 7, len(xs))
     lb = dataclasses.replace(Table1Config(), search_steps=config.search_steps,
                              max_iterations=config.max_iterations)
-    rows, out, per, failures = [], {}, {}, {}
+    rows, out, per, failures, figures = [], {}, {}, {}, []
     for name, pool_config in variants.items():
         state, _ = run.stage(f"train {name}", lambda pool_config=pool_config, name=name:
                              common.train_szegedy(
@@ -143,6 +151,14 @@ def run(config: Config, run) -> dict:
         failures[name] = stats.attack_failure(success[ok], rmse[ok])
         per[name] = {"test_error": (~test_ok).astype(np.float64),
                      "robust": robust.mean(0).astype(np.float64), "rmse": rmse}
+        found = np.flatnonzero(np.isfinite(rmse))
+        shown = (found if found.size else np.arange(len(rmse)))[:8]
+        figure = f"lbfgs_examples_{name.replace(' + ', '_').replace(' ', '_')}.png"
+        plots.plot_adversarial_examples(xs[shown], np.asarray(res.x_adv)[shown],
+                                        run.figure_path(figure),
+                                        title=f"L-BFGS minimum-distortion examples: {name}")
+        figures.append((figure, f"{name}: originals, L-BFGS adversarial examples and the "
+                        "amplified difference"))
         err_ci, rmse_ci = common.rate_ci(~test_ok), common.mean_ci(rmse, seed=config.seed)
         robust_ci = [common.rate_ci(r) for r in robust]
         rows.append([name, str(err_ci), *[str(c) for c in robust_ci], str(rmse_ci)])
@@ -157,6 +173,12 @@ def run(config: Config, run) -> dict:
                 "(Wilson for rates, seeded bootstrap over images for the mean distortion).")
     run.table(["Training", "Test error", *[f"PGD acc. eps={e:g}" for e in config.eval_eps],
                "Av. min. L-BFGS distortion"], rows)
+    plots.plot_distortion_histogram({n: p["rmse"] for n, p in per.items()},
+                                    run.figure_path("lbfgs_distortion.png"),
+                                    title="L-BFGS minimum distortion by training")
+    figures.append(("lbfgs_distortion.png", "Histograms of the minimum RMS distortion found"))
+    for figure, caption in figures:
+        run.figure(figure, caption)
     b, a = per[BASE], per[POOL]
     both = np.isfinite(a["rmse"]) & np.isfinite(b["rmse"])
     result = {

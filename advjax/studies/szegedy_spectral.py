@@ -20,11 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import attacks, lipschitz
-from advjax.metrics import stats
+from advjax.metrics import plots, stats
 from advjax.models import WOODS2019_CHECKPOINTS, MnistCNN, linen_logits_fn, load_woods2019
 from advjax.studies import common
-
-QUICK_RUNTIME = "136 s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +43,8 @@ class Config:
       cifar_points: CIFAR-10 test images for the ResNet-44 lower bounds.
       cw_steps: optimiser steps of each CW-L2 run.
       search_steps: binary-search steps over the penalty c of CW-L2 and L-BFGS.
+      quantization_step: the input's quantisation step (1/255 for 8-bit images): a certified
+        radius below it certifies no other image the data could hold, and is called vacuous.
       seed: seed of initialisation, data order and bootstrap resampling.
     """
 
@@ -60,7 +60,14 @@ class Config:
     cifar_points: int = 4
     cw_steps: int = 100
     search_steps: int = 4
+    quantization_step: float = 1 / 255
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "batch_size", "learning_rate", "lower_bound_points",
+                            "certify_examples", "cw_steps", "search_steps", "quantization_step"),
+            nonnegative=("refine_steps", "cifar_points", "seed"))
 
 
 CONFIGS = {"quick": Config(),
@@ -84,8 +91,13 @@ def _analyse(name, fn, xs, ys, config, run, certify: bool):
                                               refine_steps=config.refine_steps))
     out = {"total": float(report.total), "product": report.product, "lower": lower,
            "unfolded": float(report.unfolded_total), "layers": len(report.rows),
-           "table5": lipschitz.table5(report)}
-    if certify:
+           "table5": lipschitz.table5(report),
+           "layer_names": [row.name for row in report.rows],
+           "layer_bounds": [float(row.bound) for row in report.rows]}
+    if not certify:
+        out["certificate"] = common.certificate_remarks([], config.quantization_step,
+                                                        float(report.total), lower)
+    else:
         n = config.certify_examples
         logits = jax.vmap(fn)(jnp.asarray(xs[:n]))
         radii = np.asarray(jax.vmap(lipschitz.certified_radius, (0, 0, None))(
@@ -106,6 +118,8 @@ def _analyse(name, fn, xs, ys, config, run, certify: bool):
             any_success |= ok
             best = np.where(ok, np.minimum(best, np.asarray(res.l2)), best)
         found = np.isfinite(best)
+        out["certificate"] = common.certificate_remarks(
+            radii[clean], config.quantization_step, float(report.total), lower)
         out.update(mean_radius=float(np.mean(radii)),
                    mean_best_attack_l2=float(np.mean(best[found])) if found.any() else None,
                    min_gap=float(np.min(best[found] - radii[found])) if found.any() else None,
@@ -155,12 +169,18 @@ def run(config: Config, run) -> dict:
                 "with every scaling its own factor (the previous bound); product: Szegedy's "
                 "∏ L_k; lower: largest Jacobian spectral norm found. Per example, the certified "
                 "radius must not exceed the smallest distortion found by DeepFool, CW-L2 and "
-                "L-BFGS (violations: examples where it does).")
+                "L-BFGS (violations: examples where it does). Radii are also given in "
+                f"quantisation steps of the input ({config.quantization_step:.4g}); a radius "
+                "below one step is vacuous. A bound more than "
+                f"{common.LOOSE_BOUND_RATIO:.0e} times the lower bound is called "
+                "astronomically loose.")
     run.table(["Network", "layers", "∏ L_k", "unfolded bound", "upper bound", "lower bound",
-               "upper/lower", "mean certified radius", "mean best attack L2",
-               "min (attack − radius)", "violations"],
+               "upper/lower", "mean certified radius", "(quantisation steps)",
+               "vacuous radii", "mean best attack L2", "min (attack − radius)", "violations"],
               [[n, r["layers"], r["product"], r["unfolded"], r["total"], r["lower"],
                 r["total"] / r["lower"], r.get("mean_radius", "—"),
+                r["certificate"]["mean_radius_steps"] if "mean_radius" in r else "—",
+                r["certificate"]["vacuous_fraction"] if "mean_radius" in r else "—",
                 r.get("mean_best_attack_l2", "—"), r.get("min_gap", "—"),
                 r.get("violations", "—")] for n, r in results.items()])
     claims = findings(results)
@@ -171,6 +191,7 @@ def run(config: Config, run) -> dict:
                 "sampling interval.")
     for r in results.values():
         r.pop("table5", None)
+        r.pop("layer_names", None)
     return {"networks": results, "claims": [c.to_dict() for c in claims],
             "sound": all(r["total"] >= r["lower"] * (1 - 1e-4) for r in results.values())}
 
@@ -178,6 +199,13 @@ def run(config: Config, run) -> dict:
 def _report_layers(run, name: str, result: dict) -> None:
     run.section(f"{name}: per-layer upper bounds")
     run.text(result["table5"])
+    figure = f"layer_bounds_{Path(name).stem}.png"
+    plots.plot_layer_bounds({name: result["layer_bounds"]}, result["layer_names"],
+                            run.figure_path(figure), title=f"{name}: per-layer upper bounds "
+                            f"(network bound {result['total']:.4g})")
+    run.figure(figure, f"{name}: per-layer upper Lipschitz bounds (log scale)")
+    if result["certificate"]["remark"]:
+        run.text(f"**Remark.** {result['certificate']['remark']}")
 
 
 def findings(results: dict) -> list[stats.Claim]:
@@ -201,7 +229,9 @@ def findings(results: dict) -> list[stats.Claim]:
         evidence = "; ".join(
             f"{n}: {r['violations']} violations, mean radius "
             f"{common.interval(r['mean_radius_ci'])}, mean best attack L2 "
-            f"{common.interval(r['mean_best_attack_l2_ci'])}" for n, r in certified.items())
+            f"{common.interval(r['mean_best_attack_l2_ci'])}"
+            + (f" ({r['certificate']['remark']})" if (r.get("certificate") or {}).get("remark")
+               else "") for n, r in certified.items())
         failed = "; ".join(f"{n}: {r['attack_failure']}" for n, r in certified.items()
                            if r.get("attack_failure"))
         if failed:

@@ -14,10 +14,9 @@ import dataclasses
 import numpy as np
 
 from advjax import attacks, metrics
-from advjax.metrics import stats
+from advjax.metrics import plots, stats
+from advjax.models import SZEGEDY_WEIGHT_DECAY
 from advjax.studies import common
-
-QUICK_RUNTIME = "82 s"
 
 PUBLISHED = {  # papers.md §1.5 Table 1: train error, test error, av. min. distortion
     "FC10(1e-4)": (0.067, 0.074, 0.062),
@@ -59,6 +58,12 @@ class Config:
     search_steps: int = 6
     max_iterations: int = 60
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "ae_epochs", "batch_size", "learning_rate",
+                            "attack_examples", "search_steps", "max_iterations"),
+            nonnegative=("seed",), choices={"models": list(SZEGEDY_WEIGHT_DECAY)})
 
 
 CONFIGS = {
@@ -125,7 +130,7 @@ def findings(m: dict) -> list[stats.Claim]:
 def run(config: Config, run) -> dict:
     train_set = common.load_split(config.dataset, "train", config.data_dir)
     test_set = common.load_split(config.dataset, "test", config.data_dir)
-    rows, out, per_example = [], {}, {}
+    rows, out, per_example, examples = [], {}, {}, {}
     xs, ys = train_set[0][: config.attack_examples], train_set[1][: config.attack_examples]
     for i, name in enumerate(config.models):
         state, _ = run.stage(f"train {name}", lambda i=i, name=name: common.train_szegedy(
@@ -143,6 +148,7 @@ def run(config: Config, run) -> dict:
         success = np.asarray(res.success, bool)
         rmse = np.where(success & attacked, np.asarray(res.rmse, np.float64), np.nan)
         per_example[name] = rmse
+        examples[name] = np.asarray(res.x_adv)[:8]
         success_ci = common.rate_ci(success[attacked])
         rmse_ci = common.mean_ci(rmse, seed=config.seed)
         pub = PUBLISHED.get(name, (None, None, None))
@@ -164,6 +170,15 @@ def run(config: Config, run) -> dict:
                 "mean distortions).")
     run.table(["Model", "Train err", "(paper)", "Test err", "(paper)", "Av. min. distortion",
                "(paper)", "L-BFGS success"], rows)
+    plots.plot_distortion_histogram(per_example, run.figure_path("distortion_histogram.png"),
+                                    title="Minimum L-BFGS distortion per model")
+    run.figure("distortion_histogram.png", "Histograms of the minimum RMS distortion found, per "
+               "model (images not fooled are counted in the legend)")
+    plots.plot_image_rows(np.stack([xs[:8], *examples.values()]), ["original", *examples],
+                          run.figure_path("adversarial_examples.png"),
+                          title="The same training images and each model's L-BFGS example")
+    run.figure("adversarial_examples.png", "Originals (top) and each model's minimum-distortion "
+               "adversarial example (an image not fooled is shown unchanged)")
     result = {"models": out, "all_found": all(v["success_rate"] == 1.0 for v in out.values())}
     diff = None
     if "FC10(1)" in per_example and "FC10(1e-4)" in per_example:

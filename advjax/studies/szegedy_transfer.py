@@ -18,11 +18,10 @@ import numpy as np
 from advjax import data as data_lib
 from advjax import metrics
 from advjax.metrics import plots, stats
+from advjax.models import SZEGEDY_WEIGHT_DECAY
 from advjax.studies import common
 from advjax.studies.szegedy_table1 import Config as Table1Config
 from advjax.studies.szegedy_table1 import attack_set
-
-QUICK_RUNTIME = "1097 s (load 15)"
 
 TABLE2_MODELS = ("FC10(1e-4)", "FC10(1e-2)", "FC10(1)", "FC100-100-10", "FC200-200-10",
                  "AE400-10")
@@ -72,6 +71,13 @@ class Config:
     gaussian_table4: tuple[float, ...] = (0.06, 0.1)
     amplify_rms: float = 0.1
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "ae_epochs", "batch_size", "learning_rate",
+                            "attack_examples", "search_steps", "max_iterations", "amplify_rms",
+                            "gaussian_table2", "gaussian_table4"),
+            nonnegative=("seed",), choices={"table2_models": list(SZEGEDY_WEIGHT_DECAY)})
 
 
 CONFIGS = {
@@ -199,6 +205,11 @@ def run(config: Config, run) -> dict:
     run.table(["Examples for ↓ / model →", *cols2, "Av. distortion"], table2)
     plots.plot_transfer_matrix(m2, rows2, cols2, run.figure_path("table2.png"))
     run.figure("table2.png", "Cross-model transfer (error rates)")
+    plots.plot_image_rows(np.stack([xs[:8], *(sets[r][0][:8] for r in rows2)]),
+                          ["original", *rows2], run.figure_path("table2_examples.png"),
+                          title="Training images and the Table-2 examples made from them")
+    run.figure("table2_examples.png", "Originals (top), each model's L-BFGS examples and the "
+               "Gaussian-noise controls of Table 2")
     usable = [r for r in rows2 if r in models and not fail2[r]]
     off = [err2[rows2.index(r), j] for r in usable for j, c in enumerate(cols2) if c != r]
     noise_row = f"gaussian {config.gaussian_table2[0]:g}"

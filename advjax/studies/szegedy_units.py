@@ -16,11 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax.metrics import stats
+from advjax.metrics import plots, stats
 from advjax.models import MnistCNN, activation
 from advjax.studies import common
 
-QUICK_RUNTIME = "37 s"
 EQUIVALENCE_MARGIN = 0.15  # purity difference (fraction of top-k images) counted as "about equal"
 
 
@@ -49,6 +48,12 @@ class Config:
     directions_shown: int = 6
     directions_measured: int = 64
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("epochs", "batch_size", "learning_rate", "top_k", "directions_shown",
+                            "directions_measured"),
+            nonnegative=("seed",))
 
 
 CONFIGS = {"quick": Config(), "paper": Config(dataset="mnist", epochs=20, top_k=10)}
@@ -122,10 +127,10 @@ def run(config: Config, run) -> dict:
     random /= np.linalg.norm(random, axis=1, keepdims=True)
     idx_n, idx_r = top_k(phi, natural, config.top_k), top_k(phi, random, config.top_k)
     shown = config.directions_shown
-    common.image_rows_png(xs[idx_n[:shown]], [f"unit {u}" for u in active[:shown]],
+    plots.plot_image_rows(xs[idx_n[:shown]], [f"unit {u}" for u in active[:shown]],
                           run.figure_path("natural_basis.png"),
                           title="Top images for natural-basis directions e_i")
-    common.image_rows_png(xs[idx_r[:shown]], [f"random {i}" for i in range(shown)],
+    plots.plot_image_rows(xs[idx_r[:shown]], [f"random {i}" for i in range(shown)],
                           run.figure_path("random_directions.png"),
                           title="Top images for random directions v")
     per_n, per_r = purities(ys, idx_n), purities(ys, idx_r)

@@ -27,9 +27,10 @@ from advjax.studies import common
 
 logger = logging.getLogger(__name__)
 
-QUICK_RUNTIME = "307 s"
 RANKING = (("resnet44-standard.pt",), ("resnet44-adv-train.pt",),
            ("resnet44-all.pt", "resnet44-robust.pt"))  # published Attack-ARA order, low to high
+
+VARIANTS = ("plain", "adversarial", "lipschitz", "lipschitz+hhrelu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Config:
 
     dataset: str = "mnist_local"
     data_dir: str | None = None
-    variants: tuple[str, ...] = ("plain", "adversarial", "lipschitz", "lipschitz+hhrelu")
+    variants: tuple[str, ...] = VARIANTS
     features: tuple[int, ...] = (16, 32)
     dense: int = 64
     epochs: int = 4
@@ -71,6 +72,12 @@ class Config:
     cifar_dataset: str = "cifar10_head"
     cifar_examples: int = 24
     seed: int = 0
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("features", "dense", "epochs", "batch_size", "learning_rate",
+                            "ara_examples", "ara_steps", "ara_eps", "cifar_examples"),
+            nonnegative=("ara_momentum", "seed"), choices={"variants": VARIANTS})
 
 
 CONFIGS = {

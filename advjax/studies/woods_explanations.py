@@ -24,7 +24,6 @@ from advjax.metrics import stats
 from advjax.models import WOODS2019_CHECKPOINTS, linen_logits_fn, load_woods2019
 from advjax.studies import common
 
-QUICK_RUNTIME = "201 s"
 ROBUST = ("resnet44-all.pt", "resnet44-robust.pt")
 STANDARD = "resnet44-standard.pt"
 
@@ -56,6 +55,12 @@ class Config:
     eps_overshoot: float = 5.0
     all_classes_index: int = 8
     dataset: str = "cifar10_head"
+
+    def __post_init__(self):
+        common.check_config(
+            self, positive=("rho", "steps", "eps_overshoot"),
+            nonnegative=("indices", "all_classes_index"),
+            choices={"checkpoints": list(WOODS2019_CHECKPOINTS)})
 
 
 CONFIGS = {"quick": Config(), "paper": Config(dataset="cifar10")}

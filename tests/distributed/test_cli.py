@@ -43,7 +43,16 @@ def test_two_processes_write_one_folder_equal_to_one_process(tmp_path, monkeypat
     assert "results written to" not in stdouts[1]
     assert _record(out) == _record(single)
     assert sorted(_log(log)) == ["first", "first", "second", "second"]   # each process computed
-    # Resumed on two processes: process 0's saved stages are reused by both, nothing recomputed.
+    # The finished run resumed on two processes: nothing runs, the record stays byte for byte.
+    record = {n: (out / n).read_bytes() for n in pipeline.RECORD_FILES}
+    stdouts = run_processes([WORKER, "run", "counter", "--out", out, "--set", "n=4", "--resume"],
+                            2, env=env, timeout=120)
+    assert sorted(_log(log)) == ["first", "first", "second", "second"]
+    assert {n: (out / n).read_bytes() for n in pipeline.RECORD_FILES} == record
+    # Without its record (a run stopped after its stages), resumed on two processes: process 0's
+    # saved stages are reused by both, nothing recomputed.
+    for name in pipeline.RECORD_FILES:
+        (out / name).unlink()
     stdouts = run_processes([WORKER, "run", "counter", "--out", out, "--set", "n=4", "--resume"],
                             2, env=env, timeout=120)
     assert sorted(_log(log)) == ["first", "first", "second", "second"]

@@ -28,10 +28,12 @@ def test_every_study_is_listed_with_quick_and_paper_configs():
 def test_cli_list_shows_data_and_runtime(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
+    lines = out.splitlines()
     for name in EXPECTED:
-        line = next(line for line in out.splitlines() if line.startswith(name + " "))
-        assert "not recorded" not in line, line
+        i, line = next((i, line) for i, line in enumerate(lines) if line.startswith(name + " "))
         assert "ADVJAX_DATA_DIR" in line or "offline" in line, line
+        runtime = next(line for line in lines[i + 1:] if "quick runtime:" in line)
+        assert "not recorded" not in runtime and " s (load " in runtime, runtime
     assert "digits (offline, embedded)" in out
 
 

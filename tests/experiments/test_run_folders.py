@@ -19,15 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TOY = "tests.experiments.toy_studies"
 
 
-@pytest.fixture
-def toy(monkeypatch, tmp_path):
-    """The toy study package in place of advjax.studies; returns the stage log path."""
-    monkeypatch.setattr(pipeline, "STUDIES_PACKAGE", TOY)
-    log = tmp_path / "log.txt"
-    monkeypatch.setenv("ADVJAX_TOY_LOG", str(log))
-    return log
-
-
 def _snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None,
                                           p.stat().st_mtime_ns)

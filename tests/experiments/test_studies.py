@@ -14,10 +14,25 @@ import pytest
 from advjax import pipeline
 from advjax.metrics import stats
 from tests.conftest import require_data
+from tests.metrics.test_plots import assert_png_drawn
 
 pytestmark = pytest.mark.slow
 
 SMALL_SZEGEDY = {"epochs": 2, "attack_examples": 16, "search_steps": 6, "max_iterations": 30}
+
+
+FIGURES = {  # what a reader of each paper looks for
+    "quickstart": {"robust_accuracy.png", "lbfgs_examples.png", "lbfgs_distortion.png"},
+    "szegedy_table1": {"distortion_histogram.png", "adversarial_examples.png"},
+    "szegedy_transfer": {"table2.png", "table2_examples.png"},
+    "szegedy_adversarial_training": {"lbfgs_distortion.png",
+                                     "lbfgs_examples_weight_decay.png",
+                                     "lbfgs_examples_weight_decay_adversarial_pool.png"},
+    "szegedy_units": {"natural_basis.png", "random_directions.png"},
+    "szegedy_spectral": {"layer_bounds_MnistCNN.png", "layer_bounds_FC100-100-10.png"},
+    "woods_ara": {"ara_part1.png"},
+    "woods_explanations": {"second_class.png", "all_classes.png"},
+}
 
 
 def _run(name, tmp_path, overrides):
@@ -25,12 +40,33 @@ def _run(name, tmp_path, overrides):
     report = (out / "report.md").read_text()
     assert report.startswith("# ")
     assert json.loads((out / "metrics.json").read_text())
+    # Every figure the reader expects is drawn, listed in the metrics, shown in the report, and
+    # opens as a non-blank image.
+    drawn = sorted(p.name for p in (out / "figures").iterdir())
+    assert FIGURES[name] <= set(drawn), drawn
+    assert metrics["figures"] == drawn
+    for figure in drawn:
+        assert f"](figures/{figure})" in report, figure
+        assert_png_drawn(out / "figures" / figure)
     # Every finding is a verdict computed from the numbers, stated in the report.
     assert metrics["claims"]
     for claim in metrics["claims"]:
         assert claim["verdict"] in stats.VERDICTS
         assert f"**{claim['verdict'].capitalize()}** — {claim['statement']}" in report
     return out, metrics
+
+
+def test_quickstart(tmp_path):
+    _, m = _run("quickstart", tmp_path, {"epochs": 2, "attack_examples": 16,
+                                         "lbfgs_search_steps": 2, "lbfgs_iterations": 10,
+                                         "pgd_eps": [0.0, 1.0]})
+    cert = m["certificate"]
+    # Radii in quantisation steps: the mean radius over the correctly classified images.
+    assert cert["quantization_step"] == pytest.approx(1 / 255)
+    assert 0.0 <= cert["vacuous_fraction"] <= 1.0
+    assert m["lipschitz_bound"] >= m["lipschitz_lower_bound"] * (1 - 1e-4)
+    assert cert["bound_to_lower"] == pytest.approx(m["lipschitz_bound"]
+                                                   / m["lipschitz_lower_bound"])
 
 
 def test_szegedy_table1(tmp_path):
@@ -78,6 +114,8 @@ def test_szegedy_spectral(tmp_path):
     assert m["sound"]
     for r in m["networks"].values():
         assert r["violations"] == 0
+        assert r["certificate"]["loose"] == (r["total"] > 1e6 * r["lower"])
+        assert len(r["layer_bounds"]) == r["layers"]
 
 
 def test_woods_ara(tmp_path):

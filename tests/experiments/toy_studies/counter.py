@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from advjax.pipeline import Input
-
-QUICK_RUNTIME = "1 s"
+from advjax.studies import common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +32,10 @@ class Config:
     fail: bool = False
     data: str = "digits"
     data_dir: str | None = None
+
+    def __post_init__(self):
+        common.check_config(self, positive=("n",), nonnegative=("scale", "pause"),
+                            choices={"data": ("digits", "mnist_local")})
 
 
 CONFIGS = {"quick": Config(), "paper": Config(n=5)}

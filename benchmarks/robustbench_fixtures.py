@@ -20,13 +20,21 @@ the layout named by the fixture (plain state dict, ``DataParallel`` ``module.`` 
 under ``state_dict`` / ``model_state_dict``, RobustBench's ``normalize_model`` wrapper, the legacy
 non-zip format) and writes ``<name>.npz`` with fixed seeded NHWC inputs ``x`` in [0, 1] and the
 PyTorch eval-mode logits. ``manifest.json`` records, per fixture, the architecture name and keyword
-arguments of :func:`advjax.models.robustbench.build`, the file's SHA-256, and the PyTorch version;
-and the parameter counts of the FULL-size architectures, counted from the PyTorch definitions on
-the ``meta`` device (no allocation).
+arguments of :func:`advjax.models.robustbench.build`, the file's SHA-256 and the versions of
+PyTorch (torchvision, timm) that wrote it; and the parameter counts of the FULL-size
+architectures, counted from the PyTorch definitions on the ``meta`` device (no allocation).
+``--only a,b`` rebuilds just those fixtures and updates their entries of an existing manifest.
 
-The ImageNet ResNet twin (torchvision layout; torchvision is not a dependency) is written out below
-after torchvision's ``resnet.py`` (BSD-3-Clause): Bottleneck v1.5 (stride on the 3×3), 7×7/2 stem,
-3×3/2 max pool, ``downsample.{0,1}`` shortcut, adaptive average pooling, ``fc``.
+The torchvision-layout fixtures (ImageNet ResNet-50, Wide-ResNet-50-2) are built from torchvision's
+own ``ResNet`` / ``Bottleneck`` (``torchvision.models.resnet``, BSD-3-Clause) and the timm-layout
+ones (ConvNeXt, ViT; DeiT is the same ``VisionTransformer`` class) from timm's own ``ConvNeXt`` and
+``VisionTransformer`` (``timm.models``, Apache 2.0), so this script also needs ``torchvision`` and
+``timm`` (tested: torch 2.14.1, torchvision 0.29.1, timm 1.0.31; their versions go into the
+manifest). Only the ResNets need a change to the real class: torchvision hard-codes the stage widths
+64/128/256/512, which :func:`small_tv_resnet` replaces by small ones (see there). The full-size
+counts of these families are those of ``torchvision.models.resnet50`` / ``wide_resnet50_2`` and of
+timm's ``convnext_tiny`` ... ``vit_large_patch16_224``, ``deit_small_patch16_224`` /
+``deit_base_patch16_224`` (``pretrained=False``, nothing downloaded).
 """
 
 from __future__ import annotations
@@ -40,8 +48,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import timm
+import timm.models.convnext as timm_convnext_mod
+import timm.models.vision_transformer as timm_vit_mod
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torchvision
+import torchvision.models.resnet as tv_resnet
 from torch import nn
 
 N_INPUTS = 4
@@ -55,186 +67,38 @@ def _import(defs: Path, name: str):
     return mod
 
 
-# ---------------------------------------------------------------- torchvision-layout ResNet twin
-class TVBottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None, base_width=64):
-        super().__init__()
-        width = int(planes * (base_width / 64.0))
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+# ------------------------------------------------ torchvision / timm layouts: their own classes
+def small_tv_resnet(layers, widths, num_classes, width_per_group=64):
+    """torchvision's ``ResNet(Bottleneck, layers, num_classes, width_per_group=...)`` with the stage
+    ``planes`` 64/128/256/512 (hard-coded in its ``__init__``) replaced by ``widths``: the model is
+    built by torchvision's ``__init__`` on the meta device, then the stem, the four stages (by its
+    own ``_make_layer`` and ``Bottleneck``) and ``fc`` are rebuilt at the small widths; its
+    ``forward`` is used unchanged. (``ResNet(Bottleneck, [1, 1, 1, 1], ...)`` at torchvision's own
+    widths would do without the rebuild, but its 1×1 shortcuts alone hold 2.8 M parameters,
+    ~11 MB a fixture; the full-size models are checked by parameter count instead.)"""
+    with torch.device("meta"):
+        m = tv_resnet.ResNet(tv_resnet.Bottleneck, list(layers), num_classes=num_classes,
+                             width_per_group=width_per_group)
+    m.inplanes, m.dilation = widths[0], 1
+    m.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+    m.bn1 = m._norm_layer(widths[0])
+    for i, (planes, n, stride) in enumerate(zip(widths, layers, (1, 2, 2, 2), strict=True)):
+        setattr(m, f"layer{i + 1}", m._make_layer(tv_resnet.Bottleneck, planes, n, stride=stride))
+    m.fc = nn.Linear(widths[3] * tv_resnet.Bottleneck.expansion, num_classes)
+    assert not any(t.is_meta for t in (*m.parameters(), *m.buffers()))
+    return m
 
 
-class TVResNet(nn.Module):
-    def __init__(self, layers, num_classes=1000, width_per_group=64, widths=(64, 128, 256, 512)):
-        super().__init__()
-        self.inplanes = widths[0]
-        self.base_width = width_per_group
-        self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(self.inplanes)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        for i, (planes, n, stride) in enumerate(zip(widths, layers, (1, 2, 2, 2), strict=True)):
-            setattr(self, f"layer{i + 1}", self._make_layer(planes, n, stride))
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[3] * 4, num_classes)
-
-    def _make_layer(self, planes, blocks, stride):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * 4:
-            downsample = nn.Sequential(
-                    nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False),
-                    nn.BatchNorm2d(planes * 4))
-        layers = [TVBottleneck(self.inplanes, planes, stride, downsample, self.base_width)]
-        self.inplanes = planes * 4
-        layers += [TVBottleneck(self.inplanes, planes, base_width=self.base_width)
-                   for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+def timm_convnext(depths, dims, num_classes):
+    """timm's ``ConvNeXt`` class (``convnext_tiny`` ... ``convnext_large`` are this class)."""
+    return timm_convnext_mod.ConvNeXt(depths=tuple(depths), dims=tuple(dims),
+                                      num_classes=num_classes)
 
 
-# --------------------------------------------------- timm-layout ConvNeXt and ViT twins
-# timm is not installable here (it needs torchvision); these follow timm's convnext.py
-# (ConvNeXtBlock with conv_mlp=False, LayerNorm2d, NormMlpClassifierHead) and
-# vision_transformer.py (PatchEmbed, Attention with a fused qkv, Block, token pooling) with the
-# same module names, so the checkpoints have timm's keys.
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW tensor (timm.layers.LayerNorm2d)."""
-
-    def forward(self, x):
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim, ls_init_value=1e-6):
-        super().__init__()
-        self.conv_dw = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, 4 * dim)
-        self.gamma = nn.Parameter(ls_init_value * torch.ones(dim))
-
-    def forward(self, x):
-        shortcut = x
-        x = self.conv_dw(x).permute(0, 2, 3, 1)
-        x = self.mlp(self.norm(x)).permute(0, 3, 1, 2)
-        return x.mul(self.gamma.reshape(1, -1, 1, 1)) + shortcut
-
-
-class ConvNeXtStage(nn.Module):
-    def __init__(self, cin, cout, depth, downsample):
-        super().__init__()
-        self.downsample = (nn.Sequential(LayerNorm2d(cin, eps=1e-6),
-                                         nn.Conv2d(cin, cout, kernel_size=2, stride=2))
-                           if downsample else nn.Identity())
-        self.blocks = nn.Sequential(*[ConvNeXtBlock(cout) for _ in range(depth)])
-
-    def forward(self, x):
-        return self.blocks(self.downsample(x))
-
-
-class NormHead(nn.Module):
-    def __init__(self, dim, num_classes):
-        super().__init__()
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.norm = LayerNorm2d(dim, eps=1e-6)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(dim, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.flatten(self.norm(self.global_pool(x))))
-
-
-class TimmConvNeXt(nn.Module):
-    def __init__(self, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_classes=1000):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4),
-                                  LayerNorm2d(dims[0], eps=1e-6))
-        ins = (dims[0], *dims[:3])
-        self.stages = nn.Sequential(*[ConvNeXtStage(ins[i], dims[i], depths[i], i > 0)
-                                      for i in range(4)])
-        self.head = NormHead(dims[3], num_classes)
-
-    def forward(self, x):
-        return self.head(self.stages(self.stem(x)))
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
-
-
-class ViTBlock(nn.Module):
-    def __init__(self, dim, heads, mlp_ratio=4.0):
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch, dim):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class TimmViT(nn.Module):
-    def __init__(self, img_size=224, patch=16, dim=768, depth=12, heads=12, num_classes=1000):
-        super().__init__()
-        self.patch_embed = PatchEmbed(patch, dim)
-        self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
-        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, (img_size // patch) ** 2 + 1, dim))
-        self.blocks = nn.Sequential(*[ViTBlock(dim, heads) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x):
-        x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.head(self.norm(self.blocks(x))[:, 0])
+def timm_vit(img_size, patch, dim, depth, heads, num_classes):
+    """timm's ``VisionTransformer`` class (the ``vit_*`` and ``deit_*`` models are this class)."""
+    return timm_vit_mod.VisionTransformer(img_size=img_size, patch_size=patch, embed_dim=dim,
+                                          depth=depth, num_heads=heads, num_classes=num_classes)
 
 
 # ------------------------------------------- RobustBench models at small widths (their blocks)
@@ -343,24 +207,24 @@ def fixtures(defs: Path):
          small_resnet(rb_res, rb_res.ResNet, rb_res.Bottleneck, (3, 4, 6, 3), tiny),
          "legacy_state_dict", 32),
         ("resnet50_imagenet", "ResNet-50-imagenet", {"widths": tiny, "num_classes": 10},
-         rb_utils.normalize_model(TVResNet((3, 4, 6, 3), num_classes=10, widths=tiny),
+         rb_utils.normalize_model(small_tv_resnet((3, 4, 6, 3), tiny, num_classes=10),
                                   imnet_mean, imnet_std), "normalize_model", 64),
         ("wrn50_2_imagenet", "WideResNet-50-2-imagenet", {"widths": tiny, "num_classes": 10},
          rb_utils.normalize_model(
-                 TVResNet((3, 4, 6, 3), num_classes=10, width_per_group=128, widths=tiny),
+                 small_tv_resnet((3, 4, 6, 3), tiny, num_classes=10, width_per_group=128),
                  imnet_mean, imnet_std), "inner_of_normalize_model", 64),
         ("convnext_small", "ConvNeXt-T", {"depths": (1, 1, 2, 1), "dims": (8, 16, 24, 32),
                                           "num_classes": 10},
-         rb_utils.normalize_model(TimmConvNeXt((1, 1, 2, 1), (8, 16, 24, 32), num_classes=10),
+         rb_utils.normalize_model(timm_convnext((1, 1, 2, 1), (8, 16, 24, 32), num_classes=10),
                                   imnet_mean, imnet_std), "normalize_model", 64),
         ("vit_small", "ViT-S-16", {"patch_size": 8, "image_size": 32, "dim": 32, "depth": 2,
                                    "heads": 4, "num_classes": 10},
-         rb_utils.normalize_model(TimmViT(32, 8, 32, 2, 4, num_classes=10), (0.5,) * 3,
+         rb_utils.normalize_model(timm_vit(32, 8, 32, 2, 4, num_classes=10), (0.5,) * 3,
                                   (0.5,) * 3), "normalize_model", 32),
         # a second member (other weights, same inputs) for the ensemble test
         ("vit_small_b", "ViT-S-16", {"patch_size": 8, "image_size": 32, "dim": 32, "depth": 2,
                                      "heads": 4, "num_classes": 10},
-         rb_utils.normalize_model(TimmViT(32, 8, 32, 2, 4, num_classes=10), (0.5,) * 3,
+         rb_utils.normalize_model(timm_vit(32, 8, 32, 2, 4, num_classes=10), (0.5,) * 3,
                                   (0.5,) * 3), "normalize_model", 32),
     ]
 
@@ -388,6 +252,13 @@ def save(model: nn.Module, how: str, path: Path) -> None:
         raise ValueError(how)
 
 
+TIMM_NAMES = {"ConvNeXt-T": "convnext_tiny", "ConvNeXt-S": "convnext_small",
+              "ConvNeXt-B": "convnext_base", "ConvNeXt-L": "convnext_large",
+              "ViT-S-16": "vit_small_patch16_224", "ViT-B-16": "vit_base_patch16_224",
+              "ViT-L-16": "vit_large_patch16_224", "DeiT-S": "deit_small_patch16_224",
+              "DeiT-B": "deit_base_patch16_224"}
+
+
 def full_size_counts(defs: Path) -> dict[str, int]:
     """Trainable parameter counts of the full-size architectures, built on the ``meta`` device."""
     rb_wrn = _import(defs, "rb_wide_resnet")
@@ -406,15 +277,11 @@ def full_size_counts(defs: Path) -> dict[str, int]:
         "PreActResNet-18": rb_res.PreActResNet18,
         "ResNet-18": rb_res.ResNet18,
         "ResNet-50": rb_res.ResNet50,
-        "ResNet-50-imagenet": lambda: TVResNet((3, 4, 6, 3)),
-        "WideResNet-50-2-imagenet": lambda: TVResNet((3, 4, 6, 3), width_per_group=128),
-        "ConvNeXt-T": lambda: TimmConvNeXt((3, 3, 9, 3), (96, 192, 384, 768)),
-        "ConvNeXt-S": lambda: TimmConvNeXt((3, 3, 27, 3), (96, 192, 384, 768)),
-        "ConvNeXt-B": lambda: TimmConvNeXt((3, 3, 27, 3), (128, 256, 512, 1024)),
-        "ConvNeXt-L": lambda: TimmConvNeXt((3, 3, 27, 3), (192, 384, 768, 1536)),
-        "ViT-S-16": lambda: TimmViT(dim=384, depth=12, heads=6),
-        "ViT-B-16": lambda: TimmViT(dim=768, depth=12, heads=12),
-        "ViT-L-16": lambda: TimmViT(dim=1024, depth=24, heads=16),
+        "ResNet-50-imagenet": torchvision.models.resnet50,
+        "WideResNet-50-2-imagenet": torchvision.models.wide_resnet50_2,
+        # timm's registered models, pretrained=False (nothing downloaded)
+        **{arch: (lambda n=n: timm.create_model(n, pretrained=False))
+           for arch, n in TIMM_NAMES.items()},
     }
     counts = {}
     for name, make in makers.items():
@@ -429,13 +296,29 @@ def main(argv=None) -> None:
     ap.add_argument("--defs", type=Path, required=True,
                     help="folder with RobustBench's rb_<module>.py definitions")
     ap.add_argument("--out", type=Path, default=Path("tests/models/fixtures/robustbench"))
+    ap.add_argument("--only", default="",
+                    help="comma-separated fixture names: rebuild only these and update their "
+                         "entries of the existing manifest.json (the others are left as they are)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    only = {n for n in args.only.split(",") if n}
     torch.manual_seed(0)
-    manifest = {"torch": torch.__version__, "n_inputs": N_INPUTS, "fixtures": {},
-                "full_size_params": full_size_counts(args.defs)}
-    for i, (name, arch, kwargs, model, how, size) in enumerate(fixtures(args.defs)):
-        randomise(model, seed=100 + i)
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                "timm": timm.__version__}
+    manifest = {"n_inputs": N_INPUTS, "fixtures": {}}
+    if only:
+        manifest = json.loads((args.out / "manifest.json").read_text())
+        old_torch = manifest.pop("torch", None)  # older manifests: one version for all
+        for entry in manifest["fixtures"].values():
+            entry.setdefault("versions", {"torch": old_torch})
+    manifest["full_size_params"] = full_size_counts(args.defs)
+    built = fixtures(args.defs)
+    if only - {f[0] for f in built}:
+        raise SystemExit(f"unknown fixtures: {sorted(only - {f[0] for f in built})}")
+    for i, (name, arch, kwargs, model, how, size) in enumerate(built):
+        if only and name not in only:
+            continue
+        randomise(model, seed=100 + i)  # the seed is the fixture's index, with --only as well
         model.eval()
         x = inputs(size, seed=200 + size)  # the same inputs for every fixture of one size
         logits = logits_of(model, x)
@@ -449,7 +332,8 @@ def main(argv=None) -> None:
         sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
         manifest["fixtures"][name] = {"arch": arch, "kwargs": kwargs, "layout": how,
                                       "input_size": size, "sha256": sha,
-                                      "params": int(sum(p.numel() for p in model.parameters()))}
+                                      "params": int(sum(p.numel() for p in model.parameters())),
+                                      "versions": versions}
         print(f"{name:22s} {arch:26s} {how:24s} {ckpt.stat().st_size / 1e3:8.1f} kB "
               f"logit scale {np.abs(logits).max():.3g}")
     for name, n in manifest["full_size_params"].items():

@@ -12,9 +12,11 @@ import pytest
 
 from advjax.models import robustbench as rb
 
-# Trainable parameter counts of the FULL-size models, counted from the PyTorch definitions
-# (RobustBench's wide_resnet.py / dm_wide_resnet.py / resnet.py, the torchvision layout) by
-# benchmarks/robustbench_fixtures.py on the meta device; also in the fixtures' manifest.json.
+# Trainable parameter counts of the FULL-size models, sum(p.numel()) of the PyTorch models built
+# by benchmarks/robustbench_fixtures.py on the meta device (also in the fixtures' manifest.json):
+# RobustBench's wide_resnet.py / dm_wide_resnet.py / resnet.py (commit 78fcc9e) for its families,
+# torchvision 0.29.1's resnet50() / wide_resnet50_2() for the "-imagenet" ResNets, and timm
+# 1.0.31's create_model(..., pretrained=False) for ConvNeXt / ViT / DeiT (names in the comments).
 FULL_SIZE_PARAMS = {
     "WideResNet-28-10": 36_479_194,
     "WideResNet-34-10": 46_160_474,
@@ -27,16 +29,17 @@ FULL_SIZE_PARAMS = {
     "PreActResNet-18": 11_171_146,
     "ResNet-18": 11_173_962,
     "ResNet-50": 23_520_842,
-    "ResNet-50-imagenet": 25_557_032,
-    "WideResNet-50-2-imagenet": 68_883_240,
-    # timm layout (twins in the script; the same as timm's convnext_tiny ... vit_large_patch16_224)
-    "ConvNeXt-T": 28_589_128,
-    "ConvNeXt-S": 50_223_688,
-    "ConvNeXt-B": 88_591_464,
-    "ConvNeXt-L": 197_767_336,
-    "ViT-S-16": 22_050_664,
-    "ViT-B-16": 86_567_656,
-    "ViT-L-16": 304_326_632,
+    "ResNet-50-imagenet": 25_557_032,  # torchvision.models.resnet50()
+    "WideResNet-50-2-imagenet": 68_883_240,  # torchvision.models.wide_resnet50_2()
+    "ConvNeXt-T": 28_589_128,  # timm convnext_tiny
+    "ConvNeXt-S": 50_223_688,  # timm convnext_small
+    "ConvNeXt-B": 88_591_464,  # timm convnext_base
+    "ConvNeXt-L": 197_767_336,  # timm convnext_large
+    "ViT-S-16": 22_050_664,  # timm vit_small_patch16_224
+    "ViT-B-16": 86_567_656,  # timm vit_base_patch16_224
+    "ViT-L-16": 304_326_632,  # timm vit_large_patch16_224
+    "DeiT-S": 22_050_664,  # timm deit_small_patch16_224
+    "DeiT-B": 86_567_656,  # timm deit_base_patch16_224
 }
 
 

@@ -1,8 +1,9 @@
 """Torch-free import of RobustBench-style checkpoints, matched against PyTorch's own logits.
 
 The fixtures (tests/models/fixtures/robustbench/, built by benchmarks/robustbench_fixtures.py from
-RobustBench's own PyTorch definitions at small widths, random weights and random BatchNorm running
-statistics) hold each checkpoint, fixed inputs and the PyTorch eval-mode logits. No torch here.
+RobustBench's own PyTorch definitions, torchvision's ResNet and timm's ConvNeXt / VisionTransformer
+at small widths, random weights and random BatchNorm running statistics) hold each checkpoint,
+fixed inputs and the PyTorch eval-mode logits. No torch here.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ NAMES = sorted(MANIFEST["fixtures"])
 # Tolerance: |flax - torch| <= 1e-5 · max|logits|. Both run float32 with different accumulation
 # orders (XLA vs oneDNN convolutions, BatchNorm folded or not); the rounding error of a depth-L
 # network grows like L · eps_f32 (1.2e-7) times the logit scale; the largest relative error seen
-# over these fixtures is 1.3e-6 (a ViT; the 50-layer ResNets reach 7e-7), so 1e-5 leaves ~8x
-# headroom and still catches any semantic slip (a wrong pad or eps moves logits by > 1e-3 relative).
+# over these fixtures is 1.2e-6 (the torchvision Wide-ResNet-50-2; the timm ViTs reach 8e-7), so
+# 1e-5 leaves ~8x headroom and still catches any semantic slip (a wrong pad or eps moves logits by
+# > 1e-3 relative).
 RTOL_SCALE = 1e-5
 
 

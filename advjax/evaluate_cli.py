@@ -15,8 +15,10 @@ It is evaluated on the first ``--n`` examples of ``--data`` with
 :func:`advjax.attacks.evaluate` and the folder obeys :func:`advjax.pipeline.execute`'s rules:
 every argument, file and data set is checked and fingerprinted before anything is written; the
 run lives in ``OUT/state/<fingerprint>/`` (the evaluation's own resumable state file included)
-until it finishes; the same command reuses a finished evaluation (``reused``), another config in
-the same folder is refused; with many ``jax.distributed`` processes process 0 writes.
+until it finishes; the same command reuses a finished evaluation (``reused``) and resumes an
+interrupted one after its last finished AutoAttack stage, another config in the same folder is
+refused; with many ``jax.distributed`` processes process 0 writes, and decides what is resumed
+(its state is sent to the others, which need not share its file system).
 """
 
 from __future__ import annotations
@@ -337,18 +339,42 @@ def _check_model_on(evaluator, model: Model, x0, labels, data_text: str) -> None
                          f"labels up to {int(np.max(labels))}")
 
 
+STATE_FILE = "autoattack_state.npz"
+
+
+def _state_path(run) -> Path:
+    """The evaluation's state file for this process: ``state/<fingerprint>/autoattack_state.npz``.
+
+    :func:`advjax.attacks.evaluate` reads its state file on every process and writes it on
+    process 0. A pod's processes need not share a file system, so, as for the pipeline's stages,
+    process 0 decides: it reads its file and sends the bytes to the others, which resume from a
+    private copy (outside the results folder; they never write the real one). Every process then
+    resumes from the same stages, whether or not it sees process 0's files.
+    """
+    from advjax import _multiprocess
+
+    path = run.state_dir / STATE_FILE
+    if _multiprocess.process_count() == 1:
+        return path
+    saved = _multiprocess.on_lead(lambda: path.read_bytes() if path.is_file() else None)
+    if _multiprocess.is_lead():
+        return path
+    copy = run._scratch() / STATE_FILE
+    if saved is None:
+        copy.unlink(missing_ok=True)
+    else:
+        copy.write_bytes(saved)
+    return copy
+
+
 def _evaluate(p: Plan, run, progress: bool) -> dict:
     import jax
     import numpy as np
 
-    from advjax import _multiprocess
-
     def compute() -> dict:
         # The evaluation's own state file makes an interrupted stage resume after its last
-        # finished AutoAttack stage; it is read by every process, so with many processes it is
-        # used only on one (a pod's processes need not share a file system).
-        state = run.state_dir / "autoattack_state.npz" if _multiprocess.process_count() == 1 \
-            else None
+        # finished AutoAttack stage.
+        state = _state_path(run)
         ev = p.evaluator(p.xs, p.labels, eps=p.config["eps"], key=jax.random.key(p.config["seed"]),
                          state_path=state, progress=progress)
         return {"clean_accuracy": ev.clean_accuracy, "robust_accuracy": ev.robust_accuracy,

@@ -64,11 +64,18 @@ class Block:
         return f"{self.path}:{self.line} (block {self.index}, ```{self.lang})"
 
 
+# Pages whose blocks another test runs as a whole (its own files, its own skip markers).
+RUN_ELSEWHERE = {
+    "docs/evaluate_published.md": "tests/test_docs_evaluate.py",
+}
+
+
 def doc_files() -> list[str]:
-    """README.md and every Markdown page under docs/ (the notebooks are tested on their own)."""
+    """README.md and every Markdown page under docs/ (the notebooks are tested on their own, the
+    pages of :data:`RUN_ELSEWHERE` by the test named there)."""
     pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")
                    if "notebooks" not in p.relative_to(ROOT / "docs").parts)
-    return ["README.md", *pages]
+    return ["README.md", *[p for p in pages if p not in RUN_ELSEWHERE]]
 
 
 def blocks(path: str) -> list[Block]:
@@ -181,6 +188,8 @@ def check_advjax(args: list[str], runs: list[list[str]]) -> list[str]:
     if parsed.command == "list":
         runs.append(["list"])
         return []
+    if parsed.command == "evaluate":
+        return _check_evaluate(parsed, args)
     if parsed.experiment not in pipeline.list_experiments():
         return [f"`advjax {shlex.join(args)}`: no study {parsed.experiment!r}"]
     module = pipeline.load_experiment(parsed.experiment)
@@ -189,6 +198,19 @@ def check_advjax(args: list[str], runs: list[list[str]]) -> list[str]:
         pipeline.resolve_config(module, parsed.config, overrides, raw=True)
     except (ValueError, TypeError, KeyError) as err:
         return [f"`advjax {shlex.join(args)}`: {err}"]
+    return []
+
+
+def _check_evaluate(parsed, args: list[str]) -> list[str]:
+    """``advjax evaluate``: the model is a zoo checkpoint, a registry name or module:function."""
+    from advjax import evaluate_cli
+    from advjax.models import robustbench_registry
+
+    spec = parsed.model
+    names = {m.name for m in robustbench_registry.list_models()}
+    if not (spec in evaluate_cli.zoo() or spec in names or evaluate_cli._is_function_spec(spec)):
+        return [f"`advjax {shlex.join(args)}`: {spec!r} is no zoo checkpoint, registry name "
+                "or module:function"]
     return []
 
 

@@ -131,6 +131,12 @@ def test_every_skipped_block_exists_once_and_says_why():
         assert reason.strip(), (page, line)
 
 
+def test_pages_run_elsewhere_name_an_existing_test():
+    for page, test in doc_blocks.RUN_ELSEWHERE.items():
+        assert (ROOT / page).is_file() and (ROOT / test).is_file(), (page, test)
+        assert page.rsplit("/", 1)[-1] in (ROOT / test).read_text(), (page, test)
+
+
 def test_every_page_has_its_blocks_found():
     """The extraction sees every fence, whatever its language (a miscount would leave blocks
     untested): the number of fence lines is twice the number of blocks."""
@@ -146,6 +152,10 @@ def test_every_page_has_its_blocks_found():
     ("advjax run quickstart --config nope", "nope"),
     ("advjax run quickstart --set no_such_field=1", "no_such_field"),
     ("advjax run quickstart --no-such-option", "refused by advjax.cli.build_parser"),
+    ("advjax evaluate woods2019-resnet44-standard --n 4", None),
+    ("advjax evaluate Carmon2019Unlabeled --checkpoint c.pt", None),
+    ("advjax evaluate my_defence:ensemble --data mnist-test", None),
+    ("advjax evaluate NoSuchModel2099", "no zoo checkpoint"),
     ('python -m pip install -e ".[docs,test]"', None),
     ('python -m pip install -e ".[nonexistent]"', "nonexistent"),
     ('python -m pytest -n 2 -m "not slow" tests/test_readme.py::test_ci_runs_the_readme', None),

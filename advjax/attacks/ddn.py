@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from advjax import _checks
 from advjax.attacks import _boundary, losses, projections
 from advjax.attacks.fmn import cosine_schedule
-from advjax.attacks.result import AttackResult
+from advjax.attacks.result import AttackResult, is_success, keep_smallest_success
 
 Array = jax.Array
 
@@ -51,12 +51,8 @@ def ddn_search(logits_fn: Callable[[Array], Array], x: Array, label: Array,
         delta, eps, best, best_l2, found = st
         size = projections.l2_norm(delta)
         (_, logits), g = vg(delta)
-        pred = jnp.argmax(logits)
-        adv = (pred == target) if target is not None else (pred != label)
-        adv = adv & jnp.all(jnp.isfinite(logits))
-        smaller = adv & (size < best_l2)
-        best = jnp.where(smaller, x + delta, best)
-        best_l2 = jnp.where(smaller, size, best_l2)
+        adv, best, best_l2 = keep_smallest_success(logits, label, target, x + delta, size,
+                                                   best, best_l2)
         found = found | adv
         # Direction: a normalised gradient step (a random direction where the gradient vanishes).
         g_norm = projections.l2_norm(g)
@@ -137,8 +133,7 @@ def ddn(
         key = jax.random.key(0) if ex.key is None else ex.key
         best, l2, _ = ddn_search(logits_fn, ex.x, ex.label, ex.target, key, steps=steps,
                                  gamma=gamma, init_norm=init_norm, levels=levels, lo=lo, hi=hi)
-        clean_pred = jnp.argmax(ex.clean_logits)
-        already = (clean_pred == ex.target) if targeted else (clean_pred != ex.label)
+        already = is_success(ex.clean_logits, ex.label, ex.target if targeted else None)
         return best, {"distance": jnp.where(already, 0.0, l2)}
 
     return _boundary.per_example(search, logits_fn, lo=lo, hi=hi,

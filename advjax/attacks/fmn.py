@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from advjax import _checks
 from advjax.attacks import _boundary, losses, projections
-from advjax.attacks.result import AttackResult
+from advjax.attacks.result import AttackResult, is_success, keep_smallest_success
 
 Array = jax.Array
 
@@ -94,12 +94,8 @@ def fmn_search(logits_fn: Callable[[Array], Array], x: Array, label: Array,
         gamma = cosine_schedule(i, steps, gamma_init, gamma_final)
         size = projections.norm_of(delta, norm)
         (loss, logits), g = vg(delta)
-        pred = jnp.argmax(logits)
-        adv = (pred == target) if target is not None else (pred != label)
-        adv = adv & jnp.all(jnp.isfinite(logits))
-        smaller = adv & (size < best_size)
-        best = jnp.where(smaller, x + delta, best)
-        best_size = jnp.where(smaller, size, best_size)
+        adv, best, best_size = keep_smallest_success(logits, label, target, x + delta, size,
+                                                     best, best_size)
         found = found | adv
         if norm == "l0":
             eps = jnp.where(adv, jnp.minimum(jnp.minimum(eps - 1, jnp.floor(eps * (1 - gamma))),
@@ -198,8 +194,7 @@ def fmn(
                                    steps=steps, alpha_init=alpha_init,
                                    alpha_final=alpha_final, gamma_init=gamma_init,
                                    gamma_final=gamma_final, lo=lo, hi=hi)
-        clean_pred = jnp.argmax(ex.clean_logits)
-        already = (clean_pred == ex.target) if targeted else (clean_pred != ex.label)
+        already = is_success(ex.clean_logits, ex.label, ex.target if targeted else None)
         return best, {"distance": jnp.where(already, 0.0, size)}
 
     return _boundary.per_example(search, logits_fn, lo=lo, hi=hi,

@@ -57,6 +57,18 @@ def is_success(logits: Array, label: Array, target: Array | None = None) -> Arra
     return pred == target
 
 
+def keep_smallest_success(logits: Array, label: Array, target: Array | None, x_new: Array,
+                          size: Array, best: Array, best_size: Array) -> tuple[Array, Array, Array]:
+    """One step of a minimal-norm search's bookkeeping: ``(success, best, best_size)``.
+
+    ``success`` is :func:`is_success` on finite ``logits`` (non-finite logits never succeed);
+    ``best`` / ``best_size`` become ``x_new`` / ``size`` when it succeeds at a smaller size.
+    """
+    success = is_success(logits, label, target) & jnp.all(jnp.isfinite(logits))
+    smaller = success & (size < best_size)
+    return (success, jnp.where(smaller, x_new, best), jnp.where(smaller, size, best_size))
+
+
 def make_result(
     logits_fn: LogitsFn,
     x: Array,

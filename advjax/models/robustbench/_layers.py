@@ -78,3 +78,10 @@ def avg_pool_all(h: Array, window: int) -> Array:
 def dense(features: int, name: str, use_bias: bool = True) -> nn.Dense:
     """``nn.Linear(c_in, features, bias)``."""
     return nn.Dense(features, use_bias=use_bias, name=name)
+
+
+def wrn_blocks_per_group(depth: int) -> int:
+    """Blocks per stage of a wide ResNet of ``depth`` layers, ``depth = 6 n + 4`` with n >= 1."""
+    if depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"`depth` must be 6 n + 4 with n >= 1; got {depth}.")
+    return (depth - 4) // 6

@@ -36,6 +36,7 @@ from advjax.models.robustbench._layers import (
     conv,
     dense,
     normalise,
+    wrn_blocks_per_group,
 )
 
 Array = jax.Array
@@ -89,13 +90,11 @@ class DMWideResNet(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Logits ``(B, K)`` of NHWC images ``x`` ``(B, 32, 32, C)`` in [0, 1]."""
-        if self.depth < 10 or (self.depth - 4) % 6:
-            raise ValueError(f"`depth` must be 6 n + 4 with n >= 1; got {self.depth}.")
+        n = wrn_blocks_per_group(self.depth)
         check_images(x)
         a = act(self.activation)
         k = int(self.width)
         widths = (16, 16 * k, 32 * k, 64 * k)
-        n = (self.depth - 4) // 6
         h = normalise(_pad_input(x, self.padding), self.mean, self.std)
         h = conv(widths[0], 3, "init_conv", padding=1)(h)
         for g, stride in enumerate((1, 2, 2)):

@@ -29,6 +29,7 @@ from advjax.models.robustbench._layers import (
     conv,
     dense,
     normalise,
+    wrn_blocks_per_group,
 )
 
 Array = jax.Array
@@ -63,13 +64,11 @@ class WideResNet(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Logits ``(B, K)`` of NHWC images ``x`` ``(B, 32, 32, 3)`` in [0, 1]."""
-        if self.depth < 10 or (self.depth - 4) % 6:
-            raise ValueError(f"`depth` must be 6 n + 4 with n >= 1; got {self.depth}.")
+        n = wrn_blocks_per_group(self.depth)
         check_images(x)
         a = act(self.activation)
         k = int(self.widen_factor)
         widths = (16, 16 * k, 32 * k, 64 * k)
-        n = (self.depth - 4) // 6
         h = conv(widths[0], 3, "conv1", padding=1)(normalise(x, self.mean, self.std))
         for g, stride in enumerate((1, 2, 2)):
             for b in range(n):

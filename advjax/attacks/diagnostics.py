@@ -11,6 +11,9 @@ measured value, the threshold it is compared with and a plain-words verdict:
   the gradient-based stage just before it?
 * ``nonfinite_logits``: how many examples gave NaN / inf logits (clean or attacked)?
 * ``target_classes``: are more target classes requested than the model has?
+
+:func:`masking_suspected` turns the first five into the decision of the adaptive evaluation
+(``evaluate(version="adaptive")``) to run its conditional stages.
 """
 
 from __future__ import annotations
@@ -173,6 +176,21 @@ def diagnose(logits_fn: Callable, xs, labels, *, robust_accuracy: Mapping[str, f
     if robust_accuracy is not None:
         checks.append(check_square(robust_accuracy))
     return checks
+
+
+# The checks whose tripping says the gradient-based stages may have been fooled by the model
+# (not a misuse such as too many target classes).
+MASKING_CHECKS = ("randomness", "softmax_output", "zero_gradients", "square_beats_white_box",
+                  "nonfinite_logits")
+
+
+def masking_suspected(checks) -> tuple[bool, str]:
+    """Whether any of :data:`MASKING_CHECKS` tripped, and a reason naming them (or saying none
+    did): decides the conditional stages of ``evaluate(version="adaptive")``."""
+    tripped = [c.name for c in checks if c.tripped and c.name in MASKING_CHECKS]
+    if tripped:
+        return True, "gradient masking suspected: " + ", ".join(tripped)
+    return False, "no gradient-masking check tripped"
 
 
 def report(checks) -> str:

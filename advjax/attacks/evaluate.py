@@ -28,16 +28,18 @@ import numpy as np
 from advjax import _checks, io, parallel
 from advjax.attacks import _boundary, diagnostics
 from advjax.attacks.autoattack import (
+    CONDITIONAL_STAGES,
     autoattack,
     check_stage_classes,
     settings_for,
     stage_search,
     verified_success,
+    version_stages,
 )
 
 Array = jax.Array
 logger = logging.getLogger(__name__)
-_STATE_VERSION = 3
+_STATE_VERSION = 4
 # Rows whose clean logits identify the model (computed on one device with one fixed shape, so the
 # digest is the same bits whatever the device and process count) and run the masking checks.
 PROBE_ROWS = 64
@@ -71,6 +73,11 @@ class Evaluation:
         prediction); ``num_invalid`` counts them over the whole set.
       checks: the gradient-masking checks (:class:`advjax.attacks.diagnostics.Check`); tripped
         ones were also warned about.
+      skipped: ``{stage: reason}`` for a conditional stage the checks did not call for
+        (``version="adaptive"``'s "square-restarts"); its robust accuracy is the previous one
+        and it attacked 0 examples.
+      autoattack_stages: the stages of AutoAttack's standard version among ``stages`` (all of
+        them for the published versions); the later ones are the adaptive stages.
     """
 
     stages: tuple[str, ...]
@@ -88,17 +95,41 @@ class Evaluation:
     invalid: np.ndarray
     num_invalid: int
     checks: list
+    skipped: dict = dataclasses.field(default_factory=dict)
+    autoattack_stages: tuple[str, ...] = ()
+
+    def broken_beyond_autoattack(self) -> dict[str, int]:
+        """``{stage: examples it broke}`` for the stages after AutoAttack's (the adaptive
+        stages), over this process's rows: each stage attacks only the examples every earlier
+        stage left robust, so these are the examples AutoAttack alone reports robust."""
+        return {s: int(np.sum(self.broken_by == i)) for i, s in enumerate(self.stages)
+                if s not in self.autoattack_stages}
 
     def table(self) -> str:
         """A Markdown table: robust accuracy, examples attacked and time after each stage, then
-        the invalid examples and the masking checks."""
+        what the adaptive stages broke beyond AutoAttack, the invalid examples and the masking
+        checks."""
         rows = ["| stage | robust accuracy | examples attacked | run s | compile s |",
                 "|---|---|---|---|---|",
                 f"| clean | {self.clean_accuracy:.2%} | — | — | — |"]
         for s in self.stages:
-            if s in self.robust_accuracy:
+            if s in self.skipped:
+                rows.append(f"| {s} | {self.robust_accuracy[s]:.2%} | skipped: "
+                            f"{self.skipped[s]} | — | — |")
+            elif s in self.robust_accuracy:
                 rows.append(f"| {s} | {self.robust_accuracy[s]:.2%} | {self.attacked[s]} | "
                             f"{self.seconds[s]:.1f} | {self.compile_seconds[s]:.1f} |")
+        extra = [s for s in self.stages if s not in self.autoattack_stages]
+        done = [s for s in extra if s in self.robust_accuracy]
+        if done:
+            last_aa = [s for s in self.autoattack_stages if s in self.robust_accuracy][-1]
+            n = len(self.broken_by)
+            beyond = self.broken_beyond_autoattack()
+            parts = ", ".join(f"{s} {beyond[s]}" for s in done if s not in self.skipped)
+            rows += ["", f"Beyond AutoAttack ({self.robust_accuracy[last_aa]:.2%} robust after "
+                     f"{last_aa}): the adaptive stages broke "
+                     f"{sum(beyond[s] for s in done)} of {n} examples ({parts or 'none run'}); "
+                     f"robust accuracy {self.robust_accuracy[done[-1]]:.2%}."]
         rows.append("")
         rows.append(f"Invalid examples (non-finite logits; neither robust nor broken): "
                     f"{self.num_invalid}.")
@@ -140,15 +171,22 @@ class AutoAttackEvaluator:
 
     def __init__(self, logits_fn: Callable, *, norm: str = "linf", version: str = "standard",
                  attacks: Sequence[str] | None = None, batch_size: int = 256, mesh=None,
-                 lo: float | None = 0.0, hi: float | None = 1.0, **settings: Any) -> None:
+                 lo: float | None = 0.0, hi: float | None = 1.0,
+                 surrogate: Callable | None = None, **settings: Any) -> None:
         _checks.check_positive_int(batch_size, "batch_size")
-        # The ensemble's own constructor validates the version, norm, box, stages and settings.
+        # The ensemble's own constructor validates the version, norm, box, stages, surrogate
+        # and settings.
         ensemble = autoattack(logits_fn, norm=norm, version=version, attacks=attacks, lo=lo,
-                              hi=hi, **settings)
+                              hi=hi, surrogate=surrogate, **settings)
         lo, hi = _boundary.check_box_setting(lo, hi)
         self.cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
         self.stages = tuple(ensemble.stages)
+        standard = set(version_stages("standard", norm))
+        self.autoattack_stages = (self.stages if version != "adaptive" else
+                                  tuple(s for s in self.stages if s in standard))
         self.version = version
+        self.surrogate = (None if surrogate is None
+                          else _boundary._prepare_logits_fn(surrogate))
         self.logits_fn = logits_fn = _boundary._prepare_logits_fn(logits_fn)
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.n_dev = self.mesh.shape[parallel.BATCH_AXIS]
@@ -165,7 +203,7 @@ class AutoAttackEvaluator:
     def _stage_fn(self, name: str):
         """Per example: ``(x_adv, success, nonfinite)``; a point where the model's logits are not
         finite never counts as a success (it is flagged instead)."""
-        search = stage_search(name, self.logits_fn, self.cfg)
+        search = stage_search(name, self.logits_fn, self.cfg, self.surrogate)
         cfg, logits_fn = self.cfg, self.logits_fn
         index = self.stages.index(name)
 
@@ -276,7 +314,13 @@ class AutoAttackEvaluator:
         probe = xs[:PROBE_ROWS]
         with jax.default_device(jax.local_devices()[0]):
             probe_logits = np.asarray(jax.jit(jax.vmap(self._det))(jnp.asarray(probe)))
-        fingerprint = self._fingerprint(xs, labels, eps, keys, probe_logits)
+            surrogate_logits = (None if self.surrogate is None else
+                                np.asarray(jax.jit(jax.vmap(self.surrogate))(jnp.asarray(probe))))
+        if surrogate_logits is not None and surrogate_logits.shape[-1] != probe_logits.shape[-1]:
+            raise ValueError(f"`surrogate` gives {surrogate_logits.shape[-1]} classes, "
+                             f"`logits_fn` {probe_logits.shape[-1]}: a transfer attack needs "
+                             "the same classes.")
+        fingerprint = self._fingerprint(xs, labels, eps, keys, probe_logits, surrogate_logits)
         if jax.process_count() > 1:
             mine = zlib.crc32(json.dumps(fingerprint, sort_keys=True).encode()) & 0x7FFFFFFF
             if len(set(parallel._allgather_ints([mine])[:, 0].tolist())) != 1:
@@ -304,12 +348,26 @@ class AutoAttackEvaluator:
                 cache=self._compiled["clean"])
             state = dict(clean_pred=pred.astype(np.int64), clean_correct=(pred == labels) & finite,
                          invalid=~finite, broken_by=np.full(n, -1, np.int64), x_adv=xs.copy(),
-                         done=[], robust_accuracy={}, seconds={}, compile_seconds={}, attacked={})
+                         done=[], robust_accuracy={}, seconds={}, compile_seconds={}, attacked={},
+                         skipped={})
             self._save(state_path, state, fingerprint)
         robust = state["clean_correct"] & ~state["invalid"] & (state["broken_by"] < 0)
         for i, name in enumerate(self.stages):
             if name in state["done"]:
                 continue
+            if name in CONDITIONAL_STAGES:
+                so_far = checks + [diagnostics.check_square(
+                    {s: state["robust_accuracy"][s] for s in self.stages[:i]})]
+                suspected, reason = diagnostics.masking_suspected(so_far)
+                if not suspected:
+                    state["skipped"][name] = reason
+                    state["done"].append(name)
+                    state["robust_accuracy"][name] = float(robust.mean())
+                    state["seconds"][name] = state["compile_seconds"][name] = 0.0
+                    state["attacked"][name] = 0
+                    self._save(state_path, state, fingerprint)
+                    continue
+                logger.info("evaluate: running %s (%s).", name, reason)
             idx = np.flatnonzero(robust)
             args = (xs[idx], labels[idx], eps[idx], keys[idx], np.ones(len(idx), bool))
             z, s, bad, run_s, comp_s = self._run_chunked(name, args, progress)
@@ -343,7 +401,8 @@ class AutoAttackEvaluator:
             stage_success=stage_success[mine], x_adv=state["x_adv"][mine],
             seconds=dict(state["seconds"]), compile_seconds=dict(state["compile_seconds"]),
             attacked=dict(state["attacked"]), eps=eps[mine], invalid=state["invalid"][mine],
-            num_invalid=num_invalid, checks=checks)
+            num_invalid=num_invalid, checks=checks, skipped=dict(state["skipped"]),
+            autoattack_stages=self.autoattack_stages)
 
     def _masking_checks(self, probe: np.ndarray, labels: np.ndarray) -> list:
         """The cheap checks on the probe rows: probability outputs, zero input gradients at
@@ -355,11 +414,12 @@ class AutoAttackEvaluator:
         return checks
 
     # ------------------------------------------------------------------------- state file
-    def _fingerprint(self, xs, labels, eps, keys, probe_logits) -> dict:
+    def _fingerprint(self, xs, labels, eps, keys, probe_logits, surrogate_logits) -> dict:
         """What a state file must match to be resumed: the evaluation's stages and settings,
         SHA-256 digests of the exact images, labels, budgets and per-example keys (with their
-        PRNG implementation), and of the model's clean logits on the first ``PROBE_ROWS`` rows
-        (computed on one device with one shape, so the same bits under any device count)."""
+        PRNG implementation), and of the model's (and the surrogate's) clean logits on the first
+        ``PROBE_ROWS`` rows (computed on one device with one shape, so the same bits under any
+        device count)."""
         settings = {f.name: repr(getattr(self.cfg, f.name))
                     for f in dataclasses.fields(self.cfg)}
         return dict(format=_STATE_VERSION, stages=list(self.stages), n=int(xs.shape[0]),
@@ -367,7 +427,8 @@ class AutoAttackEvaluator:
                     labels=_digest(labels), eps=_digest(eps),
                     keys=_digest(np.asarray(jax.random.key_data(keys))) + "/"
                     + str(jax.random.key_impl(keys)),
-                    model=_digest(probe_logits))
+                    model=_digest(probe_logits),
+                    surrogate=None if surrogate_logits is None else _digest(surrogate_logits))
 
     def _save(self, path, state, fingerprint) -> None:
         """Process 0 writes the state (a temporary file, then an atomic rename)."""
@@ -377,7 +438,7 @@ class AutoAttackEvaluator:
         meta = dict(fingerprint)
         meta.update(done=state["done"], robust_accuracy=state["robust_accuracy"],
                     seconds=state["seconds"], compile_seconds=state["compile_seconds"],
-                    attacked=state["attacked"])
+                    attacked=state["attacked"], skipped=state["skipped"])
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, clean_pred=state["clean_pred"], clean_correct=state["clean_correct"],
                  invalid=state["invalid"], broken_by=state["broken_by"],
@@ -392,7 +453,9 @@ class AutoAttackEvaluator:
             names = {"images": "other images `xs`", "labels": "other `labels`",
                      "eps": "other budgets `eps`", "keys": "another `key`",
                      "model": "another model (the SHA-256 digest of its clean logits differs "
-                              "from this `logits_fn`'s)"}
+                              "from this `logits_fn`'s)",
+                     "surrogate": "another `surrogate` (or none where one was given, or the "
+                                  "reverse)"}
             differ = [names.get(field, f"{field}: {meta.get(field)!r}, here "
                                        f"{fingerprint[field]!r}")
                       for field in fingerprint if meta.get(field) != fingerprint[field]]
@@ -405,15 +468,15 @@ class AutoAttackEvaluator:
                         done=list(meta["done"]), robust_accuracy=dict(meta["robust_accuracy"]),
                         seconds=dict(meta["seconds"]),
                         compile_seconds=dict(meta["compile_seconds"]),
-                        attacked=dict(meta["attacked"]))
+                        attacked=dict(meta["attacked"]), skipped=dict(meta["skipped"]))
 
 
 def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "linf",
              version: str = "standard", attacks: Sequence[str] | None = None,
              batch_size: int = 256, mesh=None, state_path: str | os.PathLike | None = None,
              progress: bool | Callable = False, data_layout: str = "global",
-             lo: float | None = 0.0,
-             hi: float | None = 1.0, **settings: Any) -> Evaluation:
+             lo: float | None = 0.0, hi: float | None = 1.0,
+             surrogate: Callable | None = None, **settings: Any) -> Evaluation:
     """AutoAttack evaluation of a data set (see :class:`AutoAttackEvaluator`).
 
     Args:
@@ -421,7 +484,13 @@ def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "l
       xs: ``(n, ...)`` examples in ``[lo, hi]``; labels: ``(n,)`` int (``n``: see ``data_layout``).
       eps: budget, scalar or ``(n,)`` (input units of ``norm``).
       key: base key; the example of global index ``j`` uses ``fold_in(key, j)``.
-      norm, version, attacks, lo, hi, **settings: as :func:`advjax.attacks.autoattack`.
+      norm, version, attacks, lo, hi, surrogate, **settings: as
+        :func:`advjax.attacks.autoattack`. ``version="adaptive"``: AutoAttack's standard stages,
+        then the adaptive ones on the examples still robust ("transfer" on ``surrogate`` when
+        given; "square-restarts" only when a gradient-masking check tripped:
+        :func:`advjax.attacks.diagnostics.masking_suspected`); the result is the per-example
+        worst case over all of them and :meth:`Evaluation.table` says which stage broke how
+        many examples beyond AutoAttack.
       batch_size, mesh: rows per compiled call over all processes; devices (default all).
       state_path: resumable state file (``.npz``), written atomically by process 0 after every
         stage; it resumes only the evaluation that made it (see
@@ -436,6 +505,7 @@ def evaluate(logits_fn: Callable, xs, labels, *, eps, key: Array, norm: str = "l
       adversarial points, invalid examples, masking checks, run and compile seconds per stage).
     """
     ev = AutoAttackEvaluator(logits_fn, norm=norm, version=version, attacks=attacks,
-                             batch_size=batch_size, mesh=mesh, lo=lo, hi=hi, **settings)
+                             batch_size=batch_size, mesh=mesh, lo=lo, hi=hi,
+                             surrogate=surrogate, **settings)
     return ev(xs, labels, eps=eps, key=key, state_path=state_path, progress=progress,
               data_layout=data_layout)

@@ -9,6 +9,8 @@
   ``fmn`` (L0, L1, L2, L-infinity): minimum distortion;
 * ``woods_l2``: Algorithm 1 of Woods et al. (``l2``, ``l2_min``, ``btr``; explanations);
 * ``gaussian_noise``: the random control;
+* ``bpda``: marks a non-differentiable part of a model (values kept, a surrogate's derivatives),
+  so that every attack sees through it (masked-defence models: ``advjax.models.masked``);
 * ``apgd_targeted``, ``fab``, ``square`` and the ``autoattack`` ensemble, with ``evaluate`` (data
   sets, sharded, resumable), ``min_eps`` (per-example minimal budget) and ``diagnostics``.
 
@@ -26,6 +28,7 @@ from advjax.attacks._boundary import checked
 from advjax.attacks.apgd import apgd
 from advjax.attacks.apgd_targeted import apgd_targeted
 from advjax.attacks.autoattack import autoattack
+from advjax.attacks.bpda import bpda
 from advjax.attacks.cw import cw_l2
 from advjax.attacks.ddn import ddn
 from advjax.attacks.deepfool import deepfool
@@ -44,6 +47,7 @@ from advjax.attacks.woods import woods_l2
 __all__ = [
     "AttackResult",
     "apgd",
+    "bpda",
     "checked",
     "cw_l2",
     "ddn",

@@ -75,7 +75,7 @@ CASES = {
 # Exports of advjax.attacks that are not attack constructors (results, helpers, batch drivers
 # assembled from constructors). Anything else exported must be a constructor listed in CASES.
 NOT_CONSTRUCTORS = {
-    "AttackResult", "checked", "distortions", "is_success", "make_result", "losses",
+    "AttackResult", "bpda", "checked", "distortions", "is_success", "make_result", "losses",
     "projections", "random_wrong_target", "second_most_likely_target", "AutoAttackEvaluator",
     "Evaluation", "evaluate", "min_eps", "accuracy_vs_eps",
 }

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-VERSIONS = ("standard", "plus", "rand", "custom")
+VERSIONS = ("standard", "plus", "rand", "adaptive", "custom")
 # --data aliases named after the folders of ADVJAX_DATA_DIR: (advjax.data name, split).
 DATA_ALIASES = {"mnist-test": ("mnist_local", "all"), "cifar10-test-head": ("cifar10_head", "all")}
 
@@ -107,7 +107,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--eps", default=None,
                    help="budget, a number or a fraction such as 8/255 (default: the published one)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
-    p.add_argument("--version", default="standard", help=f"one of {VERSIONS}")
+    p.add_argument("--version", default="standard",
+                   help=f"one of {VERSIONS}; adaptive: AutoAttack standard, then a transfer stage "
+                        "from --surrogate and more Square restarts when a gradient-masking check "
+                        "trips")
+    p.add_argument("--surrogate", default=None, metavar="MODEL",
+                   help="a model (zoo name or package.module:function) the transfer stage "
+                        "attacks; its points are verified on MODEL")
     p.add_argument("--attacks", default=None,
                    help="comma-separated stages for --version custom, e.g. apgd-ce,apgd-t")
     p.add_argument("--steps", type=int, default=None, help="APGD/FAB iterations (default 100)")
@@ -249,6 +255,13 @@ class Plan:
     record: dict
 
 
+def version_needs_no_surrogate(args: argparse.Namespace) -> bool:
+    """True when no stage of the run would attack ``--surrogate``."""
+    if args.version == "custom":
+        return "transfer" not in (args.attacks or "")
+    return args.version != "adaptive"
+
+
 def _positive(value: int | None, flag: str) -> None:
     if value is not None and (isinstance(value, bool) or value < 1):
         raise ValueError(f"{flag} must be a positive integer; got {value}")
@@ -280,6 +293,11 @@ def plan(args: argparse.Namespace, command: str) -> Plan:
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     threat = args.threat_model or {"linf": "Linf", "l2": "L2"}[args.norm]
     model = resolve_model(args.model, args.checkpoint, args.dataset, threat)
+    surrogate = (None if args.surrogate is None else
+                 resolve_model(args.surrogate, [], args.dataset, threat))
+    if surrogate is not None and version_needs_no_surrogate(args):
+        raise ValueError("--surrogate is attacked by the transfer stage: use it with --version "
+                         "adaptive or --version custom --attacks ...,transfer")
     if args.eps is None and model.default_eps is None:
         raise ValueError(f"--eps: {args.model!r} has no published budget; give one, e.g. "
                          "--eps 8/255")
@@ -299,18 +317,23 @@ def plan(args: argparse.Namespace, command: str) -> Plan:
                                   ("n_targets", args.n_targets),
                                   ("apgd_restarts", args.restarts)) if v is not None}
     version = "standard" if args.version == "custom" else args.version
-    evaluator = AutoAttackEvaluator(model.logits_fn, norm=args.norm, version=version,
-                                    attacks=attacks, batch_size=args.batch_size, **settings)
+    evaluator = AutoAttackEvaluator(
+        model.logits_fn, norm=args.norm, version=version, attacks=attacks,
+        batch_size=args.batch_size,
+        surrogate=None if surrogate is None else surrogate.logits_fn, **settings)
     _check_model_on(evaluator, model, ds.images[0], ds.labels, data_text)
     config = {"model": args.model, "kind": model.kind, "data": data_text, "dataset": name,
               "split": split, "n": n, "eps": eps, "norm": args.norm, "version": args.version,
-              "attacks": list(evaluator.stages), "settings": settings, "seed": args.seed}
+              "attacks": list(evaluator.stages), "settings": settings, "seed": args.seed,
+              "surrogate": args.surrogate}
     if model.kind == "robustbench":
         config.update(robustbench_dataset=args.dataset, threat_model=threat)
     out = Path(args.out) if args.out else Path("results") / "evaluate" / re.sub(
         r"[^A-Za-z0-9_.-]+", "_", args.model)
     inputs = {f"data:{data_text}": io.array_digest(ds.images, ds.labels)[:16]}
     inputs.update({f"file:{k}": v for k, v in model.files.items()})
+    if surrogate is not None:
+        inputs.update({f"surrogate-file:{k}": v for k, v in surrogate.files.items()})
     record = {"study": "evaluate", "experiment": "evaluate", "config_name": "cli",
               "config": config, "overrides": {}, "inputs": inputs,
               "code": io.code_fingerprint(), "command": command,
@@ -380,7 +403,8 @@ def _evaluate(p: Plan, run, progress: bool) -> dict:
         return {"clean_accuracy": ev.clean_accuracy, "robust_accuracy": ev.robust_accuracy,
                 "stages": list(ev.stages), "seconds": ev.seconds,
                 "compile_seconds": ev.compile_seconds, "attacked": ev.attacked,
-                "num_invalid": ev.num_invalid,
+                "num_invalid": ev.num_invalid, "skipped": ev.skipped,
+                "broken_beyond_autoattack": ev.broken_beyond_autoattack(),
                 "checks": [dataclasses.asdict(c) for c in ev.checks],
                 "clean_correct": np.asarray(ev.clean_correct),
                 "broken_by": np.asarray(ev.broken_by),
@@ -395,7 +419,8 @@ def _evaluate(p: Plan, run, progress: bool) -> dict:
                "robust_accuracy_final": final, "published": p.model.published,
                "num_invalid": result["num_invalid"], "seconds": result["seconds"],
                "compile_seconds": result["compile_seconds"], "attacked": result["attacked"],
-               "checks": result["checks"],
+               "checks": result["checks"], "skipped": result["skipped"],
+               "broken_beyond_autoattack": result["broken_beyond_autoattack"],
                "per_example": {"label": p.labels.tolist(),
                                "clean_correct": result["clean_correct"].tolist(),
                                "broken_by": result["broken_by"].tolist()}}

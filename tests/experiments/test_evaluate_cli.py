@@ -218,3 +218,39 @@ def test_registry_model_from_checkpoint_file(tmp_path, capsys, monkeypatch):
     pred = np.array([int(np.argmax(logits_fn(jnp.asarray(x)))) for x in ds.images])
     assert metrics["clean_accuracy"] == np.mean(pred == ds.labels)
     assert "59.53 %" in printed and "89.69 %" in printed
+
+
+def masked_linear_digits():
+    """:func:`linear_digits` behind a zero input gradient (the same values)."""
+    fn = linear_digits()
+    return lambda img: fn(jax.lax.stop_gradient(img))
+
+
+def test_adaptive_version_with_a_surrogate_records_what_it_broke(tmp_path, capsys):
+    out = tmp_path / "masked"
+    argv = ["evaluate", f"{MODULE}:masked_linear_digits", "--surrogate",
+            f"{MODULE}:linear_digits", "--version", "adaptive", "--data", "digits", "--n", "12",
+            "--eps", "0.05", "--steps", "5", "--queries", "20", "--n-targets", "2",
+            "--no-progress", "--out", str(out)]
+    code, printed, _ = _run(argv, capsys)
+    assert code == 0, printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "config.json").read_text())
+    assert record["config"]["surrogate"] == f"{MODULE}:linear_digits"
+    assert record["config"]["attacks"][-2:] == ["transfer", "square-restarts"]
+    beyond = metrics["broken_beyond_autoattack"]
+    # The peer: the same evaluation called directly, stage by stage.
+    ds = data_lib.load("digits", "test", limit=12)
+    ev = evaluate(masked_linear_digits(), ds.images, ds.labels, eps=0.05, key=jax.random.key(0),
+                  version="adaptive", surrogate=linear_digits(), steps=5, queries=20,
+                  n_targets=2)
+    assert beyond == ev.broken_beyond_autoattack() and beyond["transfer"] > 0
+    assert metrics["robust_accuracy"] == pytest.approx(ev.robust_accuracy, abs=0)
+    assert "Beyond AutoAttack" in (out / "report.md").read_text()
+
+
+def test_a_surrogate_without_a_stage_that_attacks_it_is_refused(tmp_path, capsys):
+    argv = ["evaluate", f"{MODULE}:linear_digits", "--surrogate", f"{MODULE}:linear_digits",
+            "--data", "digits", "--n", "4", "--eps", "0.05", "--out", str(tmp_path / "x")]
+    code, printed, err = _run(argv, capsys)
+    assert code == 2 and "--surrogate is attacked by the transfer stage" in printed + err

@@ -39,7 +39,10 @@ from advjax.attacks.square import square_search
 Array = jax.Array
 
 VERSIONS = ("standard", "plus", "rand")
-STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square", "apgd-mt", "apgd-malt")
+# Targeted APGD stages and their target selection (advjax.attacks.targets): AutoAttack's APGD-T
+# (top logits), MultiTargeted (every other class) and MALT (nearest linearised boundary first).
+TARGETED_APGD = {"apgd-t": "logits", "apgd-mt": "all", "apgd-malt": "malt"}
 VERSION_STAGES = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
@@ -66,6 +69,9 @@ class Settings:
       apgd_n_targets: APGD-T's target classes when they differ from FAB-T's (``None``: the same;
         5 for L1, as the official code).
       queries: Square queries (5000); ``p_init``: 0.8.
+      malt_targets: targets of the ``"apgd-malt"`` stage (9, the MALT authors' ``k``; capped at
+        ``K - 1``); malt_candidates: classes MALT scores (100, their ``testk``; capped at
+        ``K - 1``). See :mod:`advjax.attacks.targets`.
       eot_samples: gradient draws per APGD step (1; 20 for ``rand``).
       randomized: ``logits_fn(x, key)`` is a randomised model.
       verify_draws: fresh draws of a randomised model that decide a stage's success (majority;
@@ -83,6 +89,8 @@ class Settings:
     apgd_n_targets: int | None = None
     queries: int = 5000
     p_init: float = 0.8
+    malt_targets: int = 9
+    malt_candidates: int = 100
     eot_samples: int = 1
     randomized: bool = False
     verify_draws: int = 20
@@ -126,14 +134,18 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
         return apgd_untargeted("ce")
     if name == "apgd-dlr":
         return apgd_untargeted("dlr")
-    if name == "apgd-t":
-        apgd_targets = n_targets if cfg.apgd_n_targets is None else cfg.apgd_n_targets
+    if name in TARGETED_APGD:
+        apgd_targets = {"apgd-t": n_targets if cfg.apgd_n_targets is None
+                        else cfg.apgd_n_targets, "apgd-mt": None,
+                        "apgd-malt": cfg.malt_targets}[name]
 
         def search(x, label, eps, key, active):
             k = _boundary.num_classes(det, x)
+            n = k - 1 if apgd_targets is None else min(apgd_targets, k - 1)
             return apgd_t_search(det, x, label, eps, key, norm=cfg.norm, steps=cfg.steps,
-                                 n_targets=min(apgd_targets, k - 1), lo=cfg.lo, hi=cfg.hi,
-                                 active=active)[0]
+                                 n_targets=n, lo=cfg.lo, hi=cfg.hi, active=active,
+                                 selection=TARGETED_APGD[name],
+                                 candidates=min(cfg.malt_candidates, k - 1))[0]
         return search
     if name in ("fab", "fab-t"):
         targeted = name == "fab-t"
@@ -190,13 +202,15 @@ def settings_for(version: str, norm: str, **overrides) -> Settings:
 
 
 def check_stage_classes(stages: Sequence[str], num_classes: int) -> None:
-    """The class counts the stages need: ``'apgd-dlr'`` at least 3, ``'apgd-t'`` at least 4
-    (a ``ValueError`` naming the stage otherwise). Checked by :func:`autoattack` and
+    """The class counts the stages need: ``'apgd-dlr'`` at least 3, the targeted APGD stages
+    (``'apgd-t'``, ``'apgd-mt'``, ``'apgd-malt'``: the targeted DLR loss) at least 4 (a
+    ``ValueError`` naming the stage otherwise). Checked by :func:`autoattack` and
     :func:`advjax.attacks.evaluate` alike."""
     if "apgd-dlr" in stages and num_classes < 3:
         raise ValueError(f"'apgd-dlr' needs at least 3 classes; `logits_fn` gives {num_classes}.")
-    if "apgd-t" in stages and num_classes < 4:
-        raise ValueError(f"'apgd-t' needs at least 4 classes; `logits_fn` gives {num_classes}.")
+    for s in TARGETED_APGD:
+        if s in stages and num_classes < 4:
+            raise ValueError(f"{s!r} needs at least 4 classes; `logits_fn` gives {num_classes}.")
 
 
 def autoattack(
@@ -219,7 +233,10 @@ def autoattack(
         the decreasing budgets ``3 eps, 2 eps, eps``).
       version: ``"standard"``, ``"plus"`` or ``"rand"`` (stages and settings as published).
       attacks: a custom order of stages from ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``,
-        ``fab-t``, ``square`` (default: the version's).
+        ``fab-t``, ``square`` and the target-selection stages ``apgd-mt`` (MultiTargeted: APGD-T
+        on every other class) and ``apgd-malt`` (MALT: APGD-T on the ``malt_targets`` classes
+        whose linearised boundary is nearest; :mod:`advjax.attacks.targets`) (default: the
+        version's).
       lo, hi: the box.
       **settings: overrides of :class:`Settings` (e.g. ``steps=10`` for a quick check).
 
@@ -242,7 +259,13 @@ def autoattack(
     if norm == "l1" and "square" in stages:
         raise ValueError("`attacks`: 'square' has no L1 version in advjax (norm='l1' runs "
                          f"{list(L1_STAGES)}); got {stages!r}.")
-    if cfg.randomized and any(s in ("fab", "fab-t", "square", "apgd-t") for s in stages):
+    for name in ("malt_targets", "malt_candidates"):
+        _checks.check_positive_int(getattr(cfg, name), name)
+    if cfg.malt_candidates < cfg.malt_targets:
+        raise ValueError(f"`malt_candidates` ({cfg.malt_candidates}) must be >= `malt_targets` "
+                         f"({cfg.malt_targets}): MALT picks its targets among the candidates.")
+    if cfg.randomized and any(s in ("fab", "fab-t", "square") or s in TARGETED_APGD
+                              for s in stages):
         raise ValueError("`attacks`: with a randomised model only 'apgd-ce' and 'apgd-dlr' use "
                          "EOT; got " + repr(stages))
     logits_fn = _boundary._prepare_logits_fn(logits_fn)

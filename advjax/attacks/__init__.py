@@ -16,7 +16,9 @@
 
 Shared vocabularies: ``advjax.attacks.projections`` (norms, L-infinity / L2 / L1 ball ∩ box
 projections, ball sampling)
-and ``advjax.attacks.losses`` (CE, margin, DLR and their targeted forms). Invalid input (label,
+and ``advjax.attacks.losses`` (CE, margin, DLR and their targeted forms); ``advjax.attacks.targets``
+picks the targets of the targeted APGD stages (AutoAttack's top logits, MultiTargeted's every
+class, MALT's nearest linearised boundaries). Invalid input (label,
 target, budget or image) is never a success: ``success=False``, NaN distortions, ``x_adv = x``
 and ``aux["valid_input"] = False``; ``checked(jax.vmap(attack))`` raises instead.
 """

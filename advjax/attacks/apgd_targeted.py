@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import _checks
-from advjax.attacks import _boundary, losses, projections
+from advjax.attacks import _boundary, losses, projections, targets
 from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.apgd import apgd_l1_schedule_run, apgd_run, eot_value_and_grad
 from advjax.attacks.result import AttackResult
@@ -70,20 +70,27 @@ def apgd_search(loss_fn: LossFn, x: Array, label: Array, eps: Array, key: Array,
 def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, eps: Array,
                   key: Array, *, norm: str, steps: int, n_targets: int, n_restarts: int = 1,
                   lo: float | None, hi: float | None, rho: float = 0.75, alpha: float = 0.75,
-                  active: Array | bool = True) -> tuple[Array, Array]:
-    """APGD-T on ONE example: one targeted-DLR run per target (the classes ranked 2nd, 3rd, ...
-    by the clean logits) and restart (keys ``fold_in(fold_in(key, target index), r)``), with the
-    official options; later runs run only while the example is still robust.
+                  active: Array | bool = True, selection: str = "logits",
+                  candidates: int = targets.MALT_CANDIDATES) -> tuple[Array, Array]:
+    """APGD-T on ONE example: one targeted-DLR run per target and restart (keys
+    ``fold_in(fold_in(key, target position), r)``), with the official options; later runs run
+    only while the example is still robust.
+
+    The targets and their order come from :func:`advjax.attacks.targets.select`: ``selection=
+    "logits"`` the classes ranked 2nd, 3rd, ... by the clean logits (AutoAttack), ``"all"`` every
+    other class (MultiTargeted), ``"malt"`` the nearest linearised boundaries first (MALT, among
+    ``candidates`` classes).
 
     Returns:
       ``(x_adv, success)``: the first successful point (or the last run's point).
     """
-    targets = losses.top_targets(logits_fn(x), n_targets)
+    ranked = targets.select(selection, logits_fn, x, label, n_targets, norm=norm,
+                            candidates=candidates)
     active = jnp.asarray(active, bool)
 
     def body(carry, t_index):
         x_adv, done = carry
-        target = targets[t_index]
+        target = ranked[t_index]
 
         def loss_fn(z, _key):
             logits = logits_fn(z)

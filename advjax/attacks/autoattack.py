@@ -39,18 +39,21 @@ from advjax.attacks.square import square_search
 Array = jax.Array
 
 VERSIONS = ("standard", "plus", "rand", "adaptive")
-STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square", "transfer",
-          "square-restarts")
+STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square", "apgd-mt", "apgd-malt",
+          "transfer", "square-restarts")
+# Targeted APGD stages and their target selection (advjax.attacks.targets): AutoAttack's APGD-T
+# (top logits), MultiTargeted (every other class) and MALT (nearest linearised boundary first).
+TARGETED_APGD = {"apgd-t": "logits", "apgd-mt": "all", "apgd-malt": "malt"}
 VERSION_STAGES = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
     "rand": ("apgd-ce", "apgd-dlr"),
 }
 # The stages ``version="adaptive"`` runs after AutoAttack's standard ones, in this order:
-# "transfer" only when a surrogate model is given; "square-restarts" only when a
-# gradient-masking check tripped (:func:`advjax.attacks.diagnostics.masking_suspected`; the
-# per-example :func:`autoattack` cannot run the checks and always runs it).
-ADAPTIVE_STAGES = ("transfer", "square-restarts")
+# MALT-targeted APGD; "transfer" only when a surrogate model is given; "square-restarts" only
+# when a gradient-masking check tripped (:func:`advjax.attacks.diagnostics.masking_suspected`;
+# the per-example :func:`autoattack` cannot run the checks and always runs it).
+ADAPTIVE_STAGES = ("apgd-malt", "transfer", "square-restarts")
 # Stages that attack a surrogate model (``surrogate=``) and verify on the target.
 SURROGATE_STAGES = ("transfer",)
 # Stages that run only when the gradient-masking checks ask for them (in ``evaluate``).
@@ -79,6 +82,9 @@ class Settings:
       square_restarts: runs of Square (each ``queries`` queries, its own key) in the
         ``"square-restarts"`` stage (5: more Square restarts is how k-WTA's AutoAttack figure
         was lowered, 18.50 -> 7.40 %).
+      malt_targets: targets of the ``"apgd-malt"`` stage (9, the MALT authors' ``k``; capped at
+        ``K - 1``); malt_candidates: classes MALT scores (100, their ``testk``; capped at
+        ``K - 1``). See :mod:`advjax.attacks.targets`.
       eot_samples: gradient draws per APGD step (1; 20 for ``rand``).
       randomized: ``logits_fn(x, key)`` is a randomised model.
       verify_draws: fresh draws of a randomised model that decide a stage's success (majority;
@@ -96,6 +102,8 @@ class Settings:
     apgd_n_targets: int | None = None
     queries: int = 5000
     p_init: float = 0.8
+    malt_targets: int = 9
+    malt_candidates: int = 100
     eot_samples: int = 1
     square_restarts: int = 5
     randomized: bool = False
@@ -146,14 +154,18 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings,
         return apgd_untargeted("ce")
     if name == "apgd-dlr":
         return apgd_untargeted("dlr")
-    if name == "apgd-t":
-        apgd_targets = n_targets if cfg.apgd_n_targets is None else cfg.apgd_n_targets
+    if name in TARGETED_APGD:
+        apgd_targets = {"apgd-t": n_targets if cfg.apgd_n_targets is None
+                        else cfg.apgd_n_targets, "apgd-mt": None,
+                        "apgd-malt": cfg.malt_targets}[name]
 
         def search(x, label, eps, key, active):
             k = _boundary.num_classes(det, x)
+            n = k - 1 if apgd_targets is None else min(apgd_targets, k - 1)
             return apgd_t_search(det, x, label, eps, key, norm=cfg.norm, steps=cfg.steps,
-                                 n_targets=min(apgd_targets, k - 1), lo=cfg.lo, hi=cfg.hi,
-                                 active=active)[0]
+                                 n_targets=n, lo=cfg.lo, hi=cfg.hi, active=active,
+                                 selection=TARGETED_APGD[name],
+                                 candidates=min(cfg.malt_candidates, k - 1))[0]
         return search
     if name in ("fab", "fab-t"):
         targeted = name == "fab-t"
@@ -287,13 +299,15 @@ def version_stages(version: str, norm: str, *, surrogate: bool = False) -> tuple
 
 
 def check_stage_classes(stages: Sequence[str], num_classes: int) -> None:
-    """The class counts the stages need: ``'apgd-dlr'`` at least 3, ``'apgd-t'`` at least 4
-    (a ``ValueError`` naming the stage otherwise). Checked by :func:`autoattack` and
+    """The class counts the stages need: ``'apgd-dlr'`` at least 3, the targeted APGD stages
+    (``'apgd-t'``, ``'apgd-mt'``, ``'apgd-malt'``: the targeted DLR loss) at least 4 (a
+    ``ValueError`` naming the stage otherwise). Checked by :func:`autoattack` and
     :func:`advjax.attacks.evaluate` alike."""
     if "apgd-dlr" in stages and num_classes < 3:
         raise ValueError(f"'apgd-dlr' needs at least 3 classes; `logits_fn` gives {num_classes}.")
-    if "apgd-t" in stages and num_classes < 4:
-        raise ValueError(f"'apgd-t' needs at least 4 classes; `logits_fn` gives {num_classes}.")
+    for s in TARGETED_APGD:
+        if s in stages and num_classes < 4:
+            raise ValueError(f"{s!r} needs at least 4 classes; `logits_fn` gives {num_classes}.")
 
 
 def autoattack(
@@ -320,9 +334,11 @@ def autoattack(
         (:func:`version_stages`; here "square-restarts" always runs, :func:`advjax.attacks.evaluate`
         runs it only when a gradient-masking check trips).
       attacks: a custom order of stages from ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``,
-        ``fab-t``, ``square``, ``transfer`` (APGD on ``surrogate``, verified on ``logits_fn``:
-        :func:`transfer_search`), ``square-restarts`` (``square_restarts`` more Square runs)
-        (default: the version's).
+        ``fab-t``, ``square``, the target-selection stages ``apgd-mt`` (MultiTargeted: APGD-T
+        on every other class) and ``apgd-malt`` (MALT: APGD-T on the ``malt_targets`` classes
+        whose linearised boundary is nearest; :mod:`advjax.attacks.targets`), ``transfer``
+        (APGD on ``surrogate``, verified on ``logits_fn``: :func:`transfer_search`) and
+        ``square-restarts`` (``square_restarts`` more Square runs) (default: the version's).
       lo, hi: the box.
       surrogate: per-example ``x -> logits`` with the same classes, attacked by the
         ``"transfer"`` stage (e.g. the undefended model behind a defence, or a model trained on
@@ -350,6 +366,11 @@ def autoattack(
     if surrogate is not None and not callable(surrogate):
         raise ValueError(f"`surrogate` must be a per-example function x -> logits; got "
                          f"{type(surrogate).__name__}.")
+    for name in ("malt_targets", "malt_candidates"):
+        _checks.check_positive_int(getattr(cfg, name), name)
+    if cfg.malt_candidates < cfg.malt_targets:
+        raise ValueError(f"`malt_candidates` ({cfg.malt_candidates}) must be >= `malt_targets` "
+                         f"({cfg.malt_targets}): MALT picks its targets among the candidates.")
     if cfg.randomized and any(s not in ("apgd-ce", "apgd-dlr") for s in stages):
         raise ValueError("`attacks`: with a randomised model only 'apgd-ce' and 'apgd-dlr' use "
                          "EOT; got " + repr(stages))

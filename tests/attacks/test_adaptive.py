@@ -22,8 +22,8 @@ from advjax.attacks.evaluate import evaluate
 
 K, SHAPE, N = 5, (6, 6, 1), 48
 # Few iterations and queries keep the test fast; a linear model needs few APGD steps.
-FAST = dict(steps=20, queries=60, n_targets=4, square_restarts=2, batch_size=N, lo=None,
-            hi=None)
+FAST = dict(steps=20, queries=60, n_targets=4, malt_targets=2, square_restarts=2,
+            batch_size=N, lo=None, hi=None)
 EPS = 0.06
 
 
@@ -90,7 +90,7 @@ def test_without_masking_the_conditional_stage_is_skipped_and_says_why(linear):
     logits_fn, _, xs, labels, dist = linear
     ev = evaluate(logits_fn, xs, labels, eps=EPS, key=jax.random.key(1), version="adaptive",
                   **FAST)
-    assert ev.stages == ("apgd-ce", "apgd-t", "fab-t", "square", "square-restarts")
+    assert ev.stages == ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-malt", "square-restarts")
     assert ev.skipped == {"square-restarts": "no gradient-masking check tripped"}
     assert ev.attacked["square-restarts"] == 0
     assert ev.robust_accuracy["square-restarts"] == ev.robust_accuracy["square"]

@@ -115,8 +115,10 @@ def quantized(logits_fn: LogitsFn, levels: int = 256) -> MaskedDefence:
     y``) is robust for the defence; the defence is thus no more robust than ``f`` "a delta
     further" and is ``f`` up to that shift: its robust accuracy lies near ``f``'s at ``eps``
     within the change of ``f``'s robust accuracy between ``eps - delta`` and ``eps + delta``
-    (0.002 for ``L = 256``: measured 0 examples of 64 for the MNIST LeNet5 at ``eps = 0.1``, see
-    ``tests/attacks/test_bpda.py``).
+    (``delta`` = 0.002 for ``L = 256``). Measured: APGD-CE through the BPDA twin on the
+    clean-trained MNIST LeNet5 (``eps = 0.1``, first 64 test images) gives 0.594 against 0.609 on
+    ``f`` (1 example of 64), while APGD on ``defended`` stays at the clean 0.984
+    (``tests/attacks/probe_masked_defences.py``).
 
     Args:
       logits_fn: undefended per-example ``x -> (K,)``, ``x`` in [0, 1].

@@ -15,6 +15,11 @@ differentiation of the surrogate and Flax modules (call it inside ``__call__``; 
 ``surrogate`` should be functions of their arguments and constants, not of Flax parameters being
 trained: JAX does not differentiate a ``custom_jvp`` with respect to closed-over values).
 
+On the CPU the attacks rewrite a model's convolutions as matrix products
+(:func:`advjax.lowering.lower_convs`) but leave the inside of a ``custom_jvp`` native (with a
+one-line ``RuntimeWarning``): results are the same, but keep convolutions outside ``forward`` and
+``surrogate`` where the model allows it (mark the rounding, not the network).
+
 Attacks need nothing else: they take gradients of the model (which now flow through the
 surrogate) and decide success on the model's value at the candidate point (the real forward),
 in the one attack boundary (:mod:`advjax.attacks._boundary`). Do not write BPDA as

@@ -130,8 +130,14 @@ def bpda(forward=None, surrogate=None):
         _, tangent_out = jax.jvp(sur, primals, tangents)
         return forward(*primals), tangent_out
 
+    checked_signatures: set = set()   # argument structures already validated (trace-time cost)
+
     def wrapped(*args):
-        _check_match(forward, sur, args, is_default)
+        leaves, tree = jax.tree.flatten(args)
+        signature = (tree, tuple((jnp.shape(a), jnp.result_type(a)) for a in leaves))
+        if signature not in checked_signatures:
+            _check_match(forward, sur, args, is_default)
+            checked_signatures.add(signature)
         return marked(*args)
 
     try:

@@ -15,6 +15,11 @@ differentiation of the surrogate and Flax modules (call it inside ``__call__``; 
 ``surrogate`` should be functions of their arguments and constants, not of Flax parameters being
 trained: JAX does not differentiate a ``custom_jvp`` with respect to closed-over values).
 
+On the CPU the attacks rewrite a model's convolutions as matrix products
+(:func:`advjax.lowering.lower_convs`) but leave the inside of a ``custom_jvp`` native (with a
+one-line ``RuntimeWarning``): results are the same, but keep convolutions outside ``forward`` and
+``surrogate`` where the model allows it (mark the rounding, not the network).
+
 Attacks need nothing else: they take gradients of the model (which now flow through the
 surrogate) and decide success on the model's value at the candidate point (the real forward),
 in the one attack boundary (:mod:`advjax.attacks._boundary`). Do not write BPDA as
@@ -125,8 +130,14 @@ def bpda(forward=None, surrogate=None):
         _, tangent_out = jax.jvp(sur, primals, tangents)
         return forward(*primals), tangent_out
 
+    checked_signatures: set = set()   # argument structures already validated (trace-time cost)
+
     def wrapped(*args):
-        _check_match(forward, sur, args, is_default)
+        leaves, tree = jax.tree.flatten(args)
+        signature = (tree, tuple((jnp.shape(a), jnp.result_type(a)) for a in leaves))
+        if signature not in checked_signatures:
+            _check_match(forward, sur, args, is_default)
+            checked_signatures.add(signature)
         return marked(*args)
 
     try:

@@ -18,6 +18,11 @@ import): :class:`WideResNet`, :class:`DMWideResNet`, :class:`DMPreActResNet`,
 (architecture, normalisation and published numbers from the registry of
 ``advjax.models.robustbench_registry``, around the user's checkpoint files).
 
+Masked defences with known truth (``advjax.models.masked``): input quantisation, thermometer
+encoding, argmax-inside, k-WTA (:class:`KWTALeNet5`) and the zero-gradient twin, each with its
+BPDA twin (:func:`advjax.attacks.bpda`) for testing evaluations that must see through masked
+gradients.
+
 Adapters: :func:`linen_logits_fn` (``logits_fn(x)`` of one example), :func:`batched`,
 :func:`predict`.
 
@@ -27,6 +32,7 @@ default), :func:`nnx_apply_fn` (a linen-style pure apply, used by NNX training),
 :func:`nnx_from_linen`, :func:`linen_from_nnx`, :func:`set_nnx_variables`, :func:`nnx_variables`.
 """
 
+from advjax.models import masked
 from advjax.models.activations import ACTIVATIONS, activation, half_huber_relu
 from advjax.models.adapters import batched, linen_logits_fn, linen_logits_fn_batch_stats, predict
 from advjax.models.advertorch import (
@@ -36,6 +42,7 @@ from advjax.models.advertorch import (
     load_lenet5_state,
 )
 from advjax.models.cnn import LeNet5, MnistCNN
+from advjax.models.masked import KWTALeNet5, MaskedDefence
 from advjax.models.nnx_adapters import nnx_apply_fn, nnx_logits_fn, nnx_variables, with_mode
 from advjax.models.nnx_convert import linen_from_nnx, nnx_from_linen, set_nnx_variables
 from advjax.models.nnx_zoo import NNXLeNet5, NNXMnistCNN, NNXPreActBlock, NNXPreActResNet
@@ -82,6 +89,7 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "FC10",
+    "KWTALeNet5",
     "LENET5_VARIANTS",
     "MLP",
     "SZEGEDY_MODELS",
@@ -93,6 +101,7 @@ __all__ = [
     "DMWideResNet",
     "ImageNetResNet",
     "LeNet5",
+    "MaskedDefence",
     "MnistCNN",
     "NNXLeNet5",
     "NNXMnistCNN",
@@ -115,6 +124,7 @@ __all__ = [
     "linen_logits_fn",
     "linen_from_nnx",
     "linen_logits_fn_batch_stats",
+    "masked",
     "load_legacy_torch",
     "load_lenet5",
     "load_lenet5_state",

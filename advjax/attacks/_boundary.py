@@ -279,6 +279,7 @@ def per_example(
     search_success: bool = False,
     check_classes: Callable[[int], None] | None = None,
     nan_aux: tuple[str, ...] = (),
+    distance_aux: tuple[str, ...] = (),
 ) -> Callable[..., AttackResult]:
     """Assembles a per-example attack from its ``search`` (the ritual written once).
 
@@ -310,6 +311,11 @@ def per_example(
         with ``K`` classes (e.g. the DLR losses).
       nan_aux: names of float ``aux`` entries (measurements such as FAB's ``size``) reported as
         NaN for an invalid example.
+      distance_aux: names of float ``aux`` entries that measure the distance of the returned
+        point (a minimal-norm attack's ``distance``): reported as ``inf`` for a clean-correct
+        example whose returned point the final forward pass does not call a success, so a
+        distance always belongs to an adversarial point (a search may count a point whose top
+        logits tie to float precision, which a fresh pass decides otherwise).
 
     Restarts: an attack with restarts combines its runs with :func:`advjax.attacks._restarts.
     best_of_runs` under one of :data:`RESTART_RULES`: ``"best"`` (success first, then the
@@ -448,9 +454,14 @@ def per_example(
         aux["input_errors"] = errors
         if targeted:
             aux["target"] = target
-        return make_result(logits_fn, x, x_adv, label, target=target if targeted else None,
-                           clean_logits=clean_logits, aux=aux, valid=valid,
-                           reset_misclassified=reset_misclassified, success=found)
+        res = make_result(logits_fn, x, x_adv, label, target=target if targeted else None,
+                          clean_logits=clean_logits, aux=aux, valid=valid,
+                          reset_misclassified=reset_misclassified, success=found)
+        if distance_aux:
+            unproven = valid & res.clean_correct & ~res.success
+            res = res.replace(aux={n: (jnp.where(unproven, jnp.inf, v) if n in distance_aux
+                                       else v) for n, v in res.aux.items()})
+        return res
 
     return attack
 

@@ -138,4 +138,4 @@ def ddn(
 
     return _boundary.per_example(search, logits_fn, lo=lo, hi=hi,
                                  target="required" if targeted else "none",
-                                 nan_aux=("distance",))
+                                 nan_aux=("distance",), distance_aux=("distance",))

@@ -199,4 +199,4 @@ def fmn(
 
     return _boundary.per_example(search, logits_fn, lo=lo, hi=hi,
                                  target="required" if targeted else "none",
-                                 nan_aux=("distance",))
+                                 nan_aux=("distance",), distance_aux=("distance",))

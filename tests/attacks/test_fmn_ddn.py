@@ -200,3 +200,28 @@ def test_ddn_multiclass_is_exact_when_the_softmax_is_sharp():
     sharp = linear_logits_fn(P.W * 10.0, P.b * 10.0, P.shape)
     res = _run(attacks.ddn(sharp, steps=500, init_norm=0.5), P)
     _check(res, P.__class__(**{**P.__dict__, "logits_fn": sharp}), "l2", rtol=0.005)
+
+
+def test_a_distance_belongs_to_an_adversarial_point():
+    # A search that claims distance 1 for a point the final forward pass does not misclassify
+    # (FMN kept such a point on a LeNet5 image whose top logits tied to float precision): the
+    # boundary reports inf, never a distance without an adversarial point; NaN stays NaN for
+    # invalid input and an already misclassified example keeps its 0.
+    from advjax.attacks import _boundary
+
+    def logits_fn(x):
+        return jnp.stack([x[0], x[1], 0.0 * x[0]])
+
+    def claims(_, ex):
+        return ex.x, {"distance": jnp.ones((), ex.x.dtype)}
+
+    attack = _boundary.per_example(claims, logits_fn, lo=None, hi=None,
+                                   nan_aux=("distance",), distance_aux=("distance",))
+    res = attack(jnp.array([1.0, 0.0]), jnp.asarray(0))
+    assert not bool(res.success) and float(res.aux["distance"]) == np.inf
+    wrong = attack(jnp.array([0.0, 1.0]), jnp.asarray(0))        # already misclassified
+    assert float(wrong.aux["distance"]) == 1.0 and not bool(wrong.clean_correct)
+    bad = jax.jit(attack)(jnp.array([np.nan, 0.0]), jnp.asarray(0))     # flagged under jit
+    assert np.isnan(float(bad.aux["distance"]))
+    plain = _boundary.per_example(claims, logits_fn, lo=None, hi=None, nan_aux=("distance",))
+    assert float(plain(jnp.array([1.0, 0.0]), jnp.asarray(0)).aux["distance"]) == 1.0

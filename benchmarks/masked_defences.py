@@ -4,7 +4,8 @@ Each defence of :mod:`advjax.models.masked` wraps advertorch's clean-trained MNI
 first N test images, L-infinity budget ``eps``). Per defence:
 
 * **AutoAttack**: ``evaluate(defended)``, the standard stages on the model as deployed;
-* **adaptive**: ``evaluate(marked, version="adaptive", surrogate=lenet5)``: the user's step of
+* **adaptive**: the per-example worst case of that AutoAttack run and
+  ``evaluate(marked, version="adaptive", surrogate=lenet5)``: the user's step of
   marking the non-differentiable part with BPDA (``marked`` = the BPDA twin, the same values bit
   for bit; the zero-gradient twin has nothing to mark and is evaluated as deployed), then
   AutoAttack's stages, MALT-targeted APGD, the transfer stage from the undefended LeNet5 and
@@ -118,9 +119,15 @@ def main() -> None:
                                            args.levels_thermometer, args.k).items():
         aa = run(name + " autoattack", d.defended, args.eps)
         ev = run(name + " adaptive", d.bpda, args.eps, version="adaptive", surrogate=lenet)
+        # The adaptive figure: per example, robust only if AutoAttack on the deployed model AND
+        # the adaptive evaluation of the marked twin both failed (the same values, so either
+        # one's success is a real adversarial example of the deployed model).
+        worst = aa.robust & ev.robust
         row = dict(defence=name, truth_kind=kind, delta=delta, clean=float(ev.clean_accuracy),
                    autoattack=float(aa.robust.mean()), autoattack_ci=_interval(aa.robust),
-                   adaptive=float(ev.robust.mean()), adaptive_ci=_interval(ev.robust),
+                   adaptive=float(worst.mean()), adaptive_ci=_interval(worst),
+                   marked_twin_adaptive=float(ev.robust.mean()),
+                   broken_beyond_autoattack_total=int(np.sum(aa.robust & ~worst)),
                    robust_after_autoattack_stages=float(
                        ev.robust_accuracy[ev.autoattack_stages[-1]]),
                    broken_beyond_autoattack=ev.broken_beyond_autoattack(),
@@ -129,8 +136,9 @@ def main() -> None:
                    seconds=ev.seconds, autoattack_seconds=aa.seconds, attacked=ev.attacked,
                    checks_tripped=[c.name for c in aa.checks if c.tripped],
                    truth=float(base.robust.mean()), truth_ci=_interval(base.robust),
-                   differ_from_truth=int(np.sum(base.robust != ev.robust)),
-                   adaptive_below_autoattack=bool(np.all(ev.robust <= aa.robust)))
+                   differ_from_truth=int(np.sum(base.robust != worst)),
+                   above_truth=int(np.sum(worst & ~base.robust)),
+                   below_truth=int(np.sum(~worst & base.robust)))
         rows.append(row)
 
     meta = dict(machine=platform.platform(), cores=os.cpu_count(), python=platform.python_version(),
@@ -155,17 +163,21 @@ def render(res: dict) -> str:
     def pct(v, ci=None):
         return f"{100 * v:.1f} %" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
 
-    lines = ["| defence | clean | AutoAttack | adaptive | broken beyond AutoAttack's stages "
-             "| truth | examples differing from the truth |", "|---|---|---|---|---|---|---|"]
+    lines = ["| defence | clean | AutoAttack (deployed model) | adaptive (worst case) | "
+             "broken beyond AutoAttack: total (marked twin's adaptive stages) | truth | "
+             "examples robust only under the adaptive figure / only under the truth |",
+             "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        beyond = ", ".join(f"{s} {k}" for s, k in r["broken_beyond_autoattack"].items()
-                           if s not in r["skipped"])
+        beyond = f"{r['broken_beyond_autoattack_total']} (" + ", ".join(
+            f"{s} {k}" for s, k in r["broken_beyond_autoattack"].items()
+            if s not in r["skipped"]) + ")"
         truth = {"exact": "LeNet5's (same decisions)",
                  "shift": f"LeNet5's (up to a {r['delta']:.4f} pixel shift)",
                  "reference": "none known; LeNet5's as reference"}[r["truth_kind"]]
         aa, ad = pct(r["autoattack"], r["autoattack_ci"]), pct(r["adaptive"], r["adaptive_ci"])
         lines.append(f"| {r['defence']} | {pct(r['clean'])} | {aa} | {ad} | {beyond or '—'} | "
-                     f"{pct(r['truth'])}: {truth} | {r['differ_from_truth']} of {n} |")
+                     f"{pct(r['truth'])}: {truth} | {r['above_truth']} / {r['below_truth']} of "
+                     f"{n} |")
     return "\n".join(lines)
 
 

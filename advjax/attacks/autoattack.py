@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import _checks
-from advjax.attacks import _boundary, losses, projections
+from advjax.attacks import _boundary, losses, passes, projections
 from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.apgd_targeted import OFFICIAL, apgd_search, apgd_t_search
 from advjax.attacks.fab import fab_multi_search
@@ -97,9 +97,12 @@ def _model(logits_fn, randomized: bool):
 
 
 def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
-    """The search of one stage: ``search(x, label, eps, key, active) -> x_adv`` (ONE example).
+    """The search of one stage: ``search(x, label, eps, key, active) -> (x_adv, passes)`` (ONE
+    example; ``passes``: int32 ``(2,)`` ``[forward, backward]`` model passes the search spent on
+    it, :mod:`advjax.attacks.passes`; ``[0, 0]`` when not ``active``).
 
-    The returned point is checked by :func:`verified_success`, never trusted as is.
+    The returned point is checked by :func:`verified_success`, never trusted as is (its passes,
+    :func:`verification_passes`, are not included).
     """
     _checks.check_choice(name, "attacks", STAGES)
     model = _model(logits_fn, cfg.randomized)
@@ -119,7 +122,9 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
                                    stop_at_success=not cfg.randomized, **OFFICIAL)
 
             keys = _boundary.example_keys(key, cfg.apgd_restarts)
-            return best_of_runs(run, keys, x, rule="first_success")[0]
+            z, _, _, spent = best_of_runs(run, keys, x, (passes.zero(),), rule="first_success",
+                                          accumulate=(3,))
+            return z, spent
         return search
 
     if name == "apgd-ce":
@@ -131,25 +136,29 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings) -> Callable:
 
         def search(x, label, eps, key, active):
             k = _boundary.num_classes(det, x)
-            return apgd_t_search(det, x, label, eps, key, norm=cfg.norm, steps=cfg.steps,
-                                 n_targets=min(apgd_targets, k - 1), lo=cfg.lo, hi=cfg.hi,
-                                 active=active)[0]
+            z, _, spent = apgd_t_search(det, x, label, eps, key, norm=cfg.norm,
+                                        steps=cfg.steps, n_targets=min(apgd_targets, k - 1),
+                                        lo=cfg.lo, hi=cfg.hi, active=active)
+            return z, spent
         return search
     if name in ("fab", "fab-t"):
         targeted = name == "fab-t"
 
         def search(x, label, eps, key, active):
             k = _boundary.num_classes(det, x)
-            return fab_multi_search(det, x, label, key, norm=cfg.norm, steps=cfg.steps,
-                                    lo=cfg.lo, hi=cfg.hi, targeted=targeted,
-                                    n_targets=min(n_targets, k - 1),
-                                    n_restarts=1 if targeted else cfg.fab_restarts,
-                                    stop_below=eps, start_radius=eps, active=active)[0]
+            z, _, spent = fab_multi_search(det, x, label, key, norm=cfg.norm, steps=cfg.steps,
+                                           lo=cfg.lo, hi=cfg.hi, targeted=targeted,
+                                           n_targets=min(n_targets, k - 1),
+                                           n_restarts=1 if targeted else cfg.fab_restarts,
+                                           stop_below=eps, start_radius=eps, active=active)
+            return z, spent
         return search
 
     def search(x, label, eps, key, active):
-        return square_search(det, x, label, eps, key, norm=cfg.norm, n_queries=cfg.queries,
-                             p_init=cfg.p_init, lo=cfg.lo, hi=cfg.hi, active=active)[0]
+        z, _, spent = square_search(det, x, label, eps, key, norm=cfg.norm,
+                                    n_queries=cfg.queries, p_init=cfg.p_init, lo=cfg.lo,
+                                    hi=cfg.hi, active=active)
+        return z, spent
     return search
 
 
@@ -172,6 +181,12 @@ def verified_success(logits_fn: Callable, cfg: Settings, x: Array, z: Array, lab
         return ok & wrong(key)
     draws = jax.vmap(lambda j: wrong(jax.random.fold_in(key, j)))(jnp.arange(cfg.verify_draws))
     return ok & (2 * jnp.sum(draws) > cfg.verify_draws)
+
+
+def verification_passes(cfg: Settings) -> Array:
+    """The forward passes of :func:`verified_success` (:mod:`advjax.attacks.passes`): one for a
+    deterministic model, ``cfg.verify_draws`` for a randomised one."""
+    return passes.count(forward=cfg.verify_draws if cfg.randomized else 1)
 
 
 def settings_for(version: str, norm: str, **overrides) -> Settings:
@@ -227,7 +242,11 @@ def autoattack(
       ``attack(x, label, *, eps, key) -> AttackResult``: ``success`` is the worst case over the
       stages (robust = ``~success``), ``x_adv`` the first stage's successful point (``x`` if none),
       ``aux[name]`` each stage's success flag, ``aux["stage_success"]`` the flags stacked in
-      stage order (``attack.stages``). Keys: stage ``i`` uses ``fold_in(key, i)``.
+      stage order (``attack.stages``), ``aux["stage_passes"]`` int32 ``(n_stages, 2)`` the
+      ``[forward, backward]`` model passes each stage spent on the example, its verification
+      included (zero for a stage that did not run: the example was already broken), and
+      ``aux["passes"]`` their sum (:mod:`advjax.attacks.passes`; the clean forward pass is not
+      counted). Keys: stage ``i`` uses ``fold_in(key, i)``.
     """
     lo, hi = _boundary.check_box_setting(lo, hi)
     cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
@@ -256,17 +275,20 @@ def autoattack(
         x, label, eps, key = ex.x, ex.label, ex.budget, ex.key
         done = jnp.argmax(ex.clean_logits) != label
         x_adv = x
-        flags = []
+        flags, spent = [], []
         for i, stage in enumerate(searches):
             k_i = jax.random.fold_in(key, i)
-            z = stage(x, label, eps, k_i, ~done)
+            z, used = stage(x, label, eps, k_i, ~done)
             s = ~done & verified_success(logits_fn, cfg, x, z, label, eps,
                                          jax.random.fold_in(k_i, 7))
+            spent.append(used + passes.gated(~done, verification_passes(cfg)))
             x_adv = jnp.where(s, z, x_adv)
             flags.append(s)
             done = done | s
         aux = {name: f for name, f in zip(stages, flags, strict=True)}
         aux["stage_success"] = jnp.stack(flags)
+        aux["stage_passes"] = jnp.stack(spent)
+        aux["passes"] = jnp.sum(aux["stage_passes"], axis=0)
         # Worst case over the stages: robust only if no stage succeeded (and the clean point is
         # correct); for a randomised model the verified stage flags decide, not one more draw.
         aux["success"] = done

@@ -403,6 +403,10 @@ def _evaluate(p: Plan, run, progress: bool) -> dict:
         return {"clean_accuracy": ev.clean_accuracy, "robust_accuracy": ev.robust_accuracy,
                 "stages": list(ev.stages), "seconds": ev.seconds,
                 "compile_seconds": ev.compile_seconds, "attacked": ev.attacked,
+                "forward_passes": ev.forward_passes, "backward_passes": ev.backward_passes,
+                "forward_per_example": ev.forward_per_example,
+                "backward_per_example": ev.backward_per_example,
+                "passes": np.asarray(ev.passes),
                 "num_invalid": ev.num_invalid, "skipped": ev.skipped,
                 "broken_beyond_autoattack": ev.broken_beyond_autoattack(),
                 "checks": [dataclasses.asdict(c) for c in ev.checks],
@@ -419,11 +423,18 @@ def _evaluate(p: Plan, run, progress: bool) -> dict:
                "robust_accuracy_final": final, "published": p.model.published,
                "num_invalid": result["num_invalid"], "seconds": result["seconds"],
                "compile_seconds": result["compile_seconds"], "attacked": result["attacked"],
+               # model passes per stage (advjax.attacks.passes): totals over the examples the
+               # stage attacked and means per attacked example; comparable across hardware
+               **{k: result.get(k, {}) for k in ("forward_passes", "backward_passes",
+                                                 "forward_per_example",
+                                                 "backward_per_example")},
                "checks": result["checks"], "skipped": result["skipped"],
                "broken_beyond_autoattack": result["broken_beyond_autoattack"],
                "per_example": {"label": p.labels.tolist(),
                                "clean_correct": result["clean_correct"].tolist(),
-                               "broken_by": result["broken_by"].tolist()}}
+                               "broken_by": result["broken_by"].tolist(),
+                               # (n, n_stages, 2): [forward, backward] per example and stage
+                               "passes": np.asarray(result.get("passes", [])).tolist()}}
     run.section("Evaluation", f"Model `{p.model.description}`, {p.config['n']} examples of "
                 f"`{p.config['data']}`, {p.config['norm']} eps {p.config['eps']:.6g}, "
                 f"version `{p.config['version']}`, seed {p.config['seed']}.")

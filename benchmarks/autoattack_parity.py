@@ -145,8 +145,22 @@ def run_advjax(model: str, norm: str, n: int, batch: int) -> dict:
                 robust={s: ev.robust_accuracy[s] for s in ev.stages},
                 seconds=ev.seconds, compile_seconds=ev.compile_seconds, attacked=ev.attacked,
                 run_seconds=run, wall_seconds=wall, images_per_s=n / run,
+                **_passes_fields(ev),
                 clean_flags=flags_to_str(ev.clean_correct),
                 robust_flags=robust_after_stages(ev.clean_correct, ev.broken_by, ev.stages))
+
+
+def _passes_fields(ev) -> dict:
+    """Model passes beside the seconds (``advjax.attacks.passes``: forward / backward passes per
+    example, independent of the hardware and batch size): per stage, the totals over the examples
+    it attacked and the means per attacked example; and over the whole run per image of the set
+    (the clean pass's one forward included)."""
+    n = len(ev.clean_correct)
+    return dict(forward_passes=ev.forward_passes, backward_passes=ev.backward_passes,
+                forward_per_example=ev.forward_per_example,
+                backward_per_example=ev.backward_per_example,
+                forward_per_image=(n + sum(ev.forward_passes.values())) / n,
+                backward_per_image=sum(ev.backward_passes.values()) / n)
 
 
 def _torch_net_and_data(model: str, n: int):
@@ -342,8 +356,8 @@ def render(res: dict) -> str:
     """Markdown table: per-stage robust accuracy, advjax minus official, time, throughput."""
     rows = res["rows"]
     out = ["| model | norm (eps) | framework | clean | " + " | ".join(STAGES)
-           + " | run s | compile s | images/s | advjax speed-up |",
-           "|---|---|---|---|" + "---|" * len(STAGES) + "---|---|---|---|"]
+           + " | run s | compile s | images/s | advjax speed-up | fwd / bwd passes per image |",
+           "|---|---|---|---|" + "---|" * len(STAGES) + "---|---|---|---|---|"]
     for r in rows:
         peer = [q for q in rows if q["model"] == r["model"] and q["norm"] == r["norm"]
                 and q["framework"] == "official"]
@@ -355,7 +369,9 @@ def render(res: dict) -> str:
                    f"{r['framework']} | {r['clean']:.3f} | "
                    + " | ".join(f"{r['robust'][s]:.3f}" if s in r["robust"] else "—"
                                 for s in STAGES)
-                   + f" | {r['run_seconds']:.1f} | {comp} | {r['images_per_s']:.2f} | {ratio} |")
+                   + f" | {r['run_seconds']:.1f} | {comp} | {r['images_per_s']:.2f} | {ratio} | "
+                   + (f"{r['forward_per_image']:.0f} / {r['backward_per_image']:.0f} |"
+                      if "forward_per_image" in r else "— |"))
     for r in rows:                        # image by image, advjax against each peer
         if r["framework"] != "advjax" or "robust_flags" not in r:
             continue

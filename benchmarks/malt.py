@@ -80,7 +80,7 @@ def position_flags(logits_fn, selection: str, xs, ys, eps: float, key, batch: in
                 return losses.targeted_dlr_loss(logits, label, target), logits
 
             run_key = _boundary.example_keys(jax.random.fold_in(k_stage, p), 1)[0]
-            _, s, _ = apgd_search(loss_fn, x, label, jnp.asarray(eps, x.dtype), run_key,
+            _, s, *_ = apgd_search(loss_fn, x, label, jnp.asarray(eps, x.dtype), run_key,
                                   norm="linf", steps=STEPS, lo=0.0, hi=1.0, **OFFICIAL)
             return s
 

@@ -96,6 +96,13 @@ def run_advjax(args) -> dict:
                 compile_seconds=ev.compile_seconds, attacked=ev.attacked,
                 run_seconds=sum(ev.seconds.values()),
                 total_compile_seconds=sum(ev.compile_seconds.values()), wall_seconds=wall,
+                # model passes (advjax.attacks.passes), hardware-independent: per stage the
+                # totals over the attacked examples and the means per attacked example
+                forward_passes=ev.forward_passes, backward_passes=ev.backward_passes,
+                forward_per_example=ev.forward_per_example,
+                backward_per_example=ev.backward_per_example,
+                forward_per_image=(len(d["y"]) + sum(ev.forward_passes.values())) / len(d["y"]),
+                backward_per_image=sum(ev.backward_passes.values()) / len(d["y"]),
                 devices=[str(d) for d in jax.devices()], jax=jax.__version__, sha256=sha[0])
 
 
@@ -206,14 +213,16 @@ def main() -> None:
 def render(result: dict) -> str:
     """A Markdown table of the two sides."""
     lines = ["| framework | clean | " + " | ".join(f"after {s}" for s in STAGES)
-             + " | run s | compile s | load avg (start) |",
-             "|---|---|" + "---|" * len(STAGES) + "---|---|---|"]
+             + " | run s | compile s | load avg (start) | fwd / bwd passes per image |",
+             "|---|---|" + "---|" * len(STAGES) + "---|---|---|---|"]
     for r in result["rows"]:
         robust = " | ".join(f"{r['robust'].get(s, float('nan')):.3f}" for s in STAGES)
         comp = r.get("total_compile_seconds")
         lines.append(f"| {r['framework']} | {r['clean']:.3f} | {robust} | {r['run_seconds']:.1f} "
                      f"| {'—' if comp is None else f'{comp:.1f}'} | "
-                     f"{r['load_average_start'][0]:.1f} |")
+                     f"{r['load_average_start'][0]:.1f} | "
+                     + (f"{r['forward_per_image']:.0f} / {r['backward_per_image']:.0f} |"
+                        if "forward_per_image" in r else "— |"))
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import _checks
-from advjax.attacks import _boundary, losses, projections
+from advjax.attacks import _boundary, losses, passes, projections
 from advjax.attacks._restarts import best_of_runs, better, run_keys
 from advjax.attacks.result import AttackResult
 
@@ -171,8 +171,10 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
     (``start="surface"``). ``schedule`` and ``rho`` / ``alpha`` do not apply.
 
     Returns:
-      ``(x_out, success, loss, eta)``: the kept point, whether any iterate succeeded, the loss
-      of the kept point (``f_max`` for ``keep="last_success"``) and the final step size.
+      ``(x_out, success, loss, eta, passes)``: the kept point, whether any iterate succeeded,
+      the loss of the kept point (``f_max`` for ``keep="last_success"``), the final step size and
+      the model passes spent (:mod:`advjax.attacks.passes`: ``eot_samples`` forward and backward
+      per gradient, the start's included; ``[0, 0]`` when not ``active``).
     """
     _checks.check_choice(schedule, "schedule", SCHEDULES)
     _checks.check_choice(keep, "keep", KEEP)
@@ -207,7 +209,12 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
         x0 = proj(x + jax.random.normal(start_key, x.shape, x.dtype))
     else:
         x0 = proj(x + projections.sample_start(start_key, x.shape, eps, norm, start, x.dtype))
-    f0, s0, g0 = evaluate(x0, 0)
+    # A run that is not active (a restart or target after a success) skips its start's
+    # gradient too (under vmap the cond is a select and both branches run, as idle loop steps).
+    f0, s0, g0 = jax.lax.cond(
+        active, lambda z: evaluate(z, 0),
+        lambda z: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                               jax.eval_shape(lambda v: evaluate(v, 0), z)), x0)
     eta0 = (1.0 if l1 else 2.0) * eps
     if x_init is not None:
         sp0 = projections.l0_norm(x0 - x)
@@ -219,7 +226,8 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
               eta=eta0, x_max=x0, f_max=f0, g_max=g0, x_best=x0, s_best=s0, f_best=f0,
               x_last=x0, n_inc=jnp.zeros((), x.dtype), f_max_ckpt=f0,
               reduced_ckpt=jnp.ones((), bool), topk=topk0.astype(x.dtype),
-              sp_old=sp0.astype(x.dtype))
+              sp_old=sp0.astype(x.dtype),
+              passes=passes.gated(active, passes.value_and_grad(eot_samples)))
     l1_period = max(int(L1_CHECK_FRACTION * steps), 1)
 
     def cond(st):
@@ -251,7 +259,8 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
             i=i + 1, x_prev=x_cur, x_max=x_max, f_max=f_max, g_max=g_max,
             x_best=jnp.where(take, x_new, st["x_best"]), s_best=st["s_best"] | s_new,
             f_best=jnp.where(take, f_new, st["f_best"]),
-            x_last=jnp.where(s_new, x_new, st["x_last"]), f_raw=f_new)
+            x_last=jnp.where(s_new, x_new, st["x_last"]), f_raw=f_new,
+            passes=st["passes"] + passes.value_and_grad(eot_samples))
         if l1:
             at_check = (i % l1_period) == 0
             sp = projections.l0_norm(x_max - x)
@@ -278,11 +287,11 @@ def apgd_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, *, norm: str
     st = jax.lax.while_loop(cond, body, st)
     success = st["s_best"] & active
     if keep == "best":
-        return st["x_best"], success, st["f_best"], st["eta"]
+        return st["x_best"], success, st["f_best"], st["eta"], st["passes"]
     if keep == "max":
-        return st["x_max"], success, st["f_max"], st["eta"]
+        return st["x_max"], success, st["f_max"], st["eta"], st["passes"]
     return (jnp.where(st["s_best"], st["x_last"], st["x_max"]), success, st["f_max"],
-            st["eta"])
+            st["eta"], st["passes"])
 
 
 def l1_schedule(steps: int) -> tuple[tuple[float, int], ...]:
@@ -302,10 +311,12 @@ def apgd_l1_schedule_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, 
     Only the last run, inside the ``eps`` ball, decides success.
 
     Returns:
-      :func:`apgd_run`'s ``(x_out, success, loss, eta)`` of the last run.
+      :func:`apgd_run`'s ``(x_out, success, loss, eta)`` of the last run, and the passes of all
+      the runs.
     """
     runs = [r for r in l1_schedule(steps) if r[1] > 0]
     z = x + jax.random.normal(jax.random.fold_in(key, 0), x.shape, x.dtype)
+    spent = passes.zero()
     for j, (factor, n) in enumerate(runs):
         last = j == len(runs) - 1
         out = apgd_run(loss_fn, success_fn, x, factor * eps, jax.random.fold_in(key, j + 1),
@@ -313,7 +324,8 @@ def apgd_l1_schedule_run(loss_fn, success_fn, x: Array, eps: Array, key: Array, 
                        keep=keep if last else "max",
                        stop_at_success=stop_at_success and last, active=active, **kw)
         z = out[0]
-    return out
+        spent = spent + out[4]
+    return (*out[:4], spent)
 
 
 def apgd(
@@ -401,9 +413,9 @@ def apgd(
                             lo=lo, hi=hi, rho=rho, alpha=alpha, schedule="paper", start="ball",
                             projection=projection, keep="best", start_key=run_key)
 
-        x_adv, _, best_loss, eta = best_of_runs(run, run_keys(ex.key, n_restarts), x,
-                                                (2.0 * eps,))
-        return x_adv, {"loss": best_loss, "eta": eta}
+        x_adv, _, best_loss, eta, spent = best_of_runs(
+            run, run_keys(ex.key, n_restarts), x, (2.0 * eps, passes.zero()), accumulate=(4,))
+        return x_adv, {"loss": best_loss, "eta": eta, "passes": spent}
 
     def check_classes(k):
         need = 4 if targeted else 3

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import _checks
-from advjax.attacks import _boundary, losses, projections, targets
+from advjax.attacks import _boundary, losses, passes, projections, targets
 from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.apgd import apgd_l1_schedule_run, apgd_run, eot_value_and_grad
 from advjax.attacks.result import AttackResult
@@ -39,7 +39,8 @@ def _start(key: Array, x: Array, eps: Array, norm: str) -> Array:
 def apgd_search(loss_fn: LossFn, x: Array, label: Array, eps: Array, key: Array, *, norm: str,
                 steps: int, lo: float | None, hi: float | None, rho: float = 0.75,
                 alpha: float = 0.75, eot_samples: int = 1,
-                active: Array | bool = True, **options) -> tuple[Array, Array, Array]:
+                active: Array | bool = True,
+                **options) -> tuple[Array, Array, Array, Array]:
     """One untargeted-success APGD run: :func:`advjax.attacks.apgd.apgd_run` with success
     ``argmax logits != label``.
 
@@ -50,28 +51,28 @@ def apgd_search(loss_fn: LossFn, x: Array, label: Array, eps: Array, key: Array,
     (:func:`advjax.attacks.apgd.apgd_l1_schedule_run`, AutoAttack's ``use_largereps``).
 
     Returns:
-      ``(x_kept, success, loss)``.
+      ``(x_kept, success, loss, passes)`` (passes: :mod:`advjax.attacks.passes`).
     """
     opts = dict(schedule="paper", start="surface", projection="exact", keep="best",
                 stop_at_success=True)
     opts.update(options)
     success_fn = lambda logits: jnp.argmax(logits) != label  # noqa: E731
     if norm == "l1":
-        z, s, f, _ = apgd_l1_schedule_run(loss_fn, success_fn, x, eps, key, steps=steps, lo=lo,
-                                          hi=hi, rho=rho, alpha=alpha, eot_samples=eot_samples,
-                                          active=active, **opts)
-        return z, s, f
-    z, s, f, _ = apgd_run(loss_fn, success_fn, x, eps, key,
-                          norm=norm, steps=steps, lo=lo, hi=hi, rho=rho, alpha=alpha,
-                          eot_samples=eot_samples, active=active, **opts)
-    return z, s, f
+        z, s, f, _, spent = apgd_l1_schedule_run(
+            loss_fn, success_fn, x, eps, key, steps=steps, lo=lo, hi=hi, rho=rho, alpha=alpha,
+            eot_samples=eot_samples, active=active, **opts)
+        return z, s, f, spent
+    z, s, f, _, spent = apgd_run(loss_fn, success_fn, x, eps, key,
+                                 norm=norm, steps=steps, lo=lo, hi=hi, rho=rho, alpha=alpha,
+                                 eot_samples=eot_samples, active=active, **opts)
+    return z, s, f, spent
 
 
 def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, eps: Array,
                   key: Array, *, norm: str, steps: int, n_targets: int, n_restarts: int = 1,
                   lo: float | None, hi: float | None, rho: float = 0.75, alpha: float = 0.75,
                   active: Array | bool = True, selection: str = "logits",
-                  candidates: int = targets.MALT_CANDIDATES) -> tuple[Array, Array]:
+                  candidates: int = targets.MALT_CANDIDATES) -> tuple[Array, Array, Array]:
     """APGD-T on ONE example: one targeted-DLR run per target and restart (keys
     ``fold_in(fold_in(key, target position), r)``), with the official options; later runs run
     only while the example is still robust.
@@ -82,14 +83,16 @@ def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
     ``candidates`` classes).
 
     Returns:
-      ``(x_adv, success)``: the first successful point (or the last run's point).
+      ``(x_adv, success, passes)``: the first successful point (or the last run's point) and the
+      model passes spent (:mod:`advjax.attacks.passes`: the ranking of the targets,
+      :func:`advjax.attacks.targets.selection_passes`, then the runs made).
     """
     ranked = targets.select(selection, logits_fn, x, label, n_targets, norm=norm,
                             candidates=candidates)
     active = jnp.asarray(active, bool)
 
     def body(carry, t_index):
-        x_adv, done = carry
+        x_adv, done, spent = carry
         target = ranked[t_index]
 
         def loss_fn(z, _key):
@@ -97,19 +100,22 @@ def apgd_t_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
             return losses.targeted_dlr_loss(logits, label, target), logits
 
         def run(run_key, run_active):
-            z, s, f = apgd_search(loss_fn, x, label, eps, run_key, norm=norm, steps=steps,
-                                  lo=lo, hi=hi, rho=rho, alpha=alpha,
-                                  active=active & ~done & run_active, **OFFICIAL)
-            return z, s, f
+            return apgd_search(loss_fn, x, label, eps, run_key, norm=norm, steps=steps,
+                               lo=lo, hi=hi, rho=rho, alpha=alpha,
+                               active=active & ~done & run_active, **OFFICIAL)
 
         t_key = jax.random.fold_in(key, t_index)
         keys = _boundary.example_keys(t_key, n_restarts)
-        z, s, _ = best_of_runs(run, keys, x_adv, rule="first_success")
+        z, s, _, used = best_of_runs(run, keys, x_adv, (passes.zero(),), rule="first_success",
+                                     accumulate=(3,))
         x_adv = jnp.where(done, x_adv, z)
-        return (x_adv, done | s), None
+        return (x_adv, done | s, spent + used), None
 
-    (x_adv, done), _ = jax.lax.scan(body, (x, jnp.zeros((), bool)), jnp.arange(n_targets))
-    return x_adv, done
+    k = _boundary.num_classes(logits_fn, x)
+    init = (x, jnp.zeros((), bool),
+            passes.gated(active, targets.selection_passes(selection, k, candidates)))
+    (x_adv, done, spent), _ = jax.lax.scan(body, init, jnp.arange(n_targets))
+    return x_adv, done, spent
 
 
 def apgd_targeted(
@@ -157,10 +163,10 @@ def apgd_targeted(
             raise ValueError(f"`n_targets` must be <= K - 1 = {k - 1}; got {n_targets}.")
 
     def search(logits_fn, ex: _boundary.Example):
-        x_adv, _ = apgd_t_search(logits_fn, ex.x, ex.label, ex.budget, ex.key, norm=norm,
-                                 steps=steps, n_targets=n_targets, n_restarts=n_restarts, lo=lo,
-                                 hi=hi, rho=rho, alpha=alpha)
-        return x_adv, {}
+        x_adv, _, spent = apgd_t_search(logits_fn, ex.x, ex.label, ex.budget, ex.key, norm=norm,
+                                        steps=steps, n_targets=n_targets, n_restarts=n_restarts,
+                                        lo=lo, hi=hi, rho=rho, alpha=alpha)
+        return x_adv, {"passes": spent}
 
     return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps", budget_norm=norm,
                                  needs_key=True, check_classes=check_classes)

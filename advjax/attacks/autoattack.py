@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import _checks
-from advjax.attacks import _boundary, losses, projections
+from advjax.attacks import _boundary, losses, passes, projections
 from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.apgd_targeted import OFFICIAL, apgd_search, apgd_t_search
 from advjax.attacks.fab import fab_multi_search
@@ -120,11 +120,14 @@ def _model(logits_fn, randomized: bool):
 
 def stage_search(name: str, logits_fn: Callable, cfg: Settings,
                  surrogate: Callable | None = None) -> Callable:
-    """The search of one stage: ``search(x, label, eps, key, active) -> x_adv`` (ONE example).
+    """The search of one stage: ``search(x, label, eps, key, active) -> (x_adv, passes)`` (ONE
+    example; ``passes``: int32 ``(2,)`` ``[forward, backward]`` model passes the search spent on
+    it, :mod:`advjax.attacks.passes`; ``[0, 0]`` when not ``active``).
 
     The returned point is checked by :func:`verified_success` on ``logits_fn``, never trusted
-    as is. ``surrogate`` (per-example ``x -> logits``, the same classes) is the model the
-    ``"transfer"`` stage attacks.
+    as is (its passes, :func:`verification_passes`, are not included). ``surrogate``
+    (per-example ``x -> logits``, the same classes) is the model the ``"transfer"`` stage
+    attacks; its passes count like the target's.
     """
     _checks.check_choice(name, "attacks", STAGES)
     if name in SURROGATE_STAGES and surrogate is None:
@@ -147,7 +150,9 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings,
                                    stop_at_success=not cfg.randomized, **OFFICIAL)
 
             keys = _boundary.example_keys(key, cfg.apgd_restarts)
-            return best_of_runs(run, keys, x, rule="first_success")[0]
+            z, _, _, spent = best_of_runs(run, keys, x, (passes.zero(),), rule="first_success",
+                                          accumulate=(3,))
+            return z, spent
         return search
 
     if name == "apgd-ce":
@@ -162,21 +167,23 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings,
         def search(x, label, eps, key, active):
             k = _boundary.num_classes(det, x)
             n = k - 1 if apgd_targets is None else min(apgd_targets, k - 1)
-            return apgd_t_search(det, x, label, eps, key, norm=cfg.norm, steps=cfg.steps,
-                                 n_targets=n, lo=cfg.lo, hi=cfg.hi, active=active,
-                                 selection=TARGETED_APGD[name],
-                                 candidates=min(cfg.malt_candidates, k - 1))[0]
+            z, _, spent = apgd_t_search(det, x, label, eps, key, norm=cfg.norm,
+                                        steps=cfg.steps, n_targets=n, lo=cfg.lo, hi=cfg.hi,
+                                        active=active, selection=TARGETED_APGD[name],
+                                        candidates=min(cfg.malt_candidates, k - 1))
+            return z, spent
         return search
     if name in ("fab", "fab-t"):
         targeted = name == "fab-t"
 
         def search(x, label, eps, key, active):
             k = _boundary.num_classes(det, x)
-            return fab_multi_search(det, x, label, key, norm=cfg.norm, steps=cfg.steps,
-                                    lo=cfg.lo, hi=cfg.hi, targeted=targeted,
-                                    n_targets=min(n_targets, k - 1),
-                                    n_restarts=1 if targeted else cfg.fab_restarts,
-                                    stop_below=eps, start_radius=eps, active=active)[0]
+            z, _, spent = fab_multi_search(det, x, label, key, norm=cfg.norm, steps=cfg.steps,
+                                           lo=cfg.lo, hi=cfg.hi, targeted=targeted,
+                                           n_targets=min(n_targets, k - 1),
+                                           n_restarts=1 if targeted else cfg.fab_restarts,
+                                           stop_below=eps, start_radius=eps, active=active)
+            return z, spent
         return search
 
     if name == "transfer":
@@ -189,15 +196,18 @@ def stage_search(name: str, logits_fn: Callable, cfg: Settings,
     if name == "square-restarts":
         def search(x, label, eps, key, active):
             def run(run_key, run_active):
-                z, s, _ = square_run(x, label, eps, run_key, active & run_active)
-                return z, s, jnp.zeros((), x.dtype)
+                z, s, spent = square_run(x, label, eps, run_key, active & run_active)
+                return z, s, jnp.zeros((), x.dtype), spent
 
             keys = _boundary.example_keys(key, cfg.square_restarts)
-            return best_of_runs(run, keys, x, rule="first_success")[0]
+            z, _, _, spent = best_of_runs(run, keys, x, (passes.zero(),), rule="first_success",
+                                          accumulate=(3,))
+            return z, spent
         return search
 
     def search(x, label, eps, key, active):
-        return square_run(x, label, eps, key, active)[0]
+        z, _, spent = square_run(x, label, eps, key, active)
+        return z, spent
     return search
 
 
@@ -213,6 +223,9 @@ def transfer_search(logits_fn: Callable, surrogate: Callable, cfg: Settings) -> 
     A transfer attack never differentiates the target, so no gradient masking of the target
     can stop it: on a masked twin (the surrogate's own values behind a zero gradient) it finds
     what white-box APGD finds on the surrogate.
+
+    Passes (:mod:`advjax.attacks.passes`): the surrogate's forward pass that ranks the targets,
+    each run's APGD passes on the surrogate and one forward pass of the target per run.
     """
     def search(x, label, eps, key, active):
         k = _boundary.num_classes(logits_fn, x)
@@ -235,16 +248,18 @@ def transfer_search(logits_fn: Callable, surrogate: Callable, cfg: Settings) -> 
                 t_dlr = losses.targeted_dlr_loss(logits, label, jnp.maximum(target, 0))
                 return jnp.where(target < 0, ce, t_dlr), logits
 
-            z, _, f = apgd_search(loss_fn, x, label, eps, run_key, norm=cfg.norm,
-                                  steps=cfg.steps, lo=cfg.lo, hi=cfg.hi,
-                                  active=active & run_active,
-                                  **{**OFFICIAL, "stop_at_success": False})
+            on = active & run_active
+            z, _, f, spent = apgd_search(loss_fn, x, label, eps, run_key, norm=cfg.norm,
+                                         steps=cfg.steps, lo=cfg.lo, hi=cfg.hi, active=on,
+                                         **{**OFFICIAL, "stop_at_success": False})
             logits = logits_fn(z)
             fooled = (jnp.argmax(logits) != label) & jnp.all(jnp.isfinite(logits))
-            return z, fooled & active & run_active, f
+            return z, fooled & on, f, spent + passes.gated(on, passes.count(forward=1))
 
         keys = _boundary.example_keys(key, n_t + 1)
-        return best_of_runs(run, (keys, targets), x, rule="first_success")[0]
+        z, _, _, spent = best_of_runs(run, (keys, targets), x, (passes.zero(),),
+                                      rule="first_success", accumulate=(3,))
+        return z, spent + passes.gated(active, passes.count(forward=1))
 
     return search
 
@@ -268,6 +283,12 @@ def verified_success(logits_fn: Callable, cfg: Settings, x: Array, z: Array, lab
         return ok & wrong(key)
     draws = jax.vmap(lambda j: wrong(jax.random.fold_in(key, j)))(jnp.arange(cfg.verify_draws))
     return ok & (2 * jnp.sum(draws) > cfg.verify_draws)
+
+
+def verification_passes(cfg: Settings) -> Array:
+    """The forward passes of :func:`verified_success` (:mod:`advjax.attacks.passes`): one for a
+    deterministic model, ``cfg.verify_draws`` for a randomised one."""
+    return passes.count(forward=cfg.verify_draws if cfg.randomized else 1)
 
 
 def settings_for(version: str, norm: str, **overrides) -> Settings:
@@ -349,7 +370,11 @@ def autoattack(
       ``attack(x, label, *, eps, key) -> AttackResult``: ``success`` is the worst case over the
       stages (robust = ``~success``), ``x_adv`` the first stage's successful point (``x`` if none),
       ``aux[name]`` each stage's success flag, ``aux["stage_success"]`` the flags stacked in
-      stage order (``attack.stages``). Keys: stage ``i`` uses ``fold_in(key, i)``.
+      stage order (``attack.stages``), ``aux["stage_passes"]`` int32 ``(n_stages, 2)`` the
+      ``[forward, backward]`` model passes each stage spent on the example, its verification
+      included (zero for a stage that did not run: the example was already broken), and
+      ``aux["passes"]`` their sum (:mod:`advjax.attacks.passes`; the clean forward pass is not
+      counted). Keys: stage ``i`` uses ``fold_in(key, i)``.
     """
     lo, hi = _boundary.check_box_setting(lo, hi)
     cfg = settings_for(version, norm, lo=lo, hi=hi, **settings)
@@ -387,17 +412,20 @@ def autoattack(
         x, label, eps, key = ex.x, ex.label, ex.budget, ex.key
         done = jnp.argmax(ex.clean_logits) != label
         x_adv = x
-        flags = []
+        flags, spent = [], []
         for i, stage in enumerate(searches):
             k_i = jax.random.fold_in(key, i)
-            z = stage(x, label, eps, k_i, ~done)
+            z, used = stage(x, label, eps, k_i, ~done)
             s = ~done & verified_success(logits_fn, cfg, x, z, label, eps,
                                          jax.random.fold_in(k_i, 7))
+            spent.append(used + passes.gated(~done, verification_passes(cfg)))
             x_adv = jnp.where(s, z, x_adv)
             flags.append(s)
             done = done | s
         aux = {name: f for name, f in zip(stages, flags, strict=True)}
         aux["stage_success"] = jnp.stack(flags)
+        aux["stage_passes"] = jnp.stack(spent)
+        aux["passes"] = jnp.sum(aux["stage_passes"], axis=0)
         # Worst case over the stages: robust only if no stage succeeded (and the clean point is
         # correct); for a randomised model the verified stage flags decide, not one more draw.
         aux["success"] = done

@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import _checks, io, parallel
-from advjax.attacks import _boundary, diagnostics
+from advjax.attacks import _boundary, diagnostics, passes
 from advjax.attacks.autoattack import (
     CONDITIONAL_STAGES,
     autoattack,
     check_stage_classes,
     settings_for,
     stage_search,
+    verification_passes,
     verified_success,
     version_stages,
 )
@@ -78,6 +79,16 @@ class Evaluation:
         and it attacked 0 examples.
       autoattack_stages: the stages of AutoAttack's standard version among ``stages`` (all of
         them for the published versions); the later ones are the adaptive stages.
+      passes: ``(n, n_stages, 2)`` int, the ``[forward, backward]`` model passes each stage spent
+        on each example (:mod:`advjax.attacks.passes`: the search and its verification; zero
+        where the stage did not attack the example). Independent of the batch size, padding,
+        devices and hardware: the cost of each number, comparable across runs.
+      forward_passes, backward_passes: ``{stage: total}`` over the examples the stage attacked
+        (the whole set, every process).
+      forward_per_example, backward_per_example: ``{stage: total / attacked[stage]}``, the mean
+        per attacked example (0.0 when the stage attacked none).
+    The clean pass costs one forward pass per example; the gradient-masking checks' few passes
+    on the first :data:`PROBE_ROWS` rows are not counted.
     """
 
     stages: tuple[str, ...]
@@ -95,6 +106,12 @@ class Evaluation:
     invalid: np.ndarray
     num_invalid: int
     checks: list
+    passes: np.ndarray
+    forward_passes: dict[str, int]
+    backward_passes: dict[str, int]
+    forward_per_example: dict[str, float]
+    backward_per_example: dict[str, float]
+    num_examples: int = 0
     skipped: dict = dataclasses.field(default_factory=dict)
     autoattack_stages: tuple[str, ...] = ()
 
@@ -106,30 +123,42 @@ class Evaluation:
                 if s not in self.autoattack_stages}
 
     def table(self) -> str:
-        """A Markdown table: robust accuracy, examples attacked and time after each stage, then
-        what the adaptive stages broke beyond AutoAttack, the invalid examples and the masking
-        checks."""
-        rows = ["| stage | robust accuracy | examples attacked | run s | compile s |",
-                "|---|---|---|---|---|",
-                f"| clean | {self.clean_accuracy:.2%} | — | — | — |"]
-        for s in self.stages:
+        """A Markdown table: robust accuracy, examples attacked, time and model passes per
+        attacked example after each stage (:mod:`advjax.attacks.passes`), a total row (run and
+        compile seconds summed; passes per example of the whole set, the clean pass's one
+        forward included), what the adaptive stages broke beyond AutoAttack, then the invalid
+        examples and the masking checks."""
+        rows = ["| stage | robust accuracy | examples attacked | run s | compile s | "
+                "forward / example | backward / example |",
+                "|---|---|---|---|---|---|---|",
+                f"| clean | {self.clean_accuracy:.2%} | {self.num_examples} | — | — | 1 | 0 |"]
+        ran = [s for s in self.stages if s in self.robust_accuracy]
+        for s in ran:
             if s in self.skipped:
                 rows.append(f"| {s} | {self.robust_accuracy[s]:.2%} | skipped: "
-                            f"{self.skipped[s]} | — | — |")
-            elif s in self.robust_accuracy:
-                rows.append(f"| {s} | {self.robust_accuracy[s]:.2%} | {self.attacked[s]} | "
-                            f"{self.seconds[s]:.1f} | {self.compile_seconds[s]:.1f} |")
-        extra = [s for s in self.stages if s not in self.autoattack_stages]
-        done = [s for s in extra if s in self.robust_accuracy]
+                            f"{self.skipped[s]} | — | — | 0 | 0 |")
+                continue
+            rows.append(f"| {s} | {self.robust_accuracy[s]:.2%} | {self.attacked[s]} | "
+                        f"{self.seconds[s]:.1f} | {self.compile_seconds[s]:.1f} | "
+                        f"{self.forward_per_example[s]:.1f} | "
+                        f"{self.backward_per_example[s]:.1f} |")
+        n = max(self.num_examples, 1)
+        fwd = (self.num_examples + sum(self.forward_passes[s] for s in ran)) / n
+        bwd = sum(self.backward_passes[s] for s in ran) / n
+        final = f"{self.robust_accuracy[ran[-1]]:.2%}" if ran else "—"
+        rows.append(f"| total | {final} | {self.num_examples} | "
+                    f"{sum(self.seconds[s] for s in ran):.1f} | "
+                    f"{sum(self.compile_seconds[s] for s in ran):.1f} | {fwd:.1f} | {bwd:.1f} |")
+        done = [s for s in ran if s not in self.autoattack_stages]
         if done:
             last_aa = [s for s in self.autoattack_stages if s in self.robust_accuracy][-1]
-            n = len(self.broken_by)
             beyond = self.broken_beyond_autoattack()
             parts = ", ".join(f"{s} {beyond[s]}" for s in done if s not in self.skipped)
             rows += ["", f"Beyond AutoAttack ({self.robust_accuracy[last_aa]:.2%} robust after "
                      f"{last_aa}): the adaptive stages broke "
-                     f"{sum(beyond[s] for s in done)} of {n} examples ({parts or 'none run'}); "
-                     f"robust accuracy {self.robust_accuracy[done[-1]]:.2%}."]
+                     f"{sum(beyond[s] for s in done)} of {len(self.broken_by)} examples "
+                     f"({parts or 'none run'}); robust accuracy "
+                     f"{self.robust_accuracy[done[-1]]:.2%}."]
         rows.append("")
         rows.append(f"Invalid examples (non-finite logits; neither robust nor broken): "
                     f"{self.num_invalid}.")
@@ -201,19 +230,25 @@ class AutoAttackEvaluator:
         return self.logits_fn(z, key) if self.cfg.randomized else self.logits_fn(z)
 
     def _stage_fn(self, name: str):
-        """Per example: ``(x_adv, success, nonfinite)``; a point where the model's logits are not
-        finite never counts as a success (it is flagged instead)."""
+        """Per example: ``(x_adv, success, nonfinite, passes)``; a point where the model's logits
+        are not finite never counts as a success (it is flagged instead). ``passes``: the
+        search's, the verification's (:func:`verification_passes`) and, for a randomised model,
+        the draw that checks the logits are finite (for a deterministic model that is the
+        verification's own forward pass: the same function of the same point)."""
         search = stage_search(name, self.logits_fn, self.cfg, self.surrogate)
         cfg, logits_fn = self.cfg, self.logits_fn
         index = self.stages.index(name)
 
+        check = verification_passes(cfg) + passes.count(forward=int(cfg.randomized))
+
         def run(x, label, eps, key, active):
             k_i = jax.random.fold_in(key, index)
-            z = search(x, label, eps, k_i, active)
+            z, spent = search(x, label, eps, k_i, active)
             k_check = jax.random.fold_in(k_i, 7)
             finite = jnp.all(jnp.isfinite(self._model(z, k_check)))
             s = active & finite & verified_success(logits_fn, cfg, x, z, label, eps, k_check)
-            return jnp.where(s, z, x), s, active & ~finite
+            return (jnp.where(s, z, x), s, active & ~finite,
+                    spent + passes.gated(active, check))
 
         return run
 
@@ -238,14 +273,14 @@ class AutoAttackEvaluator:
         """Runs stage ``name`` on the rows of ``args`` (the same host arrays on every process);
         returns host outputs (every row) and (run seconds, compile seconds)."""
         if len(args[0]) == 0:
-            return None, None, None, 0.0, 0.0
+            return None, None, None, None, 0.0, 0.0
         t: dict = {}
         chunks = PROGRESS_CHUNKS if progress else 1
-        z, s, bad = parallel.run_chunked(
+        z, s, bad, spent = parallel.run_chunked(
             self._fns[name], args, data_layout="global",
             rows_per_call=self._rows_per_call(chunks), mesh=self.mesh, progress=progress,
             desc=name, cache=self._compiled[name], timings=t)
-        return z, s, bad, t["run_s"], t["compile_s"]
+        return z, s, bad, spent, t["run_s"], t["compile_s"]
 
     def __call__(self, xs, labels, *, eps, key: Array, state_path: str | os.PathLike | None = None,
                  progress: bool | Callable = False,
@@ -348,7 +383,8 @@ class AutoAttackEvaluator:
                 cache=self._compiled["clean"])
             state = dict(clean_pred=pred.astype(np.int64), clean_correct=(pred == labels) & finite,
                          invalid=~finite, broken_by=np.full(n, -1, np.int64), x_adv=xs.copy(),
-                         done=[], robust_accuracy={}, seconds={}, compile_seconds={}, attacked={},
+                         passes=np.zeros((n, len(self.stages), 2), np.int64), done=[],
+                         robust_accuracy={}, seconds={}, compile_seconds={}, attacked={},
                          skipped={})
             self._save(state_path, state, fingerprint)
         robust = state["clean_correct"] & ~state["invalid"] & (state["broken_by"] < 0)
@@ -370,8 +406,9 @@ class AutoAttackEvaluator:
                 logger.info("evaluate: running %s (%s).", name, reason)
             idx = np.flatnonzero(robust)
             args = (xs[idx], labels[idx], eps[idx], keys[idx], np.ones(len(idx), bool))
-            z, s, bad, run_s, comp_s = self._run_chunked(name, args, progress)
+            z, s, bad, spent, run_s, comp_s = self._run_chunked(name, args, progress)
             if z is not None:
+                state["passes"][idx, i] = spent
                 hit = idx[s]
                 state["x_adv"][hit] = z[s]
                 state["broken_by"][hit] = i
@@ -394,6 +431,11 @@ class AutoAttackEvaluator:
                               RuntimeWarning, stacklevel=2)
         stage_success = state["broken_by"][:, None] == np.arange(len(self.stages))[None]
         mine = slice(None) if n_mine is None else slice(offset, offset + n_mine)
+        ran = [s for s in self.stages if s in state["attacked"]]
+        totals = state["passes"].sum(axis=0)                    # (n_stages, 2)
+        fwd = {s: int(totals[self.stages.index(s), 0]) for s in ran}
+        bwd = {s: int(totals[self.stages.index(s), 1]) for s in ran}
+        per = {s: max(state["attacked"][s], 1) for s in ran}
         return Evaluation(
             stages=self.stages, clean_accuracy=float(state["clean_correct"].mean()),
             robust_accuracy=dict(state["robust_accuracy"]), robust=robust[mine],
@@ -401,8 +443,11 @@ class AutoAttackEvaluator:
             stage_success=stage_success[mine], x_adv=state["x_adv"][mine],
             seconds=dict(state["seconds"]), compile_seconds=dict(state["compile_seconds"]),
             attacked=dict(state["attacked"]), eps=eps[mine], invalid=state["invalid"][mine],
-            num_invalid=num_invalid, checks=checks, skipped=dict(state["skipped"]),
-            autoattack_stages=self.autoattack_stages)
+            num_invalid=num_invalid, checks=checks, passes=state["passes"][mine],
+            forward_passes=fwd, backward_passes=bwd,
+            forward_per_example={s: fwd[s] / per[s] for s in ran},
+            backward_per_example={s: bwd[s] / per[s] for s in ran}, num_examples=n,
+            skipped=dict(state["skipped"]), autoattack_stages=self.autoattack_stages)
 
     def _masking_checks(self, probe: np.ndarray, labels: np.ndarray) -> list:
         """The cheap checks on the probe rows: probability outputs, zero input gradients at
@@ -442,7 +487,8 @@ class AutoAttackEvaluator:
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, clean_pred=state["clean_pred"], clean_correct=state["clean_correct"],
                  invalid=state["invalid"], broken_by=state["broken_by"],
-                 x_adv=state["x_adv"], meta=np.asarray(json.dumps(meta)))
+                 x_adv=state["x_adv"], passes=state["passes"],
+                 meta=np.asarray(json.dumps(meta)))
         os.replace(tmp, path)
 
     def _load(self, path, fingerprint):
@@ -450,6 +496,12 @@ class AutoAttackEvaluator:
             return None
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
+            if meta.get("format") != _STATE_VERSION:
+                raise ValueError(
+                    f"`state_path` {path} was written in state format {meta.get('format')!r}; "
+                    f"this advjax reads format {_STATE_VERSION} (it also records the model "
+                    "passes per example and stage). Delete the file or pass another "
+                    "`state_path` to run the evaluation again.")
             names = {"images": "other images `xs`", "labels": "other `labels`",
                      "eps": "other budgets `eps`", "keys": "another `key`",
                      "model": "another model (the SHA-256 digest of its clean logits differs "
@@ -465,7 +517,8 @@ class AutoAttackEvaluator:
             return dict(clean_pred=f["clean_pred"].copy(),
                         clean_correct=f["clean_correct"].copy(), invalid=f["invalid"].copy(),
                         broken_by=f["broken_by"].copy(), x_adv=f["x_adv"].copy(),
-                        done=list(meta["done"]), robust_accuracy=dict(meta["robust_accuracy"]),
+                        passes=f["passes"].copy(), done=list(meta["done"]),
+                        robust_accuracy=dict(meta["robust_accuracy"]),
                         seconds=dict(meta["seconds"]),
                         compile_seconds=dict(meta["compile_seconds"]),
                         attacked=dict(meta["attacked"]), skipped=dict(meta["skipped"]))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import _checks
-from advjax.attacks import _boundary, losses, projections
+from advjax.attacks import _boundary, losses, passes, projections
 from advjax.attacks.result import AttackResult
 
 Array = jax.Array
@@ -120,7 +120,7 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
                target: Array | None = None, random_start: bool | Array = False,
                start_radius: Array | float = 0.0, alpha_max: float = 0.1, eta: float = 1.05,
                beta: float = 0.9, stop_below: Array | float = -1.0,
-               active: Array | bool = True) -> tuple[Array, Array]:
+               active: Array | bool = True) -> tuple[Array, Array, Array]:
     """One FAB run on ONE example.
 
     Args:
@@ -131,7 +131,11 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
       active: when False no step is taken.
 
     Returns:
-      ``(x_best, size_best)``: the smallest adversarial point found (``x`` and ``inf`` if none).
+      ``(x_best, size_best, passes)``: the smallest adversarial point found (``x`` and ``inf``
+      if none) and the model passes spent (:mod:`advjax.attacks.passes`), per step taken: the
+      linearisation (targeted: the gradient of ``z_target - z_label``, 1 forward + 1 backward;
+      untargeted: the ``K``-row Jacobian, 1 forward + ``K`` backward) and the forward pass that
+      checks the new point.
     """
     shape = x.shape
     x0 = x.reshape(-1)
@@ -154,8 +158,10 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
                 return zz[target] - zz[label]
             df, dg = jax.value_and_grad(diff)(z)
             return df, dg
-        logits = flat_logits(z)
-        jac = jax.jacrev(flat_logits)(z)                     # (K, n)
+        # One forward pass and K vector-Jacobian products (what jax.jacrev computes, with the
+        # logits of that same forward pass reused; the official FAB: one forward, K backward).
+        logits, vjp = jax.vjp(flat_logits, z)
+        jac = jax.vmap(lambda e: vjp(e)[0])(jnp.eye(k, dtype=logits.dtype))   # (K, n)
         df_all = logits - logits[label]
         dg_all = jac - jac[label]
         dual = {"linf": lambda: jnp.sum(jnp.abs(dg_all), axis=1),
@@ -170,7 +176,9 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
     inf = jnp.asarray(jnp.inf, x0.dtype)
     # Already misclassified at the start: that start counts (as in the official code's first check
     # after the first step it would be found anyway).
-    st = dict(i=jnp.zeros((), jnp.int32), x1=x1, best=x0, size=inf)
+    st = dict(i=jnp.zeros((), jnp.int32), x1=x1, best=x0, size=inf, passes=passes.zero())
+    per_step = (passes.value_and_grad() if target is not None else passes.jacobian(k)) \
+        + passes.count(forward=1)
 
     def cond(st):
         return (st["i"] < steps) & active & ~(st["size"] <= stop_below)
@@ -192,22 +200,26 @@ def fab_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key:
         return dict(i=st["i"] + 1,
                     x1=jnp.where(adv, x0 + (x_new - x0) * beta, x_new),
                     best=jnp.where(improve, x_new, st["best"]),
-                    size=jnp.where(improve, t, st["size"]))
+                    size=jnp.where(improve, t, st["size"]), passes=st["passes"] + per_step)
 
     st = jax.lax.while_loop(cond, body, st)
-    return st["best"].reshape(shape), st["size"]
+    return st["best"].reshape(shape), st["size"], st["passes"]
 
 
 def fab_multi_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, key: Array, *,
                      norm: str, steps: int, lo: float | None, hi: float | None,
                      targeted: bool, n_targets: int, n_restarts: int,
                      stop_below: Array | float = -1.0, start_radius: Array | float | None = None,
-                     active: Array | bool = True, **kw) -> tuple[Array, Array]:
+                     active: Array | bool = True, **kw) -> tuple[Array, Array, Array]:
     """FAB over restarts (and, targeted, over the top ``n_targets`` classes): the smallest
     adversarial point found. Restart 0 starts at ``x``, later restarts at a random point at
     distance ``start_radius / 2`` (default: half the best size found so far, or ``stop_below``).
     With ``stop_below >= 0`` a run stops, and later runs are skipped, once a point of size
-    ``<= stop_below`` is found (AutoAttack's fixed-budget use)."""
+    ``<= stop_below`` is found (AutoAttack's fixed-budget use).
+
+    Returns:
+      ``(x_best, size_best, passes)``; ``passes`` (:mod:`advjax.attacks.passes`) sums the runs
+      made, plus the clean forward pass that ranks the targets (targeted)."""
     targets = (losses.top_targets(logits_fn(x), n_targets) if targeted
                else jnp.zeros((1,), jnp.int32))
     n_t = n_targets if targeted else 1
@@ -216,24 +228,25 @@ def fab_multi_search(logits_fn: Callable[[Array], Array], x: Array, label: Array
     def run(carry, j):
         # Run j: target j // n_restarts, restart j % n_restarts (in that order), one compiled
         # body for all of them.
-        best, size = carry
+        best, size, spent = carry
         ti, r = j // n_restarts, j % n_restarts
         radius = start_radius
         if radius is None:
             radius = jnp.where(jnp.isfinite(size), size,
                                jnp.where(jnp.asarray(stop_below) > 0, stop_below, 0.0))
         run_key = _boundary.example_keys(jax.random.fold_in(key, ti), n_restarts)[r]
-        z, t = fab_search(logits_fn, x, label, run_key, norm=norm, steps=steps, lo=lo, hi=hi,
+        z, t, used = fab_search(logits_fn, x, label, run_key, norm=norm, steps=steps, lo=lo, hi=hi,
                           target=targets[ti] if targeted else None,
                           random_start=(r > 0) if n_restarts > 1 else False,
                           start_radius=radius, stop_below=stop_below,
                           active=active & ~(size <= stop_below), **kw)
         take = t < size
-        return (jnp.where(take, z, best), jnp.where(take, t, size)), None
+        return (jnp.where(take, z, best), jnp.where(take, t, size), spent + used), None
 
-    init = (x, jnp.asarray(jnp.inf, x.dtype))
-    (best, size), _ = jax.lax.scan(run, init, jnp.arange(n_t * n_restarts))
-    return best, size
+    init = (x, jnp.asarray(jnp.inf, x.dtype),
+            passes.gated(active, passes.count(forward=1)) if targeted else passes.zero())
+    (best, size, spent), _ = jax.lax.scan(run, init, jnp.arange(n_t * n_restarts))
+    return best, size, spent
 
 
 def fab(
@@ -290,12 +303,12 @@ def fab(
 
     def search(logits_fn, ex: _boundary.Example):
         budget = ex.budget is not None
-        x_adv, size = fab_multi_search(
+        x_adv, size, spent = fab_multi_search(
             logits_fn, ex.x, ex.label, ex.key, norm=norm, steps=steps, lo=lo, hi=hi,
             targeted=targeted, n_targets=n_targets, n_restarts=n_restarts,
             stop_below=ex.budget if budget else -1.0, alpha_max=alpha_max, eta=eta, beta=beta)
         clean_wrong = jnp.argmax(ex.clean_logits) != ex.label
-        return x_adv, {"size": jnp.where(clean_wrong, 0.0, size)}
+        return x_adv, {"size": jnp.where(clean_wrong, 0.0, size), "passes": spent}
 
     return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps",
                                  budget_required=False, budget_norm=norm, needs_key=True,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import _checks
-from advjax.attacks import _boundary, losses, projections
+from advjax.attacks import _boundary, losses, passes, projections
 from advjax.attacks._restarts import best_of_runs
 from advjax.attacks.result import AttackResult
 
@@ -113,9 +113,10 @@ def square_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
     """Square Attack on ONE image ``x`` of shape ``(H, W, C)``.
 
     Returns:
-      ``(x_best, success, queries)``: the point of smallest margin found (the first
-      misclassified one once found), whether it is misclassified, and the number of model
-      queries spent (including the initial one).
+      ``(x_best, success, passes)``: the point of smallest margin found (the first
+      misclassified one once found), whether it is misclassified, and the model passes spent
+      (:mod:`advjax.attacks.passes`): ``[queries, 0]``, the queries including the initial one,
+      ``[0, 0]`` when not ``active``.
     """
     h, w, c = x.shape
     n_pixels = h * w
@@ -178,7 +179,8 @@ def square_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
                                                                          st["margin"]))
 
     st = jax.lax.while_loop(cond, body, dict(i=jnp.zeros((), jnp.int32), x=x_best, margin=m0))
-    return st["x"], (st["margin"] <= 0) & active, st["i"] + 1
+    return (st["x"], (st["margin"] <= 0) & active,
+            passes.gated(active, passes.count(forward=st["i"] + 1)))
 
 
 def square(
@@ -234,17 +236,17 @@ def square(
                 return logits_fn(jnp.moveaxis(z, -1, 0))
 
         def run(run_key, run_active):
-            z, s, q = square_search(f, x, ex.label, ex.budget, run_key, norm=norm,
-                                    n_queries=queries, p_init=p_init, lo=lo, hi=hi,
-                                    rescale_schedule=rescale_schedule, active=run_active)
-            return z, s, jnp.zeros((), x.dtype), jnp.where(run_active, q, 0)
+            z, s, spent = square_search(f, x, ex.label, ex.budget, run_key, norm=norm,
+                                        n_queries=queries, p_init=p_init, lo=lo, hi=hi,
+                                        rescale_schedule=rescale_schedule, active=run_active)
+            return z, s, jnp.zeros((), x.dtype), spent
 
         keys = _boundary.example_keys(ex.key, n_restarts)
-        x_adv, _, _, used = best_of_runs(run, keys, x, (jnp.zeros((), jnp.int32),),
+        x_adv, _, _, used = best_of_runs(run, keys, x, (passes.zero(),),
                                          rule="first_success", accumulate=(3,))
         if lay == "CHW":
             x_adv = jnp.moveaxis(x_adv, -1, 0)
-        return x_adv, {"queries": used}
+        return x_adv, {"queries": used[passes.FORWARD], "passes": used}
 
     return _boundary.per_example(search, logits_fn, lo=lo, hi=hi, budget="eps",
                                  budget_norm=norm, needs_key=True)

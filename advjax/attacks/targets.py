@@ -28,7 +28,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from advjax.attacks import losses, projections
+from advjax.attacks import losses, passes, projections
 
 Array = jax.Array
 
@@ -126,6 +126,18 @@ def malt_targets(logits_fn: Callable[[Array], Array], x: Array, label: Array, n_
         keep = jnp.zeros((k,), bool).at[pool].set(True)
         scores = jnp.where(keep, scores, jnp.inf)
     return _ranked_others(scores, label)[:n_targets]
+
+
+def selection_passes(selection: str, num_classes: int,
+                     candidates: int = MALT_CANDIDATES) -> Array:
+    """The model passes of :func:`select` (:mod:`advjax.attacks.passes`): one forward pass for
+    ``"logits"`` and ``"all"``; for ``"malt"`` the Jacobian of :func:`malt_scores` (1 forward +
+    ``K`` backward), plus the forward pass that picks the candidates when they are fewer than
+    ``K - 1``."""
+    if selection != "malt":
+        return passes.count(forward=1)
+    extra = 1 if candidates < num_classes - 1 else 0
+    return passes.count(forward=1 + extra, backward=num_classes)
 
 
 def select(selection: str, logits_fn: Callable[[Array], Array], x: Array, label: Array,

@@ -145,8 +145,8 @@ def test_search_matches_plain_loop_of_algorithm_1(tiny_mlp, case, steps):
         logits = logits_fn(z)
         return losses.ce_loss(logits, y), logits
 
-    z, success, loss = jax.jit(lambda x: apgd_search(loss_fn, x, y, eps, key, norm="l2",
-                                                     steps=steps, lo=0.0, hi=1.0))(x)
+    z, success, loss, _ = jax.jit(lambda x: apgd_search(loss_fn, x, y, eps, key, norm="l2",
+                                                        steps=steps, lo=0.0, hi=1.0))(x)
     assert not bool(success)
     np.testing.assert_allclose(float(loss), f_max, rtol=1e-5)
     np.testing.assert_allclose(z, x_max, atol=1e-4)
@@ -177,7 +177,7 @@ def test_official_options_match_the_official_run(tiny_mlp, i, eps):
     x_best, f_best, step, log = apgd_official(jax.jit(lf), jax.jit(jax.grad(lf)), x, eps, start,
                                               100)
     assert sum(log.values()) == 8, log
-    z, s, f, eta = jax.jit(lambda x: apgd_run(
+    z, s, f, eta, _ = jax.jit(lambda x: apgd_run(
         lambda z, _k: (lf(z), p.logits_fn(z)), lambda logits: jnp.argmax(logits) != y, x, eps,
         key, norm="linf", steps=100, lo=0.0, hi=1.0, **OFFICIAL))(x)
     assert not bool(s)

@@ -57,6 +57,13 @@ def test_interrupted_under_two_processes_resumed_under_four(reference, tmp_path)
                                    [reference.robust_accuracy[s] for s in reference.stages])
         np.testing.assert_array_equal(got["attacked"],
                                       [reference.attacked[s] for s in reference.stages])
+        # model passes per example (the first stage's from the state written under 2
+        # processes) and the totals over the whole set, as on one process
+        np.testing.assert_array_equal(got["passes"], reference.passes[rows])
+        np.testing.assert_array_equal(got["forward_passes"],
+                                      [reference.forward_passes[s] for s in reference.stages])
+        np.testing.assert_array_equal(got["backward_passes"],
+                                      [reference.backward_passes[s] for s in reference.stages])
     assert (reference.broken_by == 0).any() and reference.robust.any()
     assert 0 < reference.attacked["apgd-t"] < reference.attacked["apgd-ce"] < N
     assert json.loads(str(np.load(state)["meta"]))["done"] == ["apgd-ce", "apgd-t"]

@@ -65,7 +65,9 @@ def main():
     np.savez(f"{prefix}.{me}.npz", interrupted=False, broken_by=out.broken_by,
              x_adv=out.x_adv, robust=out.robust,
              robust_accuracy=np.asarray([out.robust_accuracy[s] for s in out.stages]),
-             attacked=np.asarray([out.attacked[s] for s in out.stages]))
+             attacked=np.asarray([out.attacked[s] for s in out.stages]), passes=out.passes,
+             forward_passes=np.asarray([out.forward_passes[s] for s in out.stages]),
+             backward_passes=np.asarray([out.backward_passes[s] for s in out.stages]))
 
 
 if __name__ == "__main__":

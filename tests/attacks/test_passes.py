@@ -25,8 +25,10 @@ from advjax.attacks.autoattack import (
 from advjax.attacks.evaluate import evaluate
 
 N, R, T, Q, K = 5, 2, 2, 7, 4          # steps, restarts, targets, Square queries, classes
-ALL = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-SMALL = dict(steps=N, apgd_restarts=R, fab_restarts=R, n_targets=T, queries=Q)
+ALL = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square", "apgd-mt", "apgd-malt",
+       "transfer", "square-restarts")
+SMALL = dict(steps=N, apgd_restarts=R, fab_restarts=R, n_targets=T, queries=Q, malt_targets=T,
+             square_restarts=R)
 
 
 class Counting:
@@ -106,6 +108,15 @@ def _closed_form(stage, *, restarts=R, l1=False):
         "fab-t": [1 + T * N * 2 + 1, T * N],
         # the start, Q queries, the verification
         "square": [Q + 1 + 1, 0],
+        # every other class (K - 1 targets), ranked by one clean pass
+        "apgd-mt": [1 + (K - 1) * apgd_run + 1, (K - 1) * apgd_run],
+        # MALT's ranking is the clean Jacobian (1 forward + K backward), then T targets
+        "apgd-malt": [1 + T * apgd_run + 1, K + T * apgd_run],
+        # the surrogate's ranking pass, then APGD-CE and T targeted runs on the surrogate (every
+        # step: the surrogate's success does not stop them), each checked by one target pass
+        "transfer": [1 + (T + 1) * (apgd_run + 1) + 1, (T + 1) * apgd_run],
+        # R more Square runs (start + Q queries each)
+        "square-restarts": [restarts * (Q + 1) + 1, 0],
     }[stage]
 
 
@@ -145,7 +156,9 @@ def test_reported_counts_equal_an_independent_counter(stage):
     # at the fooling budget (it stops early: fewer passes) and inactive (no pass at all).
     m, x, safe, fool = _problem(4)
     cfg = settings_for("standard", "linf", **SMALL)
-    search = jax.jit(lambda x, eps, active: stage_search(stage, m.logits_fn, cfg)(
+    # The transfer stage attacks a surrogate: the same counting model (its passes count too).
+    search = jax.jit(lambda x, eps, active: stage_search(stage, m.logits_fn, cfg,
+                                                         surrogate=m.logits_fn)(
         x, jnp.int32(0), eps, jax.random.key(6), active))
     verify = jax.jit(lambda z, eps: verified_success(m.logits_fn, cfg, x, z, jnp.int32(0), eps,
                                                      jax.random.key(0)))

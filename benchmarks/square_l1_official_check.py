@@ -10,9 +10,17 @@ official start and the official first proposal. advjax computes the same two poi
 differences are printed, and ``--fixture`` writes the cases (inputs, draws and the official
 points) as JSON for ``tests/attacks/test_square_l1.py``, which then needs no PyTorch.
 
+``--alone N`` instead runs the Square-L1 stage alone with AutoAttack's settings (5000 queries,
+``p_init`` 0.8, one restart, no schedule rescaling) on the PGD-trained LeNet5 and the first N MNIST
+test images, advjax (``evaluate(..., attacks=("square",))``) and the official ``SquareAttack``
+(seed 0), and compares the robust accuracy image by image: in the full ensemble Square only sees
+the few images the gradient stages left, this gives it all of them.
+
 Usage (the peers' venv: PyTorch and the official autoattack; advjax from this checkout):
   PYTHONPATH=. /work/venv-bench/bin/python benchmarks/square_l1_official_check.py \
       --fixture tests/attacks/square_l1_official.json
+  PYTHONPATH=. ADVJAX_DATA_DIR=... /work/venv-bench/bin/python \
+      benchmarks/square_l1_official_check.py --alone 64 --eps 5 --out benchmarks/results/X.json
 """
 
 from __future__ import annotations
@@ -130,12 +138,79 @@ def run_case(name, h, w, c, eps, p_init, seed, margin):
     return row
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95 % interval of a proportion ``k / n``."""
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(mid - half), float(mid + half)
+
+
+def square_alone(n: int, eps: float) -> dict:
+    """Square-L1 alone, both frameworks, the same weights and images (see the module doc)."""
+    import sys
+
+    import jax
+    import torch
+    from autoattack.square import SquareAttack
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from autoattack_parity import _flax_model, _torch_net_and_data
+
+    from advjax.attacks.evaluate import evaluate
+    from advjax.models import linen_logits_fn
+
+    net, x, y = _torch_net_and_data("lenet5adv", n)
+    t0 = time.perf_counter()
+    sq = SquareAttack(net, norm="L1", n_queries=5000, eps=eps, p_init=0.8, n_restarts=1, seed=0,
+                      resc_schedule=False, device="cpu")
+    with torch.no_grad():
+        adv = sq.perturb(x, y)
+        off_robust = (net(adv).argmax(1) == y).numpy()
+        clean = (net(x).argmax(1) == y).numpy()
+    off_s = time.perf_counter() - t0
+    off_l1 = (adv - x).abs().flatten(1).sum(1).numpy()
+    module, variables = _flax_model("lenet5adv")
+    xs, ys = np.moveaxis(x.numpy(), 1, -1), y.numpy()
+    t0 = time.perf_counter()
+    ev = evaluate(linen_logits_fn(module, variables), xs, ys, eps=eps, norm="l1",
+                  attacks=("square",), key=jax.random.key(0), batch_size=n)
+    adv_s = time.perf_counter() - t0
+    adv_robust = np.asarray(ev.clean_correct) & (np.asarray(ev.broken_by) < 0)
+    out = dict(n=n, eps=eps, clean=int(clean.sum()),
+               official=dict(robust=int(off_robust.sum()),
+                             ci95=wilson(int(off_robust.sum()), n), seconds=off_s,
+                             max_l1=float(off_l1.max()),
+                             robust_flags="".join("1" if f else "0" for f in off_robust)),
+               advjax=dict(robust=int(adv_robust.sum()), ci95=wilson(int(adv_robust.sum()), n),
+                           seconds=adv_s, compile_seconds=ev.compile_seconds,
+                           robust_flags="".join("1" if f else "0" for f in adv_robust)),
+               only_advjax_robust=int((adv_robust & ~off_robust).sum()),
+               only_official_robust=int((off_robust & ~adv_robust).sum()))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fixture", type=Path, default=None)
+    ap.add_argument("--alone", type=int, default=0, metavar="N")
+    ap.add_argument("--eps", type=float, default=5.0)
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import jax
     import torch
+
+    if args.alone:
+        res = square_alone(args.alone, args.eps)
+        res["meta"] = dict(machine=platform.platform(), python=platform.python_version(),
+                           jax=jax.__version__, torch=torch.__version__,
+                           date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           model="advertorch PGD-trained LeNet5 (lenet5adv)",
+                           settings="n_queries 5000, p_init 0.8, 1 restart, no rescaling")
+        print(json.dumps({k: v for k, v in res.items() if k != "meta"}, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(res, indent=1))
+        return
 
     rows = [run_case(*case) for case in CASES]
     for r in rows:

@@ -146,8 +146,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return float(mid - half), float(mid + half)
 
 
-def square_alone(n: int, eps: float) -> dict:
-    """Square-L1 alone, both frameworks, the same weights and images (see the module doc)."""
+def square_alone(n: int, eps: float, seeds: int = 1, indices=None) -> dict:
+    """Square-L1 alone, both frameworks, the same weights and images (see the module doc):
+    official seeds ``0 .. seeds-1``, advjax keys ``key(0) .. key(seeds-1)``; ``indices``
+    restricts the first ``n`` images to those."""
     import sys
 
     import jax
@@ -157,37 +159,46 @@ def square_alone(n: int, eps: float) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from autoattack_parity import _flax_model, _torch_net_and_data
 
-    from advjax.attacks.evaluate import evaluate
+    from advjax.attacks.evaluate import AutoAttackEvaluator
     from advjax.models import linen_logits_fn
 
     net, x, y = _torch_net_and_data("lenet5adv", n)
-    t0 = time.perf_counter()
-    sq = SquareAttack(net, norm="L1", n_queries=5000, eps=eps, p_init=0.8, n_restarts=1, seed=0,
-                      resc_schedule=False, device="cpu")
-    with torch.no_grad():
-        adv = sq.perturb(x, y)
-        off_robust = (net(adv).argmax(1) == y).numpy()
-        clean = (net(x).argmax(1) == y).numpy()
-    off_s = time.perf_counter() - t0
-    off_l1 = (adv - x).abs().flatten(1).sum(1).numpy()
+    if indices is not None:
+        x, y = x[list(indices)], y[list(indices)]
+    m = len(y)
     module, variables = _flax_model("lenet5adv")
     xs, ys = np.moveaxis(x.numpy(), 1, -1), y.numpy()
-    t0 = time.perf_counter()
-    ev = evaluate(linen_logits_fn(module, variables), xs, ys, eps=eps, norm="l1",
-                  attacks=("square",), key=jax.random.key(0), batch_size=n)
-    adv_s = time.perf_counter() - t0
-    adv_robust = np.asarray(ev.clean_correct) & (np.asarray(ev.broken_by) < 0)
-    out = dict(n=n, eps=eps, clean=int(clean.sum()),
-               official=dict(robust=int(off_robust.sum()),
-                             ci95=wilson(int(off_robust.sum()), n), seconds=off_s,
-                             max_l1=float(off_l1.max()),
-                             robust_flags="".join("1" if f else "0" for f in off_robust)),
-               advjax=dict(robust=int(adv_robust.sum()), ci95=wilson(int(adv_robust.sum()), n),
-                           seconds=adv_s, compile_seconds=ev.compile_seconds,
-                           robust_flags="".join("1" if f else "0" for f in adv_robust)),
-               only_advjax_robust=int((adv_robust & ~off_robust).sum()),
-               only_official_robust=int((off_robust & ~adv_robust).sum()))
-    return out
+    evaluator = AutoAttackEvaluator(linen_logits_fn(module, variables), norm="l1",
+                                    attacks=("square",), batch_size=m)
+    with torch.no_grad():
+        clean = (net(x).argmax(1) == y).numpy()
+    runs = []
+    for seed in range(seeds):
+        t0 = time.perf_counter()
+        sq = SquareAttack(net, norm="L1", n_queries=5000, eps=eps, p_init=0.8, n_restarts=1,
+                          seed=seed, resc_schedule=False, device="cpu")
+        with torch.no_grad():
+            adv = sq.perturb(x, y)
+            off_robust = (net(adv).argmax(1) == y).numpy()
+        off_s = time.perf_counter() - t0
+        off_l1 = (adv - x).abs().flatten(1).sum(1).numpy()
+        t0 = time.perf_counter()
+        ev = evaluator(xs, ys, eps=eps, key=jax.random.key(seed))
+        adv_s = time.perf_counter() - t0
+        adv_robust = np.asarray(ev.clean_correct) & (np.asarray(ev.broken_by) < 0)
+        runs.append(dict(
+            seed=seed,
+            official=dict(robust=int(off_robust.sum()), ci95=wilson(int(off_robust.sum()), m),
+                          seconds=off_s, max_l1=float(off_l1.max()),
+                          robust_flags="".join("1" if f else "0" for f in off_robust)),
+            advjax=dict(robust=int(adv_robust.sum()), ci95=wilson(int(adv_robust.sum()), m),
+                        seconds=adv_s, compile_seconds=ev.compile_seconds,
+                        robust_flags="".join("1" if f else "0" for f in adv_robust)),
+            only_advjax_robust=int((adv_robust & ~off_robust).sum()),
+            only_official_robust=int((off_robust & ~adv_robust).sum())))
+        print(json.dumps(runs[-1]), flush=True)
+    return dict(n=n, indices=None if indices is None else list(indices), images=m, eps=eps,
+                clean=int(clean.sum()), runs=runs)
 
 
 def main() -> None:
@@ -195,19 +206,21 @@ def main() -> None:
     ap.add_argument("--fixture", type=Path, default=None)
     ap.add_argument("--alone", type=int, default=0, metavar="N")
     ap.add_argument("--eps", type=float, default=5.0)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--indices", type=str, default=None, help="comma-separated image indices")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import jax
     import torch
 
     if args.alone:
-        res = square_alone(args.alone, args.eps)
+        idx = None if args.indices is None else [int(i) for i in args.indices.split(",")]
+        res = square_alone(args.alone, args.eps, args.seeds, idx)
         res["meta"] = dict(machine=platform.platform(), python=platform.python_version(),
                            jax=jax.__version__, torch=torch.__version__,
                            date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            model="advertorch PGD-trained LeNet5 (lenet5adv)",
                            settings="n_queries 5000, p_init 0.8, 1 restart, no rescaling")
-        print(json.dumps({k: v for k, v in res.items() if k != "meta"}, indent=1))
         if args.out:
             args.out.write_text(json.dumps(res, indent=1))
         return

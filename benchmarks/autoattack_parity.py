@@ -4,8 +4,8 @@ Side by side in one run, each framework in its own subprocess: the standard ense
 APGD-T -> FAB-T -> Square, published settings) on advertorch's clean-trained (``lenet5``) and
 PGD-trained (``lenet5adv``) LeNet5 on the first N MNIST test images, or on the Woods et al.
 ResNet-44s (``resnet44-standard``, ``resnet44-robust``) on the CIFAR-10 test head, L-infinity and
-L2, and L1 with ``--norms l1`` (the official L1 ensemble runs Square-L1 last; advjax's Square has
-no L1, so its L1 ensemble stops after FAB-T and the comparison covers the first three stages);
+L2, and L1 with ``--norms l1`` (both L1 ensembles run Square-L1 last, advjax's with the official
+L1 step; rows written before advjax had it hold three L1 stages, compared where both have them);
 ``--frameworks ... torchattacks`` adds torchattacks' ``AutoAttack``. Reported:
 robust accuracy after each stage, wall time per stage (advjax: compilation excluded and reported
 separately), throughput (images / s over the whole ensemble) and the ratio advjax / official.
@@ -82,7 +82,7 @@ def per_image_agreement(a: dict, b: dict, stages=STAGES) -> dict[str, dict[str, 
     out = {}
     for s in stages:
         if s not in a["robust_flags"] or s not in b["robust_flags"]:
-            continue                      # a stage one framework does not run (L1 Square)
+            continue                      # a stage one row lacks (L1 rows before Square-L1)
         fa, fb = a["robust_flags"][s], b["robust_flags"][s]
         if len(fa) != len(fb):
             raise ValueError(f"the rows hold different numbers of images at {s!r}: "

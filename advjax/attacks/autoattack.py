@@ -60,9 +60,9 @@ SURROGATE_STAGES = ("transfer",)
 CONDITIONAL_STAGES = ("square-restarts",)
 # The official ``AutoAttack(norm='L1', version='standard')`` runs apgd-ce, apgd-t, fab-t and
 # square (APGD with the decreasing budgets ``use_largereps``, 5 restarts of APGD-CE, 5 APGD-T
-# targets). advjax's Square has no L1 step (``advjax.attacks.square``: L-infinity and L2), so the
-# L1 ensemble is the first three stages; ``norm="l1"`` with "square" is refused.
-L1_STAGES = ("apgd-ce", "apgd-t", "fab-t")
+# targets, Square with the official L1 step: ``advjax.attacks.square.l1_proposal``): the same
+# four stages as L-infinity and L2, with the L1 settings below.
+L1_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 L1_OVERRIDES = dict(apgd_restarts=5, apgd_n_targets=5)
 
 
@@ -348,8 +348,8 @@ def autoattack(
       logits_fn: per-example ``x -> logits (K,)``; for ``version="rand"`` a randomised model
         ``logits_fn(x, key) -> logits``.
       norm: ``"linf"``, ``"l2"`` or ``"l1"`` (standard: :data:`L1_STAGES`, the official L1
-        stages without Square, with the official L1 settings :data:`L1_OVERRIDES`; APGD-L1 runs
-        the decreasing budgets ``3 eps, 2 eps, eps``).
+        stages, Square-L1 included, with the official L1 settings :data:`L1_OVERRIDES`; APGD-L1
+        runs the decreasing budgets ``3 eps, 2 eps, eps``).
       version: ``"standard"``, ``"plus"`` or ``"rand"`` (stages and settings as published), or
         ``"adaptive"``: the standard stages and settings, then :data:`ADAPTIVE_STAGES`
         (:func:`version_stages`; here "square-restarts" always runs, :func:`advjax.attacks.evaluate`
@@ -385,9 +385,6 @@ def autoattack(
         raise ValueError("`attacks` must name at least one stage.")
     for s in stages:
         _checks.check_choice(s, "attacks", STAGES)
-    if norm == "l1" and ("square" in stages or "square-restarts" in stages):
-        raise ValueError("`attacks`: 'square' has no L1 version in advjax (norm='l1' runs "
-                         f"{list(L1_STAGES)}); got {stages!r}.")
     if surrogate is not None and not callable(surrogate):
         raise ValueError(f"`surrogate` must be a per-example function x -> logits; got "
                          f"{type(surrogate).__name__}.")

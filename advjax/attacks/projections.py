@@ -17,8 +17,8 @@ import numpy as np
 Array = jax.Array
 
 NORMS = ("linf", "l2")
-# The balls with a projection here: ``NORMS`` and the L1 ball (APGD-L1, FAB-L1, AutoAttack L1,
-# FMN). The attacks without an L1 step (FGSM, PGD, Square) accept ``NORMS`` only.
+# The balls with a projection here: ``NORMS`` and the L1 ball (APGD-L1, FAB-L1, Square-L1,
+# AutoAttack L1, FMN). The attacks without an L1 step (FGSM, PGD) accept ``NORMS`` only.
 BALL_NORMS = ("linf", "l2", "l1")
 L2_PROJECTIONS = ("exact", "clip")
 # The random-start distributions of the package (:func:`sample_start`), one per documented choice.

@@ -7,7 +7,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import scipy.optimize
 
 from advjax import attacks
@@ -180,9 +179,9 @@ def test_apgd_l1_reaches_the_l1_optimal_margin_of_a_linear_model():
 def test_autoattack_l1_stages_and_settings():
     fn = lambda z: z.reshape(-1) @ jnp.ones((16, 10)) * jnp.arange(10.0)  # noqa: E731
     aa = attacks.autoattack(fn, norm="l1")
-    assert aa.stages == ("apgd-ce", "apgd-t", "fab-t")
+    # The official AutoAttack(norm='L1', version='standard') stages, Square-L1 last.
+    assert aa.stages == ("apgd-ce", "apgd-t", "fab-t", "square")
     from advjax.attacks.autoattack import settings_for
     cfg = settings_for("standard", "l1")
     assert (cfg.apgd_restarts, cfg.apgd_n_targets, cfg.n_targets) == (5, 5, 9)
-    with pytest.raises(ValueError, match="square"):
-        attacks.autoattack(fn, norm="l1", attacks=("apgd-ce", "square"))
+    assert (cfg.queries, cfg.p_init) == (5000, 0.8)

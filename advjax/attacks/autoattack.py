@@ -252,7 +252,9 @@ def transfer_search(logits_fn: Callable, surrogate: Callable, cfg: Settings) -> 
             z, _, f, spent = apgd_search(loss_fn, x, label, eps, run_key, norm=cfg.norm,
                                          steps=cfg.steps, lo=cfg.lo, hi=cfg.hi, active=on,
                                          **{**OFFICIAL, "stop_at_success": False})
-            logits = logits_fn(z)
+            # The target's check runs only for a run that ran (a skipped run computes nothing,
+            # as its passes say; under vmap both branches run for the batch, uncounted).
+            logits = jax.lax.cond(on, logits_fn, lambda v: jnp.zeros((k,), v.dtype), z)
             fooled = (jnp.argmax(logits) != label) & jnp.all(jnp.isfinite(logits))
             return z, fooled & on, f, spent + passes.gated(on, passes.count(forward=1))
 

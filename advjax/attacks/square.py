@@ -218,8 +218,10 @@ def square_search(logits_fn: Callable[[Array], Array], x: Array, label: Array, e
     else:
         x_best = clip(x + eps * projections.normalize_l2(l2_init(k_init, h, w, c)).astype(
             x.dtype))
-    m0 = score(x_best)
     active = jnp.asarray(active, bool)
+    # The start's query runs only for an example being attacked (its passes say so; under vmap
+    # both branches run for the batch, uncounted); an inactive one keeps margin +inf.
+    m0 = jax.lax.cond(active, score, lambda z: jnp.full((), jnp.inf, z.dtype), x_best)
 
     def cond(st):
         return (st["i"] < n_queries) & (st["margin"] > 0) & active

@@ -70,6 +70,14 @@ def defences(variables, levels_q: int, levels_t: int, k: int) -> dict:
     }
 
 
+def _per_image(ev) -> list[float]:
+    """``[forward, backward]`` passes per image of the whole set, every stage (the clean pass's
+    one forward included)."""
+    total = np.asarray(ev.passes).sum(axis=(0, 1))
+    n = len(ev.robust)
+    return [float((total[0] + n) / n), float(total[1] / n)]
+
+
 def _interval(flags) -> list[float]:
     ci = stats.wilson(int(np.sum(flags)), len(flags))
     return [float(ci.low), float(ci.high)]
@@ -134,6 +142,12 @@ def main() -> None:
                    skipped=ev.skipped, robust_accuracy=ev.robust_accuracy,
                    autoattack_robust_accuracy=aa.robust_accuracy,
                    seconds=ev.seconds, autoattack_seconds=aa.seconds, attacked=ev.attacked,
+                   # model passes per attacked example and stage (advjax.attacks.passes)
+                   forward_per_example=ev.forward_per_example,
+                   backward_per_example=ev.backward_per_example,
+                   autoattack_forward_per_example=aa.forward_per_example,
+                   autoattack_backward_per_example=aa.backward_per_example,
+                   passes_per_image=_per_image(ev), autoattack_passes_per_image=_per_image(aa),
                    checks_tripped=[c.name for c in aa.checks if c.tripped],
                    truth=float(base.robust.mean()), truth_ci=_interval(base.robust),
                    differ_from_truth=int(np.sum(base.robust != worst)),
@@ -165,8 +179,9 @@ def render(res: dict) -> str:
 
     lines = ["| defence | clean | AutoAttack (deployed model) | adaptive (worst case) | "
              "broken beyond AutoAttack: total (marked twin's adaptive stages) | truth | "
-             "examples robust only under the adaptive figure / only under the truth |",
-             "|---|---|---|---|---|---|---|"]
+             "examples robust only under the adaptive figure / only under the truth | "
+             "passes per image: AutoAttack / adaptive run (forward + backward) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         beyond = f"{r['broken_beyond_autoattack_total']} (" + ", ".join(
             f"{s} {k}" for s, k in r["broken_beyond_autoattack"].items()
@@ -175,9 +190,10 @@ def render(res: dict) -> str:
                  "shift": f"LeNet5's (up to a {r['delta']:.4f} pixel shift)",
                  "reference": "none known; LeNet5's as reference"}[r["truth_kind"]]
         aa, ad = pct(r["autoattack"], r["autoattack_ci"]), pct(r["adaptive"], r["adaptive_ci"])
+        a, b = r["autoattack_passes_per_image"], r["passes_per_image"]
         lines.append(f"| {r['defence']} | {pct(r['clean'])} | {aa} | {ad} | {beyond or '—'} | "
                      f"{pct(r['truth'])}: {truth} | {r['above_truth']} / {r['below_truth']} of "
-                     f"{n} |")
+                     f"{n} | {a[0]:.0f} + {a[1]:.0f} / {b[0]:.0f} + {b[1]:.0f} |")
     return "\n".join(lines)
 
 

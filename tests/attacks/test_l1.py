@@ -13,6 +13,7 @@ from advjax import attacks
 from advjax.attacks import projections
 from advjax.attacks.apgd import l1_schedule, l1_sparse_step
 from advjax.attacks.fab import project_hyperplane_box
+from tests.attacks._linear_truth import min_l1_distance
 
 
 def _bisection_projection(xa, x, eps, lo, hi):
@@ -125,19 +126,6 @@ def _best_margin_reduction(w, x, eps):
     return total
 
 
-def _min_l1(w, x, m):
-    """The minimal L1 distance to the boundary ``w . x = 0`` from margin ``m`` (knapsack)."""
-    room = np.where(w > 0, x, 1 - x)
-    d = 0.0
-    for i in np.argsort(-np.abs(w)):
-        take = min(room[i], m / abs(w[i]))
-        d += take
-        m -= take * abs(w[i])
-        if m <= 0:
-            return d
-    return np.inf
-
-
 def test_apgd_l1_reaches_the_l1_optimal_margin_of_a_linear_model():
     # Binary linear model, logits (w . z + c, 0): margin m_i = w . x_i + c > 0 at each x_i.
     # Budgets a third of the minimal L1 distance (not breakable; the decrease of the margin must
@@ -159,7 +147,7 @@ def test_apgd_l1_reaches_the_l1_optimal_margin_of_a_linear_model():
     def fn(z):
         return jnp.stack([z @ wj + c, jnp.zeros(())])
 
-    d_min = np.array([_min_l1(w, x, m) for x, m in zip(xs, margins, strict=True)])
+    d_min = np.array([min_l1_distance(w, x, m) for x, m in zip(xs, margins, strict=True)])
     assert np.all(np.isfinite(d_min))
     attack = jax.jit(jax.vmap(attacks.apgd(fn, norm="l1", steps=100)))
     keys = jax.random.split(jax.random.key(1), n)

@@ -15,6 +15,7 @@ import pytest
 from advjax.attacks import projections, square
 from advjax.attacks._boundary import budget_slack
 from advjax.attacks.square import L1_RADIUS_FACTOR, eta_window, l1_proposal, l1_start
+from tests.attacks._linear_truth import min_l1_distance
 
 FIXTURE = Path(__file__).with_name("square_l1_official.json")
 _proposal = jax.jit(l1_proposal, static_argnums=(10, 11))
@@ -141,20 +142,6 @@ def test_one_channel_proposal_has_the_closed_form_mass():
     np.testing.assert_allclose(new[win1], expect[win1], atol=atol)
 
 
-def _min_l1(w, x, m):
-    """Minimal L1 distance from margin ``m`` to ``w . z = 0`` in the box (greedy knapsack: the
-    coordinates by decreasing ``|w|``, each up to its room in the box)."""
-    room = np.where(w > 0, x, 1 - x)
-    d = 0.0
-    for i in np.argsort(-np.abs(w)):
-        take = min(room[i], m / abs(w[i]))
-        d += take
-        m -= take * abs(w[i])
-        if m <= 0:
-            return d
-    return np.inf
-
-
 def test_square_l1_breaks_a_linear_model_above_its_minimal_l1_distance():
     # Binary linear model on 6x6 images in the box: the minimal L1 distance d to the boundary is
     # the greedy knapsack (independent truth). Below d (0.98 d) no point of the ball is
@@ -167,7 +154,7 @@ def test_square_l1_breaks_a_linear_model_above_its_minimal_l1_distance():
     near = rng.uniform(0.05, 0.3, (n, h * h))
     xs = np.where(w > 0, near, 1 - near)
     c = 0.5 - (xs @ w).min()
-    d_min = np.array([_min_l1(w, x, m) for x, m in zip(xs, xs @ w + c, strict=True)])
+    d_min = np.array([min_l1_distance(w, x, m) for x, m in zip(xs, xs @ w + c, strict=True)])
     wj = jnp.asarray(w, jnp.float32)
 
     def fn(z):
